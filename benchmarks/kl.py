@@ -1,0 +1,166 @@
+"""Reverse-KL forward+backward: naive full logits vs vocab-chunked, with a PyTorch reference.
+
+Prints one JSON object. Every variant runs in its own subprocess (so its peak RSS is its own),
+one after another in this run, on the same shapes and seeds; compare the ratios, not the
+absolute seconds (shared CPUs are noisy).
+
+  python benchmarks/kl.py                       # V=151936, D=2560, tokens 1024 and 4096
+  python benchmarks/kl.py --tokens 256 --vocab 32768 --repeats 3   # a quick look
+
+Per variant: `seconds` (median of --repeats timed runs of value-and-grad w.r.t. the student
+hidden states and head, after compilation / one warm-up), `peak_rss_gb` (process high-water
+mark minus the resident size once the inputs exist: the working memory of the step), and
+for JAX `xla_temp_gb` (the compiled program's temporary buffers, from XLA's memory analysis).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = ("jax_naive", "jax_chunked", "torch_naive")
+
+
+def _rss_gb() -> float:
+  """Current resident set size of this process."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
+
+
+def _inputs(tokens, dim, vocab):
+  """The same float32 inputs for every variant: student/teacher hidden [N, D] and heads [D, V]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  h_s = rng.standard_normal((tokens, dim), np.float32)
+  h_t = rng.standard_normal((tokens, dim), np.float32)
+  w_s = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim ** -0.5)
+  w_t = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim ** -0.5)
+  return h_s, w_s, h_t, w_t
+
+
+def _run_jax(variant, args, inputs):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rockjax import losses  # pylint: disable=g-import-not-at-top
+  h_s, w_s, h_t, w_t = (jnp.asarray(x) for x in inputs)
+  base = _rss_gb()
+
+  if variant == "jax_naive":
+    def loss(h, w):
+      teacher_logits = jax.lax.stop_gradient(h_t @ w_t)
+      return jnp.mean(losses.reverse_kl((h @ w)[None], teacher_logits[None]))
+  else:
+    def loss(h, w):
+      return jnp.mean(losses.chunked_divergence(h[None], w, h_t[None], w_t,
+                                                chunk_size=args.chunk_size))
+
+  t0 = time.perf_counter()
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_s, w_s).compile()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(h_s, w_s))
+    times.append(time.perf_counter() - t0)
+  value = float(step(h_s, w_s)[0])
+  return {"seconds": statistics.median(times), "compile_seconds": compile_s,
+          "xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9,
+          "peak_rss_gb": _peak_rss_gb() - base, "loss": value}
+
+
+def _run_torch(args, inputs):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count() or 1)
+  h_s, w_s, h_t, w_t = (torch.from_numpy(x) for x in inputs)
+  base = _rss_gb()
+
+  def step():
+    h, w = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
+    # The straightforward formulation users write today: full log_softmax of both models.
+    with torch.no_grad():
+      logp_t = torch.log_softmax(h_t @ w_t, dim=-1)
+    logp_s = torch.log_softmax(h @ w, dim=-1)
+    kl = (logp_s.exp() * (logp_s - logp_t)).sum(-1).mean()
+    kl.backward()
+    return float(kl)
+
+  step()  # warm-up (allocator, thread pool)
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    value = step()
+    times.append(time.perf_counter() - t0)
+  return {"seconds": statistics.median(times), "peak_rss_gb": _peak_rss_gb() - base,
+          "loss": value, "torch": torch.__version__}
+
+
+def _child(args):
+  """Run one variant at one size and print its JSON line."""
+  inputs = _inputs(args.tokens[0], args.dim, args.vocab)
+  if args.variant == "torch_naive":
+    result = _run_torch(args, inputs)
+  else:
+    result = _run_jax(args.variant, args, inputs)
+  print(json.dumps(result))
+
+
+def _torch_available() -> bool:
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])
+  parser.add_argument("--dim", type=int, default=2560)
+  parser.add_argument("--vocab", type=int, default=151936)
+  parser.add_argument("--chunk-size", type=int, default=8192)
+  parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+  parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one child
+  args = parser.parse_args()
+  if args.variant:
+    return _child(args)
+
+  report = {"benchmark": "reverse_kl forward+backward", "dim": args.dim, "vocab": args.vocab,
+            "chunk_size": args.chunk_size, "repeats": args.repeats, "cpus": os.cpu_count(),
+            "results": {}}
+  variants = [v for v in args.variants if v != "torch_naive" or _torch_available()]
+  for tokens in args.tokens:
+    row = {}
+    for variant in variants:
+      cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens),
+             "--dim", str(args.dim), "--vocab", str(args.vocab),
+             "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+      print(f"[kl benchmark] tokens={tokens} {variant} ...", file=sys.stderr, flush=True)
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      if proc.returncode != 0:
+        row[variant] = {"error": proc.stderr.strip().splitlines()[-1:]}
+        continue
+      row[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+    naive, chunked = row.get("jax_naive", {}), row.get("jax_chunked", {})
+    if "seconds" in naive and "seconds" in chunked:
+      row["chunked_over_naive_time"] = chunked["seconds"] / naive["seconds"]
+      row["naive_over_chunked_xla_temp"] = naive["xla_temp_gb"] / chunked["xla_temp_gb"]
+      row["naive_over_chunked_peak_rss"] = naive["peak_rss_gb"] / max(chunked["peak_rss_gb"],
+                                                                      1e-9)
+      row["loss_abs_diff"] = abs(naive["loss"] - chunked["loss"])
+    if "seconds" in row.get("torch_naive", {}) and "seconds" in chunked:
+      row["chunked_over_torch_time"] = chunked["seconds"] / row["torch_naive"]["seconds"]
+      row["torch_loss_abs_diff"] = abs(row["torch_naive"]["loss"] - chunked["loss"])
+    report["results"][str(tokens)] = row
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,187 @@
+"""Vocab-chunked divergence from hidden states and LM heads, never building `[B, L, V]`.
+
+The logits of a chunk of C vocabulary columns are computed, used and dropped inside a loop:
+forward keeps an online log-sum-exp (and, for the KLs, the expectation term) per token; the
+custom VJP recomputes each chunk's logits and accumulates the student's hidden-state and head
+gradients chunk by chunk. Peak working memory is O(N*C + D*V) instead of O(N*V).
+
+Shape letters: N flattened tokens (B*L), D hidden width (student Ds, teacher Dt), V vocabulary,
+C vocabulary columns per chunk.
+
+The teacher receives zero gradients: it is a constant of the OPD step.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rockjax import kl_terms
+
+_NEG_INF = -jnp.inf
+
+
+def _chunk_logits(h_NxD: jax.Array, w_DxV: jax.Array, i: jax.Array, chunk: int,
+                  temperature: float) -> tuple[jax.Array, jax.Array]:
+  """Tempered float32 logits `[N, C]` of chunk i and its first column index.
+
+  The last chunk is shifted left to stay inside the vocabulary (no padded copy of the head);
+  columns it shares with the previous chunk are set to -inf so each id counts once.
+  """
+  vocab = w_DxV.shape[1]
+  start = jnp.minimum(i * chunk, vocab - chunk)
+  w_DxC = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, axis=1)
+  logits_NxC = jnp.dot(h_NxD, w_DxC, preferred_element_type=jnp.float32) / temperature
+  fresh_C = start + jnp.arange(chunk) >= i * chunk
+  return jnp.where(fresh_C[None, :], logits_NxC, _NEG_INF), start
+
+
+def _online_lse(m_N, z_N, logits_NxC):
+  """One step of an online log-sum-exp: running max m and sum z of exp(x - m)."""
+  m_new = jnp.maximum(m_N, jnp.max(logits_NxC, axis=-1))
+  m_safe = jnp.where(m_new > _NEG_INF, m_new, 0.0)  # all -inf so far: keep exp() at 0, not nan
+  scale = jnp.exp(m_N - m_safe)
+  e_NxC = jnp.exp(logits_NxC - m_safe[:, None])
+  return m_new, z_N * scale + jnp.sum(e_NxC, axis=-1), scale, e_NxC
+
+
+def _lse(m_N, z_N):
+  return jnp.where(z_N > 0, m_N + jnp.log(z_N), _NEG_INF)
+
+
+def _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
+  """Per-token divergence `[N]` and the per-token constants the backward pass needs."""
+  n = h_s.shape[0]
+  n_chunks = math.ceil(w_s.shape[1] / chunk)
+  zeros = jnp.zeros((n,), jnp.float32)
+  neg = jnp.full((n,), _NEG_INF, jnp.float32)
+
+  # Pass 1: both log-normalisers, plus for the KLs the expectation E_pa[a - b] under the
+  # distribution a that weights the sum (student for reverse KL, teacher for forward KL),
+  # so that KL = E_pa[a - b] - lse_a + lse_b needs no second pass.
+  def body(i, carry):
+    m_s, z_s, m_t, z_t, y = carry
+    s, _ = _chunk_logits(h_s, w_s, i, chunk, temperature)
+    t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
+    m_s, z_s, scale_s, e_s = _online_lse(m_s, z_s, s)
+    m_t, z_t, scale_t, e_t = _online_lse(m_t, z_t, t)
+    if kind == "reverse_kl":
+      y = y * scale_s + _weighted_gap(e_s, s, t)
+    elif kind == "forward_kl":
+      y = y * scale_t + _weighted_gap(e_t, t, s)
+    return m_s, z_s, m_t, z_t, y
+
+  m_s, z_s, m_t, z_t, y = jax.lax.fori_loop(0, n_chunks, body, (neg, zeros, neg, zeros, zeros))
+  lse_s, lse_t = _lse(m_s, z_s), _lse(m_t, z_t)
+  if kind == "reverse_kl":
+    value = y / z_s - lse_s + lse_t
+    return value, (lse_s, lse_t, value)
+  if kind == "forward_kl":
+    value = y / z_t - lse_t + lse_s
+    return value, (lse_s, lse_t, value)
+
+  # JSD needs the mixture at every id, which needs both final normalisers: a second pass.
+  def body2(i, carry):
+    total, kl_sm = carry
+    logp_s = _chunk_logits(h_s, w_s, i, chunk, temperature)[0] - lse_s[:, None]
+    logp_t = _chunk_logits(h_t, w_t, i, chunk, temperature)[0] - lse_t[:, None]
+    logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
+    total += jnp.sum(kl_terms.divergence_terms(logp_s, logp_t, "jsd", beta), axis=-1)
+    kl_sm += jnp.sum(kl_terms.divergence_terms(logp_s, logm, "reverse_kl"), axis=-1)
+    return total, kl_sm
+
+  value, kl_sm = jax.lax.fori_loop(0, n_chunks, body2, (zeros, zeros))
+  return value, (lse_s, lse_t, kl_sm)
+
+
+def _weighted_gap(e_NxC, a_NxC, b_NxC):
+  """sum_u e(u) * (a(u) - b(u)), with 0 where e == 0 even if a or b is -inf."""
+  live = e_NxC > 0
+  gap = jnp.where(live, a_NxC, 0.0) - jnp.where(live, b_NxC, 0.0)
+  return jnp.sum(jnp.where(live, e_NxC * gap, 0.0), axis=-1)
+
+
+def _logit_grad(logp_s, logp_t, aux_N, kind, beta):
+  """d divergence / d tempered student logits for one chunk, `[N, C]`."""
+  live = logp_s > _NEG_INF
+  p_s = jnp.exp(logp_s)
+  if kind == "forward_kl":
+    return p_s - jnp.exp(logp_t)
+  if kind == "reverse_kl":
+    # g = p_s * (A - E_ps[A]) with A = log p_s - log p_t; E_ps[A] is the KL itself.
+    gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logp_t, 0.0)
+    return jnp.where(live, p_s * (gap - aux_N[:, None]), 0.0)
+  # JSD: d/dp_s of the mixture form is (1-beta) log(p_s/M); through softmax this becomes
+  # (1-beta) p_s (log p_s - log M - KL(p_s || M)).
+  logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
+  gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logm, 0.0)
+  return jnp.where(live, (1.0 - beta) * p_s * (gap - aux_N[:, None]), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _chunked(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
+  return _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)[0]
+
+
+def _chunked_fwd(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
+  value, consts = _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)
+  return value, (h_s, w_s, h_t, w_t, consts)
+
+
+def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
+  h_s, w_s, h_t, w_t, (lse_s, lse_t, aux) = residuals
+  n_chunks = math.ceil(w_s.shape[1] / chunk)
+  # Chain rule through the 1/T of the tempered logits, folded into the per-token cotangent.
+  ct_N = ct_N.astype(jnp.float32) / temperature
+  h32 = h_s.astype(jnp.float32)
+
+  def body(i, carry):
+    dh, dw = carry
+    s, start = _chunk_logits(h_s, w_s, i, chunk, temperature)
+    t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
+    g_NxC = _logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta) * ct_N[:, None]
+    w_DxC = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1).astype(jnp.float32)
+    dh = dh + g_NxC @ w_DxC.T
+    # Shared columns of the shifted last chunk have g == 0, so adding in place is exact.
+    old = jax.lax.dynamic_slice_in_dim(dw, start, chunk, axis=1)
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, old + h32.T @ g_NxC, start, axis=1)
+    return dh, dw
+
+  dh, dw = jax.lax.fori_loop(0, n_chunks, body,
+                             (jnp.zeros(h_s.shape, jnp.float32),
+                              jnp.zeros(w_s.shape, jnp.float32)))
+  return (dh.astype(h_s.dtype), dw.astype(w_s.dtype), jnp.zeros_like(h_t), jnp.zeros_like(w_t))
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
+                       teacher_hidden: jax.Array, teacher_head: jax.Array, *,
+                       kind: str = "reverse_kl", chunk_size: int = 8192,
+                       temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
+  """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
+
+  Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without materialising the
+  logits in forward or backward. Student and teacher widths may differ; their vocabularies may
+  not. Gradients flow to the student hidden states and head only.
+  """
+  kl_terms.check_kind(kind)
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  (*lead, d_s), (*lead_t, d_t) = student_hidden.shape, teacher_hidden.shape
+  if lead != lead_t:
+    raise ValueError(f"student hidden {student_hidden.shape} and teacher hidden "
+                     f"{teacher_hidden.shape} must share batch/length dims")
+  if student_head.shape[0] != d_s or teacher_head.shape[0] != d_t:
+    raise ValueError(f"heads must be [D, V]: student hidden D={d_s} vs head "
+                     f"{student_head.shape}, teacher hidden D={d_t} vs head {teacher_head.shape}")
+  if student_head.shape[1] != teacher_head.shape[1]:
+    raise ValueError(f"student vocab {student_head.shape[1]} != teacher vocab "
+                     f"{teacher_head.shape[1]}: teacher and student must share a vocabulary")
+  chunk = min(int(chunk_size), student_head.shape[1])
+  n = math.prod(lead)
+  value_N = _chunked(student_hidden.reshape(n, d_s), student_head,
+                     teacher_hidden.reshape(n, d_t), teacher_head,
+                     kind, chunk, float(temperature), float(beta))
+  return value_N.reshape(lead)
