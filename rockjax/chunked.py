@@ -185,3 +185,66 @@ def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
                      teacher_hidden.reshape(n, d_t), teacher_head,
                      kind, chunk, float(temperature), float(beta))
   return value_N.reshape(lead)
+
+
+def chunked_logit_gradient_norm(student_hidden: jax.Array, student_head: jax.Array,
+                                teacher_hidden: jax.Array, teacher_head: jax.Array, *,
+                                kind: str = "reverse_kl", chunk_size: int = 8192,
+                                temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
+  """Per-token L2 norm `[B, L]` of d divergence / d student logits, chunked over V.
+
+  A diagnostic (no gradient flows through it): for reverse_kl it is the norm of the paper's
+  `g = p_s * (A - E_ps[A])`. Costs two extra passes over the heads.
+  """
+  kl_terms.check_kind(kind)
+  *lead, d_s = student_hidden.shape
+  d_t = teacher_hidden.shape[-1]
+  n = math.prod(lead)
+  h_s, h_t = student_hidden.reshape(n, d_s), teacher_hidden.reshape(n, d_t)
+  h_s, w_s, h_t, w_t = jax.lax.stop_gradient((h_s, student_head, h_t, teacher_head))
+  chunk = min(int(chunk_size), w_s.shape[1])
+  _, (lse_s, lse_t, aux) = _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)
+
+  def body(i, sq_N):
+    s, _ = _chunk_logits(h_s, w_s, i, chunk, temperature)
+    t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
+    g_NxC = _logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta)
+    return sq_N + jnp.sum(jnp.square(g_NxC), axis=-1)
+
+  sq_N = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / chunk), body,
+                           jnp.zeros((n,), jnp.float32))
+  return jnp.sqrt(sq_N).reshape(lead)
+
+
+def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
+                          chunk_size: int = 8192, temperature: float = 1.0) -> jax.Array:
+  """Per-token `-log p(target)` `[B, L]` from hidden `[B, L, D]` and head `[D, V]`, chunked.
+
+  The log-normaliser is an online log-sum-exp over vocabulary chunks inside a scan whose body
+  is rematerialised, so the backward pass keeps only per-token carries, never `[B, L, V]`.
+  """
+  *lead, d = hidden.shape
+  n = math.prod(lead)
+  h_NxD = hidden.reshape(n, d)
+  chunk = min(int(chunk_size), head.shape[1])
+
+  @jax.checkpoint
+  def body(carry, i):
+    m_N, z_N = carry
+    logits_NxC, _ = _chunk_logits(h_NxD, head, i, chunk, temperature)
+    # The running max only stabilises exp(); lse = m + log z does not depend on it, so it is
+    # a constant for differentiation and the gradient flows through z alone.
+    m_new, z_new, _, _ = _online_lse(jax.lax.stop_gradient(m_N), z_N,
+                                     jax.lax.stop_gradient(logits_NxC))
+    m_new = jax.lax.stop_gradient(m_new)
+    m_safe = jnp.where(m_new > _NEG_INF, m_new, 0.0)
+    z_new = z_N * jnp.exp(m_N - m_safe) + jnp.sum(jnp.exp(logits_NxC - m_safe[:, None]), -1)
+    return (m_new, z_new), None
+
+  init = (jnp.full((n,), _NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32))
+  (m_N, z_N), _ = jax.lax.scan(body, init, jnp.arange(math.ceil(head.shape[1] / chunk)))
+  lse_N = m_N + jnp.log(z_N)
+  target_DxN = jnp.take(head, targets.reshape(n), axis=1)
+  target_logit_N = jnp.einsum("nd,dn->n", h_NxD, target_DxN,
+                              preferred_element_type=jnp.float32) / temperature
+  return (lse_N - target_logit_N).reshape(lead)

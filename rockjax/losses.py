@@ -14,7 +14,8 @@ re-exported here as `chunked_divergence`.
 import jax
 import jax.numpy as jnp
 
-from rockjax.chunked import chunked_divergence  # re-exported: one module for every divergence
+# Re-exported: one module for every divergence.
+from rockjax.chunked import chunked_cross_entropy, chunked_divergence, chunked_logit_gradient_norm  # noqa: F401
 from rockjax.kl_terms import KINDS, check_kind, divergence_terms, mixture_logprobs  # noqa: F401
 
 

@@ -289,3 +289,37 @@ def test_errors_name_the_bad_thing(rng):
     losses.reverse_kl(s, s[..., :7])
   with pytest.raises(ValueError, match="beta must be in"):
     losses.jsd(s, s, beta=1.5)
+
+
+# ------------------------------------------------- chunked cross-entropy and gradient norms
+@pytest.mark.parametrize("chunk", [8, 64])
+def test_chunked_cross_entropy_matches_numpy_and_autodiff(rng, chunk):
+  h, w, _, _ = make_hidden(rng)
+  targets = rng.integers(0, w.shape[1], size=h.shape[:2])
+  logp = np_log_softmax((h.astype(np.float64) @ w) / 0.7)
+  want = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  got = losses.chunked_cross_entropy(h, w, targets, chunk_size=chunk, temperature=0.7)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  ct = rng.normal(size=targets.shape).astype(np.float32)
+
+  def naive(h, w):
+    lp = jax.nn.log_softmax(h @ w / 0.7)
+    return jnp.sum(ct * -jnp.take_along_axis(lp, targets[..., None], -1)[..., 0])
+
+  g1 = jax.grad(naive, (0, 1))(h, w)
+  g2 = jax.grad(lambda h, w: jnp.sum(ct * losses.chunked_cross_entropy(
+      h, w, targets, chunk_size=chunk, temperature=0.7)), (0, 1))(h, w)
+  for a, b in zip(g2, g1):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("kind,beta", KINDS[:3])
+def test_chunked_logit_gradient_norm_matches_autodiff(rng, kind, beta):
+  h_s, w_s, h_t, w_t = make_hidden(rng)
+  logits_t = h_t @ w_t
+  g = jax.vmap(jax.vmap(jax.grad(lambda z, zt: losses.divergence(z, zt, kind=kind, beta=beta))))(
+      jnp.asarray(h_s @ w_s), jnp.asarray(logits_t))
+  want = np.linalg.norm(np.asarray(g, np.float64), axis=-1)
+  got = losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind=kind, beta=beta,
+                                           chunk_size=16)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
