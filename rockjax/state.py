@@ -1,0 +1,84 @@
+"""TrainState pytree, the optax optimiser, and sharded initialisation by abstract evaluation."""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rockjax import rocks
+from rockjax import sharding as shd
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training and is checkpointed (the teacher is not here)."""
+  step: jax.Array  # int32 []
+  params: nnx.State  # the student's variables
+  opt_state: Any
+  rock: rocks.RockStats  # persistent per-id statistics
+  rock_mask: jax.Array  # bool [V]: the current rock selection the masking function uses
+  rng: jax.Array  # uint32 [2]; rollouts use fold_in(rng, step) so resuming replays them
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+  """AdamW with linear warm-up then cosine decay and global-norm clipping (the paper's recipe)."""
+  warmup = max(1, int(round(opt.warmup_frac * total_steps)))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=opt.end_lr)
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt.clip) if opt.clip > 0 else optax.identity(),
+      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay))
+  if opt.grad_accum > 1:
+    # Every call is one micro-batch; the inner update (and the schedule) advances every k calls.
+    tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum)
+    inner = schedule
+    schedule = lambda count: inner(count // opt.grad_accum)
+  return tx, schedule
+
+
+def state_shardings(abstract_tree: Any, mesh: Mesh, rules: shd.LogicalRules | None = None):
+  """NamedShardings for a pytree: variables by their logical axes, everything else replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      value = x.get_value()
+      return x.replace(shd.logical_sharding(shd.variable_logical_axes(x), value.shape, mesh,
+                                            rules))
+    return replicated
+
+  return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def initializer(make_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
+                *, vocab_size: int, seed: int = 0,
+                rock_mask_V: jax.Array | None = None) -> Callable[[], TrainState]:
+  """A no-argument function building the initial state (for jit or eval_shape)."""
+  def init() -> TrainState:
+    graphdef, params = nnx.split(make_model(nnx.Rngs(seed)))
+    mask = (jnp.zeros((vocab_size,), bool) if rock_mask_V is None
+            else jnp.asarray(rock_mask_V, bool))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rock=rocks.RockStats.init(vocab_size), rock_mask=mask,
+                      rng=jax.random.PRNGKey(seed), graphdef=graphdef, tx=tx)
+  return init
+
+
+def init_state(init: Callable[[], TrainState], mesh: Mesh,
+               rules: shd.LogicalRules | None = None) -> tuple[TrainState, Any]:
+  """(state, shardings): shapes by jax.eval_shape, then one jit that writes every shard in place.
+
+  The full state is never materialised on one device: jit(init, out_shardings=...) creates
+  each parameter and optimiser moment directly in its target sharding.
+  """
+  shardings = state_shardings(jax.eval_shape(init), mesh, rules)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return state, shardings

@@ -1,0 +1,123 @@
+"""The pure train step and the one place it is jitted.
+
+Shape letters: B batch (sequences), L sequence length, T = L - 1 predicted positions, V vocab.
+A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask` [B, L] and
+`response_mask` [B, L] (1 on tokens the loss covers: generated or given completions).
+"""
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from rockjax import chunked, losses, objective, rocks
+from rockjax.state import TrainState
+
+Metrics = dict[str, tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static settings of the step (hashable: they are compile-time constants)."""
+  loss: objective.LossSettings
+  teacher_graphdef: nnx.GraphDef | None
+  schedule: Callable[[Any], jax.Array]
+  rock_k: int = 100
+  rock_min_freq: int = 2
+  rock_exclude_top_freq: int = 5
+  rock_selector: str = "rock_score"
+  rock_window: str = "cumulative"
+  rock_decay: float = rocks.DEFAULT_DECAY
+  rock_warmup_steps: int = 0  # dynamic mode: first selection after this many steps
+  rock_select_every: int = 1  # dynamic mode: reselect every N steps
+  rock_snapshot_step: int = 0  # take the persistence snapshot after this step (0: never)
+
+
+def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.Array,
+                    s: StepSettings) -> jax.Array:
+  """Dynamic mode: reselect the rocks from the updated statistics when it is due."""
+  if s.loss.rock_mode != "dynamic":
+    return old_mask_V
+  due = (new_step >= s.rock_warmup_steps) & (
+      (new_step - s.rock_warmup_steps) % s.rock_select_every == 0)
+  selected = rocks.select(rock, k=s.rock_k, min_freq=s.rock_min_freq,
+                          exclude_top_freq=s.rock_exclude_top_freq, selector=s.rock_selector,
+                          window=s.rock_window)
+  return jnp.where(due, selected, old_mask_V)
+
+
+def _grad_norm_share(student_out, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
+                     s: StepSettings) -> Metrics:
+  """Share of the per-token logit-gradient norm that falls on rock positions (PAPER.md s3)."""
+  ls = s.loss
+  if not ls.grad_norm_metric or teacher_out is None:
+    return {}
+  kind = ls.divergence if ls.mode == "on_policy" else "forward_kl"
+  if ls.chunked:
+    gnorm_BxT = chunked.chunked_logit_gradient_norm(
+        *student_out, *teacher_out, kind=kind, chunk_size=ls.chunk_size,
+        temperature=ls.temperature, beta=ls.jsd_beta)
+  else:
+    gnorm_BxT = losses.logit_gradient_norm(jax.lax.stop_gradient(student_out[0]), teacher_out[0],
+                                           temperature=ls.temperature)
+  on = loss_mask_BxT > 0
+  gnorm_BxT = jnp.where(on, gnorm_BxT, 0.0)
+  is_rock = rocks.is_rock_BxL(rock_mask_V, targets_BxT) & on
+  return {"rock/share_grad_norm": (jnp.sum(jnp.where(is_rock, gnorm_BxT, 0.0)),
+                                   jnp.sum(gnorm_BxT))}
+
+
+def train_step(state: TrainState, teacher_params: nnx.State | None,
+               batch: dict[str, jax.Array], *, settings: StepSettings
+               ) -> tuple[TrainState, Metrics]:
+  """One OPD/KD update: teacher forward (constant), student loss + grads, rock stats, optax."""
+  s = settings
+  inputs, in_mask, targets, loss_mask = objective.shift(batch)
+  teacher = None if teacher_params is None else nnx.merge(s.teacher_graphdef, teacher_params)
+  teacher_out = objective.teacher_outputs(teacher, inputs, in_mask, s.loss)
+
+  loss_fn = objective.make_loss_fn(state.graphdef, s.loss)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, teacher_out, batch, state.rock_mask)
+  # The masking function was applied inside the loss (weights), i.e. before this update.
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+
+  kl_BxT = jax.lax.stop_gradient(aux["kl_BxT"])
+  new_step = state.step + 1
+  rock = rocks.update(state.rock, targets, kl_BxT, loss_mask, decay=s.rock_decay)
+  if s.rock_snapshot_step > 0:
+    rock = jax.lax.cond(new_step == s.rock_snapshot_step, rocks.snapshot, lambda r: r, rock)
+  rock_mask = _next_rock_mask(rock, state.rock_mask, new_step, s)
+
+  metrics: Metrics = {
+      "opd/loss": (aux["sum"], aux["count"]),
+      "opd/kl": losses.reduce(kl_BxT, loss_mask),
+      "opd/response_tokens": (jnp.sum(loss_mask, dtype=jnp.float32), jnp.float32(1)),
+      "opt/grad_norm": (optax.global_norm(grads), jnp.float32(1)),
+      "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
+      "rock/num_selected": (jnp.sum(state.rock_mask, dtype=jnp.float32), jnp.float32(1)),
+      **rocks.rock_shares(state.rock_mask, targets, kl_BxT, loss_mask),
+      **_grad_norm_share(aux["student_out"], teacher_out, targets, loss_mask, state.rock_mask, s),
+  }
+  del loss  # == metrics["opd/loss"] ratio; the (sum, count) pair averages correctly
+  new_state = state.replace(step=new_step, params=params, opt_state=opt_state, rock=rock,
+                            rock_mask=rock_mask)
+  return new_state, metrics
+
+
+def jit_train_step(settings: StepSettings, state_shardings: Any, teacher_shardings: Any,
+                   batch_sharding: Any):
+  """The one jitted train step.
+
+  Parameters and optimiser moments are sharded by their logical axes (state_shardings), the
+  teacher likewise, the batch on ('data', 'fsdp'); metrics come back replicated scalars.
+  Donating `state` is safe: the host loop never reads a state after passing it to the step,
+  and the teacher (read every step) is not donated.
+  """
+  step = functools.partial(train_step, settings=settings)
+  return jax.jit(step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
+                 out_shardings=(state_shardings, None), donate_argnames="state")
