@@ -1,0 +1,165 @@
+"""Decoder: the decoder-only language model (Qwen3, Qwen3-MoE, Qwen2, Llama 3) as an NNX module.
+
+Shape letters: B batch, L positions of this call (T in the cache docs: new tokens per decode
+call), S cache slots, D hidden size, V vocabulary.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rockjax import sharding as shd
+from rockjax.models.cache import KVCache
+from rockjax.models.config import ModelConfig
+from rockjax.models.layers import MLP, Attention, RMSNorm, param
+from rockjax.models.moe import MoE
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)) (dense SwiGLU or MoE)."""
+
+  def __init__(self, cfg: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
+    self.input_layernorm = norm()
+    self.self_attn = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = norm()
+    self.mlp = MoE(cfg, rngs=rngs) if cfg.is_moe_layer(layer) else MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
+               kv: tuple[jax.Array, jax.Array] | None = None,
+               cache_index: jax.Array | None = None,
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    h_BxLxD, new_kv = self.self_attn(self.input_layernorm(x_BxLxD), positions_BxL,
+                                     allowed_BxLxS, kv, cache_index)
+    x_BxLxD = x_BxLxD + h_BxLxD
+    x_BxLxD = x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
+    return x_BxLxD, new_kv
+
+
+def _positions(mask_BxL: jax.Array, offset_B: jax.Array | int = 0) -> jax.Array:
+  """Position of each token = number of real tokens before it (so left padding is skipped)."""
+  return jnp.maximum(offset_B + jnp.cumsum(mask_BxL, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+class Decoder(nnx.Module):
+  """A causal LM. `model(ids_BxL, mask_BxL)` -> float32 logits [B, L, V].
+
+  Full forward: `model(input_ids_BxL, attention_mask_BxL, positions_BxL=None,
+  return_hidden=False)`; positions default to cumsum(mask) - 1 (clipped at 0), so a
+  left-padded row gives the same outputs at its real tokens as the unpadded row.
+
+  Decoding with a cache (`cache = model.init_cache(B, S)`):
+  `logits_BxTxV, cache = model(ids_BxT, mask_BxT, cache=cache, cache_index=None,
+  positions_BxT=None, kv_mask_BxS=None)` writes the T tokens' keys/values at slots
+  [cache_index, cache_index + T) (default: `cache.index`; may be a traced scalar under jit),
+  marks those slots valid where `mask_BxT` is 1, and lets each query attend to the valid slots
+  at or before its own slot. Default positions continue from the number of valid slots before
+  `cache_index`. `kv_mask_BxS`, if given, replaces the validity mask used for attention (it
+  must already include this call's slots). Prefill a left-padded prompt with T = P, then feed
+  one token per step with mask 1; the returned cache has `index` advanced by T.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed_tokens = param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'),
+                              cfg.param_dtype)
+    self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
+    self.lm_head = (None if cfg.tie_word_embeddings else
+                    param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'),
+                          cfg.param_dtype))
+
+  def lm_head_weight(self) -> jax.Array:
+    """The output projection [D, V] (the transposed embedding when embeddings are tied)."""
+    if self.lm_head is None:
+      return self.embed_tokens[...].T
+    return self.lm_head[...]
+
+  def logits(self, hidden_BxLxD: jax.Array) -> jax.Array:
+    """Float32 logits [B, L, V] = hidden @ lm_head_weight()."""
+    head_DxV = self.lm_head_weight().astype(self.cfg.dtype)
+    logits_BxLxV = jnp.einsum('bld,dv->blv', hidden_BxLxD, head_DxV,
+                              preferred_element_type=jnp.float32)
+    return shd.constrain(logits_BxLxV, ('batch', 'length', 'act_vocab'))
+
+  def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """An empty KVCache with `max_len` slots (dtype defaults to the compute dtype)."""
+    cfg = self.cfg
+    return KVCache.init(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim,
+                        cfg.dtype if dtype is None else dtype)
+
+  def hidden_states(self, input_ids_BxL: jax.Array, attention_mask_BxL: jax.Array | None = None,
+                    *, positions_BxL: jax.Array | None = None) -> jax.Array:
+    """Final normed hidden states [B, L, D] (no cache); logits == hidden @ lm_head_weight()."""
+    return self(input_ids_BxL, attention_mask_BxL, positions_BxL=positions_BxL,
+                return_hidden=True)
+
+  def __call__(self, input_ids_BxL: jax.Array, attention_mask_BxL: jax.Array | None = None, *,
+               positions_BxL: jax.Array | None = None, cache: KVCache | None = None,
+               cache_index: jax.Array | int | None = None,
+               kv_mask_BxS: jax.Array | None = None, return_hidden: bool = False,
+               ) -> jax.Array | tuple[jax.Array, KVCache]:
+    """Logits [B, L, V] (float32) or, with return_hidden, normed hidden [B, L, D]; see class doc.
+
+    With `cache`, returns (logits or hidden, new_cache).
+    """
+    B, L = input_ids_BxL.shape
+    mask_BxL = (jnp.ones((B, L), jnp.int32) if attention_mask_BxL is None
+                else jnp.asarray(attention_mask_BxL, jnp.int32))
+    x_BxLxD = jnp.take(self.embed_tokens[...], input_ids_BxL, axis=0).astype(self.cfg.dtype)
+    x_BxLxD = shd.constrain(x_BxLxD, ('batch', 'length', 'act_embed'))
+
+    if cache is None:
+      if positions_BxL is None:
+        positions_BxL = _positions(mask_BxL)
+      causal_LxL = jnp.tril(jnp.ones((L, L), bool))
+      allowed_BxLxL = causal_LxL[None] & (mask_BxL[:, None, :] > 0)
+      x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, allowed_BxLxL)
+      new_cache = None
+    else:
+      x_BxLxD, new_cache = self._run_layers_cached(
+          x_BxLxD, mask_BxL, positions_BxL, cache, cache_index, kv_mask_BxS)
+
+    hidden_BxLxD = self.norm(x_BxLxD)
+    out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD)
+    return out if new_cache is None else (out, new_cache)
+
+  def _run_layers(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
+                  allowed_BxLxL: jax.Array) -> jax.Array:
+    """The no-cache stack; each layer rematerialised in the backward pass when cfg.remat."""
+    def block(layer: DecoderLayer, x, positions, allowed):
+      return layer(x, positions, allowed)[0]
+    if self.cfg.remat:
+      block = nnx.remat(block)
+    for layer in self.layers:
+      x_BxLxD = block(layer, x_BxLxD, positions_BxL, allowed_BxLxL)
+    return x_BxLxD
+
+  def _run_layers_cached(self, x_BxLxD: jax.Array, mask_BxL: jax.Array,
+                         positions_BxL: jax.Array | None, cache: KVCache,
+                         cache_index: jax.Array | int | None,
+                         kv_mask_BxS: jax.Array | None) -> tuple[jax.Array, KVCache]:
+    """The stack over a KV cache: write L entries at cache_index, attend over valid slots."""
+    L = x_BxLxD.shape[1]
+    S = cache.max_len
+    index = cache.index if cache_index is None else jnp.asarray(cache_index, jnp.int32)
+    slots_S = jnp.arange(S, dtype=jnp.int32)
+    if positions_BxL is None:
+      # Continue numbering after the real tokens already cached (left padding is skipped).
+      before_B = jnp.sum(cache.mask_BxS * (slots_S < index)[None], axis=-1)
+      positions_BxL = _positions(mask_BxL, before_B[:, None])
+    mask_BxS = jax.lax.dynamic_update_slice(cache.mask_BxS, mask_BxL, (0, index))
+    valid_BxS = mask_BxS if kv_mask_BxS is None else kv_mask_BxS.astype(jnp.int32)
+    query_slots_L = index + jnp.arange(L, dtype=jnp.int32)
+    allowed_BxLxS = (slots_S[None, None, :] <= query_slots_L[None, :, None]) & (
+        valid_BxS[:, None, :] > 0)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      x_BxLxD, (k, v) = layer(x_BxLxD, positions_BxL, allowed_BxLxS, (cache.k[i], cache.v[i]),
+                              index)
+      new_k.append(k)
+      new_v.append(v)
+    return x_BxLxD, KVCache(k=tuple(new_k), v=tuple(new_v), mask_BxS=mask_BxS, index=index + L)

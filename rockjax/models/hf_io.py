@@ -1,0 +1,224 @@
+"""Hugging Face checkpoint I/O: sharded, slice-by-slice safetensors loading and export.
+
+Loading never builds a full host copy of the model: the module is created abstractly
+(nnx.eval_shape), and every parameter is assembled with jax.make_array_from_callback straight
+into its target sharding, each device's callback reading only its box of the HF tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+from safetensors import safe_open
+
+from rockjax import sharding as shd
+from rockjax.models.config import ModelConfig
+from rockjax.models.decoder import Decoder
+from rockjax.models.hf_names import Box, Source, moe_layout, param_sources, read_box, to_hf
+
+_log = logging.getLogger(__name__)
+_SINGLE = 'model.safetensors'
+_INDEX = 'model.safetensors.index.json'
+# Present in some checkpoints, recomputed by us.
+_IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
+
+
+@contextlib.contextmanager
+def _host_device() -> Iterator[None]:
+  """Makes safetensors' jax slices land in host memory, not on an accelerator."""
+  try:
+    cpu = jax.devices('cpu')[0]
+  except RuntimeError:  # no CPU backend in this process: keep the default device
+    yield
+    return
+  with jax.default_device(cpu):
+    yield
+
+
+class CheckpointReader:
+  """Lazily opened safetensors files of one checkpoint directory (single file or index)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = os.fspath(path)
+    index_path = os.path.join(self.path, _INDEX)
+    if os.path.exists(index_path):
+      with open(index_path) as f:
+        self.weight_map: dict[str, str] = json.load(f)['weight_map']
+    elif os.path.exists(os.path.join(self.path, _SINGLE)):
+      with safe_open(os.path.join(self.path, _SINGLE), 'numpy') as f:
+        self.weight_map = {k: _SINGLE for k in f.keys()}
+    else:
+      raise FileNotFoundError(f'{self.path}: neither {_SINGLE} nor {_INDEX} found')
+    self._stack = contextlib.ExitStack()
+    self._files: dict[str, Any] = {}
+
+  def __enter__(self) -> 'CheckpointReader':
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self._stack.close()
+
+  def has(self, key: str) -> bool:
+    """Whether the checkpoint holds tensor `key`."""
+    return key in self.weight_map
+
+  def _slice(self, key: str, needed_for: str) -> Any:
+    """The safetensors slice handle of `key` (opening its file on first use)."""
+    if key not in self.weight_map:
+      raise ValueError(f'{self.path}: missing tensor {key!r} (needed for parameter {needed_for})')
+    fname = self.weight_map[key]
+    if fname not in self._files:
+      # 'flax' (not 'numpy'): numpy cannot represent bfloat16, the usual checkpoint dtype.
+      self._files[fname] = self._stack.enter_context(
+          safe_open(os.path.join(self.path, fname), 'flax'))
+    return self._files[fname].get_slice(key)
+
+  def check(self, source: Source, needed_for: str) -> None:
+    """Raises a one-line error if a tensor of `source` is missing or mis-shaped."""
+    for key in source.keys:
+      shape = tuple(self._slice(key, needed_for).get_shape())
+      if shape != source.hf_shape:
+        raise ValueError(f'{os.path.join(self.path, self.weight_map[key])}: tensor {key!r} has '
+                         f'shape {shape}, expected {source.hf_shape} (for {needed_for})')
+
+  def read(self, key: str, slices: tuple[slice, ...]) -> np.ndarray:
+    """The HF sub-tensor `key[slices]` as a host numpy array."""
+    with _host_device():
+      return np.asarray(self._slice(key, key)[slices])
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+  """'layers.0.self_attn.q_proj.kernel' from an nnx state path."""
+  return '.'.join(str(p) for p in path)
+
+
+def _normalise(index: tuple[slice, ...] | None, shape: tuple[int, ...]) -> Box:
+  """A device's index (slices, possibly open) as explicit [start, stop) per dim."""
+  if index is None:
+    index = (slice(None),) * len(shape)
+  return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
+def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
+                    mesh: Mesh | None = None, param_dtype: Any = None,
+                    rules: shd.LogicalRules | None = None, remat: bool = False) -> Decoder:
+  """Loads a HF checkpoint directory (Qwen3, Qwen3-MoE, Qwen2, Llama) as a Decoder.
+
+  dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
+  mesh, every parameter is placed by its logical axes and `rules` (default
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device.
+  """
+  param_dtype = dtype if param_dtype is None else param_dtype
+  cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract)
+  with CheckpointReader(path) as reader:
+    layouts = {i: moe_layout(reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)}
+    sources = param_sources(cfg, layouts)
+    filled = []
+    flat = list(nnx.to_flat_state(abstract_state))
+    for path_tuple, var in tqdm.tqdm(flat, desc='load', disable=None, leave=False):
+      name = _path_name(path_tuple)
+      if name not in sources:
+        raise ValueError(f'internal: no HF mapping for parameter {name}')
+      filled.append((path_tuple, var.replace(_load_param(reader, name, sources[name], var,
+                                                         mesh, rules))))
+    _warn_unused(reader, sources)
+  return nnx.merge(graphdef, nnx.from_flat_state(filled))
+
+
+def _load_param(reader: CheckpointReader, name: str, source: Source, var: nnx.Variable,
+                mesh: Mesh | None, rules: shd.LogicalRules | None) -> jax.Array:
+  """One parameter, built shard by shard straight into its target sharding."""
+  abstract = var.get_value()
+  shape, dtype = tuple(abstract.shape), np.dtype(abstract.dtype)
+  if source.shape != shape:
+    raise ValueError(f'internal: {name} mapping shape {source.shape} != parameter {shape}')
+  reader.check(source, name)
+  if mesh is None:
+    sharding = SingleDeviceSharding(jax.devices()[0])
+  else:
+    sharding = shd.logical_sharding(shd.variable_logical_axes(var), shape, mesh, rules)
+  memo: dict[Box, np.ndarray] = {}  # replicated shards are read once, not once per device
+
+  def callback(index: tuple[slice, ...] | None) -> np.ndarray:
+    box = _normalise(index, shape)
+    if box not in memo:
+      memo[box] = read_box(source, box, reader.read).astype(dtype)
+    return memo[box]
+
+  return jax.make_array_from_callback(shape, sharding, callback)
+
+
+def _warn_unused(reader: CheckpointReader, sources: dict[str, Source]) -> None:
+  """Logs checkpoint tensors no parameter used (a tied lm_head copy is expected)."""
+  used = {k for s in sources.values() for k in s.keys}
+  unused = [k for k in reader.weight_map if k not in used and not k.endswith(_IGNORED_SUFFIXES)
+            and k != 'lm_head.weight']
+  if unused:
+    _log.warning('%s: %d checkpoint tensors unused, e.g. %s', reader.path, len(unused),
+                 unused[:3])
+
+
+def save_pretrained(model: Decoder, path: str | os.PathLike, *,
+                    max_shard_size: int = 5 * 2**30, dtype: Any = None) -> None:
+  """Writes config.json + safetensors (HF names, hub per-expert layout) for transformers.
+
+  Tensors are written in the parameter dtype (or `dtype`); above max_shard_size bytes the
+  weights are split into model-0000i-of-0000N.safetensors files plus an index.
+  """
+  import transformers  # local import: only export needs it
+  from safetensors.numpy import save_file
+
+  path = os.fspath(path)
+  os.makedirs(path, exist_ok=True)
+  cfg: ModelConfig = model.cfg
+  out_dtype = np.dtype(cfg.param_dtype if dtype is None else dtype)
+  params = {_path_name(p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  sources = param_sources(cfg)  # export always uses the hub's per-expert layout
+  missing = sorted(set(sources) ^ set(params))
+  if missing:
+    raise ValueError(f'model parameters and HF mapping differ: {missing[:5]}')
+
+  # Plan files by size first (names must carry the final count), then write file by file so
+  # only one file's tensors are on the host at a time.
+  groups: list[list[str]] = [[]]
+  size = 0
+  for name in sources:
+    nbytes = math.prod(params[name].get_value().shape) * out_dtype.itemsize
+    if groups[-1] and size + nbytes > max_shard_size:
+      groups.append([])
+      size = 0
+    groups[-1].append(name)
+    size += nbytes
+  weight_map: dict[str, str] = {}
+  total = 0
+  for i, names in enumerate(groups):
+    fname = _SINGLE if len(groups) == 1 else f'model-{i + 1:05d}-of-{len(groups):05d}.safetensors'
+    tensors: dict[str, np.ndarray] = {}
+    for name in names:
+      host = np.asarray(jax.device_get(params[name].get_value())).astype(out_dtype)
+      tensors.update(to_hf(sources[name], host))
+    for key, t in tensors.items():
+      weight_map[key] = fname
+      total += t.nbytes
+    save_file(tensors, os.path.join(path, fname), metadata={'format': 'pt'})
+  if len(groups) > 1:
+    with open(os.path.join(path, _INDEX), 'w') as f:
+      json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+
+  hf_dict = cfg.to_hf_dict()
+  hf_dict['dtype'] = out_dtype.name
+  model_type = hf_dict.pop('model_type')
+  transformers.AutoConfig.for_model(model_type, **hf_dict).save_pretrained(path)

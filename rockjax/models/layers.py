@@ -1,0 +1,173 @@
+"""Decoder building blocks: parameters with logical axes, RMSNorm, RoPE, GQA attention, SwiGLU.
+
+Shape letters: B batch, L query positions, S key positions (cache slots, or L without a cache),
+D hidden size, H query heads, K key/value heads, G query heads per key/value head (H // K),
+E head_dim, F MLP width.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rockjax.models.config import ModelConfig, RopeConfig
+
+# Finite instead of -inf: a fully masked row (a left-pad query) then softmaxes to uniform
+# rather than NaN; its output is garbage but finite and is never read at real positions.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_INIT_STD = 0.02
+
+
+def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None],
+          dtype: Any, init: str = 'normal') -> nnx.Param:
+  """An nnx.Param carrying logical axis names (sharding is applied later, by rockjax.sharding)."""
+  shape = tuple(shape)
+  if init == 'ones':
+    value = jnp.ones(shape, dtype)
+  elif init == 'zeros':
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  # eager_sharding=False: logical names are metadata only, so building needs no mesh context.
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32 (HF Llama/Qwen semantics: weight * x / rms(x))."""
+
+  def __init__(self, size: int, eps: float, *, param_dtype: Any):
+    self.weight = param(None, (size,), ('norm',), param_dtype, init='ones')
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Linear(nnx.Module):
+  """An einsum projection with a named multi-dim kernel and optional bias over the output dims."""
+
+  def __init__(self, equation: str, kernel_shape: Sequence[int], kernel_axes: Sequence[str],
+               *, bias_ndim: int = 0, use_bias: bool = False, cfg: ModelConfig,
+               rngs: nnx.Rngs):
+    self.equation = equation
+    self.kernel = param(rngs, kernel_shape, kernel_axes, cfg.param_dtype)
+    self.bias = (param(None, kernel_shape[-bias_ndim:], kernel_axes[-bias_ndim:],
+                       cfg.param_dtype, init='zeros') if use_bias else None)
+    self.dtype = cfg.dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def rope_inv_freq(head_dim: int, rope: RopeConfig) -> np.ndarray:
+  """Inverse frequencies [E/2] for default, linear and Llama-3 scaled RoPE (as in transformers)."""
+  inv = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  if rope.rope_type == 'linear':
+    inv = inv / rope.factor
+  elif rope.rope_type == 'llama3':
+    # Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
+    old = rope.original_max_position_embeddings
+    low_wavelen, high_wavelen = old / rope.low_freq_factor, old / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
+    smooth = (old / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv = np.where(medium, smoothed, scaled)
+  return inv.astype(np.float32)
+
+
+def apply_rope(x_BxLxNxE: jax.Array, positions_BxL: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates halves of the head dim (HF `rotate_half` convention), in float32."""
+  freqs_BxLx1xE2 = (positions_BxL.astype(jnp.float32)[..., None] * inv_freq)[:, :, None, :]
+  cos, sin = jnp.cos(freqs_BxLx1xE2), jnp.sin(freqs_BxLx1xE2)
+  x1, x2 = jnp.split(x_BxLxNxE.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxLxNxE.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query self-attention with RoPE, optional q/k norm and an optional KV cache."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(cfg=cfg, rngs=rngs)
+    self.q_proj = Linear('bld,dhe->blhe', (D, H, E), ('embed', 'heads', 'head_dim'),
+                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
+    self.k_proj = Linear('bld,dke->blke', (D, K, E), ('embed', 'kv_heads', 'head_dim'),
+                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
+    self.v_proj = Linear('bld,dke->blke', (D, K, E), ('embed', 'kv_heads', 'head_dim'),
+                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
+    self.o_proj = Linear('blhe,hed->bld', (H, E, D), ('heads', 'head_dim', 'embed'),
+                         bias_ndim=1, use_bias=cfg.o_bias, **kw)
+    norm = lambda: RMSNorm(E, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
+    self.q_norm = norm() if cfg.qk_norm else None
+    self.k_norm = norm() if cfg.qk_norm else None
+    self.inv_freq = tuple(float(f) for f in rope_inv_freq(E, cfg.rope))  # static, hashable
+    self.num_kv_heads = K
+    self.scale = E ** -0.5
+    self.dtype = cfg.dtype
+
+  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
+               kv: tuple[jax.Array, jax.Array] | None = None,
+               cache_index: jax.Array | int | None = None,
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Attends L queries over S keys where `allowed_BxLxS`; with `kv`, writes L entries first.
+
+    kv: per-layer cache (k_BxSxKxE, v_BxSxKxE); this step's keys/values are written at slots
+    [cache_index, cache_index + L) and the queries attend over all S slots (masked by allowed).
+    """
+    q_BxLxHxE = self.q_proj(x_BxLxD)
+    k_BxLxKxE = self.k_proj(x_BxLxD)
+    v_BxLxKxE = self.v_proj(x_BxLxD)
+    if self.q_norm is not None:
+      q_BxLxHxE, k_BxLxKxE = self.q_norm(q_BxLxHxE), self.k_norm(k_BxLxKxE)
+    inv_freq = np.asarray(self.inv_freq, np.float32)
+    q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, inv_freq)
+    k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
+
+    new_kv = None
+    if kv is not None:
+      k_cache, v_cache = kv
+      start = (0, jnp.asarray(cache_index, jnp.int32), 0, 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxE.astype(k_cache.dtype), start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxE.astype(v_cache.dtype), start)
+      new_kv = (k_cache, v_cache)
+      k_BxSxKxE, v_BxSxKxE = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
+    else:
+      k_BxSxKxE, v_BxSxKxE = k_BxLxKxE, v_BxLxKxE
+
+    B, L, H, E = q_BxLxHxE.shape
+    K = self.num_kv_heads
+    q_BxLxKxGxE = q_BxLxHxE.reshape(B, L, K, H // K, E)
+    # Scores and softmax in float32 whatever the compute dtype.
+    scores_BxKxGxLxS = jnp.einsum('blkge,bske->bkgls', q_BxLxKxGxE, k_BxSxKxE,
+                                  preferred_element_type=jnp.float32) * self.scale
+    scores_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None], scores_BxKxGxLxS, _MASK_VALUE)
+    probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(self.dtype)
+    out_BxLxKxGxE = jnp.einsum('bkgls,bske->blkge', probs_BxKxGxLxS, v_BxSxKxE)
+    return self.o_proj(out_BxLxKxGxE.reshape(B, L, H, E)), new_kv
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(cfg=cfg, rngs=rngs)
+    self.gate_proj = Linear('bld,df->blf', (D, F), ('embed', 'mlp'), **kw)
+    self.up_proj = Linear('bld,df->blf', (D, F), ('embed', 'mlp'), **kw)
+    self.down_proj = Linear('blf,fd->bld', (F, D), ('mlp', 'embed'), **kw)
+
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))
