@@ -1,0 +1,119 @@
+"""Default rockjax config: every field documented; experiments import this and override.
+
+Launch (any config in configs/ works the same way; flags override single fields):
+  python -m rockjax.main --config=configs/default.py --workdir=/tmp/rockjax \
+      --config.steps=20 --config.rock.mode=dynamic
+
+Alone, this default runs OPD between two small random models on the embedded synthetic
+arithmetic task (configs/demo.py is the CPU default that first trains a real teacher).
+Expected: finite, slowly falling `opd/kl`; `rock/*` metrics once rock.mode != 'off'.
+"""
+import ml_collections
+
+
+def model_group(**arch) -> ml_collections.ConfigDict:
+  """A model sub-config: where the weights come from, numerics, and the architecture."""
+  m = ml_collections.ConfigDict()
+  m.source = "random"  # 'random' (init from `arch`) | 'hf' (Hugging Face directory at `path`)
+  m.path = ""  # HF checkpoint directory (config.json + *.safetensors) when source == 'hf'
+  m.dtype = "float32"  # compute dtype of matmuls ('bfloat16' on TPU/GPU); norms/softmax: fp32
+  m.param_dtype = "float32"  # stored parameter dtype
+  m.remat = False  # rematerialise each decoder layer in the backward pass (saves activations)
+  # Architecture, used when source == 'random' and by dry runs (no weights needed). With
+  # source == 'hf' the checkpoint's config.json wins.
+  m.arch = ml_collections.ConfigDict(dict(
+      family="qwen3",  # qwen3 | qwen3_moe | qwen2 | llama
+      vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+      num_kv_heads=2, head_dim=16, tie_word_embeddings=True, rope_theta=10000.0,
+      rms_norm_eps=1e-6,
+      num_experts=0, num_experts_per_tok=0, moe_intermediate_size=0,  # qwen3_moe only
+      norm_topk_prob=True))
+  m.arch.update(arch)
+  return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The documented default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, data order and rollout keys all derive from it
+  c.steps = 50  # total train_step calls (micro-batches when opt.grad_accum > 1)
+  c.log_every = 1  # steps between metric lines (JSONL + TensorBoard + progress bar)
+  c.nan_policy = "stop"  # 'stop': a non-finite loss ends training, last good ckpt intact
+
+  c.model = model_group()  # the student (trained)
+  c.teacher = model_group(hidden_size=96, num_layers=3)  # frozen; never checkpointed
+  c.teacher.source = "random"  # + 'none' for plain SFT (opd.mode='off_policy', kd_ratio=0)
+
+  c.opd = ml_collections.ConfigDict()
+  c.opd.mode = "on_policy"  # 'on_policy' (student rollouts, OPD) | 'off_policy' (KD/SFT data)
+  c.opd.divergence = "reverse_kl"  # on-policy loss: reverse_kl (paper) | forward_kl | jsd
+  c.opd.jsd_beta = 0.5  # teacher weight in the JSD mixture M = beta*p_t + (1-beta)*p_s
+  c.opd.temperature = 1.0  # divergence temperature (paper: 1)
+  c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
+  c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
+  c.opd.chunked = True  # vocab-chunked loss: never materialise [B, L, V] logits
+  c.opd.chunk_size = 8192  # vocabulary columns per chunk
+  c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (2 extra passes)
+  c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
+  c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
+  c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)
+  c.opd.top_p = 1.0
+  c.opd.top_k = 0  # 0 = off
+
+  c.rock = ml_collections.ConfigDict()
+  c.rock.mode = "off"  # 'off' | 'static' (ids from list_path) | 'dynamic' (from RockStats)
+  c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
+  c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/data/qwen3_paper_rocks.txt)
+  c.rock.k = 100  # dynamic: number of rock ids (paper: 100)
+  c.rock.min_freq = 2  # dynamic: ignore ids seen fewer times (authors' code: 2)
+  c.rock.exclude_top_freq = 5  # dynamic: drop the N most frequent ids first (authors' code: 5)
+  c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
+  c.rock.window = "cumulative"  # statistics window for selection: cumulative | recent
+  c.rock.decay = 0.99  # per-step decay of the 'recent' window
+  c.rock.warmup_steps = 10  # dynamic: first selection after this many steps
+  c.rock.select_every = 10  # dynamic: reselect every N steps
+  c.rock.snapshot_step = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.lr = 1e-3  # peak learning rate (paper OPD: 2e-6 on Qwen3-4B)
+  c.opt.end_lr = 1e-5  # cosine floor (paper: 1e-8)
+  c.opt.warmup_frac = 0.05  # linear warm-up share of c.steps (paper: 5%)
+  c.opt.b1 = 0.9
+  c.opt.b2 = 0.98  # paper: (0.9, 0.98)
+  c.opt.eps = 1e-8
+  c.opt.weight_decay = 0.0  # paper: 0
+  c.opt.clip = 1.0  # global-norm clipping (paper: 1.0); 0 = off
+  c.opt.grad_accum = 1  # micro-batches per optimiser update (optax.MultiSteps)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.task = "arithmetic"  # built-in synthetic task used when train_path is empty
+  c.data.task_size = 2000  # synthetic problems generated into the workdir
+  c.data.train_path = ""  # JSONL/Parquet with a prompt field (+ answer, + completion)
+  c.data.eval_path = ""  # held-out prompts for pass@1 (synthetic split when empty)
+  c.data.tokenizer_path = ""  # AutoTokenizer directory ('' = the teacher's, or the task's)
+  c.data.prompt_field = "prompt"
+  c.data.answer_field = "answer"
+  c.data.completion_field = "solution"  # off-policy mode: the given completion
+  c.data.use_chat_template = True
+  c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
+  c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
+  c.data.max_len = 96  # off-policy: prompt + completion length
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1  # pure data parallelism (replicated params)
+  c.mesh.fsdp = -1  # -1: all remaining devices; shards params/optimizer and the batch
+  c.mesh.tensor = 1  # tensor parallelism: heads, MLP, vocab, experts
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
+  c.ckpt.keep = 3  # checkpoints kept
+  c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 25  # steps between pass@1 evaluations; 0 = off
+  c.eval.num_prompts = 32  # held-out prompts per evaluation
+  c.eval.num_samples = 1  # samples per prompt (pass@1 is averaged over them)
+  c.eval.temperature = 0.6  # paper: 0.6
+  c.eval.max_new_tokens = 48
+  c.lock()
+  return c

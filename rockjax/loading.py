@@ -1,0 +1,75 @@
+"""Build the student and teacher a config asks for: random init or a Hugging Face directory."""
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from rockjax import models
+from rockjax import state as state_lib
+from rockjax.models import Decoder, ModelConfig, RopeConfig
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype(name: str) -> Any:
+  """jnp dtype from its config name, with a one-line error naming the bad value."""
+  if name not in _DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
+  return _DTYPES[name]
+
+
+def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> ModelConfig:
+  """ModelConfig for a model sub-config: the checkpoint's config.json, else `arch`."""
+  if m.source == "hf":
+    if not os.path.isfile(os.path.join(m.path, "config.json")):
+      raise FileNotFoundError(f"{field}.path={m.path!r}: no config.json there "
+                              f"({field}.source='hf' needs a Hugging Face checkpoint directory)")
+    return ModelConfig.from_pretrained(m.path, **numerics(m))
+  if m.source != "random":
+    raise ValueError(f"{field}.source={m.source!r}; expected 'random' or 'hf'")
+  return arch_config(m)
+
+
+def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The ModelConfig fields that come from the run, not the checkpoint."""
+  return dict(dtype=dtype(m.dtype), param_dtype=dtype(m.param_dtype), remat=m.remat)
+
+
+def arch_config(m: ml_collections.ConfigDict) -> ModelConfig:
+  """ModelConfig from the `arch` fields alone (random init and dry runs)."""
+  a = m.arch
+  fam = a.family
+  return ModelConfig(
+      family=fam, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+      intermediate_size=a.intermediate_size, num_layers=a.num_layers, num_heads=a.num_heads,
+      num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, rms_norm_eps=a.rms_norm_eps,
+      rope=RopeConfig(theta=a.rope_theta), tie_word_embeddings=a.tie_word_embeddings,
+      qkv_bias=fam == "qwen2", qk_norm=fam in ("qwen3", "qwen3_moe"),
+      num_experts=a.num_experts, num_experts_per_tok=a.num_experts_per_tok,
+      moe_intermediate_size=a.moe_intermediate_size, norm_topk_prob=a.norm_topk_prob,
+      **numerics(m))
+
+
+def model_factory(cfg: ModelConfig) -> Callable[[nnx.Rngs], Decoder]:
+  """rngs -> a freshly initialised Decoder (traced under jit / eval_shape by the callers)."""
+  return lambda rngs: Decoder(cfg, rngs=rngs)
+
+
+def load_params(m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int
+                ) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
+  if m.source == "hf":
+    model = models.from_pretrained(m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                   mesh=mesh, remat=cfg.remat)
+    return nnx.split(model)
+  make = model_factory(cfg)
+  init = lambda: nnx.split(make(nnx.Rngs(seed)))[1]
+  shardings = state_lib.state_shardings(jax.eval_shape(init), mesh)
+  with jax.set_mesh(mesh):
+    params = jax.jit(init, out_shardings=shardings)()
+  graphdef = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(seed))))[0]
+  return graphdef, params
