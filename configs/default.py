@@ -42,7 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = model_group()  # the student (trained)
   c.teacher = model_group(hidden_size=96, num_layers=3)  # frozen; never checkpointed
-  c.teacher.source = "random"  # + 'none' for plain SFT (opd.mode='off_policy', kd_ratio=0)
+  # teacher.source: 'random' | 'hf' | 'none' (plain SFT: opd.mode='off_policy', kd_ratio=0) |
+  # 'sft' (CPU demo: first train the teacher by SFT on the task, export it to HF, load that).
+  c.teacher.source = "random"
+  c.teacher.sft_steps = 300  # teacher.source='sft': SFT steps for the teacher
+  c.teacher.sft_lr = 3e-3  # teacher.source='sft': SFT peak learning rate
 
   c.opd = ml_collections.ConfigDict()
   c.opd.mode = "on_policy"  # 'on_policy' (student rollouts, OPD) | 'off_policy' (KD/SFT data)

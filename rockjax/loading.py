@@ -59,6 +59,11 @@ def model_factory(cfg: ModelConfig) -> Callable[[nnx.Rngs], Decoder]:
   return lambda rngs: Decoder(cfg, rngs=rngs)
 
 
+def abstract_params(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, ShapeDtypeStruct params) of a model: shapes only, nothing allocated."""
+  return nnx.split(nnx.eval_shape(lambda: model_factory(cfg)(nnx.Rngs(seed))))
+
+
 def load_params(m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int
                 ) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
@@ -66,10 +71,8 @@ def load_params(m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed
     model = models.from_pretrained(m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                    mesh=mesh, remat=cfg.remat)
     return nnx.split(model)
-  make = model_factory(cfg)
-  init = lambda: nnx.split(make(nnx.Rngs(seed)))[1]
-  shardings = state_lib.state_shardings(jax.eval_shape(init), mesh)
+  graphdef, abstract = abstract_params(cfg, seed)
+  init = lambda: nnx.split(model_factory(cfg)(nnx.Rngs(seed)))[1]
   with jax.set_mesh(mesh):
-    params = jax.jit(init, out_shardings=shardings)()
-  graphdef = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(seed))))[0]
+    params = jax.jit(init, out_shardings=state_lib.state_shardings(abstract, mesh))()
   return graphdef, params

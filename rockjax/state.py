@@ -57,12 +57,10 @@ def state_shardings(abstract_tree: Any, mesh: Mesh, rules: shd.LogicalRules | No
   return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def initializer(make_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
-                *, vocab_size: int, seed: int = 0,
-                rock_mask_V: jax.Array | None = None) -> Callable[[], TrainState]:
-  """A no-argument function building the initial state (for jit or eval_shape)."""
-  def init() -> TrainState:
-    graphdef, params = nnx.split(make_model(nnx.Rngs(seed)))
+def initializer(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, vocab_size: int,
+                seed: int = 0, rock_mask_V: Any = None) -> Callable[[nnx.State], TrainState]:
+  """params -> the initial TrainState around them (for jit or eval_shape)."""
+  def init(params: nnx.State) -> TrainState:
     mask = (jnp.zeros((vocab_size,), bool) if rock_mask_V is None
             else jnp.asarray(rock_mask_V, bool))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -71,14 +69,22 @@ def initializer(make_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradient
   return init
 
 
-def init_state(init: Callable[[], TrainState], mesh: Mesh,
-               rules: shd.LogicalRules | None = None) -> tuple[TrainState, Any]:
-  """(state, shardings): shapes by jax.eval_shape, then one jit that writes every shard in place.
+def abstract_state(init: Callable[[nnx.State], TrainState], abstract_params: nnx.State,
+                   mesh: Mesh, rules: shd.LogicalRules | None = None) -> tuple[TrainState, Any]:
+  """(ShapeDtypeStructs carrying their target shardings, shardings) of the state; no memory."""
+  abstract = jax.eval_shape(init, abstract_params)
+  shardings = state_shardings(abstract, mesh, rules)
+  like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                      abstract, shardings)
+  return like, shardings
 
-  The full state is never materialised on one device: jit(init, out_shardings=...) creates
-  each parameter and optimiser moment directly in its target sharding.
+
+def init_state(init: Callable[[nnx.State], TrainState], params: nnx.State, shardings: Any,
+               mesh: Mesh) -> TrainState:
+  """The initial state, built by one jit that writes every shard (moments too) in place.
+
+  `params` are already placed (see rockjax.loading.load_params); they are donated, so the
+  full state is never materialised twice or on one device.
   """
-  shardings = state_shardings(jax.eval_shape(init), mesh, rules)
   with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)()
-  return state, shardings
+    return jax.jit(init, out_shardings=shardings, donate_argnums=0)(params)

@@ -1,0 +1,209 @@
+"""Everything a run needs, built once from a config: mesh, tokenizer, models, data, state, step.
+
+Resume order (DESIGN.md): the run's own workdir checkpoint, then `ckpt.resume`, then init.
+"""
+import dataclasses
+import logging
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from rockjax import checkpoint as ckpt_lib
+from rockjax import data as data_lib
+from rockjax import evaluation, loading, models, objective, rock_lists
+from rockjax import sharding as shd
+from rockjax import state as state_lib
+from rockjax import step as step_lib
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The built pieces of one run (see build_experiment)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  tokenizer: Any
+  eos_ids: tuple[int, ...]
+  student_cfg: models.ModelConfig
+  teacher_params: Any
+  state: state_lib.TrainState
+  start_step: int
+  train_step: Callable
+  train_data: Any
+  checkpointer: ckpt_lib.Checkpointer
+  eval_prompts: dict[str, np.ndarray] | None
+  eval_answers: list[str]
+
+  def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
+    """pass@1 of the student on the held-out prompts (verifier: rockjax.evaluation)."""
+    if self.eval_prompts is None:
+      return {}
+    from rockjax import sampling  # pylint: disable=g-import-not-at-top
+    e = self.config.eval
+    student = nnx.merge(state.graphdef, state.params)
+    shard = lambda x: jax.make_array_from_process_local_data(
+        shd.batch_sharding((x.shape[0] * jax.process_count(),) + x.shape[1:], self.mesh), x)
+    out = sampling.generate(student, shard(self.eval_prompts["ids"]),
+                            shard(self.eval_prompts["mask"]),
+                            key=jax.random.PRNGKey(step), max_new_tokens=e.max_new_tokens,
+                            temperature=max(e.temperature, 1e-6), greedy=e.temperature == 0,
+                            eos_ids=self.eos_ids, num_samples=e.num_samples)
+    tokens = np.asarray(multihost_utils.process_allgather(out.tokens, tiled=True))
+    resp = np.asarray(multihost_utils.process_allgather(out.response_mask, tiled=True))
+    correct = []
+    for row in range(tokens.shape[0]):
+      text = self.tokenizer.decode(tokens[row][resp[row] > 0], skip_special_tokens=True)
+      correct.append(evaluation.verify(text, self.eval_answers[row // e.num_samples]))
+    correct_PxN = np.asarray(correct).reshape(-1, e.num_samples)
+    return {"eval/pass@1": evaluation.mean_pass_at_1(correct_PxN),
+            "eval/mean_response_len": float(resp.sum(1).mean())}
+
+
+def _task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Data paths: the config's, or the embedded synthetic task written into the workdir."""
+  paths = {"train": c.data.train_path, "eval": c.data.eval_path,
+           "tokenizer": c.data.tokenizer_path}
+  if not c.data.train_path:
+    from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+    task_dir = os.path.join(workdir, "task")
+    made = arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed)
+    paths["train"] = paths["train"] or str(made["train"])
+    paths["eval"] = paths["eval"] or str(made["eval"])
+    paths["tokenizer"] = paths["tokenizer"] or str(made["tokenizer"])
+  if not paths["tokenizer"]:
+    for m in (c.teacher, c.model):
+      if m.source == "hf":
+        paths["tokenizer"] = m.path
+        break
+  if not paths["tokenizer"]:
+    raise ValueError("data.tokenizer_path is empty and neither model is a HF directory: "
+                     "say which tokenizer to use")
+  return paths
+
+
+def _eos_ids(tokenizer) -> tuple[int, ...]:
+  ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in
+                                    ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+                                    if t in tokenizer.get_vocab()}
+  return tuple(sorted(i for i in ids if i is not None))
+
+
+def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
+  if c.rock.mode != "static":
+    return None
+  if not c.rock.list_path:
+    raise ValueError("rock.mode='static' needs rock.list_path (e.g. "
+                     "rockjax/data/qwen3_paper_rocks.txt)")
+  return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab),
+                                vocab)
+
+
+def step_settings(c: ml_collections.ConfigDict, teacher_graphdef, schedule) -> step_lib.StepSettings:
+  """StepSettings from the config groups opd/rock."""
+  loss = objective.LossSettings(
+      mode=c.opd.mode, divergence=c.opd.divergence, jsd_beta=c.opd.jsd_beta,
+      temperature=c.opd.temperature, chunked=c.opd.chunked, chunk_size=c.opd.chunk_size,
+      kd_ratio=c.opd.kd_ratio, normalizer=c.opd.normalizer, rock_mode=c.rock.mode,
+      lam=c.rock.lam, grad_norm_metric=c.opd.grad_norm_metric)
+  if loss.needs_teacher and c.teacher.source == "none":
+    raise ValueError("teacher.source='none' only works for plain SFT "
+                     "(opd.mode='off_policy' with opd.kd_ratio=0)")
+  return step_lib.StepSettings(
+      loss=loss, teacher_graphdef=teacher_graphdef, schedule=schedule, rock_k=c.rock.k,
+      rock_min_freq=c.rock.min_freq, rock_exclude_top_freq=c.rock.exclude_top_freq,
+      rock_selector=c.rock.selector, rock_window=c.rock.window, rock_decay=c.rock.decay,
+      rock_warmup_steps=c.rock.warmup_steps, rock_select_every=c.rock.select_every,
+      rock_snapshot_step=c.rock.snapshot_step)
+
+
+def _pipelines(c, paths, tokenizer):
+  """(train pipeline, eval prompt batch, eval answers), host-local."""
+  per_host = data_lib.per_host_batch_size(c.data.prompts_per_step)
+  common = dict(batch_size=per_host, max_prompt_len=c.data.max_prompt_len, seed=c.seed,
+                use_chat_template=c.data.use_chat_template)
+  if c.opd.mode == "off_policy":
+    records = data_lib.load_records(paths["train"], prompt_field=c.data.prompt_field,
+                                    answer_field=c.data.answer_field,
+                                    completion_field=c.data.completion_field)
+    train = data_lib.CompletionPipeline(records, tokenizer, max_len=c.data.max_len, **common)
+  else:
+    records = data_lib.load_records(paths["train"], prompt_field=c.data.prompt_field,
+                                    answer_field=c.data.answer_field)
+    train = data_lib.PromptPipeline(records, tokenizer, **common)
+  if not c.eval.every or not paths["eval"]:
+    return train, None, []
+  evals = data_lib.load_records(paths["eval"], prompt_field=c.data.prompt_field,
+                                answer_field=c.data.answer_field)[:c.eval.num_prompts]
+  mine = evals[jax.process_index()::jax.process_count()]
+  rows = [data_lib.left_pad(data_lib.format_prompt(tokenizer, r["prompt"],
+                                                   use_chat_template=c.data.use_chat_template),
+                            c.data.max_prompt_len, data_lib.pad_id(tokenizer)) for r in mine]
+  prompts = {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows])}
+  # Rows come back from process_allgather host-major: order the answers the same way.
+  answers = [r["answer"] for p in range(jax.process_count())
+             for r in evals[p::jax.process_count()]]
+  return train, prompts, answers
+
+
+def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """Build (or restore) everything for a run in `workdir`."""
+  c = config
+  os.makedirs(workdir, exist_ok=True)
+  mesh = shd.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor})
+  if c.teacher.source == "sft":
+    from rockjax import train  # pylint: disable=g-import-not-at-top
+    c = ml_collections.ConfigDict(c.to_dict())  # never edit the caller's config
+    c.teacher.path, c.teacher.source = train.sft_then_export(config, workdir), "hf"
+  paths = _task_files(c, workdir)
+  tokenizer = models.load_tokenizer(paths["tokenizer"])
+  student_cfg = loading.model_config(c.model, field="model")
+  if len(tokenizer) > student_cfg.vocab_size:
+    raise ValueError(f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
+                     f"model vocab_size is {student_cfg.vocab_size}")
+
+  teacher_graphdef = teacher_params = None
+  if c.teacher.source != "none":
+    teacher_cfg = loading.model_config(c.teacher, field="teacher")
+    models.check_vocab_compatible(teacher_cfg, student_cfg)
+    teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh,
+                                                           c.seed + 1)
+
+  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  rock_mask = _rock_mask(c, student_cfg.vocab_size)
+  graphdef, abstract_params = loading.abstract_params(student_cfg, c.seed)
+  init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size, seed=c.seed,
+                               rock_mask_V=rock_mask)
+  like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
+
+  train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "ckpt"), keep=c.ckpt.keep)
+  restored = checkpointer.restore(like)
+  if restored is None and c.ckpt.resume:
+    restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(like)
+  if restored is not None:
+    state, data_state, start = restored
+    if data_state is not None:
+      train_data.set_state(data_state)
+    _log.info("resumed from step %d", start)
+  else:
+    _, params = loading.load_params(c.model, student_cfg, mesh, c.seed)
+    state, start = state_lib.init_state(init, params, shardings, mesh), 0
+
+  settings = step_settings(c, teacher_graphdef, schedule)
+  teacher_shardings = (None if teacher_params is None else
+                       jax.tree.map(lambda x: x.sharding, teacher_params))
+  rows = c.data.prompts_per_step * (c.opd.samples_per_prompt if c.opd.mode == "on_policy" else 1)
+  batch_sharding = shd.batch_sharding((rows, 1), mesh)
+  train_step = step_lib.jit_train_step(settings, shardings, teacher_shardings, batch_sharding)
+  return Experiment(config=c, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
+                    eos_ids=_eos_ids(tokenizer), student_cfg=student_cfg,
+                    teacher_params=teacher_params, state=state, start_step=int(start),
+                    train_step=train_step, train_data=train_data, checkpointer=checkpointer,
+                    eval_prompts=eval_prompts, eval_answers=eval_answers)

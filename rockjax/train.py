@@ -1,0 +1,185 @@
+"""Host loop: mesh, models, data, rollout -> train_step, evaluation, checkpoints, metrics.
+
+Every host runs this same program (jax.distributed on pods); each host feeds its shard of the
+batch and XLA collectives do the rest.
+"""
+import copy
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from flax import nnx
+
+from rockjax import checkpoint as ckpt_lib
+from rockjax import metrics as metrics_lib
+from rockjax import sharding as shd
+from rockjax import state as state_lib
+from rockjax.experiment import Experiment, build_experiment
+
+_log = logging.getLogger(__name__)
+
+
+def _global_batch(host_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """Host-local numpy rows -> global arrays sharded on ('data', 'fsdp')."""
+  out = {}
+  for k, v in host_batch.items():
+    global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+    out[k] = jax.make_array_from_process_local_data(shd.batch_sharding(global_shape, mesh), v)
+  return out
+
+
+def _rollout(exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray],
+             step: int) -> dict[str, jax.Array]:
+  """Student samples completions for the step's prompts (on-policy); returns a token batch."""
+  from rockjax import sampling  # pylint: disable=g-import-not-at-top
+  c = exp.config.opd
+  student = nnx.merge(state.graphdef, state.params)
+  key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
+  g = _global_batch({"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]},
+                    exp.mesh)
+  out = sampling.generate(student, g["ids"], g["mask"], key=key,
+                          max_new_tokens=c.max_new_tokens, temperature=c.sample_temperature,
+                          top_p=c.top_p, top_k=c.top_k, eos_ids=exp.eos_ids,
+                          num_samples=c.samples_per_prompt)
+  return {"tokens": out.tokens, "attention_mask": out.attention_mask,
+          "response_mask": out.response_mask}
+
+
+def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
+  host = next(exp.train_data)
+  if exp.config.opd.mode == "off_policy":
+    return _global_batch({k: host[k] for k in ("tokens_BxL", "attention_mask_BxL",
+                                                "response_mask_BxL")}, exp.mesh)
+  return _rollout(exp, state, host, step)
+
+
+def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Pipeline names (`tokens_BxL`) -> step names (`tokens`)."""
+  return {k.removesuffix("_BxL"): v for k, v in batch.items()}
+
+
+class _Preemption:
+  """SIGTERM (TPU preemption) sets a flag; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    _log.warning("SIGTERM: saving a checkpoint and stopping after this step")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: Experiment):
+  """A non-finite loss stops training before anything is saved (last good checkpoint kept)."""
+  s, c = host_metrics["opd/loss"]
+  if not np.isfinite(s) or not np.isfinite(c):
+    saved = exp.checkpointer.steps()
+    raise FloatingPointError(
+        f"step {step}: non-finite loss (sum={s}, count={c}); training stopped. Last good "
+        f"checkpoint: {'step ' + str(saved[-1]) if saved else 'none'} in "
+        f"{exp.checkpointer.directory}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train for config.steps steps in workdir (resuming if it holds a checkpoint)."""
+  exp = build_experiment(config, workdir)
+  c = exp.config
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  preempt = _Preemption()
+  state, start = exp.state, exp.start_step
+  last: dict[str, float] = {}
+  pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
+  window: dict[str, list[float]] = {}
+  bar = tqdm.tqdm(total=c.steps, initial=start, desc="opd", disable=jax.process_index() != 0,
+                  dynamic_ncols=True)
+  t0 = time.perf_counter()
+
+  def finish(step_done: int, dev_metrics) -> None:
+    nonlocal last, t0
+    host = metrics_lib.to_host(dev_metrics)
+    _check_finite(step_done, host, exp)
+    metrics_lib.accumulate(window, host)
+    if step_done % c.log_every == 0 or step_done == c.steps:
+      values = metrics_lib.averages({k: tuple(v) for k, v in window.items()})
+      now = time.perf_counter()
+      values["perf/seconds_per_step"] = (now - t0) / c.log_every
+      t0 = now
+      writer.write(step_done, values)
+      last = values
+      window.clear()
+      bar.set_postfix({"kl": f"{values.get('opd/kl', float('nan')):.4f}",
+                       "rock_share": f"{values.get('rock/share_tokens', float('nan')):.2f}"})
+
+  try:
+    with jax.set_mesh(exp.mesh):
+      for step in range(start, c.steps):
+        batch = _rename(_next_batch(exp, state, step))
+        state, dev_metrics = exp.train_step(state, exp.teacher_params, batch)
+        if pending is not None:
+          finish(*pending)  # step N's metrics are pulled while step N+1 runs
+        pending = (step + 1, dev_metrics)
+        bar.update(1)
+        done = step + 1
+        if c.eval.every and done % c.eval.every == 0:
+          finish(*pending)
+          pending = None
+          values = exp.evaluate(state, done)
+          writer.write(done, values)
+          last.update(values)
+        if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or preempt.requested:
+          if pending is not None:
+            finish(*pending)  # verify the state to be saved is finite first
+            pending = None
+          exp.checkpointer.save(done, state, exp.train_data.get_state())
+        if preempt.requested:
+          break
+      if pending is not None:
+        finish(*pending)
+  finally:
+    bar.close()
+    writer.close()
+    preempt.restore()
+    exp.checkpointer.close()
+    exp.train_data.close()
+  return {"state": state, "metrics": last, "experiment": exp}
+
+
+def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Train the teacher by SFT on the task's worked solutions, export it as a HF directory.
+
+  Used by the CPU demo (teacher.source == 'sft'): the OPD teacher is then loaded from the
+  export through the same Hugging Face path real checkpoints take. Skipped when done before.
+  """
+  from rockjax import models  # pylint: disable=g-import-not-at-top
+  export = os.path.join(workdir, "teacher_sft", "hf")
+  if os.path.isfile(os.path.join(export, "config.json")):
+    return export
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.model = copy.deepcopy(config.teacher)
+    c.model.source = "random"
+    c.teacher.source = "none"
+    c.opd.mode, c.opd.kd_ratio = "off_policy", 0.0
+    c.rock.mode = "off"
+    c.steps = config.teacher.sft_steps
+    c.opt.lr = config.teacher.sft_lr
+    c.eval.every = config.teacher.sft_steps  # report the teacher's pass@1 once, at the end
+    c.ckpt.every, c.ckpt.resume = 0, ""
+  result = run(c, os.path.join(workdir, "teacher_sft"))
+  exp = result["experiment"]
+  teacher = nnx.merge(result["state"].graphdef, result["state"].params)
+  if jax.process_index() == 0:
+    models.save_pretrained(teacher, export)
+    exp.tokenizer.save_pretrained(export)
+  return export
