@@ -1,0 +1,165 @@
+"""The pure train step against direct computations: masking, rock statistics, sharding, overfit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from model_fixtures import random_model
+from rockjax import objective, rocks, sharding as shd, state as state_lib, step as step_lib
+from rockjax.models import ModelConfig
+from test_losses import np_log_softmax
+
+V = 48
+STUDENT = ModelConfig(family="qwen3", vocab_size=V, hidden_size=32, intermediate_size=48,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+TEACHER = STUDENT.replace(hidden_size=40, num_heads=2, num_kv_heads=1, head_dim=16)
+ROCK_IDS = np.array([3, 7, 11, 20])
+
+
+def make_batch(seed=0, b=8, l=10, prompt=3):
+  """Left-padded prompts followed by responses; some rows end early (right padding)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, V, (b, l)).astype(np.int32)
+  tokens[:, prompt:prompt + 3] = ROCK_IDS[rng.integers(0, 4, (b, 3))]  # plenty of rocks
+  attn = np.ones((b, l), np.int32)
+  attn[0, :2] = 0  # left padding
+  attn[1, -3:] = 0  # a response that ended early
+  resp = np.zeros((b, l), np.int32)
+  resp[:, prompt:] = 1
+  resp *= attn
+  return {"tokens": tokens, "attention_mask": attn, "response_mask": resp}
+
+
+def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", chunked=True,
+          dynamic_k=4):
+  """(jitted step, state, teacher params) on `mesh`."""
+  tx = tx or optax.adamw(1e-2)
+  graphdef, params = nnx.split(random_model(STUDENT, seed=0))
+  t_graphdef, t_params = nnx.split(random_model(TEACHER, seed=1))
+  mask = rocks.ids_to_mask(ROCK_IDS, V) if rock_mode == "static" else None
+  init = state_lib.initializer(graphdef, tx, vocab_size=V, seed=0, rock_mask_V=mask)
+  _, shardings = state_lib.abstract_state(init, params, mesh)
+  params = jax.device_put(params, state_lib.state_shardings(params, mesh))
+  state = state_lib.init_state(init, params, shardings, mesh)
+  t_shardings = state_lib.state_shardings(t_params, mesh)
+  t_params = jax.device_put(t_params, t_shardings)
+  settings = step_lib.StepSettings(
+      loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
+                                  chunked=chunked, chunk_size=16),
+      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2, rock_k=dynamic_k,
+      rock_min_freq=1, rock_exclude_top_freq=0, rock_warmup_steps=1, rock_select_every=1)
+  fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
+  return fn, state, t_params
+
+
+def one_device_mesh():
+  return shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+def reference_logits(batch):
+  """Student/teacher float64 log-probs from a plain full forward (no chunking, no weights)."""
+  student, teacher = random_model(STUDENT, seed=0), random_model(TEACHER, seed=1)
+  ids, mask = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1]
+  fwd = nnx.jit(lambda m, i, k: m(i, k))
+  return np_log_softmax(np.asarray(fwd(student, ids, mask))), np_log_softmax(
+      np.asarray(fwd(teacher, ids, mask)))
+
+
+def test_rock_stats_after_a_step_equal_numpy():
+  batch = make_batch()
+  fn, state, t_params = build(one_device_mesh(), rock_mode="off")
+  with jax.set_mesh(one_device_mesh()):
+    new_state, _ = fn(state, t_params, batch)
+  ls, lt = reference_logits(batch)
+  kl_BxT = np.sum(np.exp(ls) * (ls - lt), -1)
+  ids = batch["tokens"][:, 1:]
+  on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
+  count, kl_sum = np.zeros(V), np.zeros(V)
+  for b, t in zip(*np.nonzero(on)):
+    count[ids[b, t]] += 1
+    kl_sum[ids[b, t]] += kl_BxT[b, t]
+  np.testing.assert_array_equal(np.asarray(new_state.rock.count_V), count)
+  np.testing.assert_allclose(np.asarray(new_state.rock.kl_sum_V), kl_sum, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalizer", ["tokens", "weights"])
+def test_lambda_zero_gradient_is_the_non_rock_loss_gradient(normalizer):
+  """SGD(lr=1) exposes the step's gradient: params - new_params == grad, checked directly."""
+  batch = make_batch()
+  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="static", lam=0.0,
+                              normalizer=normalizer)
+  old = jax.tree.map(np.asarray, state.params)
+  with jax.set_mesh(one_device_mesh()):
+    new_state, _ = fn(state, t_params, batch)
+  step_grad = jax.tree.map(lambda a, b: a - np.asarray(b), old, new_state.params)
+
+  teacher = random_model(TEACHER, seed=1)
+  ids, mask = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1]
+  logits_t = nnx.jit(lambda m, i, k: m(i, k))(teacher, ids, mask)
+  on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
+  non_rock = on & ~np.isin(batch["tokens"][:, 1:], ROCK_IDS)
+  denom = non_rock.sum() if normalizer == "weights" else on.sum()
+
+  def direct_loss(params):  # full logits, explicit position selection: no weights, no chunks
+    model = nnx.merge(nnx.split(random_model(STUDENT))[0], params)
+    logp_s = jax.nn.log_softmax(model(ids, mask))
+    logp_t = jax.nn.log_softmax(logits_t)
+    kl = jnp.sum(jnp.exp(logp_s) * (logp_s - logp_t), -1)
+    return jnp.sum(jnp.where(non_rock, kl, 0.0)) / denom
+
+  want = jax.jit(jax.grad(direct_loss))(nnx.split(random_model(STUDENT))[1])
+  for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, np.asarray(b), rtol=2e-3, atol=2e-6)
+
+
+def test_mode_off_gradient_is_plain_opd_gradient():
+  batch = make_batch()
+  fn_off, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="off")
+  fn_lam1, state1, _ = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="static", lam=1.0)
+  fn_lam0, state0, _ = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="static", lam=0.0)
+  with jax.set_mesh(one_device_mesh()):
+    p_off = fn_off(state, t_params, batch)[0].params
+    p_one = fn_lam1(state1, t_params, batch)[0].params
+    p_zero = fn_lam0(state0, t_params, batch)[0].params
+  for a, b, c in zip(jax.tree.leaves(p_off), jax.tree.leaves(p_one), jax.tree.leaves(p_zero)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # lambda 1 == off
+  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(p_off),
+                                                          jax.tree.leaves(p_zero)))
+  assert diff > 1e-5  # and freezing really changes the update
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_sharded_equals_unsharded_over_three_steps(devices8, chunked):
+  mesh8 = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  results = []
+  for mesh in (one_device_mesh(), mesh8):
+    fn, state, t_params = build(mesh, rock_mode="dynamic", lam=0.0, chunked=chunked)
+    losses = []
+    with jax.set_mesh(mesh):
+      for i in range(3):
+        state, m = fn(state, t_params, make_batch(seed=i))
+        losses.append(float(m["opd/loss"][0] / m["opd/loss"][1]))
+    results.append((losses, jax.device_get(state)))
+  (l1, s1), (l8, s8) = results
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  np.testing.assert_array_equal(s8.rock.count_V, s1.rock.count_V)
+  np.testing.assert_allclose(s8.rock.kl_sum_V, s1.rock.kl_sum_V, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(s8.rock_mask, s1.rock_mask)
+  for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_overfits_a_fixed_batch_on_8_devices(devices8):
+  mesh = shd.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  fn, state, t_params = build(mesh, rock_mode="off")
+  batch = make_batch()
+  losses = []
+  with jax.set_mesh(mesh):
+    for _ in range(20):
+      state, m = fn(state, t_params, batch)
+      losses.append(float(m["opd/loss"][0] / m["opd/loss"][1]))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.3 * losses[0], losses
+  assert np.mean(np.diff(losses) < 0) > 0.8, losses  # falling nearly every step
