@@ -107,6 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = 1  # pure data parallelism (replicated params)
   c.mesh.fsdp = -1  # -1: all remaining devices; shards params/optimizer and the batch
   c.mesh.tensor = 1  # tensor parallelism: heads, MLP, vocab, experts
+  c.mesh.num_devices = 0  # dry runs only: the declared device count (0 = the local devices)
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only

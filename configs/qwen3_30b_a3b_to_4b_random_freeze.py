@@ -1,0 +1,17 @@
+"""The paper's Random control: freeze 100 non-rock ids frequency-matched to the rocks.
+
+The control list depends on token frequencies of your own corpus (the paper matched by a
+minimum-cost assignment on |log freq|); make it from an Original run's rock statistics with
+`rockjax.analysis.controls` and pass it as rock.list_path:
+  python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_random_freeze.py --workdir=DIR \
+      --config.rock.list_path=DIR_ORIGINAL/random_control_ids.txt --config.model.path=... \
+      --config.teacher.path=... --config.data.train_path=...
+Expected (PAPER.md s5): AIME24/25/HMMT25 average 38.9 (below both Original and Rock-Freeze).
+"""
+from configs import qwen3_30b_a3b_to_4b_rock_freeze
+
+
+def get_config():
+  c = qwen3_30b_a3b_to_4b_rock_freeze.get_config()
+  c.rock.list_path = ""  # required: the frequency-matched control list (see docstring)
+  return c
