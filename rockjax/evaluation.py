@@ -1,0 +1,161 @@
+"""Verifiers for math answers, pass@k estimators and paired statistics (PAPER.md section 4).
+
+Letters: P = problems, N = samples per problem.
+"""
+from __future__ import annotations
+
+import math
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+# `\boxed{...}` with up to two levels of nested braces (enough for \frac{a}{b} inside).
+_BOXED = re.compile(r'\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}')
+# Display math `$$...$$` first, else inline `$...$`.
+_DOLLARS = re.compile(r'\$\$(.+?)\$\$|\$([^$]+)\$', re.DOTALL)
+# "The answer is X" up to the end of the sentence or line.
+_ANSWER_IS = re.compile(r'answer\s+is\s*[:=]?\s*(.+?)(?:\.\s|\.$|\n|$)', re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+  """Strips markdown/latex wrapping and trailing punctuation from a candidate answer."""
+  text = text.strip()
+  # Peel repeatedly: '**$66$**.' -> '$66$' -> '66'.
+  while True:
+    before = text
+    text = text.strip().rstrip('.').strip()
+    for open_, close in (('**', '**'), ('$', '$'), ('\\(', '\\)'), ('\\[', '\\]')):
+      if len(text) >= len(open_) + len(close) and text.startswith(open_) and text.endswith(close):
+        text = text[len(open_):len(text) - len(close)]
+    boxed = _BOXED.fullmatch(text)
+    if boxed:
+      text = boxed.group(1)
+    if text == before:
+      return text
+
+
+def extract_answer(text: str) -> str | None:
+  """The final answer in a completion: last \\boxed{}, else the later of `$...$` / "answer is X"."""
+  boxed = list(_BOXED.finditer(text))
+  if boxed:
+    return _clean(boxed[-1].group(1))
+  # Candidates as (end position, value); the one that ends last is the final answer.
+  candidates = [(m.end(), m.group(1) or m.group(2)) for m in _DOLLARS.finditer(text)]
+  candidates += [(m.end(), m.group(1)) for m in _ANSWER_IS.finditer(text)]
+  if not candidates:
+    return None
+  value = _clean(max(candidates, key=lambda c: c[0])[1])
+  return value or None
+
+
+def _normalise(text: str) -> str:
+  """Cheap canonical form for the exact-match fast path (whitespace, thousands commas)."""
+  text = _clean(text)
+  text = re.sub(r'\s+', '', text)
+  if re.fullmatch(r'-?\d{1,3}(,\d{3})+', text):  # 1,234 -> 1234
+    text = text.replace(',', '')
+  return text
+
+
+def _as_latex(text: str) -> str:
+  """Wraps a bare answer in `$...$` so math_verify's LaTeX extractor sees it."""
+  return text if ('$' in text or '\\boxed' in text) else f'${text}$'
+
+
+def verify(completion_text: str, answer: str | int | float, *,
+           timeout_seconds: int | None = 5) -> bool:
+  """True if the completion's final answer equals `answer` (exact match, else math_verify)."""
+  answer = str(answer)
+  predicted = extract_answer(completion_text)
+  if predicted is not None and _normalise(predicted) == _normalise(answer):
+    return True  # fast path: most correct answers of the arithmetic task end here
+  import math_verify  # lazy: importing sympy costs ~1 s
+  # math_verify times out with signal.alarm, which only works on the main thread.
+  if threading.current_thread() is not threading.main_thread():
+    timeout_seconds = None
+  # Grade the same final answer the fast path saw, so both paths agree on what was answered.
+  target = _as_latex(predicted) if predicted is not None else completion_text
+  gold = math_verify.parse(_as_latex(answer), parsing_timeout=timeout_seconds)
+  pred = math_verify.parse(target, parsing_timeout=timeout_seconds)
+  if not gold or not pred:
+    return False
+  return bool(math_verify.verify(gold, pred, timeout_seconds=timeout_seconds))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c,k)/C(n,k)."""
+  if not 0 <= c <= n or not 1 <= k <= n:
+    raise ValueError(f'pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}')
+  if n - c < k:
+    return 1.0
+  # Product form avoids the huge binomials of the ratio for large n.
+  return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1, dtype=np.float64)))
+
+
+def mean_pass_at_k(correct_PxN: Any, k: int) -> float:
+  """Mean over problems of the unbiased pass@k; rows are problems, columns samples."""
+  correct_PxN = np.asarray(correct_PxN, dtype=bool)
+  if correct_PxN.ndim != 2 or correct_PxN.shape[0] == 0:
+    raise ValueError(f'mean_pass_at_k: correct_PxN must be a non-empty 2-D array, '
+                     f'got shape {correct_PxN.shape}')
+  n = correct_PxN.shape[1]
+  return float(np.mean([pass_at_k(n, int(c), k) for c in correct_PxN.sum(axis=1)]))
+
+
+def mean_pass_at_1(correct_PxN: Any) -> float:
+  """pass@1 averaged over problems (the paper's metric: mean accuracy over N runs)."""
+  return mean_pass_at_k(correct_PxN, 1)
+
+
+def paired_bootstrap(correct_a_P: Any, correct_b_P: Any, *, n_resamples: int = 10_000,
+                     alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
+  """Paired bootstrap over problems of delta = mean(a) - mean(b).
+
+  Returns dict(delta, ci_low, ci_high, p_value): a percentile (1 - alpha) interval, and a
+  two-sided p-value from the null distribution obtained by centring the resampled deltas.
+  For a knockout (PAPER.md section 4) pass a = with the id banned, b = baseline. Entries may
+  be booleans or per-problem accuracies in [0, 1] (e.g. averaged over runs).
+  """
+  a_P = np.asarray(correct_a_P, dtype=np.float64)
+  b_P = np.asarray(correct_b_P, dtype=np.float64)
+  if a_P.ndim != 1 or a_P.shape != b_P.shape or a_P.size == 0:
+    raise ValueError(f'paired_bootstrap: need two non-empty 1-D arrays of equal length, got '
+                     f'shapes {a_P.shape} and {b_P.shape}')
+  if not 0.0 < alpha < 1.0 or n_resamples < 1:
+    raise ValueError(f'paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got '
+                     f'alpha={alpha}, n_resamples={n_resamples}')
+  diff_P = a_P - b_P
+  delta = float(diff_P.mean())
+  rng = np.random.default_rng(seed)
+  num_problems = diff_P.shape[0]
+  deltas = np.empty(n_resamples, dtype=np.float64)
+  chunk = max(1, 2_000_000 // num_problems)  # bound the index matrix to ~16 MB
+  for start in range(0, n_resamples, chunk):
+    stop = min(start + chunk, n_resamples)
+    idx_RxP = rng.integers(0, num_problems, size=(stop - start, num_problems))
+    deltas[start:stop] = diff_P[idx_RxP].mean(axis=1)
+  ci_low, ci_high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+  # Under H0 the deltas are centred on 0; count resamples at least as extreme as observed.
+  # The tolerance keeps exact ties (e.g. delta = 0) from being lost to rounding.
+  extreme = np.abs(deltas - delta) >= abs(delta) - 1e-12
+  p_value = (1 + int(extreme.sum())) / (1 + n_resamples)
+  return dict(delta=delta, ci_low=float(ci_low), ci_high=float(ci_high),
+              p_value=float(min(1.0, p_value)))
+
+
+def sign_test(n_neg: int, n_pos: int) -> float:
+  """Two-sided exact sign test p-value for n_neg negative vs n_pos positive outcomes."""
+  if n_neg < 0 or n_pos < 0:
+    raise ValueError(f'sign_test: counts must be >= 0, got n_neg={n_neg}, n_pos={n_pos}')
+  n = n_neg + n_pos
+  if n == 0:
+    return 1.0
+  try:
+    from scipy import stats
+    return float(stats.binomtest(min(n_neg, n_pos), n, 0.5).pvalue)
+  except ImportError:
+    # Exact binomial: double the smaller tail of Binomial(n, 1/2), capped at 1.
+    tail = sum(math.comb(n, i) for i in range(min(n_neg, n_pos) + 1)) / 2.0**n
+    return float(min(1.0, 2.0 * tail))
