@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # model init, data order and rollout keys all derive from it
   c.steps = 50  # total train_step calls (micro-batches when opt.grad_accum > 1)
   c.log_every = 1  # steps between metric lines (JSONL + TensorBoard + progress bar)
-  c.nan_policy = "stop"  # 'stop': a non-finite loss ends training, last good ckpt intact
+  c.stop_after = 0  # end (with a checkpoint) after this step, keeping c.steps' schedule; 0 = off
 
   c.model = model_group()  # the student (trained)
   c.teacher = model_group(hidden_size=96, num_layers=3)  # frozen; never checkpointed

@@ -137,22 +137,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           values = exp.evaluate(state, done)
           writer.write(done, values)
           last.update(values)
-        if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or preempt.requested:
+        stop = preempt.requested or (c.stop_after and done >= c.stop_after)
+        if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or stop:
           if pending is not None:
             finish(*pending)  # verify the state to be saved is finite first
             pending = None
           exp.checkpointer.save(done, state, exp.train_data.get_state())
-        if preempt.requested:
+        if stop:
           break
       if pending is not None:
         finish(*pending)
+    data_state = exp.train_data.get_state()
   finally:
     bar.close()
     writer.close()
     preempt.restore()
     exp.checkpointer.close()
     exp.train_data.close()
-  return {"state": state, "metrics": last, "experiment": exp}
+  return {"state": state, "metrics": last, "experiment": exp, "data_state": data_state}
 
 
 def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
