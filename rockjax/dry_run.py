@@ -80,7 +80,6 @@ def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
   """XLA's temporary-buffer size of the compiled step on a concrete mesh of the declared shape."""
-  del graphdef
   mesh = shd.make_mesh(sizes, devices=jax.devices()[:math.prod(sizes.values())])
   like, shardings = state_lib.abstract_state(init, params, mesh)
   t_sh = None if t_params is None else state_lib.state_shardings(t_params, mesh)

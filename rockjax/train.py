@@ -148,6 +148,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         finish(*pending)
     data_state = exp.train_data.get_state()
+    if jax.process_index() == 0:
+      _report_rocks(exp, state)
   finally:
     bar.close()
     writer.close()
@@ -155,6 +157,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     exp.checkpointer.close()
     exp.train_data.close()
   return {"state": state, "metrics": last, "experiment": exp, "data_state": data_state}
+
+
+def _report_rocks(exp: Experiment, state: state_lib.TrainState) -> None:
+  """Write workdir/rocks.json and print the top of the rock table."""
+  from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
+  r = exp.config.rock
+  table = rock_table.rock_table(state.rock, exp.tokenizer, k=r.k, min_freq=r.min_freq,
+                                exclude_top_freq=r.exclude_top_freq, selector=r.selector,
+                                window=r.window)
+  path = rock_table.write_table(exp.workdir, table)
+  tqdm.tqdm.write(rock_table.format_table(table) + f"\n(full table: {path})")
 
 
 def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
