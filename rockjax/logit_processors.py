@@ -1,0 +1,87 @@
+"""Pure logit transforms used by the sampler: id bans, top-k, top-p, temperature, sampling.
+
+Shape letters: N rows (prompts x samples), V vocabulary. Every function is jittable and
+works on float32 logits; a removed id gets -inf (so its probability is exactly 0).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def ban_ids(logits_NxV: jax.Array, banned_ids: Sequence[int]) -> jax.Array:
+  """Adds -inf to the logits of `banned_ids` (the paper's knockout: nothing is substituted)."""
+  if not banned_ids:
+    return logits_NxV
+  banned_V = jnp.zeros(logits_NxV.shape[-1], bool).at[jnp.asarray(banned_ids)].set(True)
+  return jnp.where(banned_V, NEG_INF, logits_NxV)
+
+
+def top_k_filter(logits_NxV: jax.Array, k: int) -> jax.Array:
+  """Keeps the k largest logits per row (ids tied with the k-th are kept too); k <= 0: all."""
+  if k <= 0 or k >= logits_NxV.shape[-1]:
+    return logits_NxV
+  kth_Nx1 = jax.lax.top_k(logits_NxV, k)[0][:, -1:]
+  return jnp.where(logits_NxV < kth_Nx1, NEG_INF, logits_NxV)
+
+
+def top_p_filter(logits_NxV: jax.Array, p: float) -> jax.Array:
+  """Nucleus filter (HF's rule): an id survives if the probability mass of the ids *more*
+  likely than it is < p, so the most likely id always survives and a tiny p is greedy.
+  Ids tied in probability survive or go together (a sort would split ties arbitrarily).
+
+  No sort: with f(t) = mass of ids whose probability is > t (non-increasing), the survivors
+  are exactly the ids with probability >= t0, t0 the smallest float32 with f(t0) < p. t0 is
+  found by bisection over float32 bit patterns (ordered like the values for t >= 0): 31 masked
+  sums over V per row, which also stay vocab-sharded (a sort would gather the vocabulary).
+  p >= 1: no-op.
+  """
+  if p >= 1.0:
+    return logits_NxV
+  probs_NxV = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
+  as_float = lambda bits_N: jax.lax.bitcast_convert_type(bits_N, jnp.float32)
+  mass_above = lambda bits_N: jnp.sum(jnp.where(probs_NxV > as_float(bits_N)[:, None],
+                                                probs_NxV, 0.0), axis=-1)
+
+  def halve(_, lo_hi):
+    # Invariant: f(hi) < p <= f(lo) (hi = 1.0 at the start: nothing is more likely than 1;
+    # lo = -1 stands for "below 0.0"), so t0 is in (lo, hi]; rows already at width 1 stay.
+    lo_N, hi_N = lo_hi
+    mid_N = lo_N + (hi_N - lo_N) // 2
+    below_N = mass_above(mid_N) < p
+    open_N = hi_N - lo_N > 1
+    return (jnp.where(open_N & ~below_N, mid_N, lo_N), jnp.where(open_N & below_N, mid_N, hi_N))
+
+  N = logits_NxV.shape[0]
+  one = jax.lax.bitcast_convert_type(jnp.float32(1.0), jnp.int32)
+  lo_N, hi_N = jnp.full((N,), -1, jnp.int32), jnp.full((N,), one, jnp.int32)
+  _, hi_N = jax.lax.fori_loop(0, 31, halve, (lo_N, hi_N))  # hi - lo <= 2**30 at the start
+  t0_Nx1 = as_float(hi_N)[:, None]
+  return jnp.where(probs_NxV >= t0_Nx1, logits_NxV, NEG_INF)
+
+
+def sampling_logits(logits_NxV: jax.Array, temperature: jax.Array | float, top_k: int,
+                    top_p: float) -> jax.Array:
+  """The logits of the distribution actually sampled: /temperature, then top-k, then top-p."""
+  scaled_NxV = logits_NxV / jnp.asarray(temperature, jnp.float32)
+  return top_p_filter(top_k_filter(scaled_NxV, top_k), top_p)
+
+
+def gumbel_sample(logits_NxV: jax.Array, row_keys_N: jax.Array) -> jax.Array:
+  """One draw per row from softmax(logits) by the Gumbel-max trick, row i using key i only.
+
+  Per-row keys make each row's draw independent of how the batch is split over devices.
+  """
+  V = logits_NxV.shape[-1]
+  gumbel_NxV = jax.vmap(lambda k: jax.random.gumbel(k, (V,), jnp.float32))(row_keys_N)
+  return jnp.argmax(logits_NxV + gumbel_NxV, axis=-1).astype(jnp.int32)
+
+
+def token_logprob(logits_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:
+  """log softmax(logits)[token] per row, in float32."""
+  logp_NxV = jax.nn.log_softmax(logits_NxV.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp_NxV, tokens_N[:, None], axis=-1)[:, 0]

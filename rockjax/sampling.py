@@ -1,0 +1,224 @@
+"""Jitted KV-cache sampler: temperature / top-k / top-p / greedy, EOS, banned ids, n samples.
+
+    rollout = generate(model, prompt_ids_BxP, prompt_mask_BxP, key=key, max_new_tokens=256,
+                       temperature=1.0, eos_ids=(tok.eos_token_id,), num_samples=4)
+    rollout.tokens_NxL, rollout.response_mask ...   # N = B * num_samples, L = P + max_new_tokens
+
+Shape letters: B prompts, n samples per prompt, N = B * n rows, P prompt length (prompts are
+left-padded), T = max_new_tokens, L = P + T, V vocabulary, S cache slots.
+
+One program: a prefill over the B prompts, the cache repeated n times (prompt-major rows:
+sample j of prompt i is row i*n + j), then a `lax.while_loop` that decodes one token per step
+for all rows and stops as soon as every row has emitted an EOS (or after T tokens).
+
+Per-step logit pipeline (all in float32):
+  raw logits --logit_processor(logits, step)--> --banned ids: -inf-->
+  greedy: argmax (exact, no noise) | else: /temperature -> top-k -> top-p -> Gumbel-max draw.
+Randomness: row r at step t uses fold_in(fold_in(key, r), t), so the output depends only on
+the key and the row index, never on how the batch is sharded.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from rockjax import logit_processors as lp
+from rockjax import sharding as shd
+from rockjax.models.cache import KV_AXES, MASK_AXES, KVCache
+
+LogitProcessor = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_NxV, step) -> logits_NxV
+
+
+@struct.dataclass
+class Rollout:
+  """The result of `generate`; every array has N = B * num_samples rows (prompt-major).
+
+  tokens [N, L] int32: left-padded prompt, then the response; after a row's first EOS (and on
+    the never-generated tail when the loop stops early) the id is `pad_id`.
+  response_mask [N, L] int32: 1 exactly on generated tokens up to and including the first EOS.
+  attention_mask [N, L] int32: prompt mask + response mask (what a training forward needs).
+  lengths [N] int32: response lengths, EOS included.
+  logprobs [N, L] float32: log-prob of each generated token under the model's *unprocessed*
+    softmax (temperature 1, no top-k/p, no bans, no processor): what a teacher-forced forward
+    of `tokens` gives, i.e. what OPD's importance weights and analyses use. 0 off the mask.
+  sample_logprobs [N, L] float32: log-prob under the distribution actually sampled from
+    (processor, bans, temperature, top-k, top-p); 0 off the mask and for greedy decoding.
+  prompt_len: P, the column where responses start (static).
+  """
+  tokens: jax.Array
+  response_mask: jax.Array
+  attention_mask: jax.Array
+  lengths: jax.Array
+  logprobs: jax.Array
+  sample_logprobs: jax.Array
+  prompt_len: int = struct.field(pytree_node=False, default=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """The static (compile-time) settings of one sampler program; hashable."""
+  max_new_tokens: int
+  top_p: float = 1.0
+  top_k: int = 0
+  greedy: bool = False
+  eos_ids: tuple[int, ...] = ()
+  banned_ids: tuple[int, ...] = ()
+  num_samples: int = 1
+  pad_id: int = 0
+  logit_processor: LogitProcessor | None = None  # hashed by identity: reuse one function
+  cache_dtype: Any = None  # None: the model's compute dtype
+
+
+def _process(logits_NxV: jax.Array, step: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """Processor hook then bans (so a ban always wins); the greedy / pre-temperature logits."""
+  if cfg.logit_processor is not None:
+    logits_NxV = cfg.logit_processor(logits_NxV, step).astype(jnp.float32)
+  return lp.ban_ids(logits_NxV, cfg.banned_ids)
+
+
+def _choose(logits_NxV: jax.Array, step: jax.Array, row_keys_N: jax.Array,
+            temperature: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array,
+                                                                   jax.Array]:
+  """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N)."""
+  processed_NxV = _process(logits_NxV, step, cfg)
+  if cfg.greedy:
+    tokens_N = jnp.argmax(processed_NxV, axis=-1).astype(jnp.int32)
+    sample_logprob_N = jnp.zeros(tokens_N.shape, jnp.float32)
+  else:
+    final_NxV = lp.sampling_logits(processed_NxV, temperature, cfg.top_k, cfg.top_p)
+    step_keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
+    tokens_N = lp.gumbel_sample(final_NxV, step_keys_N)
+    sample_logprob_N = lp.token_logprob(final_NxV, tokens_N)
+  return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
+
+
+def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
+           prompt_mask_BxP: jax.Array, key: jax.Array, temperature: jax.Array | float,
+           cfg: SamplingConfig) -> Rollout:
+  """The pure sampler (traceable; `decode_jit` is its jitted form); see `generate`."""
+  model = nnx.merge(graphdef, state)
+  B, P = prompt_ids_BxP.shape
+  n, T = cfg.num_samples, cfg.max_new_tokens
+  N, S = B * n, P + T - 1  # the last token is never fed back
+  prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
+  batch = lambda x: shd.constrain(x, ('batch',) + (None,) * (x.ndim - 1))
+
+  # Prefill the B distinct prompts once; only the last position's logits are needed.
+  cache = model.init_cache(B, S, cfg.cache_dtype)
+  hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
+  first_logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+
+  # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
+  rep = lambda x: jnp.repeat(x, n, axis=0) if n > 1 else x
+  kv = lambda xs: tuple(shd.constrain(rep(x), KV_AXES) for x in xs)
+  cache = KVCache(k=kv(cache.k), v=kv(cache.v),
+                  mask_BxS=shd.constrain(rep(cache.mask_BxS), MASK_AXES), index=cache.index)
+  first_logits_NxV = rep(first_logits_BxV)
+  row_keys_N = batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
+  temperature = jnp.asarray(temperature, jnp.float32)
+  eos_E = jnp.asarray(cfg.eos_ids, jnp.int32)
+
+  def emit(carry, logits_NxV, step):
+    """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
+    tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
+    tokens_N, logp_N, slogp_N = _choose(logits_NxV, step, row_keys_N, temperature, cfg)
+    live_N = ~done_N
+    tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
+    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype),
+                                                      (0, step))
+    carry = (put(tokens_NxT, tokens_N), put(mask_NxT, live_N),
+             put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
+             put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
+             done_N | (live_N & jnp.isin(tokens_N, eos_E)))
+    return carry, tokens_N
+
+  def next_logits(step, prev_N, cache):
+    """Step 0 reads the prefill's logits; later steps feed the previous token (slot P+step-1)."""
+    def forward(cache):
+      logits_Nx1xV, cache = model(prev_N[:, None], jnp.ones((N, 1), jnp.int32), cache=cache)
+      return logits_Nx1xV[:, 0], cache
+    return jax.lax.cond(step == 0, lambda cache: (first_logits_NxV, cache), forward, cache)
+
+  def cond(loop):
+    step, _, _, out = loop
+    return (step < T) & ~jnp.all(out[-1])
+
+  def body(loop):
+    step, prev_N, cache, out = loop
+    logits_NxV, cache = next_logits(step, prev_N, cache)
+    out, tokens_N = emit(out, logits_NxV, step)
+    return step + 1, tokens_N, cache, out
+
+  out = (batch(jnp.full((N, T), cfg.pad_id, jnp.int32)), batch(jnp.zeros((N, T), jnp.int32)),
+         batch(jnp.zeros((N, T), jnp.float32)), batch(jnp.zeros((N, T), jnp.float32)),
+         batch(jnp.zeros((N,), bool)))
+  loop = (jnp.int32(0), jnp.zeros((N,), jnp.int32), cache, out)
+  _, _, _, out = jax.lax.while_loop(cond, body, loop)
+  gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, _ = out
+
+  prompt_ids_NxP, prompt_mask_NxP = rep(prompt_ids_BxP.astype(jnp.int32)), rep(prompt_mask_BxP)
+  zeros_NxP = jnp.zeros((N, P), jnp.int32)
+  cat = lambda a, b: batch(jnp.concatenate([a, b], axis=1))
+  return Rollout(
+      tokens=cat(prompt_ids_NxP, gen_NxT),
+      response_mask=cat(zeros_NxP, gen_mask_NxT),
+      attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
+      lengths=batch(jnp.sum(gen_mask_NxT, axis=1)),
+      logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
+      sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
+      prompt_len=P)
+
+
+# The one place the sampler is jitted: the model structure and settings are static; params,
+# prompts (sharded on 'batch' by the caller or by `generate(mesh=...)`), key and temperature
+# are traced. Nothing is donated: the params are the live student's.
+decode_jit = jax.jit(decode, static_argnames=('graphdef', 'cfg'))
+
+
+def generate(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
+             key: jax.Array, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, greedy: bool = False, eos_ids: Sequence[int] = (),
+             banned_ids: Sequence[int] = (), num_samples: int = 1, pad_id: int | None = None,
+             logit_processor: LogitProcessor | None = None, mesh: Mesh | None = None,
+             cache_dtype: Any = None) -> Rollout:
+  """Samples `num_samples` responses per left-padded prompt in one compiled program.
+
+  key: a jax.random key (same key -> same output). temperature (traced; > 0 unless greedy),
+  top_p (1: off), top_k (0: off) shape the sampled distribution; greedy=True is exact argmax
+  and ignores them. eos_ids: any of them ends a row (kept, masked 1). banned_ids: -inf at every
+  step. pad_id: id written after EOS (default: the first eos id, else 0). logit_processor:
+  optional `f(logits_NxV, step) -> logits_NxV`, applied before bans (hashed by identity: pass
+  the same function object to avoid recompiling). mesh: if given, prompts are placed on
+  ('data', 'fsdp') and the program runs under it; otherwise inputs' shardings are followed.
+  Returns a `Rollout` (see its docstring, notably which distribution `logprobs` is under).
+  """
+  if max_new_tokens < 1 or num_samples < 1:
+    raise ValueError(f'max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1')
+  if not greedy and not temperature > 0:
+    raise ValueError(f'temperature={temperature} must be > 0 when sampling; use greedy=True')
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f'top_p={top_p} must be in (0, 1]')
+  vocab = model.cfg.vocab_size
+  bad = [i for i in (*eos_ids, *banned_ids) if not 0 <= int(i) < vocab]
+  if bad:
+    raise ValueError(f'eos/banned ids {bad} outside the vocabulary [0, {vocab})')
+  eos_ids = tuple(int(i) for i in eos_ids)
+  cfg = SamplingConfig(
+      max_new_tokens=int(max_new_tokens), top_p=float(top_p), top_k=int(top_k),
+      greedy=bool(greedy), eos_ids=eos_ids, banned_ids=tuple(sorted({int(i) for i in banned_ids})),
+      num_samples=int(num_samples), pad_id=(eos_ids[0] if eos_ids else 0) if pad_id is None
+      else int(pad_id), logit_processor=logit_processor, cache_dtype=cache_dtype)
+  graphdef, state = nnx.split(model)
+  temperature = jnp.float32(1.0 if greedy else temperature)
+  if mesh is None:
+    return decode_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg)
+  put = lambda x: jax.device_put(x, shd.batch_sharding(x.shape, mesh))
+  with jax.set_mesh(mesh):
+    return decode_jit(graphdef, state, put(prompt_ids_BxP), put(prompt_mask_BxP), key,
+                      temperature, cfg)
