@@ -14,9 +14,9 @@ from rockjax import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def small_offpolicy(**overrides):
+def small_run(mode="off_policy", **overrides):
   c = tiny.get_config()
-  c.opd.mode = "off_policy"
+  c.opd.mode = mode
   c.steps = 8
   c.ckpt.every = 4
   c.mesh.update(data=2, fsdp=2, tensor=2)
@@ -28,7 +28,7 @@ def test_cli_trains_tiny_config_on_8_devices(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "rockjax.main", "--config=configs/tiny.py",
-         f"--workdir={tmp_path}", "--config.steps=3", "--config.opd.mode=off_policy"]
+         f"--workdir={tmp_path}", "--config.steps=3"]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -37,12 +37,16 @@ def test_cli_trains_tiny_config_on_8_devices(tmp_path):
   assert sorted(os.listdir(tmp_path / "ckpt"))[-1] == "3"
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-  """Train 4, stop, resume, train 4 more == train 8 (params, moments, rock stats, data)."""
-  whole = train.run(small_offpolicy(), str(tmp_path / "whole"))
-  first = train.run(small_offpolicy(**{"stop_after": 4}), str(tmp_path / "split"))
+@pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
+def test_resume_equals_uninterrupted(tmp_path, mode):
+  """Train 4, stop, resume, train 4 more == train 8 (params, moments, rock stats, data).
+
+  On-policy this also checks the rollouts replay: their keys derive from (rng, step).
+  """
+  whole = train.run(small_run(mode), str(tmp_path / "whole"))
+  first = train.run(small_run(mode, **{"stop_after": 4}), str(tmp_path / "split"))
   assert int(first["state"].step) == 4
-  second = train.run(small_offpolicy(), str(tmp_path / "split"))
+  second = train.run(small_run(mode), str(tmp_path / "split"))
   a, b = jax.device_get(whole["state"]), jax.device_get(second["state"])
   assert int(a.step) == int(b.step) == 8
   for name in ("params", "opt_state", "rock", "rock_mask"):
@@ -55,6 +59,6 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_bad_static_list_names_file_and_line(tmp_path):
   bad = tmp_path / "ids.txt"
   bad.write_text("3\n7\nseven\n")
-  c = small_offpolicy(**{"rock.mode": "static", "rock.list_path": str(bad)})
+  c = small_run(**{"rock.mode": "static", "rock.list_path": str(bad)})
   with pytest.raises(ValueError, match=r"ids.txt:3: .*'seven'"):
     train.run(c, str(tmp_path / "run"))
