@@ -30,8 +30,19 @@ def _rss_gb() -> float:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
 
 
+def _reset_peak_rss() -> None:
+  """Reset the kernel's resident high-water mark (Linux), so the next peak is this run's own."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+
+
 def _peak_rss_gb() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
+  """Resident high-water mark (VmHWM) since the last reset."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) * 1024 / 1e9
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def _inputs(tokens, dim, vocab):
@@ -50,7 +61,6 @@ def _run_jax(variant, args, inputs):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rockjax import losses  # pylint: disable=g-import-not-at-top
   h_s, w_s, h_t, w_t = (jnp.asarray(x) for x in inputs)
-  base = _rss_gb()
 
   if variant == "jax_naive":
     def loss(h, w):
@@ -64,12 +74,17 @@ def _run_jax(variant, args, inputs):
   t0 = time.perf_counter()
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_s, w_s).compile()
   compile_s = time.perf_counter() - t0
+  # XLA's own figure first: it needs no run, so it is reported even if running would OOM.
+  print(json.dumps({"xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}),
+        flush=True)
+  value = float(step(h_s, w_s)[0])  # warm-up
+  _reset_peak_rss()
+  base = _rss_gb()
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(step(h_s, w_s))
     times.append(time.perf_counter() - t0)
-  value = float(step(h_s, w_s)[0])
   return {"seconds": statistics.median(times), "compile_seconds": compile_s,
           "xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9,
           "peak_rss_gb": _peak_rss_gb() - base, "loss": value}
@@ -79,7 +94,6 @@ def _run_torch(args, inputs):
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   h_s, w_s, h_t, w_t = (torch.from_numpy(x) for x in inputs)
-  base = _rss_gb()
 
   def step():
     h, w = h_s.clone().requires_grad_(), w_s.clone().requires_grad_()
@@ -92,6 +106,8 @@ def _run_torch(args, inputs):
     return float(kl)
 
   step()  # warm-up (allocator, thread pool)
+  _reset_peak_rss()
+  base = _rss_gb()
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
@@ -144,14 +160,16 @@ def main():
              "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
       print(f"[kl benchmark] tokens={tokens} {variant} ...", file=sys.stderr, flush=True)
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-      if proc.returncode != 0:
-        row[variant] = {"error": proc.stderr.strip().splitlines()[-1:]}
-        continue
-      row[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+      lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+      row[variant] = {k: v for line in lines for k, v in line.items()}
+      if proc.returncode != 0:  # e.g. killed for memory: keep what it reported before dying
+        row[variant]["error"] = (proc.stderr.strip().splitlines()[-1:] or
+                                 [f"exit code {proc.returncode}"])[0]
     naive, chunked = row.get("jax_naive", {}), row.get("jax_chunked", {})
+    if "xla_temp_gb" in naive and "xla_temp_gb" in chunked:
+      row["naive_over_chunked_xla_temp"] = naive["xla_temp_gb"] / chunked["xla_temp_gb"]
     if "seconds" in naive and "seconds" in chunked:
       row["chunked_over_naive_time"] = chunked["seconds"] / naive["seconds"]
-      row["naive_over_chunked_xla_temp"] = naive["xla_temp_gb"] / chunked["xla_temp_gb"]
       row["naive_over_chunked_peak_rss"] = naive["peak_rss_gb"] / max(chunked["peak_rss_gb"],
                                                                       1e-9)
       row["loss_abs_diff"] = abs(naive["loss"] - chunked["loss"])
