@@ -24,7 +24,8 @@ class Checkpointer:
   """A CheckpointManager over `directory` saving {state, data} items per step."""
 
   def __init__(self, directory: str, *, keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    # Remote paths (gs://...) go to orbax as they are; local ones are made absolute.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
