@@ -7,6 +7,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (get_conf
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, data")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "call jax.distributed.initialize() (multi-host pods)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "with --distributed: host:port of process 0 (auto on TPU/Slurm)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "with --distributed: process count (auto on TPU/Slurm)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "with --distributed: this process's index (auto on TPU/Slurm)")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False,
                              "build abstractly (no weights) and print per-device memory")
 flags.mark_flags_as_required(["config"])
@@ -18,7 +24,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
                jax.device_count())
   if _DRY_RUN.value:
