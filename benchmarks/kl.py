@@ -61,6 +61,7 @@ def _run_jax(variant, args, inputs):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rockjax import losses  # pylint: disable=g-import-not-at-top
   h_s, w_s, h_t, w_t = (jnp.asarray(x) for x in inputs)
+  inputs.clear()  # drop the numpy copies: only the device arrays stay resident
 
   if variant == "jax_naive":
     def loss(h, w):
@@ -119,7 +120,7 @@ def _run_torch(args, inputs):
 
 def _child(args):
   """Run one variant at one size and print its JSON line."""
-  inputs = _inputs(args.tokens[0], args.dim, args.vocab)
+  inputs = list(_inputs(args.tokens[0], args.dim, args.vocab))
   if args.variant == "torch_naive":
     result = _run_torch(args, inputs)
   else:

@@ -73,10 +73,14 @@ def _task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   if not c.data.train_path:
     from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
     task_dir = os.path.join(workdir, "task")
-    made = arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed)
-    paths["train"] = paths["train"] or str(made["train"])
-    paths["eval"] = paths["eval"] or str(made["eval"])
-    paths["tokenizer"] = paths["tokenizer"] or str(made["tokenizer"])
+    done = os.path.join(task_dir, "tokenizer", "tokenizer_config.json")
+    if jax.process_index() == 0 and not os.path.isfile(done):
+      arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed)
+    if jax.process_count() > 1:  # the other hosts read what process 0 wrote
+      multihost_utils.sync_global_devices("rockjax:task_written")
+    paths["train"] = paths["train"] or os.path.join(task_dir, "train.jsonl")
+    paths["eval"] = paths["eval"] or os.path.join(task_dir, "eval.jsonl")
+    paths["tokenizer"] = paths["tokenizer"] or os.path.join(task_dir, "tokenizer")
   if not paths["tokenizer"]:
     for m in (c.teacher, c.model):
       if m.source == "hf":

@@ -8,9 +8,16 @@ import jax
 import numpy as np
 
 
+def host_value(x: Any) -> np.ndarray:
+  """A replicated (or local) array's value on this host, also on multi-process meshes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))  # every process holds a full replica
+  return np.asarray(x)
+
+
 def to_host(metrics: dict[str, tuple[Any, Any]]) -> dict[str, tuple[float, float]]:
-  """Pull (sum, count) pairs to the host as floats (one device_get for the whole dict)."""
-  return {k: (float(s), float(c)) for k, (s, c) in jax.device_get(metrics).items()}
+  """Pull (sum, count) pairs to the host as floats."""
+  return {k: (float(host_value(s)), float(host_value(c))) for k, (s, c) in metrics.items()}
 
 
 def averages(metrics: dict[str, tuple[float, float]]) -> dict[str, float]:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rockjax import checkpoint as ckpt_lib
 from rockjax import metrics as metrics_lib
@@ -148,8 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         finish(*pending)
     data_state = exp.train_data.get_state()
-    if jax.process_index() == 0:
-      _report_rocks(exp, state)
+    _report_rocks(exp, state)  # all processes compute; process 0 writes
   finally:
     bar.close()
     writer.close()
@@ -166,8 +166,9 @@ def _report_rocks(exp: Experiment, state: state_lib.TrainState) -> None:
   table = rock_table.rock_table(state.rock, exp.tokenizer, k=r.k, min_freq=r.min_freq,
                                 exclude_top_freq=r.exclude_top_freq, selector=r.selector,
                                 window=r.window)
-  path = rock_table.write_table(exp.workdir, table)
-  tqdm.tqdm.write(rock_table.format_table(table) + f"\n(full table: {path})")
+  if jax.process_index() == 0:
+    path = rock_table.write_table(exp.workdir, table)
+    tqdm.tqdm.write(rock_table.format_table(table) + f"\n(full table: {path})")
 
 
 def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -193,8 +194,12 @@ def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
     c.ckpt.every, c.ckpt.resume = 0, ""
   result = run(c, os.path.join(workdir, "teacher_sft"))
   exp = result["experiment"]
-  teacher = nnx.merge(result["state"].graphdef, result["state"].params)
+  # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
+  params = multihost_utils.process_allgather(result["state"].params, tiled=True)
+  teacher = nnx.merge(result["state"].graphdef, params)
   if jax.process_index() == 0:
     models.save_pretrained(teacher, export)
     exp.tokenizer.save_pretrained(export)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("rockjax:teacher_exported")
   return export

@@ -3,10 +3,10 @@ import json
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
 from rockjax import rocks
+from rockjax.metrics import host_value
 
 
 def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int = 2,
@@ -15,10 +15,10 @@ def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int 
   """{'rows': [...] ranked by Rock Score, 'kl_coverage': share of total KL on the selection}."""
   mask_V = rocks.select(stats, k=k, min_freq=min_freq, exclude_top_freq=exclude_top_freq,
                         selector=selector, window=window)
-  freq_V, mean_V, score_V = jax.device_get((rocks.frequency(stats, window=window),
-                                            rocks.mean_kl(stats, window=window),
-                                            rocks.rock_score(stats, window=window)))
-  mask_V = np.asarray(jax.device_get(mask_V))
+  # Every process runs these (jitted, on global arrays); each reads its local replica.
+  freq_V, mean_V, score_V, mask_V = (host_value(x) for x in (
+      rocks.frequency(stats, window=window), rocks.mean_kl(stats, window=window),
+      rocks.rock_score(stats, window=window), mask_V))
   total = float(np.sum(score_V))
   ids = np.nonzero(mask_V)[0]
   ids = ids[np.argsort(-score_V[ids], kind="stable")]
