@@ -133,18 +133,19 @@ def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
   n_chunks = math.ceil(w_s.shape[1] / chunk)
   # Chain rule through the 1/T of the tempered logits, folded into the per-token cotangent.
   ct_N = ct_N.astype(jnp.float32) / temperature
-  h32 = h_s.astype(jnp.float32)
 
   def body(i, carry):
     dh, dw = carry
     s, start = _chunk_logits(h_s, w_s, i, chunk, temperature)
     t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
     g_NxC = _logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta) * ct_N[:, None]
-    w_DxC = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1).astype(jnp.float32)
-    dh = dh + g_NxC @ w_DxC.T
+    w_DxC = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1)
+    # einsum contracts without materialising transposes of the head chunk or the hidden.
+    dh = dh + jnp.einsum("nc,dc->nd", g_NxC, w_DxC, preferred_element_type=jnp.float32)
     # Shared columns of the shifted last chunk have g == 0, so adding in place is exact.
     old = jax.lax.dynamic_slice_in_dim(dw, start, chunk, axis=1)
-    dw = jax.lax.dynamic_update_slice_in_dim(dw, old + h32.T @ g_NxC, start, axis=1)
+    dw_DxC = jnp.einsum("nd,nc->dc", h_s, g_NxC, preferred_element_type=jnp.float32)
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dw_DxC, start, axis=1)
     return dh, dw
 
   dh, dw = jax.lax.fori_loop(0, n_chunks, body,

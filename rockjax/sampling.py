@@ -138,27 +138,23 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
              done_N | (live_N & jnp.isin(tokens_N, eos_E)))
     return carry, tokens_N
 
-  def next_logits(step, prev_N, cache):
-    """Step 0 reads the prefill's logits; later steps feed the previous token (slot P+step-1)."""
-    def forward(cache):
-      logits_Nx1xV, cache = model(prev_N[:, None], jnp.ones((N, 1), jnp.int32), cache=cache)
-      return logits_Nx1xV[:, 0], cache
-    return jax.lax.cond(step == 0, lambda cache: (first_logits_NxV, cache), forward, cache)
-
   def cond(loop):
     step, _, _, out = loop
     return (step < T) & ~jnp.all(out[-1])
 
   def body(loop):
+    """Feed the previous token (cache slot P+step-1) and choose token `step`."""
     step, prev_N, cache, out = loop
-    logits_NxV, cache = next_logits(step, prev_N, cache)
-    out, tokens_N = emit(out, logits_NxV, step)
+    logits_Nx1xV, cache = model(prev_N[:, None], jnp.ones((N, 1), jnp.int32), cache=cache)
+    out, tokens_N = emit(out, logits_Nx1xV[:, 0], step)
     return step + 1, tokens_N, cache, out
 
   out = (batch(jnp.full((N, T), cfg.pad_id, jnp.int32)), batch(jnp.zeros((N, T), jnp.int32)),
          batch(jnp.zeros((N, T), jnp.float32)), batch(jnp.zeros((N, T), jnp.float32)),
          batch(jnp.zeros((N,), bool)))
-  loop = (jnp.int32(0), jnp.zeros((N,), jnp.int32), cache, out)
+  # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
+  out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
+  loop = (jnp.int32(1), first_N, cache, out)
   _, _, _, out = jax.lax.while_loop(cond, body, loop)
   gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, _ = out
 
