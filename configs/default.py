@@ -19,6 +19,12 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   m.dtype = "float32"  # compute dtype of matmuls ('bfloat16' on TPU/GPU); norms/softmax: fp32
   m.param_dtype = "float32"  # stored parameter dtype
   m.remat = False  # rematerialise each decoder layer in the backward pass (saves activations)
+  # A preliminary off-policy stage that trains this model first and exports it to HF (used by
+  # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
+  # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).
+  m.stage_steps = 300
+  m.stage_lr = 3e-3
+  m.stage_kd_ratio = 0.5  # paper stage 1: 0.5
   # Architecture, used when source == 'random' and by dry runs (no weights needed). With
   # source == 'hf' the checkpoint's config.json wins.
   m.arch = ml_collections.ConfigDict(dict(
@@ -43,10 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = model_group()  # the student (trained)
   c.teacher = model_group(hidden_size=96, num_layers=3)  # frozen; never checkpointed
   # teacher.source: 'random' | 'hf' | 'none' (plain SFT: opd.mode='off_policy', kd_ratio=0) |
-  # 'sft' (CPU demo: first train the teacher by SFT on the task, export it to HF, load that).
+  # 'sft' (first train the teacher by SFT on the task, export it to HF, load that).
+  # model.source additionally takes 'kd' (stage-1 KD from the teacher first, then OPD).
   c.teacher.source = "random"
-  c.teacher.sft_steps = 300  # teacher.source='sft': SFT steps for the teacher
-  c.teacher.sft_lr = 3e-3  # teacher.source='sft': SFT peak learning rate
 
   c.opd = ml_collections.ConfigDict()
   c.opd.mode = "on_policy"  # 'on_policy' (student rollouts, OPD) | 'off_policy' (KD/SFT data)
@@ -92,6 +97,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.task = "arithmetic"  # built-in synthetic task used when train_path is empty
   c.data.task_size = 2000  # synthetic problems generated into the workdir
+  c.data.task_difficulty = "medium"  # easy (2-3 operands, +-) | medium (2-4, +-*) | hard
   c.data.train_path = ""  # JSONL/Parquet with a prompt field (+ answer, + completion)
   c.data.eval_path = ""  # held-out prompts for pass@1 (synthetic split when empty)
   c.data.tokenizer_path = ""  # AutoTokenizer directory ('' = the teacher's, or the task's)

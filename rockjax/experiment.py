@@ -75,7 +75,8 @@ def _task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     task_dir = os.path.join(workdir, "task")
     done = os.path.join(task_dir, "tokenizer", "tokenizer_config.json")
     if jax.process_index() == 0 and not os.path.isfile(done):
-      arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed)
+      arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed,
+                              difficulty=c.data.task_difficulty)
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote
       multihost_utils.sync_global_devices("rockjax:task_written")
     paths["train"] = paths["train"] or os.path.join(task_dir, "train.jsonl")
@@ -161,10 +162,13 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   c = config
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor})
-  if c.teacher.source == "sft":
+  if c.teacher.source == "sft" or c.model.source == "kd":
     from rockjax import train  # pylint: disable=g-import-not-at-top
     c = ml_collections.ConfigDict(c.to_dict())  # never edit the caller's config
-    c.teacher.path, c.teacher.source = train.sft_then_export(config, workdir), "hf"
+    if c.teacher.source == "sft":
+      c.teacher.path, c.teacher.source = train.stage_then_export(c, workdir, "teacher"), "hf"
+    if c.model.source == "kd":
+      c.model.path, c.model.source = train.stage_then_export(c, workdir, "model"), "hf"
   paths = _task_files(c, workdir)
   tokenizer = models.load_tokenizer(paths["tokenizer"])
   student_cfg = loading.model_config(c.model, field="model")

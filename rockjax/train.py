@@ -171,35 +171,41 @@ def _report_rocks(exp: Experiment, state: state_lib.TrainState) -> None:
     tqdm.tqdm.write(rock_table.format_table(table) + f"\n(full table: {path})")
 
 
-def sft_then_export(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Train the teacher by SFT on the task's worked solutions, export it as a HF directory.
+def stage_then_export(config: ml_collections.ConfigDict, workdir: str, role: str) -> str:
+  """Train a model in a preliminary off-policy stage, export it as a HF directory.
 
-  Used by the CPU demo (teacher.source == 'sft'): the OPD teacher is then loaded from the
-  export through the same Hugging Face path real checkpoints take. Skipped when done before.
+  role 'teacher' (teacher.source == 'sft'): SFT on the task's worked solutions, no teacher.
+  role 'model' (model.source == 'kd'): the paper's stage 1, off-policy KD from the (already
+  resolved) teacher with kd_ratio = model.stage_kd_ratio. The next stage then loads the export
+  through the same Hugging Face path real checkpoints take. Skipped when done before.
   """
   from rockjax import models  # pylint: disable=g-import-not-at-top
-  export = os.path.join(workdir, "teacher_sft", "hf")
+  group = config[role]
+  name = {"teacher": "teacher_sft", "model": "student_kd"}[role]
+  export = os.path.join(workdir, name, "hf")
   if os.path.isfile(os.path.join(export, "config.json")):
     return export
   c = copy.deepcopy(config)
   with c.unlocked():
-    c.model = copy.deepcopy(config.teacher)
+    c.model = copy.deepcopy(group)
     c.model.source = "random"
-    c.teacher.source = "none"
-    c.opd.mode, c.opd.kd_ratio = "off_policy", 0.0
+    if role == "teacher":
+      c.teacher.source, c.opd.kd_ratio = "none", 0.0
+    else:
+      c.opd.kd_ratio = group.stage_kd_ratio
+    c.opd.mode = "off_policy"
     c.rock.mode = "off"
-    c.steps = config.teacher.sft_steps
-    c.opt.lr = config.teacher.sft_lr
-    c.eval.every = config.teacher.sft_steps  # report the teacher's pass@1 once, at the end
+    c.steps, c.opt.lr, c.stop_after = group.stage_steps, group.stage_lr, 0
+    c.eval.every = group.stage_steps  # report the stage's pass@1 once, at the end
     c.ckpt.every, c.ckpt.resume = 0, ""
-  result = run(c, os.path.join(workdir, "teacher_sft"))
+  result = run(c, os.path.join(workdir, name))
   exp = result["experiment"]
   # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
   params = multihost_utils.process_allgather(result["state"].params, tiled=True)
-  teacher = nnx.merge(result["state"].graphdef, params)
+  trained = nnx.merge(result["state"].graphdef, params)
   if jax.process_index() == 0:
-    models.save_pretrained(teacher, export)
+    models.save_pretrained(trained, export)
     exp.tokenizer.save_pretrained(export)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("rockjax:teacher_exported")
+    multihost_utils.sync_global_devices(f"rockjax:{name}_exported")
   return export
