@@ -84,12 +84,17 @@ def test_rock_stats_after_a_step_equal_numpy():
   np.testing.assert_allclose(np.asarray(new_state.rock.kl_sum_V), kl_sum, rtol=2e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("normalizer", ["tokens", "weights"])
-def test_lambda_zero_gradient_is_the_non_rock_loss_gradient(normalizer):
-  """SGD(lr=1) exposes the step's gradient: params - new_params == grad, checked directly."""
+@pytest.mark.parametrize("rock_mode,normalizer", [("static", "tokens"), ("static", "weights"),
+                                                 ("off", "tokens")])
+def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
+  """lambda 0: the gradient of the loss on non-rock tokens only; mode off: plain OPD.
+
+  SGD(lr=1) exposes the step's gradient: params - new_params == grad, checked against
+  jax.grad of a direct full-logit loss that selects positions explicitly.
+  """
   batch = make_batch()
-  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="static", lam=0.0,
-                              normalizer=normalizer)
+  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode=rock_mode,
+                              lam=0.0, normalizer=normalizer)
   old = jax.tree.map(np.asarray, state.params)
   with jax.set_mesh(one_device_mesh()):
     new_state, _ = fn(state, t_params, batch)
@@ -99,15 +104,15 @@ def test_lambda_zero_gradient_is_the_non_rock_loss_gradient(normalizer):
   ids, mask = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1]
   logits_t = nnx.jit(lambda m, i, k: m(i, k))(teacher, ids, mask)
   on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
-  non_rock = on & ~np.isin(batch["tokens"][:, 1:], ROCK_IDS)
-  denom = non_rock.sum() if normalizer == "weights" else on.sum()
+  selected = on & ~np.isin(batch["tokens"][:, 1:], ROCK_IDS) if rock_mode == "static" else on
+  denom = selected.sum() if normalizer == "weights" else on.sum()
 
   def direct_loss(params):  # full logits, explicit position selection: no weights, no chunks
     model = nnx.merge(nnx.split(random_model(STUDENT))[0], params)
     logp_s = jax.nn.log_softmax(model(ids, mask))
     logp_t = jax.nn.log_softmax(logits_t)
     kl = jnp.sum(jnp.exp(logp_s) * (logp_s - logp_t), -1)
-    return jnp.sum(jnp.where(non_rock, kl, 0.0)) / denom
+    return jnp.sum(jnp.where(selected, kl, 0.0)) / denom
 
   want = jax.jit(jax.grad(direct_loss))(nnx.split(random_model(STUDENT))[1])
   for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(want)):

@@ -80,3 +80,42 @@ def test_demo_pipeline_stages_export_and_reload(tmp_path):
   assert np.isfinite(result["metrics"]["opd/kl"])
   assert 0.0 <= result["metrics"]["eval/pass@1"] <= 1.0
   assert (tmp_path / "rocks.json").is_file()
+
+
+def test_nan_stops_training_with_last_good_checkpoint(tmp_path, monkeypatch):
+  """A non-finite loss at step 3 ends the run before anything is saved after step 2."""
+  from rockjax import metrics as metrics_lib
+  real = metrics_lib.to_host
+  calls = []
+
+  def poisoned(m):
+    host = real(m)
+    calls.append(1)
+    if len(calls) == 3:
+      host["opd/loss"] = (float("nan"), host["opd/loss"][1])
+    return host
+
+  monkeypatch.setattr(metrics_lib, "to_host", poisoned)
+  c = small_run(**{"ckpt.every": 2, "steps": 6})
+  with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss.*Last good checkpoint: step 2"):
+    train.run(c, str(tmp_path))
+  assert sorted(int(s) for s in os.listdir(tmp_path / "ckpt") if s.isdigit()) == [2]
+  monkeypatch.setattr(metrics_lib, "to_host", real)
+  resumed = train.run(c, str(tmp_path))  # the run resumes from the good checkpoint
+  assert int(resumed["state"].step) == 6
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
+  """Preemption: SIGTERM during step 2 -> that step finishes, a checkpoint is written, exit."""
+  import signal
+  real = train._next_batch
+
+  def preempt_at_step_2(exp, state, step):
+    if step == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(exp, state, step)
+
+  monkeypatch.setattr(train, "_next_batch", preempt_at_step_2)
+  result = train.run(small_run(**{"ckpt.every": 0}), str(tmp_path))
+  assert int(result["state"].step) == 2
+  assert sorted(int(s) for s in os.listdir(tmp_path / "ckpt") if s.isdigit()) == [2]
