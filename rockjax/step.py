@@ -80,7 +80,7 @@ def train_step(state: TrainState, teacher_params: nnx.State | None,
   teacher_out = objective.teacher_outputs(teacher, inputs, in_mask, s.loss)
 
   loss_fn = objective.make_loss_fn(state.graphdef, s.loss)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, teacher_out, batch, state.rock_mask)
   # The masking function was applied inside the loss (weights), i.e. before this update.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -103,7 +103,6 @@ def train_step(state: TrainState, teacher_params: nnx.State | None,
       **rocks.rock_shares(state.rock_mask, targets, kl_BxT, loss_mask),
       **_grad_norm_share(aux["student_out"], teacher_out, targets, loss_mask, state.rock_mask, s),
   }
-  del loss  # == metrics["opd/loss"] ratio; the (sum, count) pair averages correctly
   new_state = state.replace(step=new_step, params=params, opt_state=opt_state, rock=rock,
                             rock_mask=rock_mask)
   return new_state, metrics
