@@ -168,3 +168,26 @@ def test_overfits_a_fixed_batch_on_8_devices(devices8):
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.3 * losses[0], losses
   assert np.mean(np.diff(losses) < 0) > 0.8, losses  # falling nearly every step
+
+
+def test_gradient_accumulation_matches_one_big_step():
+  """opt.grad_accum=2 over the same micro-batch twice == one update on it (optax.MultiSteps)."""
+  import ml_collections
+  opt = ml_collections.ConfigDict(dict(lr=1e-2, end_lr=0.0, warmup_frac=0.0, b1=0.9, b2=0.98,
+                                       eps=1e-8, weight_decay=0.0, clip=1.0, grad_accum=1))
+  tx1, _ = state_lib.make_optimizer(opt, 10)
+  opt.grad_accum = 2
+  tx2, _ = state_lib.make_optimizer(opt, 10)
+  batch, mesh = make_batch(), one_device_mesh()
+  fn1, s1, t_params = build(mesh, tx=tx1, rock_mode="off")
+  fn2, s2, _ = build(mesh, tx=tx2, rock_mode="off")
+  with jax.set_mesh(mesh):
+    s1, _ = fn1(s1, t_params, batch)
+    s2_half, _ = fn2(s2, t_params, batch)
+    unchanged = jax.device_get(s2_half.params)
+    s2, _ = fn2(s2_half, t_params, batch)
+  p0 = jax.device_get(build(mesh, rock_mode="off")[1].params)
+  for a, b in zip(jax.tree.leaves(unchanged), jax.tree.leaves(p0)):
+    np.testing.assert_array_equal(a, b)  # the first micro-batch only accumulates
+  for a, b in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
