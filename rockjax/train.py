@@ -11,14 +11,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import checkpoint as ckpt_lib
 from rockjax import metrics as metrics_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib

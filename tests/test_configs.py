@@ -1,10 +1,9 @@
 """Every config builds; the paper configs dry-run (no weights) with hand-counted sizes."""
 import importlib
-import math
 
 import pytest
 
-from rockjax import dry_run, objective
+from rockjax import dry_run
 from rockjax.experiment import step_settings
 
 CONFIGS = ["default", "tiny", "demo", "qwen3_30b_a3b_to_4b", "qwen3_30b_a3b_to_4b_rock_freeze",
