@@ -70,17 +70,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.top_k = 0  # 0 = off
 
   c.rock = ml_collections.ConfigDict()
-  c.rock.mode = "off"  # 'off' | 'static' (ids from list_path) | 'dynamic' (from RockStats)
+  # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
+  # 'dynamic' (the RockStats selection is masked)
+  c.rock.mode = "off"
   c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
   c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/data/qwen3_paper_rocks.txt)
-  c.rock.k = 100  # dynamic: number of rock ids (paper: 100)
-  c.rock.min_freq = 2  # dynamic: ignore ids seen fewer times (authors' code: 2)
-  c.rock.exclude_top_freq = 5  # dynamic: drop the N most frequent ids first (authors' code: 5)
+  c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
+  c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
+  c.rock.exclude_top_freq = 5  # off/dynamic: drop the N most frequent first (authors' code: 5)
   c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
   c.rock.window = "cumulative"  # statistics window for selection: cumulative | recent
   c.rock.decay = 0.99  # per-step decay of the 'recent' window
-  c.rock.warmup_steps = 10  # dynamic: first selection after this many steps
-  c.rock.select_every = 10  # dynamic: reselect every N steps
+  c.rock.warmup_steps = 10  # off/dynamic: first selection after this many steps
+  c.rock.select_every = 10  # off/dynamic: reselect every N steps
   c.rock.snapshot_step = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
 
   c.opt = ml_collections.ConfigDict()

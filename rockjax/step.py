@@ -38,8 +38,12 @@ class StepSettings:
 
 def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.Array,
                     s: StepSettings) -> jax.Array:
-  """Dynamic mode: reselect the rocks from the updated statistics when it is due."""
-  if s.loss.rock_mode != "dynamic":
+  """Reselect the rocks from the updated statistics when due (modes 'dynamic' and 'off').
+
+  In mode 'off' the selection only feeds the rock/* metrics (online detection while
+  training is unchanged); a 'static' list never moves.
+  """
+  if s.loss.rock_mode == "static":
     return old_mask_V
   due = (new_step >= s.rock_warmup_steps) & (
       (new_step - s.rock_warmup_steps) % s.rock_select_every == 0)

@@ -82,6 +82,9 @@ def test_rock_stats_after_a_step_equal_numpy():
     kl_sum[ids[b, t]] += kl_BxT[b, t]
   np.testing.assert_array_equal(np.asarray(new_state.rock.count_V), count)
   np.testing.assert_allclose(np.asarray(new_state.rock.kl_sum_V), kl_sum, rtol=2e-4, atol=1e-6)
+  # Mode 'off' still selects online (for the rock/* metrics): the top 4 ids by Rock Score.
+  top4 = np.argsort(-kl_sum, kind="stable")[:4]
+  np.testing.assert_array_equal(np.nonzero(np.asarray(new_state.rock_mask))[0], np.sort(top4))
 
 
 @pytest.mark.parametrize("rock_mode,normalizer", [("static", "tokens"), ("static", "weights"),
