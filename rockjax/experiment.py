@@ -48,10 +48,8 @@ class Experiment:
     from rockjax import sampling  # pylint: disable=g-import-not-at-top
     e = self.config.eval
     student = nnx.merge(state.graphdef, state.params)
-    shard = lambda x: jax.make_array_from_process_local_data(
-        shd.batch_sharding((x.shape[0] * jax.process_count(),) + x.shape[1:], self.mesh), x)
-    out = sampling.generate(student, shard(self.eval_prompts["ids"]),
-                            shard(self.eval_prompts["mask"]),
+    prompts = shd.host_to_global(self.eval_prompts, self.mesh)
+    out = sampling.generate(student, prompts["ids"], prompts["mask"],
                             key=jax.random.PRNGKey(step), max_new_tokens=e.max_new_tokens,
                             temperature=max(e.temperature, 1e-6), greedy=e.temperature == 0,
                             eos_ids=self.eos_ids, num_samples=e.num_samples)

@@ -142,3 +142,14 @@ def batch_sharding(shape: Sequence[int], mesh: Mesh,
                    rules: LogicalRules | None = None) -> NamedSharding:
   """Sharding for a host batch [B, ...]: dim 0 on 'batch' ('data' x 'fsdp'), the rest replicated."""
   return logical_sharding(('batch',) + (None,) * (len(shape) - 1), shape, mesh, rules)
+
+
+def host_to_global(host_batch: Mapping[str, Any], mesh: Mesh,
+                   rules: LogicalRules | None = None) -> dict[str, jax.Array]:
+  """Host-local rows [b, ...] -> global arrays [b * process_count, ...] on 'batch'."""
+  out = {}
+  for k, v in host_batch.items():
+    global_shape = (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(
+        batch_sharding(global_shape, mesh, rules), v)
+  return out

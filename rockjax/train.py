@@ -25,15 +25,6 @@ from rockjax.experiment import Experiment, build_experiment
 _log = logging.getLogger(__name__)
 
 
-def _global_batch(host_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-  """Host-local numpy rows -> global arrays sharded on ('data', 'fsdp')."""
-  out = {}
-  for k, v in host_batch.items():
-    global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
-    out[k] = jax.make_array_from_process_local_data(shd.batch_sharding(global_shape, mesh), v)
-  return out
-
-
 def _rollout(exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray],
              step: int) -> dict[str, jax.Array]:
   """Student samples completions for the step's prompts (on-policy); returns a token batch."""
@@ -41,8 +32,8 @@ def _rollout(exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np
   c = exp.config.opd
   student = nnx.merge(state.graphdef, state.params)
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
-  g = _global_batch({"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]},
-                    exp.mesh)
+  g = shd.host_to_global({"ids": prompts["prompt_ids_BxP"],
+                          "mask": prompts["prompt_mask_BxP"]}, exp.mesh)
   out = sampling.generate(student, g["ids"], g["mask"], key=key,
                           max_new_tokens=c.max_new_tokens, temperature=c.sample_temperature,
                           top_p=c.top_p, top_k=c.top_k, eos_ids=exp.eos_ids,
@@ -54,8 +45,8 @@ def _rollout(exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np
 def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
   host = next(exp.train_data)
   if exp.config.opd.mode == "off_policy":
-    return _global_batch({k: host[k] for k in ("tokens_BxL", "attention_mask_BxL",
-                                                "response_mask_BxL")}, exp.mesh)
+    keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
+    return shd.host_to_global({k: host[k] for k in keys}, exp.mesh)
   return _rollout(exp, state, host, step)
 
 
