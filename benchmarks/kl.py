@@ -1,4 +1,4 @@
-"""Reverse-KL forward+backward: naive full logits vs vocab-chunked, with a PyTorch reference.
+"""Reverse-KL forward+backward: naive full logits vs the memory-lean paths, and PyTorch.
 
 Prints one JSON object. Every variant runs in its own subprocess (so its peak RSS is its own),
 one after another in this run, on the same shapes and seeds; compare the ratios, not the
@@ -6,6 +6,11 @@ absolute seconds (shared CPUs are noisy).
 
   python benchmarks/kl.py                       # V=151936, D=2560, tokens 1024 and 4096
   python benchmarks/kl.py --tokens 256 --vocab 32768 --repeats 3   # a quick look
+
+Variants: `jax_naive` (autodiff of full logits), `jax_fused` (rockjax.fused: the gradient
+formed in the forward pass, token block by token block; what the train step uses),
+`jax_chunked` (rockjax.chunked: per-token output, custom VJP that recomputes the logits) and
+`torch_naive` (log_softmax of both models, autograd).
 
 Per variant: `seconds` (median of --repeats timed runs of value-and-grad w.r.t. the student
 hidden states and head, after compilation / one warm-up), `peak_rss_gb` (process high-water
@@ -21,7 +26,8 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("jax_naive", "jax_chunked", "torch_naive")
+VARIANTS = ("jax_naive", "jax_fused", "jax_chunked", "torch_naive")
+LEAN = ("jax_fused", "jax_chunked")  # compared against jax_naive
 
 
 def _rss_gb() -> float:
@@ -63,28 +69,35 @@ def _run_jax(variant, args, inputs):
   h_s, w_s, h_t, w_t = (jnp.asarray(x) for x in inputs)
   inputs.clear()  # drop the numpy copies: only the device arrays stay resident
 
+  weights = jnp.full((1, h_s.shape[0]), 1.0 / h_s.shape[0], jnp.float32)  # the mean
   if variant == "jax_naive":
-    def loss(h, w):
+    def loss(h, w, h_t, w_t):
       teacher_logits = jax.lax.stop_gradient(h_t @ w_t)
       return jnp.mean(losses.reverse_kl((h @ w)[None], teacher_logits[None]))
+  elif variant == "jax_fused":
+    def loss(h, w, h_t, w_t):
+      return losses.fused_divergence(h[None], w, h_t[None], w_t, weights,
+                                     block_size=args.block_size,
+                                     chunk_size=args.chunk_size).weighted_sum
   else:
-    def loss(h, w):
+    def loss(h, w, h_t, w_t):
       return jnp.mean(losses.chunked_divergence(h[None], w, h_t[None], w_t,
                                                 chunk_size=args.chunk_size))
 
   t0 = time.perf_counter()
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_s, w_s).compile()
+  # Every array is an argument (a closed-over array would be baked into the program).
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_s, w_s, h_t, w_t).compile()
   compile_s = time.perf_counter() - t0
   # XLA's own figure first: it needs no run, so it is reported even if running would OOM.
   print(json.dumps({"xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}),
         flush=True)
-  value = float(step(h_s, w_s)[0])  # warm-up
+  value = float(step(h_s, w_s, h_t, w_t)[0])  # warm-up
   _reset_peak_rss()
   base = _rss_gb()
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(step(h_s, w_s))
+    jax.block_until_ready(step(h_s, w_s, h_t, w_t))
     times.append(time.perf_counter() - t0)
   return {"seconds": statistics.median(times), "compile_seconds": compile_s,
           "xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9,
@@ -142,6 +155,7 @@ def main():
   parser.add_argument("--dim", type=int, default=2560)
   parser.add_argument("--vocab", type=int, default=151936)
   parser.add_argument("--chunk-size", type=int, default=8192)
+  parser.add_argument("--block-size", type=int, default=512)
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
   parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one child
@@ -150,7 +164,7 @@ def main():
     return _child(args)
 
   report = {"benchmark": "reverse_kl forward+backward", "dim": args.dim, "vocab": args.vocab,
-            "chunk_size": args.chunk_size, "repeats": args.repeats, "cpus": os.cpu_count(),
+            "chunk_size": args.chunk_size, "block_size": args.block_size, "repeats": args.repeats, "cpus": os.cpu_count(),
             "results": {}}
   variants = [v for v in args.variants if v != "torch_naive" or _torch_available()]
   for tokens in args.tokens:
@@ -158,7 +172,8 @@ def main():
     for variant in variants:
       cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens),
              "--dim", str(args.dim), "--vocab", str(args.vocab),
-             "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats)]
+             "--chunk-size", str(args.chunk_size), "--block-size", str(args.block_size),
+             "--repeats", str(args.repeats)]
       print(f"[kl benchmark] tokens={tokens} {variant} ...", file=sys.stderr, flush=True)
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -166,17 +181,17 @@ def main():
       if proc.returncode != 0:  # e.g. killed for memory: keep what it reported before dying
         row[variant]["error"] = (proc.stderr.strip().splitlines()[-1:] or
                                  [f"exit code {proc.returncode}"])[0]
-    naive, chunked = row.get("jax_naive", {}), row.get("jax_chunked", {})
-    if "xla_temp_gb" in naive and "xla_temp_gb" in chunked:
-      row["naive_over_chunked_xla_temp"] = naive["xla_temp_gb"] / chunked["xla_temp_gb"]
-    if "seconds" in naive and "seconds" in chunked:
-      row["chunked_over_naive_time"] = chunked["seconds"] / naive["seconds"]
-      row["naive_over_chunked_peak_rss"] = naive["peak_rss_gb"] / max(chunked["peak_rss_gb"],
-                                                                      1e-9)
-      row["loss_abs_diff"] = abs(naive["loss"] - chunked["loss"])
-    if "seconds" in row.get("torch_naive", {}) and "seconds" in chunked:
-      row["chunked_over_torch_time"] = chunked["seconds"] / row["torch_naive"]["seconds"]
-      row["torch_loss_abs_diff"] = abs(row["torch_naive"]["loss"] - chunked["loss"])
+    naive, torch_row = row.get("jax_naive", {}), row.get("torch_naive", {})
+    for name in LEAN:
+      lean, tag = row.get(name, {}), name.removeprefix("jax_")
+      if "xla_temp_gb" in naive and "xla_temp_gb" in lean:
+        row[f"naive_over_{tag}_xla_temp"] = naive["xla_temp_gb"] / lean["xla_temp_gb"]
+      if "seconds" in naive and "seconds" in lean:
+        row[f"{tag}_over_naive_time"] = lean["seconds"] / naive["seconds"]
+        row[f"naive_over_{tag}_peak_rss"] = naive["peak_rss_gb"] / max(lean["peak_rss_gb"], 1e-9)
+        row[f"{tag}_loss_abs_diff"] = abs(naive["loss"] - lean["loss"])
+      if "seconds" in torch_row and "seconds" in lean:
+        row[f"{tag}_over_torch_time"] = lean["seconds"] / torch_row["seconds"]
     report["results"][str(tokens)] = row
   print(json.dumps(report, indent=1))
 

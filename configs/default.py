@@ -60,9 +60,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.temperature = 1.0  # divergence temperature (paper: 1)
   c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
   c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
-  c.opd.chunked = True  # vocab-chunked loss: never materialise [B, L, V] logits
-  c.opd.chunk_size = 8192  # vocabulary columns per chunk
-  c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (2 extra passes)
+  # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
+  # and its gradient in one pass over token blocks (rockjax.fused), CE chunked over the vocab.
+  c.opd.chunked = True
+  c.opd.chunk_size = 8192  # vocabulary columns per chunk (CE; head-gradient accumulation)
+  c.opd.block_size = 512  # tokens per block: working memory ~ 3 * block_size * V floats
+  c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)

@@ -113,6 +113,7 @@ def step_settings(c: ml_collections.ConfigDict, teacher_graphdef, schedule) -> s
   loss = objective.LossSettings(
       mode=c.opd.mode, divergence=c.opd.divergence, jsd_beta=c.opd.jsd_beta,
       temperature=c.opd.temperature, chunked=c.opd.chunked, chunk_size=c.opd.chunk_size,
+      block_size=c.opd.block_size,
       kd_ratio=c.opd.kd_ratio, normalizer=c.opd.normalizer, rock_mode=c.rock.mode,
       lam=c.rock.lam, grad_norm_metric=c.opd.grad_norm_metric)
   if loss.needs_teacher and c.teacher.source == "none":

@@ -8,14 +8,16 @@ Divergences are named, never a bare beta (peers use beta with opposite meanings)
   reverse_kl = KL(p_s || p_t)   (the paper's OPD loss)
   forward_kl = KL(p_t || p_s)   (the paper's stage-1 KD loss)
   jsd        = beta*KL(p_t || M) + (1-beta)*KL(p_s || M),  M = beta*p_t + (1-beta)*p_s
-The memory-lean variant that never builds [B, L, V] lives in `rockjax.chunked` and is
-re-exported here as `chunked_divergence`.
+The memory-lean variants that never build [B, L, V] are re-exported here:
+`chunked_divergence` (rockjax.chunked: per-token output, any cotangent) and `fused_divergence`
+(rockjax.fused: weighted sum whose gradient is formed in the forward pass, no recomputation).
 """
 import jax
 import jax.numpy as jnp
 
 # Re-exported: one module for every divergence.
 from rockjax.chunked import chunked_cross_entropy, chunked_divergence, chunked_logit_gradient_norm  # noqa: F401
+from rockjax.fused import FusedDivergence, fused_divergence  # noqa: F401
 from rockjax.kl_terms import KINDS, check_kind, divergence_terms, mixture_logprobs  # noqa: F401
 
 
@@ -90,13 +92,18 @@ def reduce(per_token_BxL: jax.Array, mask_BxL: jax.Array, weights_BxL: jax.Array
       weights_BxL.astype(jnp.float32))
   # where, not multiply: garbage (inf/nan) at padded positions must not leak into the sum.
   total = jnp.sum(jnp.where(mask, per_token_BxL.astype(jnp.float32) * w, 0.0))
+  return total, count(mask, w, normalizer=normalizer)
+
+
+def count(mask_BxL: jax.Array, weights_BxL: jax.Array, *, normalizer: str = "tokens"
+          ) -> jax.Array:
+  """The `count` of `reduce`: masked tokens ('tokens') or the masked sum of weights ('weights')."""
+  mask = mask_BxL.astype(bool)
   if normalizer == "tokens":
-    count = jnp.sum(mask, dtype=jnp.float32)
-  elif normalizer == "weights":
-    count = jnp.sum(jnp.where(mask, w, 0.0))
-  else:
-    raise ValueError(f"unknown normalizer {normalizer!r}; expected 'tokens' or 'weights'")
-  return total, count
+    return jnp.sum(mask, dtype=jnp.float32)
+  if normalizer == "weights":
+    return jnp.sum(jnp.where(mask, weights_BxL.astype(jnp.float32), 0.0))
+  raise ValueError(f"unknown normalizer {normalizer!r}; expected 'tokens' or 'weights'")
 
 
 def logit_gradient(student_logits: jax.Array, teacher_logits: jax.Array, *,

@@ -23,8 +23,9 @@ class LossSettings:
   divergence: str = "reverse_kl"  # on-policy divergence: reverse_kl | forward_kl | jsd
   jsd_beta: float = 0.5  # teacher weight in the JSD mixture
   temperature: float = 1.0
-  chunked: bool = True  # vocab-chunked loss from hidden states (never builds [B, T, V])
-  chunk_size: int = 8192
+  chunked: bool = True  # memory-lean loss from hidden states (never builds [B, T, V])
+  chunk_size: int = 8192  # vocabulary columns per chunk (chunked CE / head-gradient updates)
+  block_size: int = 512  # tokens per block of the fused divergence (rockjax.fused)
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
   normalizer: str = "tokens"  # 'tokens' | 'weights' (see losses.reduce)
   rock_mode: str = "off"  # 'off' | 'static' | 'dynamic'
@@ -68,38 +69,59 @@ def teacher_outputs(teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
   return jax.lax.stop_gradient(out)
 
 
-def per_token_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
-                    targets_BxT: jax.Array, teacher_out, settings: LossSettings
-                    ) -> tuple[jax.Array, jax.Array, Any]:
-  """(loss_BxT, kl_BxT, student_out): the differentiable per-token loss and the divergence.
+@dataclasses.dataclass(frozen=True)
+class LossTerms:
+  """What the loss of one batch is made of (a pytree-free record used inside the step)."""
+  total: jax.Array  # sum over tokens of weight * per-token loss (the differentiable part)
+  count: jax.Array  # the normaliser: loss = total / count
+  kl_BxT: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
+  grad_norm_BxT: jax.Array | None  # per-token |d kl / d student logits| when free, else None
+  student_out: Any  # (hidden, head) or (logits, None), for diagnostics
 
-  kl_BxT is what the rock statistics track: the OPD divergence on-policy, the forward KL
-  off-policy (or the cross-entropy when there is no teacher).
+
+def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
+               targets_BxT: jax.Array, loss_mask_BxT: jax.Array, w_BxT: jax.Array,
+               teacher_out, settings: LossSettings) -> LossTerms:
+  """The weighted loss of a batch and the per-token divergence.
+
+  kl_BxT is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
+  there is no teacher). The chunked path forms the divergence's gradient in the forward pass
+  (`rockjax.fused`: the weights are known here, they never depend on the parameters); the
+  other path reduces full logits.
   """
   s = settings
   kind = s.divergence if s.mode == "on_policy" else "forward_kl"
+  count = losses.count(loss_mask_BxT, w_BxT, normalizer=s.normalizer)
+  ce_share = 0.0 if s.mode == "on_policy" else (1.0 - s.kd_ratio if s.needs_teacher else 1.0)
   if s.chunked:
     student_out = (student.hidden_states(inputs_BxT, mask_BxT), student.lm_head_weight())
-    div = (lambda: chunked.chunked_divergence(*student_out, *teacher_out, kind=kind,
-                                              chunk_size=s.chunk_size, beta=s.jsd_beta,
-                                              temperature=s.temperature))
-    ce = lambda: chunked.chunked_cross_entropy(*student_out, targets_BxT,
-                                               chunk_size=s.chunk_size)
-  else:
-    student_out = (student(inputs_BxT, mask_BxT), None)
-    div = lambda: losses.divergence(student_out[0], teacher_out[0], kind=kind,
-                                    beta=s.jsd_beta, temperature=s.temperature)
-    ce = lambda: -jnp.take_along_axis(jax.nn.log_softmax(student_out[0]),
-                                      targets_BxT[..., None], axis=-1)[..., 0]
-  if s.mode == "on_policy":
-    kl = div()
-    return kl, kl, student_out
-  if not s.needs_teacher:
-    loss = ce()
-    return loss, loss, student_out
-  kl = div()
-  loss = s.kd_ratio * kl + (1.0 - s.kd_ratio) * ce() if s.kd_ratio < 1 else kl
-  return loss, kl, student_out
+    total, kl_BxT, grad_norm_BxT = jnp.float32(0), None, None
+    if s.needs_teacher:
+      div_w_BxT = jnp.where(loss_mask_BxT > 0, w_BxT, 0.0) * (1.0 - ce_share)
+      fused = losses.fused_divergence(*student_out, *teacher_out, div_w_BxT, kind=kind,
+                                      beta=s.jsd_beta, temperature=s.temperature,
+                                      block_size=s.block_size, chunk_size=s.chunk_size)
+      total, kl_BxT, grad_norm_BxT = fused.weighted_sum, fused.per_token, fused.grad_norm
+    if ce_share > 0:
+      ce_BxT = chunked.chunked_cross_entropy(*student_out, targets_BxT, chunk_size=s.chunk_size)
+      total = total + ce_share * losses.reduce(ce_BxT, loss_mask_BxT, w_BxT)[0]
+      kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
+    return LossTerms(total, count, kl_BxT, grad_norm_BxT, student_out)
+
+  student_out = (student(inputs_BxT, mask_BxT), None)
+  logits = student_out[0]
+  kl_BxT = None
+  if s.needs_teacher:
+    kl_BxT = losses.divergence(logits, teacher_out[0], kind=kind, beta=s.jsd_beta,
+                               temperature=s.temperature)
+  loss_BxT = kl_BxT
+  if ce_share > 0:
+    ce_BxT = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxT[..., None],
+                                  axis=-1)[..., 0]
+    loss_BxT = ce_BxT if kl_BxT is None else (1.0 - ce_share) * kl_BxT + ce_share * ce_BxT
+    kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
+  total = losses.reduce(loss_BxT, loss_mask_BxT, w_BxT)[0]
+  return LossTerms(total, count, kl_BxT, None, student_out)
 
 
 def token_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array,
@@ -113,21 +135,21 @@ def token_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT:
 def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
   """`loss_fn(params, teacher_out, batch, rock_mask_V) -> (loss, aux)`, ready for jax.grad.
 
-  aux holds the per-token divergence, the weights, the (sum, count) of the loss and the
-  student's own outputs (hidden+head or logits) for diagnostics.
+  aux holds the per-token divergence, the weights, the (sum, count) of the loss, the per-token
+  logit-gradient norm when it came for free, and the student's own outputs (hidden+head or
+  logits) for diagnostics.
   """
   def loss_fn(params: nnx.State, teacher_out, batch: dict[str, jax.Array],
               rock_mask_V: jax.Array):
     student = nnx.merge(graphdef, params)
     inputs, in_mask, targets, loss_mask = shift(batch)
-    loss_BxT, kl_BxT, student_out = per_token_terms(student, inputs, in_mask, targets,
-                                                    teacher_out, settings)
     w_BxT = token_weights(rock_mask_V, targets, loss_mask, settings)
-    total, count = losses.reduce(loss_BxT, loss_mask, w_BxT, normalizer=settings.normalizer)
+    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out,
+                       settings)
     # A batch whose weights are all zero has loss 0, not nan.
-    loss = total / jnp.where(count > 0, count, 1.0)
-    aux = {"kl_BxT": kl_BxT, "w_BxT": w_BxT, "sum": total, "count": count,
-           "student_out": student_out}
+    loss = terms.total / jnp.where(terms.count > 0, terms.count, 1.0)
+    aux = {"kl_BxT": terms.kl_BxT, "w_BxT": w_BxT, "sum": terms.total, "count": terms.count,
+           "grad_norm_BxT": terms.grad_norm_BxT, "student_out": terms.student_out}
     return loss, aux
 
   return loss_fn

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rockjax import chunked, losses, objective, rocks
+from rockjax import losses, objective, rocks
 from rockjax.state import TrainState
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -53,22 +53,18 @@ def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.
   return jnp.where(due, selected, old_mask_V)
 
 
-def _grad_norm_share(student_out, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
+def _grad_norm_share(aux, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
                      s: StepSettings) -> Metrics:
   """Share of the per-token logit-gradient norm that falls on rock positions (PAPER.md s3)."""
   ls = s.loss
   if not ls.grad_norm_metric or teacher_out is None:
     return {}
-  kind = ls.divergence if ls.mode == "on_policy" else "forward_kl"
-  if ls.chunked:
-    gnorm_BxT = chunked.chunked_logit_gradient_norm(
-        *student_out, *teacher_out, kind=kind, chunk_size=ls.chunk_size,
-        temperature=ls.temperature, beta=ls.jsd_beta)
-  else:
-    gnorm_BxT = losses.logit_gradient_norm(jax.lax.stop_gradient(student_out[0]), teacher_out[0],
-                                           temperature=ls.temperature)
+  gnorm_BxT = aux["grad_norm_BxT"]  # free on the chunked (fused) path
+  if gnorm_BxT is None:
+    logits = jax.lax.stop_gradient(aux["student_out"][0])
+    gnorm_BxT = losses.logit_gradient_norm(logits, teacher_out[0], temperature=ls.temperature)
   on = loss_mask_BxT > 0
-  gnorm_BxT = jnp.where(on, gnorm_BxT, 0.0)
+  gnorm_BxT = jnp.where(on, jax.lax.stop_gradient(gnorm_BxT), 0.0)
   is_rock = rocks.is_rock_BxL(rock_mask_V, targets_BxT) & on
   return {"rock/share_grad_norm": (jnp.sum(jnp.where(is_rock, gnorm_BxT, 0.0)),
                                    jnp.sum(gnorm_BxT))}
@@ -105,7 +101,7 @@ def train_step(state: TrainState, teacher_params: nnx.State | None,
       "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
       "rock/num_selected": (jnp.sum(state.rock_mask, dtype=jnp.float32), jnp.float32(1)),
       **rocks.rock_shares(state.rock_mask, targets, kl_BxT, loss_mask),
-      **_grad_norm_share(aux["student_out"], teacher_out, targets, loss_mask, state.rock_mask, s),
+      **_grad_norm_share(aux, teacher_out, targets, loss_mask, state.rock_mask, s),
   }
   new_state = state.replace(step=new_step, params=params, opt_state=opt_state, rock=rock,
                             rock_mask=rock_mask)

@@ -1,0 +1,193 @@
+"""Token-blocked fused divergence: the weighted loss and its gradient in one pass over the heads.
+
+`chunked_divergence` keeps a per-token output, so its backward pass must recompute both models'
+logits (six `[N, D] x [D, V]` matmuls where autodiff of the full-logits form does four). When
+the per-token weights of the reduction are known up front (they are in OPD: the masking
+function depends on token ids and the response mask, never on the parameters), the gradient
+can be formed in the forward pass instead, block of tokens by block of tokens:
+
+    for each block of R tokens:   s, t = h_s @ W_s, h_t @ W_t          [R, V] float32
+                                  value, g = divergence, w * d value / d s
+                                  dh[block] = g @ W_s^T;  dW += h_s^T @ g  (in vocab chunks)
+
+That is the four matmuls of the naive path, with working memory O(R*V) instead of O(N*V).
+The backward pass only scales the stored (dh, dW) by the incoming scalar cotangent.
+
+On a mesh the blocks run under `shard_map`: tokens are split over every mesh axis, the heads
+are gathered whole on each device (as FSDP gathers any weight it uses) and the head gradient is
+summed across devices once, by the transpose of that gather, not once per block.
+
+Shape letters: N flattened tokens (B*L), R tokens per block, D hidden width (student Ds,
+teacher Dt), V vocabulary, C vocabulary columns per chunk of the head-gradient accumulation.
+"""
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from rockjax import kl_terms
+from rockjax.chunked import _logit_grad
+
+
+class FusedDivergence(NamedTuple):
+  """What `fused_divergence` returns.
+
+  weighted_sum: sum over tokens of weights * divergence; the only differentiable output.
+  per_token [B, L]: the divergence itself (no gradient), e.g. for the rock statistics.
+  grad_norm [B, L]: per-token L2 norm of d divergence / d (tempered) student logits, the
+    paper's |g| (no gradient; free here, it costs two extra passes on the chunked path).
+  """
+  weighted_sum: jax.Array
+  per_token: jax.Array
+  grad_norm: jax.Array
+
+
+def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, kind, temperature, beta):
+  """One block: divergence [R], |g| [R] and the weighted logit gradient [R, V] (float32)."""
+  s = jnp.dot(h_s_RxD, w_s, preferred_element_type=jnp.float32) / temperature
+  t = jnp.dot(h_t_RxD, w_t, preferred_element_type=jnp.float32) / temperature
+  logp_s, logp_t = jax.nn.log_softmax(s, axis=-1), jax.nn.log_softmax(t, axis=-1)
+  value_R = jnp.sum(kl_terms.divergence_terms(logp_s, logp_t, kind, beta), axis=-1)
+  if kind == "jsd":
+    logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
+    aux_R = jnp.sum(kl_terms.divergence_terms(logp_s, logm, "reverse_kl"), axis=-1)
+  else:
+    aux_R = value_R
+  g_RxV = _logit_grad(logp_s, logp_t, aux_R, kind, beta)
+  norm_R = jnp.sqrt(jnp.sum(jnp.square(g_RxV), axis=-1))
+  # Chain rule through the 1/T of the tempered logits, folded into the weights; `where`, not a
+  # product, so a zero-weight row contributes exactly 0 even if its logits were garbage.
+  scale_R = w_R / temperature
+  g_RxV = jnp.where(scale_R[:, None] != 0, g_RxV * scale_R[:, None], 0.0)
+  return value_R, norm_R, g_RxV
+
+
+def _add_head_grad(dw_DxV, h_RxD, g_RxV, chunk):
+  """dW += h^T @ g, C vocabulary columns at a time (no [D, V] temporary besides dW itself)."""
+  vocab = dw_DxV.shape[1]
+
+  def body(c, dw):
+    start = jnp.minimum(c * chunk, vocab - chunk)  # last chunk shifted left, as in chunked.py
+    fresh_C = start + jnp.arange(chunk) >= c * chunk  # columns not already added
+    g_RxC = jnp.where(fresh_C[None, :], jax.lax.dynamic_slice_in_dim(g_RxV, start, chunk, 1), 0.0)
+    old_DxC = jax.lax.dynamic_slice_in_dim(dw, start, chunk, 1)
+    new_DxC = old_DxC + jnp.einsum("rd,rc->dc", h_RxD, g_RxC, preferred_element_type=jnp.float32)
+    return jax.lax.dynamic_update_slice_in_dim(dw, new_DxC, start, 1)
+
+  return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, dw_DxV)
+
+
+def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
+  """(weighted sum, value [N], |g| [N], dh [N, Ds], dW [Ds, V]) over this device's tokens."""
+  n = h_s.shape[0]
+  nblk = math.ceil(n / block)
+  pad = nblk * block - n
+  if pad:  # zero rows with zero weight: finite logits, no contribution
+    h_s, h_t = (jnp.pad(x, ((0, pad), (0, 0))) for x in (h_s, h_t))
+    w_N = jnp.pad(w_N, (0, pad))
+
+  def body(i, carry):
+    value, norm, dh, dw = carry
+    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block, block, 0)
+    h_RxD = rows(h_s)
+    value_R, norm_R, g_RxV = _block(h_RxD, w_s, rows(h_t), w_t, rows(w_N), kind, temperature,
+                                    beta)
+    dh_RxD = jnp.einsum("rv,dv->rd", g_RxV, w_s, preferred_element_type=jnp.float32)
+    put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * block, 0)
+    dw = _add_head_grad(dw, h_RxD, g_RxV, chunk)
+    return put(value, value_R), put(norm, norm_R), put(dh, dh_RxD), dw
+
+  m = nblk * block
+  init = (jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32),
+          jnp.zeros((m, h_s.shape[1]), jnp.float32), jnp.zeros(w_s.shape, jnp.float32))
+  value, norm, dh, dw = jax.lax.fori_loop(0, nblk, body, init)
+  total = jnp.sum(jnp.where(w_N != 0, w_N * value, 0.0))
+  return total, value[:n], norm[:n], dh[:n].astype(h_s.dtype), dw.astype(w_s.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _fused(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
+  return _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta)[:3]
+
+
+def _fused_fwd(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
+  total, value, norm, dh, dw = _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk,
+                                        temperature, beta)
+  return (total, value, norm), (dh, dw)
+
+
+def _fused_bwd(kind, block, chunk, temperature, beta, residuals, cts):
+  # Only the weighted sum is differentiable: the public wrapper stops the gradient of the
+  # per-token outputs, so their cotangents are zero here.
+  del kind, block, chunk, temperature, beta
+  dh, dw = residuals
+  ct = cts[0]
+  return (ct.astype(dh.dtype) * dh, ct.astype(dw.dtype) * dw, None, None, None)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _token_axes(n: int) -> tuple[tuple[str, ...], int]:
+  """Mesh axes (major to minor) that split n tokens evenly, and the number of token shards."""
+  mesh = jax.sharding.get_abstract_mesh()
+  sizes = {} if mesh.empty else dict(zip(mesh.axis_names, mesh.axis_sizes))
+  axes = [a for a, size in sizes.items() if size > 1]
+  while axes and n % math.prod(sizes[a] for a in axes):
+    axes.pop()  # drop minor axes until the tokens divide (replicated over the rest)
+  return tuple(axes), math.prod(sizes[a] for a in axes)
+
+
+def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
+                     teacher_hidden: jax.Array, teacher_head: jax.Array, weights: jax.Array, *,
+                     kind: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5,
+                     block_size: int = 512, chunk_size: int = 8192) -> FusedDivergence:
+  """`sum(weights * divergence(h_s @ W_s, h_t @ W_t))` with its gradient formed in the forward.
+
+  Hidden states `[B, L, D]` (student and teacher widths may differ), heads `[D, V]`, weights
+  `[B, L]` (0 off the loss: masked positions may hold anything finite). Gradients flow from
+  `weighted_sum` to the student hidden states and head only, and cost no extra matmul: use
+  this inside `jax.grad` when the weights are known (`chunked_divergence` when a per-token
+  cotangent is needed). Working memory is a few `[block_size, V]` float32 blocks. Under a
+  mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them.
+  """
+  kl_terms.check_kind(kind)
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  (*lead, d_s), (*lead_t, d_t) = student_hidden.shape, teacher_hidden.shape
+  if lead != lead_t or tuple(weights.shape) != tuple(lead):
+    raise ValueError(f"student hidden {student_hidden.shape}, teacher hidden "
+                     f"{teacher_hidden.shape} and weights {weights.shape} must share their "
+                     "batch/length dims")
+  if student_head.shape[0] != d_s or teacher_head.shape[0] != d_t:
+    raise ValueError(f"heads must be [D, V]: student hidden D={d_s} vs head "
+                     f"{student_head.shape}, teacher hidden D={d_t} vs head {teacher_head.shape}")
+  if student_head.shape[1] != teacher_head.shape[1]:
+    raise ValueError(f"student vocab {student_head.shape[1]} != teacher vocab "
+                     f"{teacher_head.shape[1]}: teacher and student must share a vocabulary")
+  if block_size < 1 or chunk_size < 1:
+    raise ValueError(f"block_size={block_size} and chunk_size={chunk_size} must be >= 1")
+  n = math.prod(lead)
+  axes, shards = _token_axes(n)
+  static = (kind, min(int(block_size), n // shards), min(int(chunk_size), student_head.shape[1]),
+            float(temperature), float(beta))
+  args = (student_hidden.reshape(n, d_s), student_head, teacher_hidden.reshape(n, d_t),
+          teacher_head, weights.reshape(n).astype(jnp.float32))
+  if not axes:
+    total, value, norm = _fused(*args, *static)
+  else:
+    tokens, whole = PartitionSpec(axes), PartitionSpec()
+
+    def local(h_s, w_s, h_t, w_t, w_N):
+      total, value, norm = _fused(h_s, w_s, h_t, w_t, w_N, *static)
+      return jax.lax.psum(total, axes), value, norm
+
+    total, value, norm = jax.shard_map(
+        local, in_specs=(tokens, whole, tokens, whole, tokens),
+        out_specs=(whole, tokens, tokens), axis_names=set(axes), check_vma=False)(*args)
+  value, norm = jax.lax.stop_gradient((value, norm))
+  return FusedDivergence(total, value.reshape(lead), norm.reshape(lead))
+
