@@ -13,9 +13,11 @@ formed in the forward pass, token block by token block; what the train step uses
 `torch_naive` (log_softmax of both models, autograd).
 
 Per variant: `seconds` (median of --repeats timed runs of value-and-grad w.r.t. the student
-hidden states and head, after compilation / one warm-up), `peak_rss_gb` (process high-water
-mark minus the resident size once the inputs exist: the working memory of the step), and
-for JAX `xla_temp_gb` (the compiled program's temporary buffers, from XLA's memory analysis).
+hidden states and head, after compilation and one untimed call), `peak_rss_gb` (the first
+call's resident high-water mark minus the resident size just before it, inputs and compiled
+program in place: its temporaries plus its outputs, the gradients, which every variant
+must produce), and for JAX `xla_temp_gb` / `xla_output_gb` (the compiled program's temporary
+and output buffers, from XLA's memory analysis: temporaries are the path's working memory).
 """
 import argparse
 import json
@@ -91,17 +93,21 @@ def _run_jax(variant, args, inputs):
   # XLA's own figure first: it needs no run, so it is reported even if running would OOM.
   print(json.dumps({"xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}),
         flush=True)
-  value = float(step(h_s, w_s, h_t, w_t)[0])  # warm-up
+  # Memory of the first call, in a process that has freed nothing yet (a freed buffer the
+  # allocator keeps resident would hide a later call's use): its temporaries + its outputs.
   _reset_peak_rss()
   base = _rss_gb()
+  value = float(step(h_s, w_s, h_t, w_t)[0])
+  peak = _peak_rss_gb() - base
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(step(h_s, w_s, h_t, w_t))
     times.append(time.perf_counter() - t0)
+  mem = step.memory_analysis()
   return {"seconds": statistics.median(times), "compile_seconds": compile_s,
-          "xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9,
-          "peak_rss_gb": _peak_rss_gb() - base, "loss": value}
+          "xla_temp_gb": mem.temp_size_in_bytes / 1e9,
+          "xla_output_gb": mem.output_size_in_bytes / 1e9, "peak_rss_gb": peak, "loss": value}
 
 
 def _run_torch(args, inputs):
@@ -119,15 +125,16 @@ def _run_torch(args, inputs):
     kl.backward()
     return float(kl)
 
-  step()  # warm-up (allocator, thread pool)
-  _reset_peak_rss()
+  _reset_peak_rss()  # the first call's memory (see _run_jax), then the timed calls
   base = _rss_gb()
+  step()
+  peak = _peak_rss_gb() - base
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
     value = step()
     times.append(time.perf_counter() - t0)
-  return {"seconds": statistics.median(times), "peak_rss_gb": _peak_rss_gb() - base,
+  return {"seconds": statistics.median(times), "peak_rss_gb": peak,
           "loss": value, "torch": torch.__version__}
 
 

@@ -71,14 +71,23 @@ def sampling_logits(logits_NxV: jax.Array, temperature: jax.Array | float, top_k
   return top_p_filter(top_k_filter(scaled_NxV, top_k), top_p)
 
 
-def gumbel_sample(logits_NxV: jax.Array, row_keys_N: jax.Array) -> jax.Array:
-  """One draw per row from softmax(logits) by the Gumbel-max trick, row i using key i only.
+def inverse_cdf_sample(logits_NxV: jax.Array, row_keys_N: jax.Array) -> jax.Array:
+  """One draw per row from softmax(logits) by inverting its CDF, row i using key i only.
 
-  Per-row keys make each row's draw independent of how the batch is split over devices.
+  One uniform u per row: the draw is the first id whose cumulative probability exceeds u times
+  the total, so an id of probability 0 (-inf logit: banned, filtered) is never drawn. Exact, and
+  far cheaper per decode step than Gumbel-max, which needs V random numbers per row. Per-row
+  keys make each row's draw independent of how the batch is split over devices.
   """
   V = logits_NxV.shape[-1]
-  gumbel_NxV = jax.vmap(lambda k: jax.random.gumbel(k, (V,), jnp.float32))(row_keys_N)
-  return jnp.argmax(logits_NxV + gumbel_NxV, axis=-1).astype(jnp.int32)
+  probs_NxV = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
+  cdf_NxV = jnp.cumsum(probs_NxV, axis=-1)
+  u_N = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(row_keys_N)
+  draw_N = jnp.sum(cdf_NxV <= (u_N * cdf_NxV[:, -1])[:, None], axis=-1)
+  # u * total < total, so some id is always past the target; the clamp to the last id with
+  # mass only guards float rounding at the very top.
+  last_live_N = V - 1 - jnp.argmax((probs_NxV > 0)[:, ::-1], axis=-1)
+  return jnp.minimum(draw_N, last_live_N).astype(jnp.int32)
 
 
 def token_logprob(logits_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:

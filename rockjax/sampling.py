@@ -13,7 +13,7 @@ for all rows and stops as soon as every row has emitted an EOS (or after T token
 
 Per-step logit pipeline (all in float32):
   raw logits --logit_processor(logits, step)--> --banned ids: -inf-->
-  greedy: argmax (exact, no noise) | else: /temperature -> top-k -> top-p -> Gumbel-max draw.
+  greedy: argmax (exact, no noise) | else: /temperature -> top-k -> top-p -> inverse-CDF draw.
 Randomness: row r at step t uses fold_in(fold_in(key, r), t), so the output depends only on
 the key and the row index, never on how the batch is sharded.
 """
@@ -93,7 +93,7 @@ def _choose(logits_NxV: jax.Array, step: jax.Array, row_keys_N: jax.Array,
   else:
     final_NxV = lp.sampling_logits(processed_NxV, temperature, cfg.top_k, cfg.top_p)
     step_keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
-    tokens_N = lp.gumbel_sample(final_NxV, step_keys_N)
+    tokens_N = lp.inverse_cdf_sample(final_NxV, step_keys_N)
     sample_logprob_N = lp.token_logprob(final_NxV, tokens_N)
   return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
 

@@ -204,3 +204,18 @@ def test_argument_errors(setup):
     sampling.generate(model, ids, mask, key=KEY, max_new_tokens=2, temperature=0.0)
   with pytest.raises(ValueError, match=r'\[96\] outside the vocabulary'):
     sampling.generate(model, ids, mask, key=KEY, max_new_tokens=2, banned_ids=(96,))
+
+
+def test_inverse_cdf_sample_frequencies_and_zero_mass_ids():
+  # -inf at the first id, in the middle and at the last id: never drawn, even at u ~ 0 or ~ 1.
+  logits = np.array([-np.inf, 0.3, -1.0, 2.0, -np.inf, 0.0, 1.1, -np.inf], np.float32)
+  n = 20000
+  keys = jax.random.split(jax.random.key(7), n)
+  draws = np.asarray(jax.jit(lp.inverse_cdf_sample)(
+      jnp.broadcast_to(jnp.asarray(logits), (n, logits.size)), keys))
+  expect = np.where(np.isfinite(logits), np.exp(logits.astype(np.float64) - 2.0), 0.0)
+  expect /= expect.sum()
+  freq = np.bincount(draws, minlength=logits.size) / n
+  assert freq[~np.isfinite(logits)].sum() == 0
+  sigma = np.sqrt(expect * (1 - expect) / n)
+  assert np.all(np.abs(freq - expect) <= 4 * sigma + 1e-12), (freq, expect)

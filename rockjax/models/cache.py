@@ -1,7 +1,9 @@
 """KVCache: the decoding state of a Decoder (per-layer keys/values plus slot validity).
 
 Shape letters: B batch, T tokens written by one call, S cache slots, K key/value heads,
-E head_dim.
+E head_dim. Buffers are heads-major, [B, K, S, E]: a decode step's attention is then a plain
+batched matmul over (B, K) with no transpose of the cache (on CPU the old [B, S, K, E] layout
+cost a copy of every layer's cache per step).
 
 Calling convention (see `Decoder.__call__`): slots are written strictly left to right. A call
 with T new tokens writes them at slots [cache_index, cache_index + T), marks those slots valid
@@ -21,12 +23,12 @@ from jax.sharding import Mesh
 from rockjax import sharding as shd
 
 # Logical axes of one per-layer k or v buffer, and of the slot mask.
-KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
+KV_AXES = ('batch', 'kv_heads', 'cache_length', 'head_dim')
 MASK_AXES = ('batch', 'cache_length')
 
 
 class KVCache(NamedTuple):
-  """Pytree: k, v = per-layer tuples of [B, S, K, E]; mask_BxS (int32, 1 = valid); index ()."""
+  """Pytree: k, v = per-layer tuples of [B, K, S, E]; mask_BxS (int32, 1 = valid); index ()."""
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   mask_BxS: jax.Array
@@ -36,7 +38,7 @@ class KVCache(NamedTuple):
   def init(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
            dtype: Any = jnp.float32) -> 'KVCache':
     """An empty cache: all slots invalid, index 0."""
-    shape = (batch, max_len, num_kv_heads, head_dim)
+    shape = (batch, num_kv_heads, max_len, head_dim)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
     return cls(k=zeros(), v=zeros(), mask_BxS=jnp.zeros((batch, max_len), jnp.int32),
                index=jnp.zeros((), jnp.int32))

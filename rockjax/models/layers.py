@@ -124,7 +124,7 @@ class Attention(nnx.Module):
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Attends L queries over S keys where `allowed_BxLxS`; with `kv`, writes L entries first.
 
-    kv: per-layer cache (k_BxSxKxE, v_BxSxKxE); this step's keys/values are written at slots
+    kv: per-layer cache (k_BxKxSxE, v_BxKxSxE); this step's keys/values are written at slots
     [cache_index, cache_index + L) and the queries attend over all S slots (masked by allowed).
     """
     q_BxLxHxE = self.q_proj(x_BxLxD)
@@ -136,27 +136,31 @@ class Attention(nnx.Module):
     q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, inv_freq)
     k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
 
+    B, L, H, E = q_BxLxHxE.shape
+    K = self.num_kv_heads
+    # Heads-major attention: (B, K) are the batch dims of both matmuls, no cache transpose.
+    k_BxKxLxE = jnp.swapaxes(k_BxLxKxE, 1, 2)
+    v_BxKxLxE = jnp.swapaxes(v_BxLxKxE, 1, 2)
     new_kv = None
     if kv is not None:
       k_cache, v_cache = kv
-      start = (0, jnp.asarray(cache_index, jnp.int32), 0, 0)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxLxKxE.astype(k_cache.dtype), start)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxLxKxE.astype(v_cache.dtype), start)
+      start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
+      k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxKxLxE.astype(k_cache.dtype), start)
+      v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxKxLxE.astype(v_cache.dtype), start)
       new_kv = (k_cache, v_cache)
-      k_BxSxKxE, v_BxSxKxE = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
+      k_BxKxSxE, v_BxKxSxE = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
     else:
-      k_BxSxKxE, v_BxSxKxE = k_BxLxKxE, v_BxLxKxE
+      k_BxKxSxE, v_BxKxSxE = k_BxKxLxE, v_BxKxLxE
 
-    B, L, H, E = q_BxLxHxE.shape
-    K = self.num_kv_heads
-    q_BxLxKxGxE = q_BxLxHxE.reshape(B, L, K, H // K, E)
+    q_BxKxGxLxE = q_BxLxHxE.reshape(B, L, K, H // K, E).transpose(0, 2, 3, 1, 4)
     # Scores and softmax in float32 whatever the compute dtype.
-    scores_BxKxGxLxS = jnp.einsum('blkge,bske->bkgls', q_BxLxKxGxE, k_BxSxKxE,
+    scores_BxKxGxLxS = jnp.einsum('bkgle,bkse->bkgls', q_BxKxGxLxE, k_BxKxSxE,
                                   preferred_element_type=jnp.float32) * self.scale
     scores_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None], scores_BxKxGxLxS, _MASK_VALUE)
     probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(self.dtype)
-    out_BxLxKxGxE = jnp.einsum('bkgls,bske->blkge', probs_BxKxGxLxS, v_BxSxKxE)
-    return self.o_proj(out_BxLxKxGxE.reshape(B, L, H, E)), new_kv
+    out_BxKxGxLxE = jnp.einsum('bkgls,bkse->bkgle', probs_BxKxGxLxS, v_BxKxSxE)
+    out_BxLxHxE = out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
+    return self.o_proj(out_BxLxHxE), new_kv
 
 
 class MLP(nnx.Module):
