@@ -17,7 +17,9 @@ hidden states and head, after compilation and one untimed call), `peak_rss_gb` (
 call's resident high-water mark minus the resident size just before it, inputs and compiled
 program in place: its temporaries plus its outputs, the gradients, which every variant
 must produce), and for JAX `xla_temp_gb` / `xla_output_gb` (the compiled program's temporary
-and output buffers, from XLA's memory analysis: temporaries are the path's working memory).
+and output buffers, from XLA's memory analysis). `xla_temp_gb` is the path's own working
+memory; RSS also holds what the runtime allocates outside XLA's buffers (on XLA:CPU a program
+that only writes 1.6 GB of outputs already peaks at 3-4 GB), so read its ratios loosely.
 """
 import argparse
 import json

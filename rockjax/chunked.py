@@ -9,6 +9,10 @@ Shape letters: N flattened tokens (B*L), D hidden width (student Ds, teacher Dt)
 C vocabulary columns per chunk.
 
 The teacher receives zero gradients: it is a constant of the OPD step.
+
+The backward pass recomputes both heads' chunk logits (six head matmuls per step where autodiff
+of full logits does four). When the per-token weights are known before the loss, as in the
+train step, `rockjax.fused.fused_divergence` forms the gradient in the forward pass instead.
 """
 import functools
 import math

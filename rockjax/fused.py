@@ -8,7 +8,7 @@ can be formed in the forward pass instead, block of tokens by block of tokens:
 
     for each block of R tokens:   s, t = h_s @ W_s, h_t @ W_t          [R, V] float32
                                   value, g = divergence, w * d value / d s
-                                  dh[block] = g @ W_s^T;  dW += h_s^T @ g  (in vocab chunks)
+                                  dh[block] = g @ W_s^T;  dW += h_s^T @ g  (both in vocab chunks)
 
 That is the four matmuls of the naive path, with working memory O(R*V) instead of O(N*V).
 The backward pass only scales the stored (dh, dW) by the incoming scalar cotangent.
@@ -65,19 +65,27 @@ def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, kind, temperature, beta):
   return value_R, norm_R, g_RxV
 
 
-def _add_head_grad(dw_DxV, h_RxD, g_RxV, chunk):
-  """dW += h^T @ g, C vocabulary columns at a time (no [D, V] temporary besides dW itself)."""
+def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
+  """(dh = g @ W^T, dW + h^T @ g), C vocabulary columns at a time.
+
+  Chunking both keeps every temporary at [*, C]: a whole-vocabulary `g @ W^T` makes XLA:CPU
+  copy the transposed head ([V, D], as large as dW) on every block.
+  """
   vocab = dw_DxV.shape[1]
 
-  def body(c, dw):
+  def body(c, carry):
+    dh, dw = carry
     start = jnp.minimum(c * chunk, vocab - chunk)  # last chunk shifted left, as in chunked.py
-    fresh_C = start + jnp.arange(chunk) >= c * chunk  # columns not already added
+    fresh_C = start + jnp.arange(chunk) >= c * chunk  # columns not already counted
     g_RxC = jnp.where(fresh_C[None, :], jax.lax.dynamic_slice_in_dim(g_RxV, start, chunk, 1), 0.0)
+    w_DxC = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, 1)
+    dh = dh + jnp.einsum("rc,dc->rd", g_RxC, w_DxC, preferred_element_type=jnp.float32)
     old_DxC = jax.lax.dynamic_slice_in_dim(dw, start, chunk, 1)
     new_DxC = old_DxC + jnp.einsum("rd,rc->dc", h_RxD, g_RxC, preferred_element_type=jnp.float32)
-    return jax.lax.dynamic_update_slice_in_dim(dw, new_DxC, start, 1)
+    return dh, jax.lax.dynamic_update_slice_in_dim(dw, new_DxC, start, 1)
 
-  return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, dw_DxV)
+  dh_RxD = jnp.zeros((g_RxV.shape[0], w_DxV.shape[0]), jnp.float32)
+  return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, (dh_RxD, dw_DxV))
 
 
 def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
@@ -95,9 +103,8 @@ def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
     h_RxD = rows(h_s)
     value_R, norm_R, g_RxV = _block(h_RxD, w_s, rows(h_t), w_t, rows(w_N), kind, temperature,
                                     beta)
-    dh_RxD = jnp.einsum("rv,dv->rd", g_RxV, w_s, preferred_element_type=jnp.float32)
+    dh_RxD, dw = _head_grads(dw, h_RxD, g_RxV, w_s, chunk)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * block, 0)
-    dw = _add_head_grad(dw, h_RxD, g_RxV, chunk)
     return put(value, value_R), put(norm, norm_R), put(dh, dh_RxD), dw
 
   m = nblk * block

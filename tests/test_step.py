@@ -33,7 +33,7 @@ def make_batch(seed=0, b=8, l=10, prompt=3):
 
 
 def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", chunked=True,
-          dynamic_k=4):
+          dynamic_k=4, **loss_kw):
   """(jitted step, state, teacher params) on `mesh`."""
   tx = tx or optax.adamw(1e-2)
   graphdef, params = nnx.split(random_model(STUDENT, seed=0))
@@ -47,7 +47,7 @@ def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", ch
   t_params = jax.device_put(t_params, t_shardings)
   settings = step_lib.StepSettings(
       loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
-                                  chunked=chunked, chunk_size=16),
+                                  chunked=chunked, chunk_size=16, **loss_kw),
       teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2, rock_k=dynamic_k,
       rock_min_freq=1, rock_exclude_top_freq=0, rock_warmup_steps=1, rock_select_every=1)
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
@@ -116,6 +116,38 @@ def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
     logp_t = jax.nn.log_softmax(logits_t)
     kl = jnp.sum(jnp.exp(logp_s) * (logp_s - logp_t), -1)
     return jnp.sum(jnp.where(selected, kl, 0.0)) / denom
+
+  want = jax.jit(jax.grad(direct_loss))(nnx.split(random_model(STUDENT))[1])
+  for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, np.asarray(b), rtol=2e-3, atol=2e-6)
+
+
+@pytest.mark.parametrize("kd_ratio", [0.5, 1.0, 0.0])
+@pytest.mark.parametrize("chunked", [True, False])
+def test_off_policy_gradient_equals_direct_kd_loss(kd_ratio, chunked):
+  """Stage-1 KD: kd_ratio * forward KL + (1 - kd_ratio) * CE (kd_ratio 0: plain SFT)."""
+  batch = make_batch(seed=1)
+  # Blocks of 7 tokens: several blocks and a padded last one on the fused path.
+  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="off",
+                              chunked=chunked, mode="off_policy", kd_ratio=kd_ratio,
+                              block_size=7)
+  old = jax.tree.map(np.asarray, state.params)
+  with jax.set_mesh(one_device_mesh()):
+    new_state, metrics = fn(state, t_params, batch)
+  step_grad = jax.tree.map(lambda a, b: a - np.asarray(b), old, new_state.params)
+
+  teacher = random_model(TEACHER, seed=1)
+  ids, mask, targets = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1], batch["tokens"][:, 1:]
+  logp_t = jax.nn.log_softmax(nnx.jit(lambda m, i, k: m(i, k))(teacher, ids, mask))
+  on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
+
+  def direct_loss(params):
+    model = nnx.merge(nnx.split(random_model(STUDENT))[0], params)
+    logp_s = jax.nn.log_softmax(model(ids, mask))
+    fkl = jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), -1)
+    ce = -jnp.take_along_axis(logp_s, targets[..., None], -1)[..., 0]
+    loss = kd_ratio * fkl + (1 - kd_ratio) * ce
+    return jnp.sum(jnp.where(on, loss, 0.0)) / on.sum()
 
   want = jax.jit(jax.grad(direct_loss))(nnx.split(random_model(STUDENT))[1])
   for a, b in zip(jax.tree.leaves(step_grad), jax.tree.leaves(want)):
