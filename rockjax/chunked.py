@@ -161,16 +161,9 @@ def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
-                       teacher_hidden: jax.Array, teacher_head: jax.Array, *,
-                       kind: str = "reverse_kl", chunk_size: int = 8192,
-                       temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
-  """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
-
-  Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without materialising the
-  logits in forward or backward. Student and teacher widths may differ; their vocabularies may
-  not. Gradients flow to the student hidden states and head only.
-  """
+def check_hidden_and_heads(student_hidden, student_head, teacher_hidden, teacher_head, kind,
+                           temperature) -> tuple[list[int], int, int]:
+  """One-line errors for bad arguments of the head-level losses; (lead dims, Ds, Dt)."""
   kl_terms.check_kind(kind)
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -184,6 +177,21 @@ def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
   if student_head.shape[1] != teacher_head.shape[1]:
     raise ValueError(f"student vocab {student_head.shape[1]} != teacher vocab "
                      f"{teacher_head.shape[1]}: teacher and student must share a vocabulary")
+  return lead, d_s, d_t
+
+
+def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
+                       teacher_hidden: jax.Array, teacher_head: jax.Array, *,
+                       kind: str = "reverse_kl", chunk_size: int = 8192,
+                       temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
+  """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
+
+  Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without materialising the
+  logits in forward or backward. Student and teacher widths may differ; their vocabularies may
+  not. Gradients flow to the student hidden states and head only.
+  """
+  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
+                                          teacher_head, kind, temperature)
   chunk = min(int(chunk_size), student_head.shape[1])
   n = math.prod(lead)
   value_N = _chunked(student_hidden.reshape(n, d_s), student_head,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from rockjax import kl_terms
-from rockjax.chunked import _logit_grad
+from rockjax.chunked import _logit_grad, check_hidden_and_heads
 
 
 class FusedDivergence(NamedTuple):
@@ -161,20 +161,11 @@ def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
   cotangent is needed). Working memory is a few `[block_size, V]` float32 blocks. Under a
   mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them.
   """
-  kl_terms.check_kind(kind)
-  if temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  (*lead, d_s), (*lead_t, d_t) = student_hidden.shape, teacher_hidden.shape
-  if lead != lead_t or tuple(weights.shape) != tuple(lead):
-    raise ValueError(f"student hidden {student_hidden.shape}, teacher hidden "
-                     f"{teacher_hidden.shape} and weights {weights.shape} must share their "
-                     "batch/length dims")
-  if student_head.shape[0] != d_s or teacher_head.shape[0] != d_t:
-    raise ValueError(f"heads must be [D, V]: student hidden D={d_s} vs head "
-                     f"{student_head.shape}, teacher hidden D={d_t} vs head {teacher_head.shape}")
-  if student_head.shape[1] != teacher_head.shape[1]:
-    raise ValueError(f"student vocab {student_head.shape[1]} != teacher vocab "
-                     f"{teacher_head.shape[1]}: teacher and student must share a vocabulary")
+  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
+                                          teacher_head, kind, temperature)
+  if tuple(weights.shape) != tuple(lead):
+    raise ValueError(f"weights {weights.shape} must have the hidden states' batch/length dims "
+                     f"{tuple(lead)}")
   if block_size < 1 or chunk_size < 1:
     raise ValueError(f"block_size={block_size} and chunk_size={chunk_size} must be >= 1")
   n = math.prod(lead)
