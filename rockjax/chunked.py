@@ -105,23 +105,6 @@ def _weighted_gap(e_NxC, a_NxC, b_NxC):
   return jnp.sum(jnp.where(live, e_NxC * gap, 0.0), axis=-1)
 
 
-def _logit_grad(logp_s, logp_t, aux_N, kind, beta):
-  """d divergence / d tempered student logits for one chunk, `[N, C]`."""
-  live = logp_s > _NEG_INF
-  p_s = jnp.exp(logp_s)
-  if kind == "forward_kl":
-    return p_s - jnp.exp(logp_t)
-  if kind == "reverse_kl":
-    # g = p_s * (A - E_ps[A]) with A = log p_s - log p_t; E_ps[A] is the KL itself.
-    gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logp_t, 0.0)
-    return jnp.where(live, p_s * (gap - aux_N[:, None]), 0.0)
-  # JSD: d/dp_s of the mixture form is (1-beta) log(p_s/M); through softmax this becomes
-  # (1-beta) p_s (log p_s - log M - KL(p_s || M)).
-  logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
-  gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logm, 0.0)
-  return jnp.where(live, (1.0 - beta) * p_s * (gap - aux_N[:, None]), 0.0)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _chunked(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
   return _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)[0]
@@ -142,7 +125,8 @@ def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
     dh, dw = carry
     s, start = _chunk_logits(h_s, w_s, i, chunk, temperature)
     t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
-    g_NxC = _logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta) * ct_N[:, None]
+    g_NxC = kl_terms.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind,
+                                beta) * ct_N[:, None]
     w_DxC = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1)
     # einsum contracts without materialising transposes of the head chunk or the hidden.
     dh = dh + jnp.einsum("nc,dc->nd", g_NxC, w_DxC, preferred_element_type=jnp.float32)
@@ -221,7 +205,7 @@ def chunked_logit_gradient_norm(student_hidden: jax.Array, student_head: jax.Arr
   def body(i, sq_N):
     s, _ = _chunk_logits(h_s, w_s, i, chunk, temperature)
     t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
-    g_NxC = _logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta)
+    g_NxC = kl_terms.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta)
     return sq_N + jnp.sum(jnp.square(g_NxC), axis=-1)
 
   sq_N = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / chunk), body,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from rockjax import kl_terms
-from rockjax.chunked import _logit_grad, check_hidden_and_heads
+from rockjax.chunked import check_hidden_and_heads
 
 
 class FusedDivergence(NamedTuple):
@@ -56,7 +56,7 @@ def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, kind, temperature, beta):
     aux_R = jnp.sum(kl_terms.divergence_terms(logp_s, logm, "reverse_kl"), axis=-1)
   else:
     aux_R = value_R
-  g_RxV = _logit_grad(logp_s, logp_t, aux_R, kind, beta)
+  g_RxV = kl_terms.logit_grad(logp_s, logp_t, aux_R, kind, beta)
   norm_R = jnp.sqrt(jnp.sum(jnp.square(g_RxV), axis=-1))
   # Chain rule through the 1/T of the tempered logits, folded into the weights; `where`, not a
   # product, so a zero-weight row contributes exactly 0 even if its logits were garbage.

@@ -1,4 +1,4 @@
-"""Elementwise divergence terms shared by the full-logit and the vocab-chunked paths.
+"""Elementwise divergence terms and logit gradients shared by the full-logit, chunked and fused paths.
 
 Each function works on log-probabilities of any shape `[..., V]`; summing the terms over the
 last axis gives the per-token divergence. Keeping one definition means both paths agree on
@@ -48,3 +48,25 @@ def mixture_logprobs(logp_s: jax.Array, logp_t: jax.Array, beta: float) -> jax.A
   log_b = jnp.log(jnp.float32(beta)) if beta > 0 else -jnp.inf
   log_1mb = jnp.log1p(-jnp.float32(beta)) if beta < 1 else -jnp.inf
   return jnp.logaddexp(log_b + logp_t, log_1mb + logp_s)
+
+
+def logit_grad(logp_s: jax.Array, logp_t: jax.Array, aux_N: jax.Array, kind: str,
+               beta: float = 0.5) -> jax.Array:
+  """d divergence / d (tempered) student logits from log-probs `[N, C]` (any chunk of V).
+
+  aux_N: the per-token constant of the kind, KL(p_s || p_t) for reverse_kl, KL(p_s || M) for
+  jsd (unused for forward_kl), over the whole vocabulary.
+  """
+  live = logp_s > -jnp.inf
+  p_s = jnp.exp(logp_s)
+  if kind == "forward_kl":
+    return p_s - jnp.exp(logp_t)
+  if kind == "reverse_kl":
+    # g = p_s * (A - E_ps[A]) with A = log p_s - log p_t; E_ps[A] is the KL itself.
+    gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logp_t, 0.0)
+    return jnp.where(live, p_s * (gap - aux_N[:, None]), 0.0)
+  # JSD: d/dp_s of the mixture form is (1-beta) log(p_s/M); through softmax this becomes
+  # (1-beta) p_s (log p_s - log M - KL(p_s || M)).
+  logm = mixture_logprobs(logp_s, logp_t, beta)
+  gap = jnp.where(live, logp_s, 0.0) - jnp.where(live, logm, 0.0)
+  return jnp.where(live, (1.0 - beta) * p_s * (gap - aux_N[:, None]), 0.0)
