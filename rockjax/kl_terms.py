@@ -1,4 +1,6 @@
-"""Elementwise divergence terms and logit gradients shared by the full-logit, chunked and fused paths.
+"""Elementwise divergence terms and logit gradients shared by every loss path.
+
+The full-logit (losses), vocab-chunked (chunked) and token-blocked (fused) paths all use them.
 
 Each function works on log-probabilities of any shape `[..., V]`; summing the terms over the
 last axis gives the per-token divergence. Keeping one definition means both paths agree on
