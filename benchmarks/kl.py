@@ -173,7 +173,8 @@ def main():
     return _child(args)
 
   report = {"benchmark": "reverse_kl forward+backward", "dim": args.dim, "vocab": args.vocab,
-            "chunk_size": args.chunk_size, "block_size": args.block_size, "repeats": args.repeats, "cpus": os.cpu_count(),
+            "chunk_size": args.chunk_size, "block_size": args.block_size,
+            "repeats": args.repeats, "cpus": os.cpu_count(),
             "results": {}}
   variants = [v for v in args.variants if v != "torch_naive" or _torch_available()]
   for tokens in args.tokens:
