@@ -91,7 +91,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   last: dict[str, float] = {}
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
   window: dict[str, list[float]] = {}
-  bar = tqdm.tqdm(total=c.steps, initial=start, desc="opd", disable=jax.process_index() != 0,
+  # opd/kl tracks the cross-entropy when there is no teacher (plain SFT): say so on the bar.
+  sft = c.opd.mode == "off_policy" and c.opd.kd_ratio == 0
+  loss_label = "ce" if sft else "kl"
+  stage = "sft" if sft else "kd" if c.opd.mode == "off_policy" else "opd"
+  bar = tqdm.tqdm(total=c.steps, initial=start, desc=stage, disable=jax.process_index() != 0,
                   dynamic_ncols=True)
   t0 = time.perf_counter()
 
@@ -108,7 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       writer.write(step_done, values)
       last = values
       window.clear()
-      bar.set_postfix({"kl": f"{values.get('opd/kl', float('nan')):.4f}",
+      bar.set_postfix({loss_label: f"{values.get('opd/kl', float('nan')):.4f}",
                        "rock_share": f"{values.get('rock/share_tokens', float('nan')):.2f}"})
 
   try:
