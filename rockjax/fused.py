@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from rockjax import kl_terms
+from rockjax import sharding as shd
 from rockjax.chunked import check_hidden_and_heads
 
 
@@ -139,13 +140,18 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _token_axes(n: int) -> tuple[tuple[str, ...], int]:
-  """Mesh axes (major to minor) that split n tokens evenly, and the number of token shards."""
+  """Mesh axes (major to minor) that split n tokens evenly, and the number of token shards.
+
+  The tokens get every mesh axis; `logical_to_spec` drops the ones that do not divide n.
+  """
   mesh = jax.sharding.get_abstract_mesh()
-  sizes = {} if mesh.empty else dict(zip(mesh.axis_names, mesh.axis_sizes))
-  axes = [a for a, size in sizes.items() if size > 1]
-  while axes and n % math.prod(sizes[a] for a in axes):
-    axes.pop()  # drop minor axes until the tokens divide (replicated over the rest)
-  return tuple(axes), math.prod(sizes[a] for a in axes)
+  if mesh.empty:
+    return (), 1
+  (axes,) = shd.logical_to_spec(("tokens",), (n,), mesh,
+                                rules=(("tokens", tuple(mesh.axis_names)),))
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  return axes, math.prod(sizes[a] for a in axes)
 
 
 def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
