@@ -1,0 +1,25 @@
+"""Errors a user can fix (bad config, bad input file, wrong workdir, an interrupt).
+
+`rockjax.main` prints their one-line message and exits 2; anything else is a bug and keeps
+its traceback. Raise them with a message that names the culprit (field, file:line, id).
+"""
+
+
+class UserError(Exception):
+  """A problem with what the user asked for; the message alone says what and where."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config field is unknown, has a bad value, or contradicts another field."""
+
+
+class WorkdirError(UserError):
+  """The workdir cannot be used as asked (not a directory, or made by another config)."""
+
+
+class CheckpointMismatch(UserError):
+  """A readable checkpoint whose structure differs from the state this config builds."""
+
+
+class Interrupted(UserError):
+  """SIGTERM or Ctrl-C: the run saved a checkpoint and stopped; no later stage started."""
