@@ -1,8 +1,12 @@
 """Orbax checkpoints of the train state and the data-iterator position, in one step directory.
 
 Writes are atomic (orbax finalises a step directory only once everything is on disk), so a
-crash mid-save leaves the previous checkpoint as the latest complete one. Restore walks back
-from the newest step when a checkpoint cannot be read. The teacher is never saved here.
+crash mid-save leaves the previous checkpoint as the latest complete one. Restore tells two
+failures apart: a checkpoint that cannot be read (truncated or corrupt files) is skipped with
+a warning naming it and the previous one is tried; a readable checkpoint whose arrays do not
+match the state this config builds (other model sizes, a new state field) stops the run with
+an error naming the keys, since starting again from step 0 would let `max_to_keep` delete the
+good checkpoints. The teacher is never saved here.
 """
 import logging
 import os
@@ -10,6 +14,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from rockjax import errors
 
 _log = logging.getLogger(__name__)
 
@@ -18,6 +25,42 @@ def _savable(state) -> dict[str, Any]:
   """The checkpointed part of a TrainState (its static graphdef/optimiser are code, not data)."""
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
           "rock": state.rock, "rock_mask": state.rock_mask, "rng": state.rng}
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+  """'params/layers/0/kernel' from a jax key path (dict keys, attributes and indices alike)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """{path: (shape, dtype)} of every array leaf."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): (tuple(x.shape), str(x.dtype)) for p, x in leaves}
+
+
+def structure_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 4
+                       ) -> str | None:
+  """A one-line description of how two {path: (shape, dtype)} maps differ, or None."""
+  missing = sorted(set(wanted) - set(saved))
+  extra = sorted(set(saved) - set(wanted))
+  shapes = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+  parts = []
+  for label, keys, show in (("missing from the checkpoint", missing, None),
+                            ("not in this config's state", extra, None),
+                            ("different shape/dtype", shapes, True)):
+    if keys:
+      shown = [f"{k} {saved[k]} vs {wanted[k]}" if show else k for k in keys[:limit]]
+      more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+      parts.append(f"{label}: {', '.join(shown)}{more}")
+  return "; ".join(parts) or None
 
 
 class Checkpointer:
@@ -41,15 +84,33 @@ class Checkpointer:
     self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
     self._mngr.wait_until_finished()
 
+  def _saved_specs(self, step: int) -> dict[str, tuple] | None:
+    """{path: (shape, dtype)} from a checkpoint's metadata; None when that is unreadable."""
+    try:
+      meta = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) /
+                                                      "state")
+      return _leaf_specs(meta.tree)
+    except Exception:  # pylint: disable=broad-except  (unreadable metadata = a broken save)
+      return None
+
   def restore(self, like_state, *, with_data: bool = True):
     """(state, data_state, step) from the newest readable checkpoint, or None if there is none.
 
     `like_state` is an abstract (or concrete) TrainState whose shapes, dtypes and shardings the
     restored arrays take. A checkpoint that fails to read is skipped with a warning and the
-    next older one is tried: a broken latest save does not lose the run.
+    next older one is tried: a broken latest save does not lose the run. A readable one that
+    does not match `like_state` raises errors.CheckpointMismatch naming the keys, and so does
+    a directory whose checkpoints are all unreadable: never silently start from scratch.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _savable(like_state))
-    for step in reversed(self.steps()):
+    wanted = _leaf_specs(target)
+    steps = self.steps()
+    for step in reversed(steps):
+      saved = self._saved_specs(step)
+      if saved is not None and (diff := structure_mismatch(saved, wanted)):
+        raise errors.CheckpointMismatch(
+            f"checkpoint {self.directory}/{step} does not match the state this config builds "
+            f"({diff}); use the config that wrote it, or a new --workdir")
       try:
         items = {"state": ocp.args.StandardRestore(target)}
         if with_data and os.path.isdir(os.path.join(self.directory, str(step), "data")):
@@ -59,9 +120,12 @@ class Checkpointer:
         _log.warning("checkpoint %s/%d unreadable (%s: %s); trying the previous one",
                      self.directory, step, type(err).__name__, str(err).splitlines()[0][:200])
         continue
-      saved = restored["state"]
-      state = like_state.replace(**saved)
+      state = like_state.replace(**restored["state"])
       return state, restored.get("data") if with_data else None, step
+    if steps:
+      raise errors.WorkdirError(
+          f"no checkpoint in {self.directory} is readable (steps {steps}); move the directory "
+          f"away to start again")
     return None
 
   def close(self) -> None:

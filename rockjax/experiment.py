@@ -1,6 +1,7 @@
-"""Everything a run needs, built once from a config: mesh, tokenizer, models, data, state, step.
+"""Everything one training run needs, built from a config: mesh, tokenizer, models, data, state,
+step. Building trains nothing; multi-stage runs (teacher SFT, stage-1 KD) are rockjax.pipeline.
 
-Resume order (DESIGN.md): the run's own workdir checkpoint, then `ckpt.resume`, then init.
+Resume order: the run's own workdir checkpoint, then `ckpt.resume`, then init.
 """
 import dataclasses
 import logging
@@ -14,6 +15,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rockjax import checkpoint as ckpt_lib
+from rockjax import errors
 from rockjax import data as data_lib
 from rockjax import evaluation, loading, models, objective, rock_lists
 from rockjax import sharding as shd
@@ -41,10 +43,14 @@ class Experiment:
   eval_prompts: dict[str, np.ndarray] | None
   eval_answers: list[str]
 
-  def evaluate(self, state: state_lib.TrainState, step: int) -> dict[str, float]:
-    """pass@1 of the student on the held-out prompts (verifier: rockjax.evaluation)."""
+  def evaluate(self, state: state_lib.TrainState, step: int
+               ) -> tuple[dict[str, float], np.ndarray | None]:
+    """(pass@1 metrics, per-prompt correctness [P, N]) of the student on the held-out prompts.
+
+    Rows come in a fixed order (host-major), so two evaluations pair up prompt by prompt.
+    """
     if self.eval_prompts is None:
-      return {}
+      return {}, None
     from rockjax import sampling  # pylint: disable=g-import-not-at-top
     e = self.config.eval
     student = nnx.merge(state.graphdef, state.params)
@@ -60,12 +66,12 @@ class Experiment:
       text = self.tokenizer.decode(tokens[row][resp[row] > 0], skip_special_tokens=True)
       correct.append(evaluation.verify(text, self.eval_answers[row // e.num_samples]))
     correct_PxN = np.asarray(correct).reshape(-1, e.num_samples)
-    return {"eval/pass@1": evaluation.mean_pass_at_1(correct_PxN),
-            "eval/mean_response_len": float(resp.sum(1).mean())}
+    return ({"eval/pass@1": evaluation.mean_pass_at_1(correct_PxN),
+             "eval/mean_response_len": float(resp.sum(1).mean())}, correct_PxN)
 
 
-def _task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Data paths: the config's, or the embedded synthetic task written into the workdir."""
+def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Data paths: the config's, or the embedded synthetic task (written into workdir/task once)."""
   paths = {"train": c.data.train_path, "eval": c.data.eval_path,
            "tokenizer": c.data.tokenizer_path}
   if not c.data.train_path:
@@ -159,16 +165,14 @@ def _pipelines(c, paths, tokenizer):
 def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Build (or restore) everything for a run in `workdir`."""
   c = config
+  for group in ("model", "teacher"):
+    if c[group].source in ("sft", "kd"):
+      raise errors.ConfigError(
+          f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
+          f"then load its export): run it with rockjax.pipeline.run, not build_experiment")
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor})
-  if c.teacher.source == "sft" or c.model.source == "kd":
-    from rockjax import train  # pylint: disable=g-import-not-at-top
-    c = ml_collections.ConfigDict(c.to_dict())  # never edit the caller's config
-    if c.teacher.source == "sft":
-      c.teacher.path, c.teacher.source = train.stage_then_export(c, workdir, "teacher"), "hf"
-    if c.model.source == "kd":
-      c.model.path, c.model.source = train.stage_then_export(c, workdir, "model"), "hf"
-  paths = _task_files(c, workdir)
+  paths = task_files(c, workdir)
   tokenizer = models.load_tokenizer(paths["tokenizer"])
   student_cfg = loading.model_config(c.model, field="model")
   if len(tokenizer) > student_cfg.vocab_size:

@@ -3,9 +3,7 @@
 Every host runs this same program (jax.distributed on pods); each host feeds its shard of the
 batch and XLA collectives do the rest.
 """
-import copy
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -15,7 +13,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from rockjax import metrics as metrics_lib
 from rockjax import sharding as shd
@@ -55,19 +52,28 @@ def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {k.removesuffix("_BxL"): v for k, v in batch.items()}
 
 
-class _Preemption:
-  """SIGTERM (TPU preemption) sets a flag; the loop saves a checkpoint and exits cleanly."""
+class _StopSignals:
+  """SIGTERM (TPU preemption) or Ctrl-C sets a flag; the loop saves a checkpoint and stops.
+
+  A second Ctrl-C raises KeyboardInterrupt at once (no checkpoint), as a user pressing it
+  twice expects.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._old = signal.signal(signal.SIGTERM, self._handle)
+    self.requested: str | None = None  # the signal's name once one arrived
+    self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    _log.warning("SIGTERM: saving a checkpoint and stopping after this step")
-    self.requested = True
+    name = signal.Signals(signum).name
+    if self.requested == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = name
+    tqdm.tqdm.write(f"{name}: saving a checkpoint after this step, then stopping "
+                    f"(Ctrl-C again to stop at once)")
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: Experiment):
@@ -81,23 +87,43 @@ def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: 
         f"{exp.checkpointer.directory}")
 
 
+def stage_kind(c: ml_collections.ConfigDict) -> str:
+  """'sft' (no teacher), 'kd' (off-policy KD) or 'opd' (on-policy distillation)."""
+  if c.opd.mode == "on_policy":
+    return "opd"
+  return "sft" if c.opd.kd_ratio == 0 else "kd"
+
+
+def tracked_quantity(c: ml_collections.ConfigDict) -> str:
+  """What `opd/kl` and the rock statistics hold in this run: the per-token divergence."""
+  return {"sft": "cross_entropy", "kd": "forward_kl", "opd": c.opd.divergence}[stage_kind(c)]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train for config.steps steps in workdir (resuming if it holds a checkpoint)."""
+  """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
+
+  Returns {state, metrics (last logged averages), experiment, data_state, step,
+  completed (reached config.steps), interrupted (the signal's name, or None), eval_correct
+  (per-prompt correctness of the last evaluation, or None), rock_table, seconds}. A SIGTERM or
+  Ctrl-C ends the loop after the current step with a checkpoint; the caller decides what an
+  interrupted run means (rockjax.pipeline stops every later stage).
+  """
   exp = build_experiment(config, workdir)
   c = exp.config
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  preempt = _Preemption()
+  signals = _StopSignals()
   state, start = exp.state, exp.start_step
   last: dict[str, float] = {}
+  eval_correct = None
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
   window: dict[str, list[float]] = {}
-  # opd/kl tracks the cross-entropy when there is no teacher (plain SFT): say so on the bar.
-  sft = c.opd.mode == "off_policy" and c.opd.kd_ratio == 0
-  loss_label = "ce" if sft else "kl"
-  stage = "sft" if sft else "kd" if c.opd.mode == "off_policy" else "opd"
-  bar = tqdm.tqdm(total=c.steps, initial=start, desc=stage, disable=jax.process_index() != 0,
+  kind = stage_kind(c)
+  # opd/kl holds the stage's per-token quantity (cross-entropy in plain SFT): name it so.
+  loss_label = {"cross_entropy": "ce"}.get(tracked_quantity(c), "kl")
+  bar = tqdm.tqdm(total=c.steps, initial=start, desc=kind, disable=jax.process_index() != 0,
                   dynamic_ncols=True)
-  t0 = time.perf_counter()
+  t_start = t0 = time.perf_counter()
+  done = start
 
   def finish(step_done: int, dev_metrics) -> None:
     nonlocal last, t0
@@ -125,13 +151,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         pending = (step + 1, dev_metrics)
         bar.update(1)
         done = step + 1
-        if c.eval.every and done % c.eval.every == 0:
+        # Evaluate every eval.every steps and always after the last one.
+        if c.eval.every and (done % c.eval.every == 0 or done == c.steps):
           finish(*pending)
           pending = None
-          values = exp.evaluate(state, done)
+          values, eval_correct = exp.evaluate(state, done)
           writer.write(done, values)
           last.update(values)
-        stop = preempt.requested or (c.stop_after and done >= c.stop_after)
+        stop = signals.requested or (c.stop_after and done >= c.stop_after)
         if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or stop:
           if pending is not None:
             finish(*pending)  # verify the state to be saved is finite first
@@ -142,63 +169,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         finish(*pending)
     data_state = exp.train_data.get_state()
-    _report_rocks(exp, state)  # all processes compute; process 0 writes
+    table = _report_rocks(exp, state, kind)  # all processes compute; process 0 writes
   finally:
     bar.close()
     writer.close()
-    preempt.restore()
+    signals.restore()
     exp.checkpointer.close()
     exp.train_data.close()
-  return {"state": state, "metrics": last, "experiment": exp, "data_state": data_state}
+  return {"state": state, "metrics": last, "experiment": exp, "data_state": data_state,
+          "step": done, "completed": done >= c.steps, "interrupted": signals.requested,
+          "eval_correct": eval_correct, "rock_table": table,
+          "seconds": time.perf_counter() - t_start}
 
 
-def _report_rocks(exp: Experiment, state: state_lib.TrainState) -> None:
-  """Write workdir/rocks.json and print the top of the rock table."""
+def _report_rocks(exp: Experiment, state: state_lib.TrainState, kind: str) -> dict[str, Any]:
+  """Write workdir/rocks.json (every observed id) and print the top of the labelled table."""
   from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
   r = exp.config.rock
   table = rock_table.rock_table(state.rock, exp.tokenizer, k=r.k, min_freq=r.min_freq,
                                 exclude_top_freq=r.exclude_top_freq, selector=r.selector,
-                                window=r.window)
+                                window=r.window, stage=kind,
+                                quantity=tracked_quantity(exp.config))
   if jax.process_index() == 0:
     path = rock_table.write_table(exp.workdir, table)
-    tqdm.tqdm.write(rock_table.format_table(table) + f"\n(full table: {path})")
-
-
-def stage_then_export(config: ml_collections.ConfigDict, workdir: str, role: str) -> str:
-  """Train a model in a preliminary off-policy stage, export it as a HF directory.
-
-  role 'teacher' (teacher.source == 'sft'): SFT on the task's worked solutions, no teacher.
-  role 'model' (model.source == 'kd'): the paper's stage 1, off-policy KD from the (already
-  resolved) teacher with kd_ratio = model.stage_kd_ratio. The next stage then loads the export
-  through the same Hugging Face path real checkpoints take. Skipped when done before.
-  """
-  from rockjax import models  # pylint: disable=g-import-not-at-top
-  group = config[role]
-  name = {"teacher": "teacher_sft", "model": "student_kd"}[role]
-  export = os.path.join(workdir, name, "hf")
-  if os.path.isfile(os.path.join(export, "config.json")):
-    return export
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.model = copy.deepcopy(group)
-    c.model.source = "random"
-    if role == "teacher":
-      c.teacher.source, c.opd.kd_ratio = "none", 0.0
-    else:
-      c.opd.kd_ratio = group.stage_kd_ratio
-    c.opd.mode = "off_policy"
-    c.rock.mode = "off"
-    c.steps, c.opt.lr, c.stop_after = group.stage_steps, group.stage_lr, 0
-    c.eval.every = group.stage_steps  # report the stage's pass@1 once, at the end
-    c.ckpt.every, c.ckpt.resume = 0, ""
-  result = run(c, os.path.join(workdir, name))
-  exp = result["experiment"]
-  # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
-  params = multihost_utils.process_allgather(result["state"].params, tiled=True)
-  trained = nnx.merge(result["state"].graphdef, params)
-  if jax.process_index() == 0:
-    models.save_pretrained(trained, export)
-    exp.tokenizer.save_pretrained(export)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"rockjax:{name}_exported")
-  return export
+    tqdm.tqdm.write(rock_table.format_table(table, limit=10) + f"\n(every observed id: {path})")
+  return table

@@ -4,9 +4,15 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
-from rockjax import checkpoint
-from test_step import build, one_device_mesh
+from rockjax import checkpoint, errors
+from test_step import STUDENT, build, one_device_mesh
+
+
+def abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
 
 
 def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):
@@ -32,3 +38,54 @@ def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):
   for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   ckpt.close()
+
+
+def test_truncated_newest_checkpoint_falls_back_with_a_warning_naming_it(tmp_path, caplog):
+  _, state, _ = build(one_device_mesh(), rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
+  ckpt.save(1, state, {"next_batch": 1})
+  ckpt.save(2, state.replace(step=state.step + 1), {"next_batch": 2})
+  data_files = [f for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True)
+                if os.path.isfile(f) and os.path.getsize(f) > 64 and "METADATA" not in f]
+  for f in data_files:  # a save cut short: every array file loses its second half
+    os.truncate(f, os.path.getsize(f) // 2)
+  restored, data, step = checkpoint.Checkpointer(str(tmp_path)).restore(abstract(state))
+  assert (step, data) == (1, {"next_batch": 1})
+  assert any(f"{tmp_path}/2 unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_checkpoint_of_another_state_structure_raises_naming_the_keys(tmp_path):
+  _, state, _ = build(one_device_mesh(), rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(1, state)
+  # Other model sizes: the same keys, other shapes (mlp width 48 -> 64).
+  import test_step
+  wider = STUDENT.replace(intermediate_size=64)
+  old = test_step.STUDENT
+  test_step.STUDENT = wider
+  try:
+    _, other, _ = build(one_device_mesh(), rock_mode="off")
+  finally:
+    test_step.STUDENT = old
+  with pytest.raises(errors.CheckpointMismatch,
+                     match=r"/1 does not match.*different shape/dtype: .*mlp/down_proj/kernel"):
+    checkpoint.Checkpointer(str(tmp_path)).restore(abstract(other))
+  # A missing state field: the keys are named, and nothing is restored from scratch.
+  saved = checkpoint.Checkpointer(str(tmp_path))._saved_specs(1)
+  wanted = dict(saved, **{"rock/new_field": ((4,), "float32")})
+  del wanted["rng"]
+  msg = checkpoint.structure_mismatch(saved, wanted)
+  assert "missing from the checkpoint: rock/new_field" in msg
+  assert "not in this config's state: rng" in msg
+  assert len(os.listdir(tmp_path)) == 1  # the checkpoint is still there
+
+
+def test_every_checkpoint_unreadable_raises_instead_of_starting_over(tmp_path):
+  _, state, _ = build(one_device_mesh(), rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(1, state)
+  for f in glob.glob(str(tmp_path / "1" / "state" / "**" / "*"), recursive=True):
+    if os.path.isfile(f):
+      os.truncate(f, 0)
+  with pytest.raises(errors.WorkdirError, match=r"no checkpoint in .* is readable \(steps \[1\]\)"):
+    checkpoint.Checkpointer(str(tmp_path)).restore(abstract(state))

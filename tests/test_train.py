@@ -64,24 +64,6 @@ def test_bad_static_list_names_file_and_line(tmp_path):
     train.run(c, str(tmp_path / "run"))
 
 
-def test_demo_pipeline_stages_export_and_reload(tmp_path):
-  """The CPU default end to end, shortened: SFT teacher -> HF export -> stage-1 KD student ->
-  HF export -> OPD, each model loaded back through rockjax.models.from_pretrained."""
-  from configs import demo
-  c = demo.get_config()
-  c.update_from_flattened_dict({"teacher.stage_steps": 2, "model.stage_steps": 2, "steps": 2,
-                                "data.task_size": 64, "eval.every": 2, "eval.num_prompts": 8,
-                                "opd.max_new_tokens": 8, "eval.max_new_tokens": 8,
-                                "mesh.fsdp": 1})
-  result = train.run(c, str(tmp_path))
-  for stage in ("teacher_sft", "student_kd"):
-    assert (tmp_path / stage / "hf" / "config.json").is_file()
-  assert result["experiment"].config.model.source == "hf"  # the KD export was reloaded
-  assert np.isfinite(result["metrics"]["opd/kl"])
-  assert 0.0 <= result["metrics"]["eval/pass@1"] <= 1.0
-  assert (tmp_path / "rocks.json").is_file()
-
-
 def test_nan_stops_training_with_last_good_checkpoint(tmp_path, monkeypatch):
   """A non-finite loss at step 3 ends the run before anything is saved after step 2."""
   from rockjax import metrics as metrics_lib

@@ -1,4 +1,4 @@
-"""The rock table: selected ids with their token text, frequency, mean KL and Rock Score."""
+"""The rock table: ids ranked by Rock Score with their token text, frequency and mean loss."""
 import json
 import os
 from typing import Any
@@ -8,11 +8,22 @@ import numpy as np
 from rockjax import rocks
 from rockjax.metrics import host_value
 
+# How each tracked per-token quantity is named in the table's title.
+QUANTITY_NAMES = {"reverse_kl": "reverse KL", "forward_kl": "forward KL", "jsd": "JSD",
+                  "cross_entropy": "cross-entropy"}
+STAGE_NAMES = {"sft": "teacher SFT", "kd": "student stage-1 KD", "opd": "student OPD"}
+
 
 def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int = 2,
                exclude_top_freq: int = 0, selector: str = "rock_score",
-               window: str = "cumulative") -> dict[str, Any]:
-  """{'rows': [...] ranked by Rock Score, 'kl_coverage': share of total KL on the selection}."""
+               window: str = "cumulative", stage: str = "opd",
+               quantity: str = "reverse_kl") -> dict[str, Any]:
+  """The selection and every observed id, ranked by Rock Score (Freq x mean per-token loss).
+
+  'rows' holds the selected ids (the rocks), 'ids' every id seen at least once (with a
+  'selected' flag); 'kl_coverage' is the share of the total on the selection. `stage` and
+  `quantity` (what the statistics hold: the stage's per-token loss) label the table.
+  """
   mask_V = rocks.select(stats, k=k, min_freq=min_freq, exclude_top_freq=exclude_top_freq,
                         selector=selector, window=window)
   # Every process runs these (jitted, on global arrays); each reads its local replica.
@@ -20,24 +31,33 @@ def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int 
       rocks.frequency(stats, window=window), rocks.mean_kl(stats, window=window),
       rocks.rock_score(stats, window=window), mask_V))
   total = float(np.sum(score_V))
-  ids = np.nonzero(mask_V)[0]
-  ids = ids[np.argsort(-score_V[ids], kind="stable")]
-  rows = [{"rank": r + 1, "id": int(i), "token": tokenizer.convert_ids_to_tokens(int(i)),
-           "freq": float(freq_V[i]), "mean_kl": float(mean_V[i]), "score": float(score_V[i])}
-          for r, i in enumerate(ids)]
   seen = freq_V > 0
-  return {"selector": selector, "window": window, "k": k, "rows": rows,
-          "kl_coverage": float(score_V[ids].sum() / total) if total > 0 else float("nan"),
-          "token_density": float(freq_V[ids].sum() / freq_V.sum()) if seen.any() else 0.0,
+
+  def row(rank: int, i: int) -> dict[str, Any]:
+    return {"rank": rank, "id": i, "token": tokenizer.convert_ids_to_tokens(i),
+            "freq": float(freq_V[i]), "mean_kl": float(mean_V[i]), "score": float(score_V[i]),
+            "selected": bool(mask_V[i])}
+
+  by_score = lambda ids: ids[np.argsort(-score_V[ids], kind="stable")]
+  chosen = by_score(np.nonzero(mask_V)[0])
+  observed = by_score(np.nonzero(seen)[0])
+  return {"stage": stage, "quantity": quantity, "selector": selector, "window": window,
+          "k": k, "rows": [row(r + 1, int(i)) for r, i in enumerate(chosen)],
+          "ids": [row(r + 1, int(i)) for r, i in enumerate(observed)],
+          "kl_coverage": float(score_V[chosen].sum() / total) if total > 0 else float("nan"),
+          "token_density": float(freq_V[chosen].sum() / freq_V.sum()) if seen.any() else 0.0,
           "observed_vocab": int(seen.sum())}
 
 
 def format_table(table: dict[str, Any], limit: int = 15) -> str:
-  """A fixed-width text rendering of the top rows for the console."""
-  lines = [f"rock tokens ({table['selector']}, top {len(table['rows'])} of "
-           f"{table['observed_vocab']} observed ids): {100 * table['kl_coverage']:.1f}% of KL, "
+  """A fixed-width text rendering of the top selected rows, titled with stage and quantity."""
+  quantity = QUANTITY_NAMES.get(table.get("quantity"), table.get("quantity", "KL"))
+  stage = STAGE_NAMES.get(table.get("stage"), table.get("stage", ""))
+  lines = [f"[{stage}] rock tokens by {table['selector']} (freq x mean {quantity}): top "
+           f"{len(table['rows'])} of {table['observed_vocab']} observed ids carry "
+           f"{100 * table['kl_coverage']:.1f}% of the {quantity} on "
            f"{100 * table['token_density']:.1f}% of response tokens",
-           f"{'rank':>4} {'id':>7} {'token':<14} {'freq':>8} {'mean_kl':>9} {'score':>9}"]
+           f"{'rank':>4} {'id':>7} {'token':<14} {'freq':>8} {'mean':>9} {'score':>9}"]
   for r in table["rows"][:limit]:
     lines.append(f"{r['rank']:>4} {r['id']:>7} {repr(r['token']):<14} {r['freq']:>8.0f} "
                  f"{r['mean_kl']:>9.4f} {r['score']:>9.3f}")

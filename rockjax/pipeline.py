@@ -1,0 +1,281 @@
+"""A run as stages: teacher SFT -> HF export -> stage-1 KD -> HF export -> main stage -> summary.
+
+`teacher.source='sft'` and `model.source='kd'` ask for preliminary stages that train that model
+first (in WORKDIR/teacher_sft and WORKDIR/student_kd) and export it as a Hugging Face checkpoint;
+the next stage loads the export through the same path real checkpoints take. The main stage
+(OPD, or KD/SFT in off-policy mode) trains in WORKDIR itself.
+
+Each stage is marked complete (`stage.json`, after its export) only after its last step; a
+stage without that mark resumes from its own checkpoints. SIGTERM or Ctrl-C stops the stage
+after a checkpoint and raises errors.Interrupted: no later stage starts. The workdir records
+the resolved config (`config.json`); a run whose config differs is refused unless allowed.
+"""
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from rockjax import errors, evaluation, train
+from rockjax.experiment import task_files
+
+CONFIG_FILE = "config.json"
+STAGE_FILE = "stage.json"  # written when a stage has completed (and been exported)
+SUMMARY_FILE = "summary.json"
+# Fields that may change between runs in one workdir: they do not change what is computed.
+RESUMABLE_FIELDS = ("stop_after", "log_every", "mesh.")
+_PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One training run of the pipeline."""
+  name: str  # 'teacher_sft' | 'student_kd' | 'main'
+  config: ml_collections.ConfigDict  # what rockjax.train.run trains with
+  workdir: epath.Path
+  export: epath.Path | None  # HF directory written after the last step (preliminary stages)
+
+
+def _unlocked_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def _pre_stage(c: ml_collections.ConfigDict, workdir: epath.Path, role: str) -> Stage:
+  """The preliminary off-policy stage that trains config group `role` ('teacher' | 'model')."""
+  name = _PRE_STAGES[role]
+  group = c[role]
+  s = _unlocked_copy(c)
+  s.model = _unlocked_copy(group)
+  s.model.source, s.model.path = "random", ""
+  if role == "teacher":  # SFT on the task's worked solutions: no teacher
+    s.teacher.source, s.teacher.path, s.opd.kd_ratio = "none", "", 0.0
+  else:  # the paper's stage 1: kd_ratio * forward KL + (1 - kd_ratio) * CE from the teacher
+    s.opd.kd_ratio = group.stage_kd_ratio
+  s.opd.mode, s.rock.mode = "off_policy", "off"
+  s.steps, s.opt.lr, s.stop_after = group.stage_steps, group.stage_lr, 0
+  s.eval.every = group.stage_steps if c.eval.every else 0  # pass@1 once, at the stage's end
+  s.ckpt.resume = ""
+  stage_dir = workdir / name
+  return Stage(name, s, stage_dir, stage_dir / "hf")
+
+
+def plan(config: ml_collections.ConfigDict, workdir: str, data_paths: dict[str, str]
+         ) -> list[Stage]:
+  """The stages a config asks for, each with the config it trains with (nothing is run)."""
+  root = epath.Path(workdir)
+  c = _unlocked_copy(config)
+  c.data.train_path, c.data.eval_path = data_paths["train"], data_paths["eval"] or ""
+  c.data.tokenizer_path = data_paths["tokenizer"]
+  stages = []
+  for role in ("teacher", "model"):  # the teacher first: stage-1 KD learns from its export
+    if c[role].source in ("sft", "kd"):
+      stage = _pre_stage(c, root, role)
+      stages.append(stage)
+      c[role].source, c[role].path = "hf", str(stage.export)
+  stages.append(Stage("main", c, root, None))
+  return stages
+
+
+def _flat(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+  """{'group.field': value} with JSON-normalised values (tuples become lists)."""
+  d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  out = {}
+  for key, value in json.loads(json.dumps(d)).items():
+    if isinstance(value, dict):
+      out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+    else:
+      out[key] = value
+  return out
+
+
+def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """'field: old -> new' for every field that differs (RESUMABLE_FIELDS aside)."""
+  old, new = _flat(recorded), _flat(config)
+  keys = sorted(k for k in set(old) | set(new) if not k.startswith(RESUMABLE_FIELDS))
+  missing = "<absent>"
+  return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys
+          if old.get(k, missing) != new.get(k, missing)]
+
+
+def _write_json(path: epath.Path, obj: Any) -> None:
+  """Write atomically (a temp file renamed into place); process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1, default=float))
+  tmp.replace(path)
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
+                    allow_config_change: bool = False) -> epath.Path:
+  """Check the workdir against the config it records, then create it and record this one."""
+  root = epath.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise errors.WorkdirError(f"--workdir={workdir} is a file; it must be a directory")
+  record = root / CONFIG_FILE
+  if record.exists():
+    changes = config_changes(json.loads(record.read_text()), config)
+    if changes and not allow_config_change:
+      shown = "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
+      raise errors.WorkdirError(
+          f"{workdir} was made with another config ({shown}); use a new --workdir, or pass "
+          f"--allow_config_change to continue with this one")
+    if not changes:
+      return root
+  root.mkdir(parents=True, exist_ok=True)
+  _write_json(record, config.to_dict())
+  return root
+
+
+def _export(stage: Stage, result: dict[str, Any]) -> None:
+  """Write the stage's trained model and tokenizer as a HF directory, atomically."""
+  from rockjax import models  # pylint: disable=g-import-not-at-top
+  # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
+  params = multihost_utils.process_allgather(result["state"].params, tiled=True)
+  if jax.process_index() == 0:
+    tmp = stage.export.parent / (stage.export.name + ".tmp")
+    for d in (tmp, stage.export):
+      if d.exists():
+        d.rmtree()
+    models.save_pretrained(nnx.merge(result["state"].graphdef, params), str(tmp))
+    result["experiment"].tokenizer.save_pretrained(str(tmp))
+    tmp.rename(stage.export)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")
+
+
+def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
+  """What a completed stage reports (written to its stage.json)."""
+  c = stage.config
+  correct = result["eval_correct"]
+  return {
+      "stage": stage.name, "kind": train.stage_kind(c), "quantity": train.tracked_quantity(c),
+      "steps": int(result["step"]), "metrics": result["metrics"],
+      "eval_correct": None if correct is None else correct.astype(float).tolist(),
+      "seconds": result["seconds"], "resumed_from": int(result["experiment"].start_step),
+      "workdir": str(stage.workdir), "export": str(stage.export) if stage.export else None}
+
+
+def _run_stage(stage: Stage) -> dict[str, Any] | None:
+  """Train one stage to its end; its record, or None when it stopped early (stop_after)."""
+  result = train.run(stage.config, str(stage.workdir))
+  if result["interrupted"]:
+    raise errors.Interrupted(
+        f"{result['interrupted']}: stopped in stage {stage.name} at step {result['step']}/"
+        f"{stage.config.steps} with a checkpoint in {stage.workdir / 'ckpt'}; run the same "
+        f"command to resume")
+  if not result["completed"]:
+    return None
+  if stage.export is not None:
+    _export(stage, result)
+  record = _stage_record(stage, result)
+  _write_json(stage.workdir / STAGE_FILE, record)  # the stage is complete from here on
+  return record
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *,
+        allow_config_change: bool = False) -> dict[str, Any]:
+  """Run every stage the config asks for in `workdir` (skipping completed ones); the summary."""
+  root = prepare_workdir(config, workdir, allow_config_change=allow_config_change)
+  stages = plan(config, workdir, task_files(config, workdir))
+  records, ran = [], False
+  for stage in stages:
+    done = stage.workdir / STAGE_FILE
+    if done.exists():
+      records.append(json.loads(done.read_text()))
+      continue
+    ran = True
+    record = _run_stage(stage)
+    if record is None:  # stop_after: a deliberate partial run, no summary yet
+      return {"stages": records, "complete": False}
+    records.append(record)
+  summary = make_summary(records, root)
+  if ran or not (root / SUMMARY_FILE).exists():
+    _write_json(root / SUMMARY_FILE, summary)
+  if jax.process_index() == 0:
+    print(format_summary(summary, rock_table_text=None if ran else _final_table_text(root)),
+          flush=True)
+  return summary
+
+
+def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, Any]:
+  """Per-stage results, the OPD effect with a paired bootstrap, and where the outputs are."""
+  by_name = {r["stage"]: r for r in records}
+  effect = None
+  teacher, before, after = (by_name.get(n) for n in ("teacher_sft", "student_kd", "main"))
+  if before and after and before["eval_correct"] and after["eval_correct"]:
+    a = [sum(row) / len(row) for row in after["eval_correct"]]
+    b = [sum(row) / len(row) for row in before["eval_correct"]]
+    effect = {"before": sum(b) / len(b), "after": sum(a) / len(a), "num_prompts": len(a),
+              **evaluation.paired_bootstrap(a, b)}
+    if teacher and teacher["eval_correct"]:
+      t = [sum(row) / len(row) for row in teacher["eval_correct"]]
+      effect["teacher"] = sum(t) / len(t)
+      gap = effect["teacher"] - effect["before"]
+      effect["gap_closed"] = (effect["after"] - effect["before"]) / gap if gap > 0 else None
+  dirs = [r["workdir"] for r in records]
+  outputs = {"workdir": str(root), "config": str(root / CONFIG_FILE),
+             "summary": str(root / SUMMARY_FILE),
+             "checkpoints": [f"{d}/ckpt" for d in dirs],
+             "hf_exports": [r["export"] for r in records if r["export"]],
+             "metrics": [f"{d}/metrics.jsonl" for d in dirs],
+             "tensorboard": [f"{d}/tb" for d in dirs],
+             "rock_tables": [f"{d}/rocks.json" for d in dirs]}
+  return {"complete": True, "stages": records, "effect": effect, "outputs": outputs}
+
+
+_STAGE_TITLES = {"teacher_sft": "teacher SFT", "student_kd": "student stage-1 KD"}
+_SHORT = {"cross_entropy": "ce", "forward_kl": "fwd KL", "reverse_kl": "rev KL", "jsd": "JSD"}
+
+
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
+
+
+def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) -> str:
+  """The end-of-run report a person reads: one line per stage, the effect, the outputs."""
+  lines = ["", "=== rockjax run summary ===",
+           f"{'stage':<20} {'steps':>6}  {'final per-token loss':<22} {'loss':>8}  "
+           f"{'pass@1':>7} {'prompts':>7}  {'wall':>9}"]
+  for r in summary["stages"]:
+    title = _STAGE_TITLES.get(r["stage"], f"student {r['kind'].upper()}"
+                              if r["kind"] != "sft" else "SFT")
+    m = r["metrics"]
+    tracked = f"{_SHORT.get(r['quantity'], r['quantity'])} {m.get('opd/kl', float('nan')):.4f}"
+    n = len(r["eval_correct"]) if r["eval_correct"] else 0
+    p1 = f"{m['eval/pass@1']:.3f}" if "eval/pass@1" in m else "-"
+    resumed = " (resumed)" if r["resumed_from"] else ""
+    lines.append(f"{title:<20} {r['steps']:>6}  {tracked:<22} {m.get('opd/loss', 0.0):>8.4f}  "
+                 f"{p1:>7} {n:>7}  {_minutes(r['seconds']):>9}{resumed}")
+  e = summary["effect"]
+  if e:
+    line = (f"OPD effect on greedy pass@1: {e['before']:.3f} -> {e['after']:.3f} "
+            f"({e['delta']:+.3f}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], paired "
+            f"bootstrap over {e['num_prompts']} held-out prompts, p={e['p_value']:.4f})")
+    if e.get("gap_closed") is not None:
+      line += (f"; teacher {e['teacher']:.3f}: OPD closed {100 * e['gap_closed']:.0f}% of the "
+               f"teacher-student gap")
+    lines.append(line)
+  o = summary["outputs"]
+  lines += ["outputs:",
+            f"  checkpoints   {', '.join(o['checkpoints'])}",
+            *([f"  HF exports    {', '.join(o['hf_exports'])}"] if o["hf_exports"] else []),
+            f"  metrics       {', '.join(o['metrics'])} (TensorBoard: the tb/ beside each)",
+            f"  rock tables   {', '.join(o['rock_tables'])}",
+            f"  config        {o['config']}",
+            f"  summary       {o['summary']}"]
+  if rock_table_text:
+    lines = [rock_table_text] + lines
+  return "\n".join(lines)
+
+
+def _final_table_text(root: epath.Path) -> str | None:
+  """The main stage's rock table, re-rendered from its rocks.json (for a re-run)."""
+  from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
+  path = root / "rocks.json"
+  return rock_table.format_table(json.loads(path.read_text()), limit=10) if path.exists() else None
