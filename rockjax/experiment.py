@@ -106,10 +106,7 @@ def _eos_ids(tokenizer) -> tuple[int, ...]:
 
 def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
   if c.rock.mode != "static":
-    return None
-  if not c.rock.list_path:
-    raise ValueError("rock.mode='static' needs rock.list_path (e.g. "
-                     "rockjax/data/qwen3_paper_rocks.txt)")
+    return None  # rockjax.config_check makes sure a static mode has a list_path
   return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab),
                                 vocab)
 
