@@ -17,7 +17,7 @@ import ml_collections
 
 from rockjax import errors
 from rockjax.kl_terms import KINDS
-from rockjax.loading import _DTYPES  # pylint: disable=protected-access  (one list of dtypes)
+from rockjax.loading import DTYPES
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -57,8 +57,8 @@ RANGES: dict[str, str] = {
     "eval.temperature": ">= 0", "eval.max_new_tokens": ">= 1",
 }
 for _g in _GROUPS:
-  ENUMS.update({f"{_g}.source": SOURCES[_g], f"{_g}.dtype": tuple(_DTYPES),
-                f"{_g}.param_dtype": tuple(_DTYPES),
+  ENUMS.update({f"{_g}.source": SOURCES[_g], f"{_g}.dtype": tuple(DTYPES),
+                f"{_g}.param_dtype": tuple(DTYPES),
                 f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values())))})
   RANGES.update({f"{_g}.stage_steps": ">= 1", f"{_g}.stage_lr": ">= 0",
                  f"{_g}.stage_kd_ratio": "[0, 1]", f"{_g}.arch.rope_theta": "> 0",

@@ -12,14 +12,14 @@ from rockjax import models
 from rockjax import state as state_lib
 from rockjax.models import Decoder, ModelConfig, RopeConfig
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 def dtype(name: str) -> Any:
   """jnp dtype from its config name, with a one-line error naming the bad value."""
-  if name not in _DTYPES:
-    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+  return DTYPES[name]
 
 
 def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> ModelConfig:

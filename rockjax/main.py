@@ -38,14 +38,9 @@ flags.mark_flags_as_required(["config"])
 
 
 def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
-  """THE one call site of a run: point it at rockjax.pipeline.run once that exists.
-
-  train.run does not take allow_config_change yet; pipeline.run(config, workdir,
-  allow_config_change=...) will.
-  """
-  del allow_config_change  # TODO(pipeline): pass it on
-  from rockjax import train  # pylint: disable=g-import-not-at-top
-  return train.run(config, workdir)
+  """The one call site of a run: every stage the config asks for, then the summary."""
+  from rockjax import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.run(config, workdir, allow_config_change=allow_config_change)
 
 
 def main(argv):
@@ -71,14 +66,12 @@ def _main() -> None:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
                jax.device_count())
-  from rockjax import config_check  # pylint: disable=g-import-not-at-top
-  config_check.validate(_CONFIG.value, dry_run=dry_run)  # before anything touches the disk
   if dry_run:
-    from rockjax import dry_run as dry_run_lib  # pylint: disable=g-import-not-at-top
+    from rockjax import config_check, dry_run as dry_run_lib  # pylint: disable=g-import-not-at-top
+    config_check.validate(_CONFIG.value, dry_run=True)
     print(dry_run_lib.report_json(_CONFIG.value))
     return
-  result = _run(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)
-  logging.info("final metrics: %s", result["metrics"])
+  _run(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)  # validates before touching the disk
 
 
 # --- Command line: absl parses --config and its --config.* overrides before main runs. ---

@@ -21,7 +21,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import errors, evaluation, train
+from rockjax import config_check, errors, evaluation, train
 from rockjax.experiment import task_files
 
 CONFIG_FILE = "config.json"
@@ -180,7 +180,11 @@ def _run_stage(stage: Stage) -> dict[str, Any] | None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
         allow_config_change: bool = False) -> dict[str, Any]:
-  """Run every stage the config asks for in `workdir` (skipping completed ones); the summary."""
+  """Run every stage the config asks for in `workdir` (skipping completed ones); the summary.
+
+  The whole config is validated first (rockjax.config_check), before anything touches disk.
+  """
+  config_check.validate(config)
   root = prepare_workdir(config, workdir, allow_config_change=allow_config_change)
   stages = plan(config, workdir, task_files(config, workdir))
   records, ran = [], False
