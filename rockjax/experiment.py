@@ -1,6 +1,7 @@
 """Everything a run needs, built once from a config: mesh, tokenizer, models, data, state, step.
 
-Resume order (DESIGN.md): the run's own workdir checkpoint, then `ckpt.resume`, then init.
+Resume order (docs/design.md, "One training step"): the run's own workdir checkpoint, then
+`ckpt.resume`, then init.
 """
 import dataclasses
 import logging
