@@ -6,8 +6,8 @@ Launch on 8 accelerators (one host; add --distributed on a multi-host pod):
       --config.data.train_path=/data/openthoughts3_math.jsonl
 Dry run (no weights; per-device memory on the declared mesh):
   python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b.py --dry_run
-Expected (PAPER.md s1/s5): AIME24/AIME25/HMMT25 pass@1 average 48.1 after OPD; the rock
-statistics select ~100 ids covering ~60% of the corpus KL.
+Expected (docs/method.md, "Rock-Freeze" and "Rock Tokens"): AIME24/AIME25/HMMT25 pass@1
+average 48.1 after OPD; the rock statistics select ~100 ids covering ~60% of the corpus KL.
 """
 from configs import default
 

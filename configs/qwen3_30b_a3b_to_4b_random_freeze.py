@@ -6,7 +6,8 @@ minimum-cost assignment on |log freq|); make it from an Original run's rock stat
   python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_random_freeze.py --workdir=DIR \
       --config.rock.list_path=DIR_ORIGINAL/random_control_ids.txt --config.model.path=... \
       --config.teacher.path=... --config.data.train_path=...
-Expected (PAPER.md s5): AIME24/25/HMMT25 average 38.9 (below both Original and Rock-Freeze).
+Expected (docs/method.md, "Rock-Freeze"): AIME24/25/HMMT25 average 38.9 (below both Original
+and Rock-Freeze).
 """
 from configs import qwen3_30b_a3b_to_4b_rock_freeze
 

@@ -1,4 +1,6 @@
-"""Verifiers for math answers, pass@k estimators and paired statistics (PAPER.md section 4).
+"""Verifiers for math answers, pass@k estimators and paired statistics.
+
+The statistics serve the knockout study (docs/method.md, "Causal knockout").
 
 Letters: P = problems, N = samples per problem.
 """
@@ -115,8 +117,9 @@ def paired_bootstrap(correct_a_P: Any, correct_b_P: Any, *, n_resamples: int = 1
 
   Returns dict(delta, ci_low, ci_high, p_value): a percentile (1 - alpha) interval, and a
   two-sided p-value from the null distribution obtained by centring the resampled deltas.
-  For a knockout (PAPER.md section 4) pass a = with the id banned, b = baseline. Entries may
-  be booleans or per-problem accuracies in [0, 1] (e.g. averaged over runs).
+  For a knockout (docs/method.md, "Causal knockout") pass a = with the id banned,
+  b = baseline. Entries may be booleans or per-problem accuracies in [0, 1] (e.g. averaged
+  over runs).
   """
   a_P = np.asarray(correct_a_P, dtype=np.float64)
   b_P = np.asarray(correct_b_P, dtype=np.float64)

@@ -110,7 +110,8 @@ def logit_gradient(student_logits: jax.Array, teacher_logits: jax.Array, *,
                    temperature: float = 1.0) -> jax.Array:
   """d reverse_kl / d student logits: `g = p_s * (A - E_ps[A])`, `A = log p_s - log p_t + 1`.
 
-  The +1 cancels in A - E[A]; it is kept to mirror the paper's formula (PAPER.md section 3).
+  The +1 cancels in A - E[A]; it is kept to mirror the paper's formula (docs/method.md,
+  "Gradient geometry").
   At temperature T this is the gradient w.r.t. the tempered logits z/T.
   """
   logp_s = _log_softmax32(student_logits, temperature)

@@ -1,4 +1,4 @@
-"""Metric (sum, count) pairs -> averages, written as JSONL always and TensorBoard when available."""
+"""Metric (sum, count) pairs -> averages, written as JSONL and to TensorBoard."""
 import json
 import math
 import os
@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 
 
 def host_value(x: Any) -> np.ndarray:
@@ -44,11 +45,7 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = open(self.path, "a", encoding="utf-8")
-    try:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-    except ImportError:  # TensorBoard is optional; JSONL is always written
-      self._tb = None
+    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -56,13 +53,11 @@ class MetricWriter:
     clean = {k: (None if not np.isfinite(v) else float(v)) for k, v in values.items()}
     self._file.write(json.dumps({"step": step, **clean}) + "\n")
     self._file.flush()
-    if self._tb is not None:
-      for k, v in values.items():
-        if np.isfinite(v):
-          self._tb.add_scalar(k, v, step)
+    for k, v in values.items():
+      if np.isfinite(v):
+        self._tb.add_scalar(k, v, step)
 
   def close(self) -> None:
     if self.enabled:
       self._file.close()
-      if self._tb is not None:
-        self._tb.close()
+      self._tb.close()

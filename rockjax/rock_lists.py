@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-# The 100 Qwen3 ids the paper's authors froze (PAPER.md section 6), in Rock Score rank order.
+# The 100 Qwen3 ids the paper's authors froze, in Rock Score rank order
+# (docs/method.md, "The published freeze list").
 PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parent / 'data' / 'qwen3_paper_rocks.txt'
 QWEN3_VOCAB_SIZE = 151936  # rows of the Qwen3 embedding (the tokenizer itself uses fewer)
 

@@ -1,8 +1,8 @@
 """Online Rock Token tracking: per-id statistics, Rock Score, selection and token weights.
 
 A Rock Token is a vocabulary id whose total KL mass `R(v) = Freq(v) * mean_kl(v)` is among the
-largest (PAPER.md section 2). `RockStats` keeps the per-id sums in the train state so rocks are
-found, and their persistence measured, while training runs (PAPER.md section 7).
+largest (docs/method.md, "Rock Tokens"). `RockStats` keeps the per-id sums in the train state so
+rocks are found, and their persistence measured, while training runs, not only afterwards.
 
 Shape letters: B batch, L sequence length, V vocabulary size, N = B*L flattened positions.
 Counts are int32 (exact up to 2**31 occurrences of one id); KL sums are float32.
@@ -198,10 +198,10 @@ def stagnation(stats: RockStats, *, window: str = 'since_snapshot') -> jax.Array
 
   `snap` is the mean KL frozen by `snapshot`, `now` the mean KL over `window` (default: the
   updates after the snapshot, so the two periods are disjoint). Positive means the KL fell;
-  rocks stay near 0 while rare high-KL ids drop (PAPER.md section 2). Undefined (NaN, so that
-  `nanmedian` skips it rather than reading it as "did not move"): no snapshot taken, id unseen
-  at the snapshot or in `window`, or snapshot mean 0. `|snap|` equals `snap` for a true KL and
-  keeps "positive = fell" for signed estimators.
+  rocks stay near 0 while rare high-KL ids drop (docs/method.md, "Rock Tokens"). Undefined
+  (NaN, so that `nanmedian` skips it rather than reading it as "did not move"): no snapshot
+  taken, id unseen at the snapshot or in `window`, or snapshot mean 0. `|snap|` equals `snap`
+  for a true KL and keeps "positive = fell" for signed estimators.
   """
   _check('window', window, WINDOWS)
   snap_V = mean_kl(stats, window='snapshot')

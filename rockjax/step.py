@@ -55,7 +55,7 @@ def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.
 
 def _grad_norm_share(aux, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
                      s: StepSettings) -> Metrics:
-  """Share of the per-token logit-gradient norm that falls on rock positions (PAPER.md s3)."""
+  """Share of the per-token logit-gradient norm on rock positions (docs/method.md, gradients)."""
   ls = s.loss
   if not ls.grad_norm_metric or teacher_out is None:
     return {}

@@ -44,8 +44,8 @@ def test_fused_value_and_grad_match_numpy_and_autodiff(rng, kind, beta, block, c
 
 
 def test_reverse_kl_gradient_matches_float64_formula(rng):
-  # PAPER.md section 3: d KL / d z = p_s * (A - E_ps[A]); through z = h @ W / T this gives
-  # dh = (w g / T) @ W^T and dW = h^T @ (w g / T).
+  # docs/method.md, "Gradient geometry": d KL / d z = p_s * (A - E_ps[A]); through
+  # z = h @ W / T this gives dh = (w g / T) @ W^T and dW = h^T @ (w g / T).
   h_s, w_s, h_t, w_t = make_hidden(rng, b=3, l=4)
   weights = _weights(rng, h_s.shape[:2])
   ls = np_log_softmax((h_s @ w_s).astype(np.float64) / T)

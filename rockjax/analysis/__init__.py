@@ -1,1 +1,1 @@
-"""The paper's studies on top of the rock statistics (PAPER.md sections 2-4)."""
+"""The paper's rock studies (docs/method.md, sections "Rock Tokens" to "Causal knockout")."""
