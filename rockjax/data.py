@@ -31,6 +31,8 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
+from rockjax import errors
+
 FILLER_INDEX = -1  # index_B of padding rows (only when drop_remainder=False): ignore them
 
 
@@ -38,7 +40,7 @@ def _field(record: dict[str, Any], field: str, where: str, *, allow_messages: bo
            allow_number: bool = False) -> Any:
   """record[field] as a string (numbers converted if allowed), or a chat message list."""
   if field not in record:
-    raise ValueError(f'{where}: missing field {field!r} (fields: {sorted(record)})')
+    raise errors.InputError(f'{where}: missing field {field!r} (fields: {sorted(record)})')
   value = record[field]
   if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
     return str(value)  # numeric answers such as 66 are compared as text
@@ -46,7 +48,7 @@ def _field(record: dict[str, Any], field: str, where: str, *, allow_messages: bo
       isinstance(m, dict) and 'role' in m and 'content' in m for m in value)):
     return value
   kind = 'a string or a list of {role, content} messages' if allow_messages else 'a string'
-  raise ValueError(f'{where}: field {field!r} must be {kind}, got {type(value).__name__}')
+  raise errors.InputError(f'{where}: field {field!r} must be {kind}, got {type(value).__name__}')
 
 
 def _read_rows(path: pathlib.Path) -> list[tuple[str, Any]]:
@@ -66,7 +68,7 @@ def _read_rows(path: pathlib.Path) -> list[tuple[str, Any]]:
       try:
         rows.append((f'{path}:{line_no}', json.loads(line)))
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})') from None
+        raise errors.InputError(f'{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})') from None
   return rows
 
 
@@ -76,18 +78,18 @@ def load_records(path: str | os.PathLike, *, prompt_field: str = 'prompt',
   """JSONL/Parquet rows -> [{prompt, answer[, completion]}]; ValueError names file:line:field."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: no such file')
+    raise errors.InputError(f'{path}: no such file')
   records = []
   for where, row in _read_rows(path):
     if not isinstance(row, dict):
-      raise ValueError(f'{where}: expected a JSON object, got {type(row).__name__}')
+      raise errors.InputError(f'{where}: expected a JSON object, got {type(row).__name__}')
     answer = _field(row, answer_field, where, allow_number=True) if answer_field else ''
     record = dict(prompt=_field(row, prompt_field, where, allow_messages=True), answer=answer)
     if completion_field:
       record['completion'] = _field(row, completion_field, where)
     records.append(record)
   if not records:
-    raise ValueError(f'{path}: no records')
+    raise errors.InputError(f'{path}: no records')
   return records
 
 
@@ -236,7 +238,7 @@ class BatchIterator(grain.DatasetIterator):
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues after state['next_batch'] batches; ValueError if the settings changed."""
     if state.get('fingerprint') != self._fingerprint:
-      raise ValueError(f'data iterator state was saved by a pipeline with other settings '
+      raise errors.CheckpointMismatch(f'data iterator state was saved by a pipeline with other settings '
                        f'(fingerprint {state.get("fingerprint")} != {self._fingerprint}): '
                        'data, batch size, seed, epochs, lengths and process count must match')
     self._parent.set_state(dict(next_index=int(state['next_batch'])))

@@ -17,9 +17,13 @@ class WorkdirError(UserError):
   """The workdir cannot be used as asked (not a directory, or made by another config)."""
 
 
-class CheckpointMismatch(UserError):
+class CheckpointMismatch(UserError, ValueError):
   """A readable checkpoint whose structure differs from the state this config builds."""
 
 
 class Interrupted(UserError):
   """SIGTERM or Ctrl-C: the run saved a checkpoint and stopped; no later stage started."""
+
+
+class InputError(UserError, ValueError):
+  """A data, id-list or checkpoint file has a bad line, field or value (named in the message)."""

@@ -173,7 +173,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   tokenizer = models.load_tokenizer(paths["tokenizer"])
   student_cfg = loading.model_config(c.model, field="model")
   if len(tokenizer) > student_cfg.vocab_size:
-    raise ValueError(f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
+    raise errors.ConfigError(f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
                      f"model vocab_size is {student_cfg.vocab_size}")
 
   teacher_graphdef = teacher_params = None

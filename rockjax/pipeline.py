@@ -12,7 +12,6 @@ the resolved config (`config.json`); a run whose config differs is refused unles
 """
 import dataclasses
 import json
-import time
 from typing import Any
 
 import jax

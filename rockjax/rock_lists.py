@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from rockjax import errors
+
 # The 100 Qwen3 ids the paper's authors froze, in Rock Score rank order
 # (docs/method.md, "The published freeze list").
 PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parent / 'data' / 'qwen3_paper_rocks.txt'
@@ -29,16 +31,16 @@ def load_id_list(path: str | os.PathLike, *, vocab_size: int | None = None) -> n
       for token in line.split('#', 1)[0].split():
         where = f"{os.fspath(path)}:{lineno}: id list entry {token!r}"
         if not _INT.fullmatch(token):
-          raise ValueError(f"{where} is not an integer")
+          raise errors.InputError(f"{where} is not an integer")
         value = int(token)
         if value < 0:
-          raise ValueError(f"{where} is negative")
+          raise errors.InputError(f"{where} is negative")
         if vocab_size is not None and value >= vocab_size:
-          raise ValueError(f"{where} is out of range for vocab_size {vocab_size}")
+          raise errors.InputError(f"{where} is out of range for vocab_size {vocab_size}")
         if value > _INT32_MAX:  # ids are stored as int32 like the token arrays they index
-          raise ValueError(f"{where} does not fit in int32")
+          raise errors.InputError(f"{where} does not fit in int32")
         if value in first_line:
-          raise ValueError(f"{where} is a duplicate (first on line {first_line[value]})")
+          raise errors.InputError(f"{where} is a duplicate (first on line {first_line[value]})")
         first_line[value] = lineno
         ids.append(value)
   return np.asarray(ids, np.int32)

@@ -84,7 +84,7 @@ from rockjax import errors, main
 def _run(config, workdir, allow_config_change):
   raise {exc}
 main._run = _run
-app.run(main.main, flags_parser=main._parse_flags)
+app.run(main.main, flags_parser=main.cli.parse_flags)
 """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rockjax import errors
 from rockjax.models.config import ModelConfig
 
 _SPECIAL = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'unk_token_id')
@@ -51,6 +52,6 @@ def check_vocab_compatible(teacher: Any, student: Any) -> int:
     if t is not None and s is not None and t != s:
       problems.append(f'{key} teacher={t} student={s}')
   if problems:
-    raise ValueError(f'teacher/student {t_kind}s are incompatible (vocab size teacher={t_size}, '
+    raise errors.ConfigError(f'teacher/student {t_kind}s are incompatible (vocab size teacher={t_size}, '
                      f'student={s_size}): ' + '; '.join(problems))
   return t_size
