@@ -77,12 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'dynamic' (the RockStats selection is masked)
   c.rock.mode = "off"
   c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
-  c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/data/qwen3_paper_rocks.txt)
+  c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/resources/qwen3_paper_rocks.txt)
   c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
   c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
   c.rock.exclude_top_freq = 5  # off/dynamic: drop the N most frequent first (authors' code: 5)
   c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
-  c.rock.window = "cumulative"  # statistics window for selection: cumulative | recent
+  # Statistics window for selection: cumulative (all steps) | recent (decayed by rock.decay) |
+  # since_snapshot (steps after rock.snapshot_step) | snapshot (frozen at that step)
+  c.rock.window = "cumulative"
   c.rock.decay = 0.99  # per-step decay of the 'recent' window
   c.rock.warmup_steps = 10  # off/dynamic: first selection after this many steps
   c.rock.select_every = 10  # off/dynamic: reselect every N steps

@@ -14,6 +14,6 @@ def get_config():
   c = qwen3_30b_a3b_to_4b.get_config()
   c.opd.max_new_tokens = 1024  # the freeze runs generated up to 1024 tokens
   c.rock.mode = "static"
-  c.rock.list_path = "rockjax/data/qwen3_paper_rocks.txt"  # docs/method.md, rank order
+  c.rock.list_path = "rockjax/resources/qwen3_paper_rocks.txt"  # docs/method.md, rank order
   c.rock.lam = 0.0
   return c

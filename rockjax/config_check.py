@@ -238,7 +238,7 @@ def _paths(c) -> Iterator[str]:
       yield f"{field}={path!r}: no such {'file' if kind == 'file' else 'directory'}"
   if c.rock.mode == "static" and not c.rock.list_path:
     yield ("rock.list_path='': rock.mode='static' needs an id list file (e.g. "
-           "rockjax/data/qwen3_paper_rocks.txt)")
+           "rockjax/resources/qwen3_paper_rocks.txt)")
   if not c.data.train_path and c.data.task != "arithmetic":
     yield (f"data.train_path='': needed when data.task={c.data.task!r} (no built-in task); "
            "or set data.task='arithmetic'")
