@@ -189,7 +189,7 @@ def test_shipped_configs_validate(name, tmp_path, hf_dir):
     c.update_from_flattened_dict({"model.path": str(hf_dir), "teacher.path": str(hf_dir),
                                   "data.train_path": str(data)})
     if c.rock.mode == "static" and not c.rock.list_path:
-      c.rock.list_path = os.path.join(REPO, "rockjax/data/qwen3_paper_rocks.txt")
+      c.rock.list_path = os.path.join(REPO, "rockjax/resources/qwen3_paper_rocks.txt")
   config_check.validate(c, device_count=8, process_count=1)
 
 
