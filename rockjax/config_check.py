@@ -18,6 +18,7 @@ import ml_collections
 from rockjax import errors
 from rockjax.kl_terms import KINDS
 from rockjax.loading import DTYPES
+from rockjax.models import families
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -159,16 +160,17 @@ def _arch(c, dry_run: bool) -> Iterator[str]:
     if a.num_heads % a.num_kv_heads:
       yield (f"{g}.arch.num_heads={a.num_heads}: expected a multiple of "
              f"{g}.arch.num_kv_heads={a.num_kv_heads}")
-    if a.family == "qwen3_moe":
+    if families.get(a.family).moe:
       if a.num_experts < 1 or a.moe_intermediate_size < 1:
-        yield (f"{g}.arch.num_experts={a.num_experts}: family 'qwen3_moe' needs num_experts "
+        yield (f"{g}.arch.num_experts={a.num_experts}: family {a.family!r} needs num_experts "
                f">= 1 and moe_intermediate_size >= 1 (got {a.moe_intermediate_size})")
       elif not 1 <= a.num_experts_per_tok <= a.num_experts:
         yield (f"{g}.arch.num_experts_per_tok={a.num_experts_per_tok}: expected a value in "
                f"[1, {g}.arch.num_experts={a.num_experts}]")
     elif a.num_experts:
+      moe = ", ".join(repr(f.name) for f in families.PRESETS.values() if f.moe)
       yield (f"{g}.arch.num_experts={a.num_experts}: expected 0 for family {a.family!r} "
-             "(experts are qwen3_moe only)")
+             f"(experts need a MoE family: {moe})")
   # Random-initialised (or stage-trained) models and dry runs take the vocabulary from
   # `arch`; an 'hf' model's is in its config.json (_hf_vocab).
   if c.teacher.source != "none" and (dry_run or "hf" not in (c.model.source,

@@ -97,13 +97,6 @@ def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   return paths
 
 
-def _eos_ids(tokenizer) -> tuple[int, ...]:
-  ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in
-                                    ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
-                                    if t in tokenizer.get_vocab()}
-  return tuple(sorted(i for i in ids if i is not None))
-
-
 def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
   if c.rock.mode != "static":
     return None  # rockjax.config_check makes sure a static mode has a list_path
@@ -211,7 +204,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   batch_sharding = shd.batch_sharding((rows, 1), mesh)
   train_step = step_lib.jit_train_step(settings, shardings, teacher_shardings, batch_sharding)
   return Experiment(config=c, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
-                    eos_ids=_eos_ids(tokenizer), student_cfg=student_cfg,
+                    eos_ids=models.eos_ids(tokenizer), student_cfg=student_cfg,
                     teacher_params=teacher_params, state=state, start_step=int(start),
                     train_step=train_step, train_data=train_data, checkpointer=checkpointer,
                     eval_prompts=eval_prompts, eval_answers=eval_answers)

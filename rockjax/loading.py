@@ -42,13 +42,11 @@ def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
 def arch_config(m: ml_collections.ConfigDict) -> ModelConfig:
   """ModelConfig from the `arch` fields alone (random init and dry runs)."""
   a = m.arch
-  fam = a.family
-  return ModelConfig(
-      family=fam, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+  return ModelConfig.for_family(
+      a.family, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
       intermediate_size=a.intermediate_size, num_layers=a.num_layers, num_heads=a.num_heads,
       num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, rms_norm_eps=a.rms_norm_eps,
       rope=RopeConfig(theta=a.rope_theta), tie_word_embeddings=a.tie_word_embeddings,
-      qkv_bias=fam == "qwen2", qk_norm=fam in ("qwen3", "qwen3_moe"),
       num_experts=a.num_experts, num_experts_per_tok=a.num_experts_per_tok,
       moe_intermediate_size=a.moe_intermediate_size, norm_topk_prob=a.norm_topk_prob,
       **numerics(m))

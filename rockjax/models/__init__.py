@@ -12,9 +12,9 @@ from rockjax.models.cache import KVCache
 from rockjax.models.config import ModelConfig, RopeConfig
 from rockjax.models.decoder import Decoder
 from rockjax.models.hf_io import from_pretrained, save_pretrained
-from rockjax.models.tokenizer import check_vocab_compatible, load_tokenizer
+from rockjax.models.tokenizer import check_vocab_compatible, eos_ids, load_tokenizer
 
 __all__ = [
-    'Decoder', 'KVCache', 'ModelConfig', 'RopeConfig', 'check_vocab_compatible',
+    'Decoder', 'KVCache', 'ModelConfig', 'RopeConfig', 'check_vocab_compatible', 'eos_ids',
     'from_pretrained', 'load_tokenizer', 'save_pretrained',
 ]

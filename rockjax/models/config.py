@@ -8,8 +8,10 @@ from typing import Any
 
 import jax.numpy as jnp
 
-# transformers `model_type` -> our family name.
-FAMILIES = {'qwen3': 'qwen3', 'qwen3_moe': 'qwen3_moe', 'qwen2': 'qwen2', 'llama': 'llama'}
+from rockjax.models import families
+
+# transformers `model_type` -> our family name (derived from the preset table).
+FAMILIES = dict(families.MODEL_TYPES)
 _ROPE_TYPES = ('default', 'linear', 'llama3')
 
 
@@ -39,10 +41,11 @@ class ModelConfig:
   rope: RopeConfig = RopeConfig()
   max_position_embeddings: int = 32768
   tie_word_embeddings: bool = False
-  qkv_bias: bool = False  # Qwen2 always; Llama/Qwen3 when `attention_bias`
-  o_bias: bool = False  # Llama/Qwen3 `attention_bias` also biases o_proj; Qwen2 never does
-  qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before RoPE
-  # Mixture of experts (Qwen3-MoE); num_experts == 0 means a dense model.
+  # Per-family rules (families.Family.layer_flags) fix these; ModelConfig.for_family sets them.
+  qkv_bias: bool = False
+  o_bias: bool = False
+  qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
+  # Mixture of experts (a `moe` family); num_experts == 0 means a dense model.
   num_experts: int = 0
   num_experts_per_tok: int = 0
   moe_intermediate_size: int = 0
@@ -60,39 +63,45 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of '
                        f'num_kv_heads={self.num_kv_heads}')
-    if self.family not in FAMILIES.values():
-      raise ValueError(f'unknown family {self.family!r}; expected one of {sorted(FAMILIES)}')
+    families.get(self.family)  # ValueError naming the known families
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""
     return (self.num_experts > 0 and layer not in self.mlp_only_layers
             and (layer + 1) % self.decoder_sparse_step == 0)
 
+  @property
+  def preset(self) -> families.Family:
+    """This config's family preset (rockjax.models.families)."""
+    return families.get(self.family)
+
   def replace(self, **changes: Any) -> 'ModelConfig':
     """A copy with some fields changed."""
     return dataclasses.replace(self, **changes)
 
   @classmethod
+  def for_family(cls, family: str, attention_bias: bool = False, **fields: Any) -> 'ModelConfig':
+    """A ModelConfig whose family-fixed fields (biases, qk-norm) come from the preset."""
+    return cls(family=family, **{**families.get(family).layer_flags(attention_bias), **fields})
+
+  @classmethod
   def from_hf(cls, hf_config: Any, **overrides: Any) -> 'ModelConfig':
     """Builds a ModelConfig from a transformers PretrainedConfig (or its dict)."""
     d = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    model_type = d.get('model_type')
-    if model_type not in FAMILIES:
-      raise ValueError(f'unsupported model_type {model_type!r}; rockjax supports '
-                       f'{sorted(FAMILIES)}')
-    family = FAMILIES[model_type]
-    if d.get('hidden_act', 'silu') != 'silu':
-      raise ValueError(f"unsupported hidden_act {d['hidden_act']!r}; only 'silu' (SwiGLU)")
+    fam = families.for_model_type(d.get('model_type'))
+    if d.get('hidden_act', fam.activation) != fam.activation:
+      raise ValueError(f"unsupported hidden_act {d['hidden_act']!r} for {fam.name}; "
+                       f"expected {fam.activation!r}")
     if d.get('mlp_bias', False):
       raise ValueError('unsupported: mlp_bias=True')
     if d.get('use_sliding_window', False) and 'sliding_attention' in (d.get('layer_types') or ()):
       raise ValueError('unsupported: sliding-window attention layers (use_sliding_window=True)')
     num_heads = d['num_attention_heads']
     head_dim = d.get('head_dim') or d['hidden_size'] // num_heads
-    attention_bias = bool(d.get('attention_bias', False))
-    moe = family == 'qwen3_moe'
+    moe = fam.moe
     kwargs = dict(
-        family=family,
+        **fam.layer_flags(bool(d.get('attention_bias', False))),
+        family=fam.name,
         vocab_size=d['vocab_size'],
         hidden_size=d['hidden_size'],
         intermediate_size=d['intermediate_size'],
@@ -101,12 +110,9 @@ class ModelConfig:
         num_kv_heads=d.get('num_key_value_heads') or num_heads,
         head_dim=head_dim,
         rms_norm_eps=d.get('rms_norm_eps', 1e-6),
-        rope=_rope_from_hf(d),
+        rope=_rope_from_hf(d, fam.rope_theta),
         max_position_embeddings=d.get('max_position_embeddings', 32768),
-        tie_word_embeddings=bool(d.get('tie_word_embeddings', False)),
-        qkv_bias=family == 'qwen2' or attention_bias,
-        o_bias=family != 'qwen2' and attention_bias,
-        qk_norm=family in ('qwen3', 'qwen3_moe'),
+        tie_word_embeddings=bool(d.get('tie_word_embeddings', fam.tie_word_embeddings)),
         num_experts=(d.get('num_experts') or d.get('num_local_experts') or 0) if moe else 0,
         num_experts_per_tok=d.get('num_experts_per_tok', 0) if moe else 0,
         moe_intermediate_size=d.get('moe_intermediate_size', 0) if moe else 0,
@@ -127,16 +133,8 @@ class ModelConfig:
 
   def check_hf_representable(self) -> None:
     """Raises ValueError if transformers' class for this family cannot express the config."""
-    fam = self.family
-    problems = []
-    if fam == 'qwen2' and not (self.qkv_bias and not self.o_bias):
-      problems.append('qwen2 needs qkv_bias=True, o_bias=False')
-    if fam != 'qwen2' and self.qkv_bias != self.o_bias:
-      problems.append(f'{fam} has one attention_bias flag: qkv_bias must equal o_bias')
-    if self.qk_norm != (fam in ('qwen3', 'qwen3_moe')):
-      problems.append(f'qk_norm={self.qk_norm} does not match family {fam}')
-    if (self.num_experts > 0) != (fam == 'qwen3_moe'):
-      problems.append(f'num_experts={self.num_experts} does not match family {fam}')
+    problems = self.preset.hf_problems(self.qkv_bias, self.o_bias, self.qk_norm,
+                                       self.num_experts)
     if problems:
       raise ValueError('config not expressible as a transformers checkpoint: '
                        + '; '.join(problems))
@@ -144,10 +142,8 @@ class ModelConfig:
   def to_hf_dict(self) -> dict[str, Any]:
     """A config.json dict for transformers: the stored checkpoint config updated with our fields."""
     self.check_hf_representable()
+    fam = self.preset
     d = json.loads(self.hf_config_json) if self.hf_config_json else {}
-    model_type = {v: k for k, v in FAMILIES.items()}[self.family]
-    arch = {'qwen3': 'Qwen3ForCausalLM', 'qwen3_moe': 'Qwen3MoeForCausalLM',
-            'qwen2': 'Qwen2ForCausalLM', 'llama': 'LlamaForCausalLM'}[self.family]
     rope = {'rope_theta': self.rope.theta, 'rope_type': self.rope.rope_type}
     if self.rope.rope_type in ('linear', 'llama3'):
       rope['factor'] = self.rope.factor
@@ -156,19 +152,19 @@ class ModelConfig:
                   high_freq_factor=self.rope.high_freq_factor,
                   original_max_position_embeddings=self.rope.original_max_position_embeddings)
     d.update(
-        model_type=model_type, architectures=[arch], vocab_size=self.vocab_size,
+        model_type=fam.model_type, architectures=[fam.architecture], vocab_size=self.vocab_size,
         hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
         num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
         num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
-        rms_norm_eps=self.rms_norm_eps, rope_parameters=rope, hidden_act='silu',
+        rms_norm_eps=self.rms_norm_eps, rope_parameters=rope, hidden_act=fam.activation,
         max_position_embeddings=self.max_position_embeddings,
         tie_word_embeddings=self.tie_word_embeddings)
     for stale in ('rope_theta', 'rope_scaling', 'torch_dtype', '_name_or_path',
                   'transformers_version'):
       d.pop(stale, None)
-    if self.family != 'qwen2':
+    if fam.attn_bias == 'flag':
       d['attention_bias'] = self.o_bias
-    if self.family == 'qwen3_moe':
+    if fam.moe:
       d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                moe_intermediate_size=self.moe_intermediate_size,
                norm_topk_prob=self.norm_topk_prob, decoder_sparse_step=self.decoder_sparse_step,
@@ -178,7 +174,7 @@ class ModelConfig:
     return d
 
 
-def _rope_from_hf(d: dict[str, Any]) -> RopeConfig:
+def _rope_from_hf(d: dict[str, Any], default_theta: float) -> RopeConfig:
   """Reads RoPE settings from either `rope_parameters` (transformers 5) or `rope_scaling`."""
   params = dict(d.get('rope_parameters') or {})
   legacy = d.get('rope_scaling') or {}
@@ -191,7 +187,7 @@ def _rope_from_hf(d: dict[str, Any]) -> RopeConfig:
     raise ValueError(f'unsupported rope_type {rope_type!r}; supported: {_ROPE_TYPES}')
   if params.get('partial_rotary_factor', 1.0) != 1.0:
     raise ValueError('unsupported: partial_rotary_factor != 1')
-  theta = float(params.get('rope_theta', d.get('rope_theta', 10000.0)))
+  theta = float(params.get('rope_theta', d.get('rope_theta') or default_theta))
   if rope_type == 'default':
     return RopeConfig(theta=theta)
   if rope_type == 'linear':

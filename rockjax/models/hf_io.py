@@ -113,7 +113,7 @@ def _normalise(index: tuple[slice, ...] | None, shape: tuple[int, ...]) -> Box:
 def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
                     mesh: Mesh | None = None, param_dtype: Any = None,
                     rules: shd.LogicalRules | None = None, remat: bool = False) -> Decoder:
-  """Loads a HF checkpoint directory (Qwen3, Qwen3-MoE, Qwen2, Llama) as a Decoder.
+  """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
@@ -124,7 +124,8 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   with CheckpointReader(path) as reader:
-    layouts = {i: moe_layout(reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)}
+    layouts = {i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers)
+               if cfg.is_moe_layer(i)}
     sources = param_sources(cfg, layouts)
     filled = []
     flat = list(nnx.to_flat_state(abstract_state))
@@ -134,7 +135,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
         raise ValueError(f'internal: no HF mapping for parameter {name}')
       filled.append((path_tuple, var.replace(_load_param(reader, name, sources[name], var,
                                                          mesh, rules))))
-    _warn_unused(reader, sources)
+    _warn_unused(reader, sources, cfg.preset.names.lm_head)
   return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
@@ -161,11 +162,11 @@ def _load_param(reader: CheckpointReader, name: str, source: Source, var: nnx.Va
   return jax.make_array_from_callback(shape, sharding, callback)
 
 
-def _warn_unused(reader: CheckpointReader, sources: dict[str, Source]) -> None:
+def _warn_unused(reader: CheckpointReader, sources: dict[str, Source], lm_head: str) -> None:
   """Logs checkpoint tensors no parameter used (a tied lm_head copy is expected)."""
   used = {k for s in sources.values() for k in s.keys}
   unused = [k for k in reader.weight_map if k not in used and not k.endswith(_IGNORED_SUFFIXES)
-            and k != 'lm_head.weight']
+            and k != lm_head]
   if unused:
     _log.warning('%s: %d checkpoint tensors unused, e.g. %s', reader.path, len(unused),
                  unused[:3])

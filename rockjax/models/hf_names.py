@@ -56,9 +56,10 @@ def _vector(key: str, factors: Sequence[int]) -> Source:
   return Source((key,), (math.prod(factors),), (tuple(factors),), tuple(range(len(factors))))
 
 
-def moe_layout(has_key: Callable[[str], bool], layer: int) -> str:
+def moe_layout(cfg: ModelConfig, has_key: Callable[[str], bool], layer: int) -> str:
   """'per_expert' (hub layout: experts.E.gate_proj.weight) or 'fused' (experts.gate_up_proj)."""
-  prefix = f'model.layers.{layer}.mlp.experts'
+  n = cfg.preset.names
+  prefix = f'{n.model}.layers.{layer}.{n.experts}'
   if has_key(f'{prefix}.0.gate_proj.weight'):
     return 'per_expert'
   if has_key(f'{prefix}.gate_up_proj'):
@@ -70,14 +71,15 @@ def param_sources(cfg: ModelConfig, moe_layouts: dict[int, str] | None = None,
                   ) -> dict[str, Source]:
   """Our parameter path ('layers.0.self_attn.q_proj.kernel', ...) -> its HF Source."""
   D, H, K, E, V = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
+  n = cfg.preset.names
   out: dict[str, Source] = {
-      'embed_tokens': _linear('model.embed_tokens.weight', (V,), (D,), (0, 1)),
-      'norm.weight': _vector('model.norm.weight', (D,)),
+      'embed_tokens': _linear(f'{n.model}.embed_tokens.weight', (V,), (D,), (0, 1)),
+      'norm.weight': _vector(f'{n.model}.norm.weight', (D,)),
   }
   if not cfg.tie_word_embeddings:
-    out['lm_head'] = _linear('lm_head.weight', (V,), (D,), (1, 0))
+    out['lm_head'] = _linear(n.lm_head, (V,), (D,), (1, 0))
   for i in range(cfg.num_layers):
-    ours, hf = f'layers.{i}', f'model.layers.{i}'
+    ours, hf = f'layers.{i}', f'{n.model}.layers.{i}'
     a, ha = f'{ours}.self_attn', f'{hf}.self_attn'
     out[f'{ours}.input_layernorm.weight'] = _vector(f'{hf}.input_layernorm.weight', (D,))
     out[f'{ours}.post_attention_layernorm.weight'] = _vector(
@@ -99,7 +101,7 @@ def param_sources(cfg: ModelConfig, moe_layouts: dict[int, str] | None = None,
     m, hm = f'{ours}.mlp', f'{hf}.mlp'
     if cfg.is_moe_layer(i):
       layout = (moe_layouts or {}).get(i, 'per_expert')
-      out.update(_moe_sources(cfg, m, hm, layout))
+      out.update(_moe_sources(cfg, m, hf, layout))
     else:
       F = cfg.intermediate_size
       out[f'{m}.gate_proj.kernel'] = _linear(f'{hm}.gate_proj.weight', (F,), (D,), (1, 0))
@@ -108,21 +110,23 @@ def param_sources(cfg: ModelConfig, moe_layouts: dict[int, str] | None = None,
   return out
 
 
-def _moe_sources(cfg: ModelConfig, m: str, hm: str, layout: str) -> dict[str, Source]:
+def _moe_sources(cfg: ModelConfig, m: str, hf: str, layout: str) -> dict[str, Source]:
   """Router + stacked expert weights, from the per-expert (hub) or fused (3-D) layout."""
   D, X, F = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
-  out = {f'{m}.router': _linear(f'{hm}.gate.weight', (X,), (D,), (1, 0))}
+  n = cfg.preset.names
+  out = {f'{m}.router': _linear(f'{hf}.{n.router}.weight', (X,), (D,), (1, 0))}
+  experts = f'{hf}.{n.experts}'
   if layout == 'fused':
     # transformers' in-memory layout: gate_up_proj [X, 2F, D] (gate rows first), down [X, D, F].
-    gate_up = f'{hm}.experts.gate_up_proj'
+    gate_up = f'{experts}.gate_up_proj'
     for name, offset in (('gate_proj', 0), ('up_proj', F)):
       out[f'{m}.{name}'] = Source((gate_up,), (X, 2 * F, D), ((X,), (F,), (D,)), (0, 2, 1),
                                   window=((0, X), (offset, F), (0, D)))
-    out[f'{m}.down_proj'] = Source((f'{hm}.experts.down_proj',), (X, D, F),
+    out[f'{m}.down_proj'] = Source((f'{experts}.down_proj',), (X, D, F),
                                    ((X,), (D,), (F,)), (0, 2, 1))
     return out
   for name, hf_shape in (('gate_proj', (F, D)), ('up_proj', (F, D)), ('down_proj', (D, F))):
-    keys = tuple(f'{hm}.experts.{e}.{name}.weight' for e in range(X))
+    keys = tuple(f'{experts}.{e}.{name}.weight' for e in range(X))
     out[f'{m}.{name}'] = Source(keys, hf_shape, ((hf_shape[0],), (hf_shape[1],)), (1, 0),
                                 stacked=True)
   return out

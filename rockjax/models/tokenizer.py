@@ -1,10 +1,11 @@
-"""Tokenizer loading and the teacher/student vocabulary compatibility check."""
+"""Tokenizer loading, the end-of-sequence ids, and the teacher/student vocabulary check."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 from rockjax import errors
+from rockjax.models import families
 from rockjax.models.config import ModelConfig
 
 _SPECIAL = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'unk_token_id')
@@ -14,6 +15,14 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
   """transformers.AutoTokenizer from a local directory (never downloads)."""
   import transformers
   return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+
+
+def eos_ids(tokenizer: Any, family: str | None = None) -> tuple[int, ...]:
+  """Sorted ids ending a sample: eos_token_id + the family's (None: all) end-of-turn tokens."""
+  vocab = tokenizer.get_vocab()
+  ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t)
+                                    for t in families.eos_tokens(family) if t in vocab}
+  return tuple(sorted(i for i in ids if i is not None))
 
 
 def _describe(obj: Any) -> tuple[str, int, dict[str, Any]]:
