@@ -7,9 +7,9 @@ absolute seconds (shared CPUs are noisy).
   python benchmarks/kl.py                       # V=151936, D=2560, tokens 1024 and 4096
   python benchmarks/kl.py --tokens 256 --vocab 32768 --repeats 3   # a quick look
 
-Variants: `jax_naive` (autodiff of full logits), `jax_fused` (rockjax.fused: the gradient
+Variants: `jax_naive` (autodiff of full logits), `jax_fused` (rockjax.losses.fused: the gradient
 formed in the forward pass, token block by token block; what the train step uses),
-`jax_chunked` (rockjax.chunked: per-token output, custom VJP that recomputes the logits) and
+`jax_chunked` (rockjax.losses.chunked: per-token output, custom VJP that recomputes the logits) and
 `torch_naive` (log_softmax of both models, autograd).
 
 Per variant: `seconds` (median of --repeats timed runs of value-and-grad w.r.t. the student

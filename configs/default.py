@@ -55,13 +55,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.opd = ml_collections.ConfigDict()
   c.opd.mode = "on_policy"  # 'on_policy' (student rollouts, OPD) | 'off_policy' (KD/SFT data)
-  c.opd.divergence = "reverse_kl"  # on-policy loss: reverse_kl (paper) | forward_kl | jsd
+  # on-policy loss: reverse_kl (paper) | forward_kl | jsd | skew_reverse_kl
+  c.opd.divergence = "reverse_kl"
   c.opd.jsd_beta = 0.5  # teacher weight in the JSD mixture M = beta*p_t + (1-beta)*p_s
+  # skew_reverse_kl = KL(p_s || M), M = skew_alpha*p_t + (1-skew_alpha)*p_s: teacher weight in
+  # [0, 1], 1 = reverse_kl; 0.9 is DistiLLM's default (their lambda = 1 - skew_alpha = 0.1)
+  c.opd.skew_alpha = 0.9
   c.opd.temperature = 1.0  # divergence temperature (paper: 1)
   c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
   c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
   # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
-  # and its gradient in one pass over token blocks (rockjax.fused), CE chunked over the vocab.
+  # and its gradient in one pass over token blocks (rockjax.losses.fused), CE chunked over V.
   c.opd.chunked = True
   c.opd.chunk_size = 8192  # vocabulary columns per chunk (CE; head-gradient accumulation)
   c.opd.block_size = 512  # tokens per block: working memory ~ 3 * block_size * V floats

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import ml_collections
 
 from rockjax import errors
-from rockjax.kl_terms import KINDS
+from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
 from rockjax.models import families
 from rockjax.models.config import FAMILIES
@@ -41,6 +41,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
 RANGES: dict[str, str] = {
     "steps": ">= 1", "log_every": ">= 1", "stop_after": ">= 0",
     "opd.jsd_beta": "[0, 1]", "opd.temperature": "> 0", "opd.kd_ratio": "[0, 1]",
+    "opd.skew_alpha": "[0, 1]",
     "opd.chunk_size": ">= 1", "opd.block_size": ">= 1", "opd.samples_per_prompt": ">= 1",
     "opd.max_new_tokens": ">= 1", "opd.sample_temperature": "> 0", "opd.top_p": "(0, 1]",
     "opd.top_k": ">= 0",

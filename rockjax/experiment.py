@@ -108,6 +108,7 @@ def step_settings(c: ml_collections.ConfigDict, teacher_graphdef, schedule) -> s
   """StepSettings from the config groups opd/rock."""
   loss = objective.LossSettings(
       mode=c.opd.mode, divergence=c.opd.divergence, jsd_beta=c.opd.jsd_beta,
+      skew_alpha=c.opd.skew_alpha,
       temperature=c.opd.temperature, chunked=c.opd.chunked, chunk_size=c.opd.chunk_size,
       block_size=c.opd.block_size,
       kd_ratio=c.opd.kd_ratio, normalizer=c.opd.normalizer, rock_mode=c.rock.mode,

@@ -13,19 +13,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rockjax import chunked, losses, rocks
+from rockjax import losses, rocks
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
   """Static (hashable) settings of the per-token loss; built from config.opd / config.rock."""
   mode: str = "on_policy"  # 'on_policy' (OPD divergence) | 'off_policy' (stage-1 KD / SFT)
-  divergence: str = "reverse_kl"  # on-policy divergence: reverse_kl | forward_kl | jsd
+  divergence: str = "reverse_kl"  # on-policy divergence: one of losses.KINDS
   jsd_beta: float = 0.5  # teacher weight in the JSD mixture
+  skew_alpha: float = 0.9  # teacher weight in the skew_reverse_kl mixture (1 = reverse_kl)
   temperature: float = 1.0
   chunked: bool = True  # memory-lean loss from hidden states (never builds [B, T, V])
   chunk_size: int = 8192  # vocabulary columns per chunk (chunked CE / head-gradient updates)
-  block_size: int = 512  # tokens per block of the fused divergence (rockjax.fused)
+  block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
   normalizer: str = "tokens"  # 'tokens' | 'weights' (see losses.reduce)
   rock_mode: str = "off"  # 'off' | 'static' | 'dynamic'
@@ -42,6 +43,8 @@ class LossSettings:
       raise ValueError(f"opd.normalizer must be 'tokens' or 'weights', got {self.normalizer!r}")
     if not 0.0 <= self.kd_ratio <= 1.0:
       raise ValueError(f"opd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
+    if not 0.0 <= self.skew_alpha <= 1.0:
+      raise ValueError(f"opd.skew_alpha must be in [0, 1], got {self.skew_alpha}")
 
   @property
   def needs_teacher(self) -> bool:
@@ -86,8 +89,8 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
 
   kl_BxT is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
   there is no teacher). The chunked path forms the divergence's gradient in the forward pass
-  (`rockjax.fused`: the weights are known here, they never depend on the parameters); the
-  other path reduces full logits.
+  (`losses.fused_divergence`: the weights are known here, they never depend on the
+  parameters); the other path reduces full logits.
   """
   s = settings
   kind = s.divergence if s.mode == "on_policy" else "forward_kl"
@@ -99,11 +102,12 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
     if s.needs_teacher:
       div_w_BxT = jnp.where(loss_mask_BxT > 0, w_BxT, 0.0) * (1.0 - ce_share)
       fused = losses.fused_divergence(*student_out, *teacher_out, div_w_BxT, kind=kind,
-                                      beta=s.jsd_beta, temperature=s.temperature,
+                                      beta=s.jsd_beta, alpha=s.skew_alpha,
+                                      temperature=s.temperature,
                                       block_size=s.block_size, chunk_size=s.chunk_size)
       total, kl_BxT, grad_norm_BxT = fused.weighted_sum, fused.per_token, fused.grad_norm
     if ce_share > 0:
-      ce_BxT = chunked.chunked_cross_entropy(*student_out, targets_BxT, chunk_size=s.chunk_size)
+      ce_BxT = losses.chunked_cross_entropy(*student_out, targets_BxT, chunk_size=s.chunk_size)
       total = total + ce_share * losses.reduce(ce_BxT, loss_mask_BxT, w_BxT)[0]
       kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
     return LossTerms(total, count, kl_BxT, grad_norm_BxT, student_out)
@@ -113,7 +117,7 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
   kl_BxT = None
   if s.needs_teacher:
     kl_BxT = losses.divergence(logits, teacher_out[0], kind=kind, beta=s.jsd_beta,
-                               temperature=s.temperature)
+                               alpha=s.skew_alpha, temperature=s.temperature)
   loss_BxT = kl_BxT
   if ce_share > 0:
     ce_BxT = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxT[..., None],

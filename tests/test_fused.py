@@ -1,11 +1,11 @@
-"""rockjax.fused (gradient formed in the forward pass) against float64 numpy and jax.grad."""
+"""losses.fused_divergence (gradient formed in the forward pass) vs float64 numpy and jax.grad."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rockjax import losses, sharding as shd
-from rockjax.fused import fused_divergence
+from rockjax.losses import fused_divergence
 from tests.test_losses import KINDS, make_hidden, np_divergence, np_log_softmax
 
 T = 1.3  # a non-unit temperature everywhere, so the 1/T chain rule is exercised

@@ -1,8 +1,9 @@
 """Vocab-chunked divergence from hidden states and LM heads, never building `[B, L, V]`.
 
 The logits of a chunk of C vocabulary columns are computed, used and dropped inside a loop:
-forward keeps an online log-sum-exp (and, for the KLs, the expectation term) per token; the
-custom VJP recomputes each chunk's logits and accumulates the student's hidden-state and head
+forward keeps an online log-sum-exp per token (a plain KL also its expectation term; other
+kinds sum their registry terms in a second pass over normalised log-probs); the custom VJP
+recomputes each chunk's logits and accumulates the student's hidden-state and head
 gradients chunk by chunk. Peak working memory is O(N*C + D*V) instead of O(N*V).
 
 Shape letters: N flattened tokens (B*L), D hidden width (student Ds, teacher Dt), V vocabulary,
@@ -12,15 +13,16 @@ The teacher receives zero gradients: it is a constant of the OPD step.
 
 The backward pass recomputes both heads' chunk logits (six head matmuls per step where autodiff
 of full logits does four). When the per-token weights are known before the loss, as in the
-train step, `rockjax.fused.fused_divergence` forms the gradient in the forward pass instead.
+train step, `rockjax.losses.fused_divergence` forms the gradient in the forward pass instead.
 """
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from rockjax import kl_terms
+from rockjax.losses import registry
 
 _NEG_INF = -jnp.inf
 
@@ -53,49 +55,48 @@ def _lse(m_N, z_N):
   return jnp.where(z_N > 0, m_N + jnp.log(z_N), _NEG_INF)
 
 
-def _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
-  """Per-token divergence `[N]` and the per-token constants the backward pass needs."""
+def _forward(h_s, w_s, h_t, w_t, spec: registry.DivergenceSpec):
+  """Per-token divergence `[N]` and the per-token constants (lse_s, lse_t, aux) of the backward."""
+  d = registry.get(spec.kind)
+  chunk, temperature = spec.chunk_size, spec.temperature
   n = h_s.shape[0]
   n_chunks = math.ceil(w_s.shape[1] / chunk)
   zeros = jnp.zeros((n,), jnp.float32)
   neg = jnp.full((n,), _NEG_INF, jnp.float32)
+  # A plain KL whose gradient needs nothing but its value takes one pass: the expectation
+  # E_pa[a - b] of unnormalised logits under the distribution a that weights the sum (student
+  # for reverse KL, teacher for forward KL) gives KL = E_pa[a - b] - lse_a + lse_b.
+  one_pass = d.plain_kl is not None and d.aux_terms is None
 
-  # Pass 1: both log-normalisers, plus for the KLs the expectation E_pa[a - b] under the
-  # distribution a that weights the sum (student for reverse KL, teacher for forward KL),
-  # so that KL = E_pa[a - b] - lse_a + lse_b needs no second pass.
+  # Pass 1: both log-normalisers (and the expectation of a one-pass kind).
   def body(i, carry):
     m_s, z_s, m_t, z_t, y = carry
     s, _ = _chunk_logits(h_s, w_s, i, chunk, temperature)
     t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
     m_s, z_s, scale_s, e_s = _online_lse(m_s, z_s, s)
     m_t, z_t, scale_t, e_t = _online_lse(m_t, z_t, t)
-    if kind == "reverse_kl":
+    if one_pass and d.plain_kl == "student":
       y = y * scale_s + _weighted_gap(e_s, s, t)
-    elif kind == "forward_kl":
+    elif one_pass:
       y = y * scale_t + _weighted_gap(e_t, t, s)
     return m_s, z_s, m_t, z_t, y
 
   m_s, z_s, m_t, z_t, y = jax.lax.fori_loop(0, n_chunks, body, (neg, zeros, neg, zeros, zeros))
   lse_s, lse_t = _lse(m_s, z_s), _lse(m_t, z_t)
-  if kind == "reverse_kl":
-    value = y / z_s - lse_s + lse_t
-    return value, (lse_s, lse_t, value)
-  if kind == "forward_kl":
-    value = y / z_t - lse_t + lse_s
+  if one_pass:
+    value = y / z_s - lse_s + lse_t if d.plain_kl == "student" else y / z_t - lse_t + lse_s
     return value, (lse_s, lse_t, value)
 
-  # JSD needs the mixture at every id, which needs both final normalisers: a second pass.
+  # Pass 2: terms that need normalised log-probs (e.g. a mixture), summed chunk by chunk.
   def body2(i, carry):
-    total, kl_sm = carry
+    value, aux = carry
     logp_s = _chunk_logits(h_s, w_s, i, chunk, temperature)[0] - lse_s[:, None]
     logp_t = _chunk_logits(h_t, w_t, i, chunk, temperature)[0] - lse_t[:, None]
-    logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
-    total += jnp.sum(kl_terms.divergence_terms(logp_s, logp_t, "jsd", beta), axis=-1)
-    kl_sm += jnp.sum(kl_terms.divergence_terms(logp_s, logm, "reverse_kl"), axis=-1)
-    return total, kl_sm
+    value_N, aux_N = registry.value_and_aux(logp_s, logp_t, spec)
+    return value + value_N, aux + aux_N
 
-  value, kl_sm = jax.lax.fori_loop(0, n_chunks, body2, (zeros, zeros))
-  return value, (lse_s, lse_t, kl_sm)
+  value, aux = jax.lax.fori_loop(0, n_chunks, body2, (zeros, zeros))
+  return value, (lse_s, lse_t, aux)
 
 
 def _weighted_gap(e_NxC, a_NxC, b_NxC):
@@ -105,28 +106,28 @@ def _weighted_gap(e_NxC, a_NxC, b_NxC):
   return jnp.sum(jnp.where(live, e_NxC * gap, 0.0), axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _chunked(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
-  return _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _chunked(h_s, w_s, h_t, w_t, spec):
+  return _forward(h_s, w_s, h_t, w_t, spec)[0]
 
 
-def _chunked_fwd(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta):
-  value, consts = _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)
+def _chunked_fwd(h_s, w_s, h_t, w_t, spec):
+  value, consts = _forward(h_s, w_s, h_t, w_t, spec)
   return value, (h_s, w_s, h_t, w_t, consts)
 
 
-def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
+def _chunked_bwd(spec, residuals, ct_N):
   h_s, w_s, h_t, w_t, (lse_s, lse_t, aux) = residuals
-  n_chunks = math.ceil(w_s.shape[1] / chunk)
+  chunk = spec.chunk_size
   # Chain rule through the 1/T of the tempered logits, folded into the per-token cotangent.
-  ct_N = ct_N.astype(jnp.float32) / temperature
+  ct_N = ct_N.astype(jnp.float32) / spec.temperature
 
   def body(i, carry):
     dh, dw = carry
-    s, start = _chunk_logits(h_s, w_s, i, chunk, temperature)
-    t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
-    g_NxC = kl_terms.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind,
-                                beta) * ct_N[:, None]
+    s, start = _chunk_logits(h_s, w_s, i, chunk, spec.temperature)
+    t, _ = _chunk_logits(h_t, w_t, i, chunk, spec.temperature)
+    g_NxC = registry.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, spec)
+    g_NxC = g_NxC * ct_N[:, None]
     w_DxC = jax.lax.dynamic_slice_in_dim(w_s, start, chunk, axis=1)
     # einsum contracts without materialising transposes of the head chunk or the hidden.
     dh = dh + jnp.einsum("nc,dc->nd", g_NxC, w_DxC, preferred_element_type=jnp.float32)
@@ -136,7 +137,7 @@ def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dw_DxC, start, axis=1)
     return dh, dw
 
-  dh, dw = jax.lax.fori_loop(0, n_chunks, body,
+  dh, dw = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / chunk), body,
                              (jnp.zeros(h_s.shape, jnp.float32),
                               jnp.zeros(w_s.shape, jnp.float32)))
   return (dh.astype(h_s.dtype), dw.astype(w_s.dtype), jnp.zeros_like(h_t), jnp.zeros_like(w_t))
@@ -145,12 +146,9 @@ def _chunked_bwd(kind, chunk, temperature, beta, residuals, ct_N):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def check_hidden_and_heads(student_hidden, student_head, teacher_hidden, teacher_head, kind,
-                           temperature) -> tuple[list[int], int, int]:
-  """One-line errors for bad arguments of the head-level losses; (lead dims, Ds, Dt)."""
-  kl_terms.check_kind(kind)
-  if temperature <= 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
+def check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
+                           teacher_head) -> tuple[list[int], int, int]:
+  """One-line errors for bad shapes of the head-level losses; (lead dims, Ds, Dt)."""
   (*lead, d_s), (*lead_t, d_t) = student_hidden.shape, teacher_hidden.shape
   if lead != lead_t:
     raise ValueError(f"student hidden {student_hidden.shape} and teacher hidden "
@@ -167,48 +165,50 @@ def check_hidden_and_heads(student_hidden, student_head, teacher_hidden, teacher
 def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
                        teacher_hidden: jax.Array, teacher_head: jax.Array, *,
                        kind: str = "reverse_kl", chunk_size: int = 8192,
-                       temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
+                       temperature: float = 1.0, beta: float = 0.5,
+                       alpha: float = 0.9) -> jax.Array:
   """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
 
-  Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without materialising the
-  logits in forward or backward. Student and teacher widths may differ; their vocabularies may
-  not. Gradients flow to the student hidden states and head only.
+  Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without
+  materialising the logits in forward or backward. Student and teacher widths may differ; their
+  vocabularies may not. Gradients flow to the student hidden states and head only.
   """
+  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
   lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                                          teacher_head, kind, temperature)
-  chunk = min(int(chunk_size), student_head.shape[1])
+                                          teacher_head)
+  spec = dataclasses.replace(spec, chunk_size=min(spec.chunk_size, student_head.shape[1]))
   n = math.prod(lead)
   value_N = _chunked(student_hidden.reshape(n, d_s), student_head,
-                     teacher_hidden.reshape(n, d_t), teacher_head,
-                     kind, chunk, float(temperature), float(beta))
+                     teacher_hidden.reshape(n, d_t), teacher_head, spec)
   return value_N.reshape(lead)
 
 
 def chunked_logit_gradient_norm(student_hidden: jax.Array, student_head: jax.Array,
                                 teacher_hidden: jax.Array, teacher_head: jax.Array, *,
                                 kind: str = "reverse_kl", chunk_size: int = 8192,
-                                temperature: float = 1.0, beta: float = 0.5) -> jax.Array:
+                                temperature: float = 1.0, beta: float = 0.5,
+                                alpha: float = 0.9) -> jax.Array:
   """Per-token L2 norm `[B, L]` of d divergence / d student logits, chunked over V.
 
   A diagnostic (no gradient flows through it): for reverse_kl it is the norm of the paper's
   `g = p_s * (A - E_ps[A])`. Costs two extra passes over the heads.
   """
-  kl_terms.check_kind(kind)
-  *lead, d_s = student_hidden.shape
-  d_t = teacher_hidden.shape[-1]
+  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
+  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
+                                          teacher_head)
   n = math.prod(lead)
   h_s, h_t = student_hidden.reshape(n, d_s), teacher_hidden.reshape(n, d_t)
   h_s, w_s, h_t, w_t = jax.lax.stop_gradient((h_s, student_head, h_t, teacher_head))
-  chunk = min(int(chunk_size), w_s.shape[1])
-  _, (lse_s, lse_t, aux) = _forward(h_s, w_s, h_t, w_t, kind, chunk, temperature, beta)
+  spec = dataclasses.replace(spec, chunk_size=min(spec.chunk_size, w_s.shape[1]))
+  _, (lse_s, lse_t, aux) = _forward(h_s, w_s, h_t, w_t, spec)
 
   def body(i, sq_N):
-    s, _ = _chunk_logits(h_s, w_s, i, chunk, temperature)
-    t, _ = _chunk_logits(h_t, w_t, i, chunk, temperature)
-    g_NxC = kl_terms.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, kind, beta)
+    s, _ = _chunk_logits(h_s, w_s, i, spec.chunk_size, spec.temperature)
+    t, _ = _chunk_logits(h_t, w_t, i, spec.chunk_size, spec.temperature)
+    g_NxC = registry.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, spec)
     return sq_N + jnp.sum(jnp.square(g_NxC), axis=-1)
 
-  sq_N = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / chunk), body,
+  sq_N = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / spec.chunk_size), body,
                            jnp.zeros((n,), jnp.float32))
   return jnp.sqrt(sq_N).reshape(lead)
 

@@ -20,6 +20,7 @@ summed across devices once, by the transpose of that gather, not once per block.
 Shape letters: N flattened tokens (B*L), R tokens per block, D hidden width (student Ds,
 teacher Dt), V vocabulary, C vocabulary columns per chunk of the head-gradient accumulation.
 """
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -28,9 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rockjax import kl_terms
 from rockjax import sharding as shd
-from rockjax.chunked import check_hidden_and_heads
+from rockjax.losses import registry
+from rockjax.losses.chunked import check_hidden_and_heads
 
 
 class FusedDivergence(NamedTuple):
@@ -46,22 +47,17 @@ class FusedDivergence(NamedTuple):
   grad_norm: jax.Array
 
 
-def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, kind, temperature, beta):
+def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, spec):
   """One block: divergence [R], |g| [R] and the weighted logit gradient [R, V] (float32)."""
-  s = jnp.dot(h_s_RxD, w_s, preferred_element_type=jnp.float32) / temperature
-  t = jnp.dot(h_t_RxD, w_t, preferred_element_type=jnp.float32) / temperature
+  s = jnp.dot(h_s_RxD, w_s, preferred_element_type=jnp.float32) / spec.temperature
+  t = jnp.dot(h_t_RxD, w_t, preferred_element_type=jnp.float32) / spec.temperature
   logp_s, logp_t = jax.nn.log_softmax(s, axis=-1), jax.nn.log_softmax(t, axis=-1)
-  value_R = jnp.sum(kl_terms.divergence_terms(logp_s, logp_t, kind, beta), axis=-1)
-  if kind == "jsd":
-    logm = kl_terms.mixture_logprobs(logp_s, logp_t, beta)
-    aux_R = jnp.sum(kl_terms.divergence_terms(logp_s, logm, "reverse_kl"), axis=-1)
-  else:
-    aux_R = value_R
-  g_RxV = kl_terms.logit_grad(logp_s, logp_t, aux_R, kind, beta)
+  value_R, aux_R = registry.value_and_aux(logp_s, logp_t, spec)
+  g_RxV = registry.logit_grad(logp_s, logp_t, aux_R, spec)
   norm_R = jnp.sqrt(jnp.sum(jnp.square(g_RxV), axis=-1))
   # Chain rule through the 1/T of the tempered logits, folded into the weights; `where`, not a
   # product, so a zero-weight row contributes exactly 0 even if its logits were garbage.
-  scale_R = w_R / temperature
+  scale_R = w_R / spec.temperature
   g_RxV = jnp.where(scale_R[:, None] != 0, g_RxV * scale_R[:, None], 0.0)
   return value_R, norm_R, g_RxV
 
@@ -76,7 +72,7 @@ def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
 
   def body(c, carry):
     dh, dw = carry
-    start = jnp.minimum(c * chunk, vocab - chunk)  # last chunk shifted left, as in chunked.py
+    start = jnp.minimum(c * chunk, vocab - chunk)  # last chunk shifted left, as in chunked
     fresh_C = start + jnp.arange(chunk) >= c * chunk  # columns not already counted
     g_RxC = jnp.where(fresh_C[None, :], jax.lax.dynamic_slice_in_dim(g_RxV, start, chunk, 1), 0.0)
     w_DxC = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, 1)
@@ -89,9 +85,9 @@ def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
   return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, (dh_RxD, dw_DxV))
 
 
-def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
+def _forward(h_s, w_s, h_t, w_t, w_N, spec):
   """(weighted sum, value [N], |g| [N], dh [N, Ds], dW [Ds, V]) over this device's tokens."""
-  n = h_s.shape[0]
+  n, block = h_s.shape[0], spec.block_size
   nblk = math.ceil(n / block)
   pad = nblk * block - n
   if pad:  # zero rows with zero weight: finite logits, no contribution
@@ -102,9 +98,8 @@ def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
     value, norm, dh, dw = carry
     rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block, block, 0)
     h_RxD = rows(h_s)
-    value_R, norm_R, g_RxV = _block(h_RxD, w_s, rows(h_t), w_t, rows(w_N), kind, temperature,
-                                    beta)
-    dh_RxD, dw = _head_grads(dw, h_RxD, g_RxV, w_s, chunk)
+    value_R, norm_R, g_RxV = _block(h_RxD, w_s, rows(h_t), w_t, rows(w_N), spec)
+    dh_RxD, dw = _head_grads(dw, h_RxD, g_RxV, w_s, spec.chunk_size)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * block, 0)
     return put(value, value_R), put(norm, norm_R), put(dh, dh_RxD), dw
 
@@ -116,21 +111,20 @@ def _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
   return total, value[:n], norm[:n], dh[:n].astype(h_s.dtype), dw.astype(w_s.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def _fused(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
-  return _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta)[:3]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _fused(h_s, w_s, h_t, w_t, w_N, spec):
+  return _forward(h_s, w_s, h_t, w_t, w_N, spec)[:3]
 
 
-def _fused_fwd(h_s, w_s, h_t, w_t, w_N, kind, block, chunk, temperature, beta):
-  total, value, norm, dh, dw = _forward(h_s, w_s, h_t, w_t, w_N, kind, block, chunk,
-                                        temperature, beta)
+def _fused_fwd(h_s, w_s, h_t, w_t, w_N, spec):
+  total, value, norm, dh, dw = _forward(h_s, w_s, h_t, w_t, w_N, spec)
   return (total, value, norm), (dh, dw)
 
 
-def _fused_bwd(kind, block, chunk, temperature, beta, residuals, cts):
+def _fused_bwd(spec, residuals, cts):
   # Only the weighted sum is differentiable: the public wrapper stops the gradient of the
   # per-token outputs, so their cotangents are zero here.
-  del kind, block, chunk, temperature, beta
+  del spec
   dh, dw = residuals
   ct = cts[0]
   return (ct.astype(dh.dtype) * dh, ct.astype(dw.dtype) * dw, None, None, None)
@@ -157,7 +151,8 @@ def _token_axes(n: int) -> tuple[tuple[str, ...], int]:
 def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
                      teacher_hidden: jax.Array, teacher_head: jax.Array, weights: jax.Array, *,
                      kind: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5,
-                     block_size: int = 512, chunk_size: int = 8192) -> FusedDivergence:
+                     alpha: float = 0.9, block_size: int = 512,
+                     chunk_size: int = 8192) -> FusedDivergence:
   """`sum(weights * divergence(h_s @ W_s, h_t @ W_t))` with its gradient formed in the forward.
 
   Hidden states `[B, L, D]` (student and teacher widths may differ), heads `[D, V]`, weights
@@ -167,26 +162,25 @@ def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
   cotangent is needed). Working memory is a few `[block_size, V]` float32 blocks. Under a
   mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them.
   """
+  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size, block_size)
   lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                                          teacher_head, kind, temperature)
+                                          teacher_head)
   if tuple(weights.shape) != tuple(lead):
     raise ValueError(f"weights {weights.shape} must have the hidden states' batch/length dims "
                      f"{tuple(lead)}")
-  if block_size < 1 or chunk_size < 1:
-    raise ValueError(f"block_size={block_size} and chunk_size={chunk_size} must be >= 1")
   n = math.prod(lead)
   axes, shards = _token_axes(n)
-  static = (kind, min(int(block_size), n // shards), min(int(chunk_size), student_head.shape[1]),
-            float(temperature), float(beta))
+  spec = dataclasses.replace(spec, block_size=min(spec.block_size, n // shards),
+                             chunk_size=min(spec.chunk_size, student_head.shape[1]))
   args = (student_hidden.reshape(n, d_s), student_head, teacher_hidden.reshape(n, d_t),
           teacher_head, weights.reshape(n).astype(jnp.float32))
   if not axes:
-    total, value, norm = _fused(*args, *static)
+    total, value, norm = _fused(*args, spec)
   else:
     tokens, whole = PartitionSpec(axes), PartitionSpec()
 
     def local(h_s, w_s, h_t, w_t, w_N):
-      total, value, norm = _fused(h_s, w_s, h_t, w_t, w_N, *static)
+      total, value, norm = _fused(h_s, w_s, h_t, w_t, w_N, spec)
       return jax.lax.psum(total, axes), value, norm
 
     total, value, norm = jax.shard_map(
