@@ -21,6 +21,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rockjax import config_check, errors, evaluation, train
+from rockjax.analysis.rock_table import quantity_title
 from rockjax.experiment import task_files
 
 CONFIG_FILE = "config.json"
@@ -233,7 +234,6 @@ def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, A
 
 
 _STAGE_TITLES = {"teacher_sft": "teacher SFT", "student_kd": "student stage-1 KD"}
-_SHORT = {"cross_entropy": "ce", "forward_kl": "fwd KL", "reverse_kl": "rev KL", "jsd": "JSD"}
 
 
 def _minutes(seconds: float) -> str:
@@ -243,17 +243,17 @@ def _minutes(seconds: float) -> str:
 def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) -> str:
   """The end-of-run report a person reads: one line per stage, the effect, the outputs."""
   lines = ["", "=== rockjax run summary ===",
-           f"{'stage':<20} {'steps':>6}  {'final per-token loss':<22} {'loss':>8}  "
+           f"{'stage':<20} {'steps':>6}  {'final per-token loss':<24} {'loss':>8}  "
            f"{'pass@1':>7} {'prompts':>7}  {'wall':>9}"]
   for r in summary["stages"]:
     title = _STAGE_TITLES.get(r["stage"], f"student {r['kind'].upper()}"
                               if r["kind"] != "sft" else "SFT")
     m = r["metrics"]
-    tracked = f"{_SHORT.get(r['quantity'], r['quantity'])} {m.get('opd/kl', float('nan')):.4f}"
+    tracked = f"{quantity_title(r['quantity'])} {m.get('opd/kl', float('nan')):.4f}"
     n = len(r["eval_correct"]) if r["eval_correct"] else 0
     p1 = f"{m['eval/pass@1']:.3f}" if "eval/pass@1" in m else "-"
     resumed = " (resumed)" if r["resumed_from"] else ""
-    lines.append(f"{title:<20} {r['steps']:>6}  {tracked:<22} {m.get('opd/loss', 0.0):>8.4f}  "
+    lines.append(f"{title:<20} {r['steps']:>6}  {tracked:<24} {m.get('opd/loss', 0.0):>8.4f}  "
                  f"{p1:>7} {n:>7}  {_minutes(r['seconds']):>9}{resumed}")
   e = summary["effect"]
   if e:

@@ -5,12 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from rockjax import rocks
+from rockjax import losses, rocks
 from rockjax.metrics import host_value
 
-# How each tracked per-token quantity is named in the table's title.
-QUANTITY_NAMES = {"reverse_kl": "reverse KL", "forward_kl": "forward KL", "jsd": "JSD",
-                  "cross_entropy": "cross-entropy"}
 STAGE_NAMES = {"sft": "teacher SFT", "kd": "student stage-1 KD", "opd": "student OPD"}
 
 
@@ -49,9 +46,14 @@ def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int 
           "observed_vocab": int(seen.sum())}
 
 
+def quantity_title(quantity: str) -> str:
+  """A tracked per-token quantity's name in reports: a divergence's title, or cross-entropy."""
+  return "cross-entropy" if quantity == "cross_entropy" else losses.title(quantity)
+
+
 def format_table(table: dict[str, Any], limit: int = 15) -> str:
   """A fixed-width text rendering of the top selected rows, titled with stage and quantity."""
-  quantity = QUANTITY_NAMES.get(table.get("quantity"), table.get("quantity", "KL"))
+  quantity = quantity_title(table["quantity"])
   stage = STAGE_NAMES.get(table.get("stage"), table.get("stage", ""))
   lines = [f"[{stage}] rock tokens by {table['selector']} (freq x mean {quantity}): top "
            f"{len(table['rows'])} of {table['observed_vocab']} observed ids carry "

@@ -21,12 +21,12 @@ from rockjax.losses.full import (divergence, divergence_terms, forward_kl, jsd, 
                                  logit_gradient_norm, reverse_kl)
 from rockjax.losses.fused import FusedDivergence, fused_divergence
 from rockjax.losses.reduce import count, reduce
-from rockjax.losses.registry import KINDS, DivergenceSpec, check_kind, mixture_logprobs
+from rockjax.losses.registry import KINDS, DivergenceSpec, check_kind, mixture_logprobs, title
 from rockjax.losses.sampled import sampled_kl
 
 __all__ = [
     "KINDS", "DivergenceSpec", "FusedDivergence", "check_kind",
     "chunked_cross_entropy", "chunked_divergence", "chunked_logit_gradient_norm", "count",
     "divergence", "divergence_terms", "forward_kl", "fused_divergence", "jsd", "logit_gradient",
-    "logit_gradient_norm", "mixture_logprobs", "reduce", "reverse_kl", "sampled_kl",
+    "logit_gradient_norm", "mixture_logprobs", "reduce", "reverse_kl", "sampled_kl", "title",
 ]

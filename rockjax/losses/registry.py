@@ -57,6 +57,7 @@ class Divergence:
   # 'student' if the kind is KL(p_s || p_t), 'teacher' if KL(p_t || p_s): the chunked path then
   # gets the value from unnormalised logits in one pass over the heads instead of two.
   plain_kl: str | None = None
+  title: str = ""  # how reports name it ('reverse KL'); the kind's name when empty
 
   def __post_init__(self):
     if self.plain_kl not in (None, "student", "teacher"):
@@ -69,6 +70,12 @@ def register(divergence: Divergence) -> Divergence:
     raise ValueError(f"divergence kind {divergence.name!r} is already registered")
   _REGISTRY[divergence.name] = divergence
   return divergence
+
+
+def title(kind: str) -> str:
+  """The kind's name in reports and tables ('reverse KL')."""
+  check_kind(kind)
+  return _REGISTRY[kind].title or kind
 
 
 def check_kind(kind: str) -> None:
@@ -137,7 +144,7 @@ def _gap(logp_a: jax.Array, logp_b: jax.Array) -> jax.Array:
 # reverse_kl = KL(p_s || p_t), the paper's OPD loss. dD/dp_s = log(p_s/p_t) + 1 (the +1
 # cancels in a - E[a]), and E_ps[log(p_s/p_t)] is the divergence itself: aux = value.
 register(Divergence(
-    "reverse_kl",
+    "reverse_kl", title="reverse KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(logp_s, logp_t),
     grad=lambda logp_s, logp_t, aux, spec: _softmax_grad(logp_s, _gap(logp_s, logp_t), aux),
     plain_kl="student"))
@@ -145,7 +152,7 @@ register(Divergence(
 # forward_kl = KL(p_t || p_s), the paper's stage-1 KD loss. dD/dp_s = -p_t/p_s, so through the
 # softmax g = p_s - p_t: no auxiliary.
 register(Divergence(
-    "forward_kl",
+    "forward_kl", title="forward KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(logp_t, logp_s),
     grad=lambda logp_s, logp_t, aux, spec: jnp.exp(logp_s) - jnp.exp(logp_t),
     plain_kl="teacher"))
@@ -168,7 +175,7 @@ def _jsd_grad(logp_s, logp_t, aux, spec):
 
 
 register(Divergence(
-    "jsd", terms=_jsd_terms, grad=_jsd_grad,
+    "jsd", title="JSD", terms=_jsd_terms, grad=_jsd_grad,
     aux_terms=lambda logp_s, logp_t, spec: xlogy_ratio(
         logp_s, mixture_logprobs(logp_s, logp_t, spec.beta))))
 
@@ -185,7 +192,7 @@ def _skew_a(logp_s, logp_t, spec):
 
 
 register(Divergence(
-    "skew_reverse_kl",
+    "skew_reverse_kl", title="skew reverse KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(
         logp_s, mixture_logprobs(logp_s, logp_t, spec.alpha)),
     grad=lambda logp_s, logp_t, aux, spec: _softmax_grad(logp_s, _skew_a(logp_s, logp_t, spec),
