@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import experiment, loading
+from rockjax import loading
+from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
@@ -85,14 +86,11 @@ def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
   t_sh = None if t_params is None else state_lib.state_shardings(t_params, mesh)
   t_like = None if t_params is None else jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), t_params, t_sh)
-  rows = c.data.prompts_per_step * (c.opd.samples_per_prompt if c.opd.mode == "on_policy"
-                                    else 1)
-  length = (c.data.max_prompt_len + c.opd.max_new_tokens if c.opd.mode == "on_policy"
-            else c.data.max_len)
+  rows, length = settings_lib.batch_shape(c)
   b_sh = shd.batch_sharding((rows, length), mesh)
   batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_sh)
            for k in ("tokens", "attention_mask", "response_mask")}
-  settings = experiment.step_settings(c, t_graphdef, schedule)
+  settings = settings_lib.step_settings(c, t_graphdef, schedule)
   fn = step_lib.jit_train_step(settings, shardings, t_sh, b_sh)
   with jax.set_mesh(mesh):
     compiled = fn.lower(like, t_like, batch).compile()

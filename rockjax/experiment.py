@@ -17,7 +17,8 @@ from jax.experimental import multihost_utils
 from rockjax import checkpoint as ckpt_lib
 from rockjax import errors
 from rockjax import data as data_lib
-from rockjax import evaluation, loading, models, objective, rock_lists
+from rockjax import evaluation, loading, models, rock_lists
+from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
@@ -104,26 +105,6 @@ def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
                                 vocab)
 
 
-def step_settings(c: ml_collections.ConfigDict, teacher_graphdef, schedule) -> step_lib.StepSettings:
-  """StepSettings from the config groups opd/rock."""
-  loss = objective.LossSettings(
-      mode=c.opd.mode, divergence=c.opd.divergence, jsd_beta=c.opd.jsd_beta,
-      skew_alpha=c.opd.skew_alpha,
-      temperature=c.opd.temperature, chunked=c.opd.chunked, chunk_size=c.opd.chunk_size,
-      block_size=c.opd.block_size,
-      kd_ratio=c.opd.kd_ratio, normalizer=c.opd.normalizer, rock_mode=c.rock.mode,
-      lam=c.rock.lam, grad_norm_metric=c.opd.grad_norm_metric)
-  if loss.needs_teacher and c.teacher.source == "none":
-    raise ValueError("teacher.source='none' only works for plain SFT "
-                     "(opd.mode='off_policy' with opd.kd_ratio=0)")
-  return step_lib.StepSettings(
-      loss=loss, teacher_graphdef=teacher_graphdef, schedule=schedule, rock_k=c.rock.k,
-      rock_min_freq=c.rock.min_freq, rock_exclude_top_freq=c.rock.exclude_top_freq,
-      rock_selector=c.rock.selector, rock_window=c.rock.window, rock_decay=c.rock.decay,
-      rock_warmup_steps=c.rock.warmup_steps, rock_select_every=c.rock.select_every,
-      rock_snapshot_step=c.rock.snapshot_step)
-
-
 def _pipelines(c, paths, tokenizer):
   """(train pipeline, eval prompt batch, eval answers), host-local."""
   per_host = data_lib.per_host_batch_size(c.data.prompts_per_step)
@@ -198,12 +179,12 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     _, params = loading.load_params(c.model, student_cfg, mesh, c.seed)
     state, start = state_lib.init_state(init, params, shardings, mesh), 0
 
-  settings = step_settings(c, teacher_graphdef, schedule)
+  step_settings = settings_lib.step_settings(c, teacher_graphdef, schedule)
   teacher_shardings = (None if teacher_params is None else
                        jax.tree.map(lambda x: x.sharding, teacher_params))
-  rows = c.data.prompts_per_step * (c.opd.samples_per_prompt if c.opd.mode == "on_policy" else 1)
-  batch_sharding = shd.batch_sharding((rows, 1), mesh)
-  train_step = step_lib.jit_train_step(settings, shardings, teacher_shardings, batch_sharding)
+  batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
+  train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings,
+                                       batch_sharding)
   return Experiment(config=c, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
                     eos_ids=models.eos_ids(tokenizer), student_cfg=student_cfg,
                     teacher_params=teacher_params, state=state, start_step=int(start),

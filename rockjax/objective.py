@@ -7,7 +7,7 @@ Alignment: the model's output at position t predicts token t+1, so every per-tok
 here is `[B, T]` and refers to the *emitted* id `targets_BxT = tokens_BxL[:, 1:]`.
 """
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,13 +51,42 @@ class LossSettings:
     """Plain SFT (off-policy with kd_ratio 0) runs without a teacher."""
     return self.mode == "on_policy" or self.kd_ratio > 0
 
+  @property
+  def stage(self) -> str:
+    """'opd' (on-policy distillation), 'kd' (off-policy KD) or 'sft' (no teacher)."""
+    return "opd" if self.mode == "on_policy" else "kd" if self.needs_teacher else "sft"
 
-def shift(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """(inputs_BxT, input_mask_BxT, targets_BxT, loss_mask_BxT) from a token batch."""
+  @property
+  def tracked(self) -> str:
+    """The per-token quantity `opd/kl` and the rock statistics hold: the stage's divergence
+    (forward KL off-policy), or the cross-entropy when there is no teacher."""
+    return "cross_entropy" if self.stage == "sft" else self.divergence_kind
+
+  @property
+  def divergence_kind(self) -> str:
+    """The divergence the loss uses: opd.divergence on-policy, forward KL off-policy."""
+    return self.divergence if self.stage == "opd" else "forward_kl"
+
+  @property
+  def ce_share(self) -> float:
+    """Weight of the cross-entropy in the loss: 0 in OPD, 1 - kd_ratio in KD, 1 in SFT."""
+    return {"opd": 0.0, "kd": 1.0 - self.kd_ratio, "sft": 1.0}[self.stage]
+
+
+class Shifted(NamedTuple):
+  """A token batch aligned for next-token prediction (output t predicts token t+1)."""
+  inputs_BxT: jax.Array
+  input_mask_BxT: jax.Array
+  targets_BxT: jax.Array
+  loss_mask_BxT: jax.Array  # 1 on response targets inside the attention mask
+
+
+def shift(batch: dict[str, jax.Array]) -> Shifted:
+  """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
   tokens_BxL = batch["tokens"]
   attn_BxL = batch["attention_mask"].astype(jnp.int32)
   loss_mask_BxT = batch["response_mask"][:, 1:].astype(jnp.int32) * attn_BxL[:, 1:]
-  return tokens_BxL[:, :-1], attn_BxL[:, :-1], tokens_BxL[:, 1:], loss_mask_BxT
+  return Shifted(tokens_BxL[:, :-1], attn_BxL[:, :-1], tokens_BxL[:, 1:], loss_mask_BxT)
 
 
 def teacher_outputs(teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
@@ -93,9 +122,8 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
   parameters); the other path reduces full logits.
   """
   s = settings
-  kind = s.divergence if s.mode == "on_policy" else "forward_kl"
+  kind, ce_share = s.divergence_kind, s.ce_share
   count = losses.count(loss_mask_BxT, w_BxT, normalizer=s.normalizer)
-  ce_share = 0.0 if s.mode == "on_policy" else (1.0 - s.kd_ratio if s.needs_teacher else 1.0)
   if s.chunked:
     student_out = (student.hidden_states(inputs_BxT, mask_BxT), student.lm_head_weight())
     total, kl_BxT, grad_norm_BxT = jnp.float32(0), None, None
@@ -137,16 +165,17 @@ def token_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT:
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
-  """`loss_fn(params, teacher_out, batch, rock_mask_V) -> (loss, aux)`, ready for jax.grad.
+  """`loss_fn(params, teacher_out, shifted, rock_mask_V) -> (loss, aux)`, ready for jax.grad.
+
+  `shifted` is `shift(batch)` (the step shifts once and shares it with the teacher forward).
 
   aux holds the per-token divergence, the weights, the (sum, count) of the loss, the per-token
   logit-gradient norm when it came for free, and the student's own outputs (hidden+head or
   logits) for diagnostics.
   """
-  def loss_fn(params: nnx.State, teacher_out, batch: dict[str, jax.Array],
-              rock_mask_V: jax.Array):
+  def loss_fn(params: nnx.State, teacher_out, shifted: Shifted, rock_mask_V: jax.Array):
     student = nnx.merge(graphdef, params)
-    inputs, in_mask, targets, loss_mask = shift(batch)
+    inputs, in_mask, targets, loss_mask = shifted
     w_BxT = token_weights(rock_mask_V, targets, loss_mask, settings)
     terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out,
                        settings)

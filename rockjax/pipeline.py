@@ -20,7 +20,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import config_check, errors, evaluation, train
+from rockjax import config_check, errors, evaluation, settings, train
 from rockjax.analysis.rock_table import quantity_title
 from rockjax.experiment import task_files
 
@@ -151,10 +151,10 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
 
 def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
   """What a completed stage reports (written to its stage.json)."""
-  c = stage.config
+  loss = settings.loss_settings(stage.config)
   correct = result["eval_correct"]
   return {
-      "stage": stage.name, "kind": train.stage_kind(c), "quantity": train.tracked_quantity(c),
+      "stage": stage.name, "kind": loss.stage, "quantity": loss.tracked,
       "steps": int(result["step"]), "metrics": result["metrics"],
       "eval_correct": None if correct is None else correct.astype(float).tolist(),
       "seconds": result["seconds"], "resumed_from": int(result["experiment"].start_step),

@@ -18,6 +18,7 @@ static-list helpers re-exported from rockjax.rock_lists (load_id_list, ids_to_ma
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.struct
@@ -191,6 +192,49 @@ def select(stats: RockStats, *, k: int, min_freq: float = 1, exclude_top_freq: i
   _, top_ids = jax.lax.top_k(key_V, k)
   # top_k always returns k ids; when fewer than k are eligible the rest are filler.
   return jnp.zeros((vocab_size,), bool).at[top_ids].set(True) & eligible_V
+
+
+@dataclasses.dataclass(frozen=True)
+class RockSelection:
+  """How rocks are picked from the statistics (config group `rock`); validated when built."""
+  k: int = 100  # number of rock ids (paper: 100)
+  min_freq: float = 2  # ignore ids seen fewer times (authors' code: 2)
+  exclude_top_freq: int = 5  # drop the N most frequent ids first (authors' code: 5)
+  selector: str = 'rock_score'  # one of SELECTORS
+  window: str = 'cumulative'  # one of WINDOWS
+
+  def __post_init__(self):
+    _check('selector', self.selector, SELECTORS)
+    _check('window', self.window, WINDOWS)
+    if self.k < 1 or self.min_freq < 0 or self.exclude_top_freq < 0:
+      raise ValueError(f'RockSelection: need k >= 1, min_freq >= 0, exclude_top_freq >= 0; '
+                       f'got {self}')
+
+  def select(self, stats: RockStats) -> jax.Array:
+    """Bool `[V]`: this selection applied to `stats` (see `select`)."""
+    return select(stats, k=self.k, min_freq=self.min_freq,
+                  exclude_top_freq=self.exclude_top_freq, selector=self.selector,
+                  window=self.window)
+
+
+@dataclasses.dataclass(frozen=True)
+class RockSchedule:
+  """When the statistics are reselected and snapshotted during training; validated when built."""
+  warmup_steps: int = 0  # first selection after this many steps
+  select_every: int = 1  # then every N steps
+  snapshot_step: int = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
+  decay: float = DEFAULT_DECAY  # per-step decay of the 'recent' window
+
+  def __post_init__(self):
+    if self.warmup_steps < 0 or self.select_every < 1 or self.snapshot_step < 0:
+      raise ValueError(f'RockSchedule: need warmup_steps >= 0, select_every >= 1, '
+                       f'snapshot_step >= 0; got {self}')
+    if not 0.0 < self.decay <= 1.0:
+      raise ValueError(f'RockSchedule: decay must be in (0, 1], got {self.decay}')
+
+  def due(self, step: jax.Array) -> jax.Array:
+    """Whether the selection is recomputed after `step` updates."""
+    return (step >= self.warmup_steps) & ((step - self.warmup_steps) % self.select_every == 0)
 
 
 def stagnation(stats: RockStats, *, window: str = 'since_snapshot') -> jax.Array:

@@ -24,16 +24,9 @@ class StepSettings:
   """Static settings of the step (hashable: they are compile-time constants)."""
   loss: objective.LossSettings
   teacher_graphdef: nnx.GraphDef | None
-  schedule: Callable[[Any], jax.Array]
-  rock_k: int = 100
-  rock_min_freq: int = 2
-  rock_exclude_top_freq: int = 5
-  rock_selector: str = "rock_score"
-  rock_window: str = "cumulative"
-  rock_decay: float = rocks.DEFAULT_DECAY
-  rock_warmup_steps: int = 0  # dynamic mode: first selection after this many steps
-  rock_select_every: int = 1  # dynamic mode: reselect every N steps
-  rock_snapshot_step: int = 0  # take the persistence snapshot after this step (0: never)
+  schedule: Callable[[Any], jax.Array]  # learning rate per optimiser step (for the metric)
+  selection: rocks.RockSelection = rocks.RockSelection()  # modes 'off' and 'dynamic'
+  rock_schedule: rocks.RockSchedule = rocks.RockSchedule()
 
 
 def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.Array,
@@ -45,12 +38,7 @@ def _next_rock_mask(rock: rocks.RockStats, old_mask_V: jax.Array, new_step: jax.
   """
   if s.loss.rock_mode == "static":
     return old_mask_V
-  due = (new_step >= s.rock_warmup_steps) & (
-      (new_step - s.rock_warmup_steps) % s.rock_select_every == 0)
-  selected = rocks.select(rock, k=s.rock_k, min_freq=s.rock_min_freq,
-                          exclude_top_freq=s.rock_exclude_top_freq, selector=s.rock_selector,
-                          window=s.rock_window)
-  return jnp.where(due, selected, old_mask_V)
+  return jnp.where(s.rock_schedule.due(new_step), s.selection.select(rock), old_mask_V)
 
 
 def _grad_norm_share(aux, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
@@ -75,22 +63,24 @@ def train_step(state: TrainState, teacher_params: nnx.State | None,
                ) -> tuple[TrainState, Metrics]:
   """One OPD/KD update: teacher forward (constant), student loss + grads, rock stats, optax."""
   s = settings
-  inputs, in_mask, targets, loss_mask = objective.shift(batch)
+  shifted = objective.shift(batch)
+  inputs, in_mask, targets, loss_mask = shifted
   teacher = None if teacher_params is None else nnx.merge(s.teacher_graphdef, teacher_params)
   teacher_out = objective.teacher_outputs(teacher, inputs, in_mask, s.loss)
 
   loss_fn = objective.make_loss_fn(state.graphdef, s.loss)
   (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, teacher_out, batch, state.rock_mask)
+      state.params, teacher_out, shifted, state.rock_mask)
   # The masking function was applied inside the loss (weights), i.e. before this update.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
   kl_BxT = jax.lax.stop_gradient(aux["kl_BxT"])
   new_step = state.step + 1
-  rock = rocks.update(state.rock, targets, kl_BxT, loss_mask, decay=s.rock_decay)
-  if s.rock_snapshot_step > 0:
-    rock = jax.lax.cond(new_step == s.rock_snapshot_step, rocks.snapshot, lambda r: r, rock)
+  rock = rocks.update(state.rock, targets, kl_BxT, loss_mask, decay=s.rock_schedule.decay)
+  if s.rock_schedule.snapshot_step > 0:
+    rock = jax.lax.cond(new_step == s.rock_schedule.snapshot_step, rocks.snapshot,
+                        lambda r: r, rock)
   rock_mask = _next_rock_mask(rock, state.rock_mask, new_step, s)
 
   metrics: Metrics = {

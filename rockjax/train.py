@@ -15,6 +15,7 @@ import tqdm
 from flax import nnx
 
 from rockjax import metrics as metrics_lib
+from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.experiment import Experiment, build_experiment
@@ -87,18 +88,6 @@ def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: 
         f"{exp.checkpointer.directory}")
 
 
-def stage_kind(c: ml_collections.ConfigDict) -> str:
-  """'sft' (no teacher), 'kd' (off-policy KD) or 'opd' (on-policy distillation)."""
-  if c.opd.mode == "on_policy":
-    return "opd"
-  return "sft" if c.opd.kd_ratio == 0 else "kd"
-
-
-def tracked_quantity(c: ml_collections.ConfigDict) -> str:
-  """What `opd/kl` and the rock statistics hold in this run: the per-token divergence."""
-  return {"sft": "cross_entropy", "kd": "forward_kl", "opd": c.opd.divergence}[stage_kind(c)]
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
 
@@ -117,9 +106,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   eval_correct = None
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
   window: dict[str, list[float]] = {}
-  kind = stage_kind(c)
+  loss = settings_lib.loss_settings(c)
+  kind = loss.stage
   # opd/kl holds the stage's per-token quantity (cross-entropy in plain SFT): name it so.
-  loss_label = {"cross_entropy": "ce"}.get(tracked_quantity(c), "kl")
+  loss_label = "ce" if loss.tracked == "cross_entropy" else "kl"
   bar = tqdm.tqdm(total=c.steps, initial=start, desc=kind, disable=jax.process_index() != 0,
                   dynamic_ncols=True)
   t_start = t0 = time.perf_counter()
@@ -169,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if pending is not None:
         finish(*pending)
     data_state = exp.train_data.get_state()
-    table = _report_rocks(exp, state, kind)  # all processes compute; process 0 writes
+    table = _report_rocks(exp, state, loss)  # all processes compute; process 0 writes
   finally:
     bar.close()
     writer.close()
@@ -182,14 +172,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           "seconds": time.perf_counter() - t_start}
 
 
-def _report_rocks(exp: Experiment, state: state_lib.TrainState, kind: str) -> dict[str, Any]:
+def _report_rocks(exp: Experiment, state: state_lib.TrainState, loss) -> dict[str, Any]:
   """Write workdir/rocks.json (every observed id) and print the top of the labelled table."""
   from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
-  r = exp.config.rock
-  table = rock_table.rock_table(state.rock, exp.tokenizer, k=r.k, min_freq=r.min_freq,
-                                exclude_top_freq=r.exclude_top_freq, selector=r.selector,
-                                window=r.window, stage=kind,
-                                quantity=tracked_quantity(exp.config))
+  table = rock_table.rock_table(state.rock, exp.tokenizer,
+                                settings_lib.rock_selection(exp.config), stage=loss.stage,
+                                quantity=loss.tracked)
   if jax.process_index() == 0:
     path = rock_table.write_table(exp.workdir, table)
     tqdm.tqdm.write(rock_table.format_table(table, limit=10) + f"\n(every observed id: {path})")

@@ -4,7 +4,7 @@ import importlib
 import pytest
 
 from rockjax import dry_run
-from rockjax.experiment import step_settings
+from rockjax.settings import step_settings
 
 CONFIGS = ["default", "tiny", "demo", "qwen3_30b_a3b_to_4b", "qwen3_30b_a3b_to_4b_rock_freeze",
            "qwen3_30b_a3b_to_4b_random_freeze"]

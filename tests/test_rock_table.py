@@ -17,8 +17,8 @@ def test_table_ranks_every_observed_id_by_freq_times_mean_kl():
   kl_BxL = rng.random((4, 12)).astype(np.float32)
   mask_BxL = (rng.random((4, 12)) < 0.8).astype(np.int32)
   stats = rocks.update(rocks.RockStats.init(V), ids_BxL, kl_BxL, mask_BxL)
-  table = rock_table.rock_table(stats, Tok(), k=3, min_freq=1, stage="kd",
-                                quantity="forward_kl")
+  selection = rocks.RockSelection(k=3, min_freq=1, exclude_top_freq=0)
+  table = rock_table.rock_table(stats, Tok(), selection, stage="kd", quantity="forward_kl")
 
   freq, total = np.zeros(V), np.zeros(V)
   np.add.at(freq, ids_BxL[mask_BxL > 0], 1)

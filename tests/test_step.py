@@ -48,8 +48,9 @@ def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", ch
   settings = step_lib.StepSettings(
       loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
                                   chunked=chunked, chunk_size=16, **loss_kw),
-      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2, rock_k=dynamic_k,
-      rock_min_freq=1, rock_exclude_top_freq=0, rock_warmup_steps=1, rock_select_every=1)
+      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2,
+      selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
+      rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1))
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
   return fn, state, t_params
 

@@ -11,9 +11,8 @@ from rockjax.metrics import host_value
 STAGE_NAMES = {"sft": "teacher SFT", "kd": "student stage-1 KD", "opd": "student OPD"}
 
 
-def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int = 2,
-               exclude_top_freq: int = 0, selector: str = "rock_score",
-               window: str = "cumulative", stage: str = "opd",
+def rock_table(stats: rocks.RockStats, tokenizer: Any,
+               selection: rocks.RockSelection = rocks.RockSelection(), *, stage: str = "opd",
                quantity: str = "reverse_kl") -> dict[str, Any]:
   """The selection and every observed id, ranked by Rock Score (Freq x mean per-token loss).
 
@@ -21,8 +20,8 @@ def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int 
   'selected' flag); 'kl_coverage' is the share of the total on the selection. `stage` and
   `quantity` (what the statistics hold: the stage's per-token loss) label the table.
   """
-  mask_V = rocks.select(stats, k=k, min_freq=min_freq, exclude_top_freq=exclude_top_freq,
-                        selector=selector, window=window)
+  window = selection.window
+  mask_V = selection.select(stats)
   # Every process runs these (jitted, on global arrays); each reads its local replica.
   freq_V, mean_V, score_V, mask_V = (host_value(x) for x in (
       rocks.frequency(stats, window=window), rocks.mean_kl(stats, window=window),
@@ -38,8 +37,8 @@ def rock_table(stats: rocks.RockStats, tokenizer: Any, *, k: int, min_freq: int 
   by_score = lambda ids: ids[np.argsort(-score_V[ids], kind="stable")]
   chosen = by_score(np.nonzero(mask_V)[0])
   observed = by_score(np.nonzero(seen)[0])
-  return {"stage": stage, "quantity": quantity, "selector": selector, "window": window,
-          "k": k, "rows": [row(r + 1, int(i)) for r, i in enumerate(chosen)],
+  return {"stage": stage, "quantity": quantity, "selector": selection.selector,
+          "window": window, "k": selection.k, "rows": [row(r + 1, int(i)) for r, i in enumerate(chosen)],
           "ids": [row(r + 1, int(i)) for r, i in enumerate(observed)],
           "kl_coverage": float(score_V[chosen].sum() / total) if total > 0 else float("nan"),
           "token_density": float(freq_V[chosen].sum() / freq_V.sum()) if seen.any() else 0.0,
