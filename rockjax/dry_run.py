@@ -56,7 +56,7 @@ def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
   graphdef, params = loading.abstract_params(student_cfg)
   init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size)
   abstract = jax.eval_shape(init, params)
-  shardings = state_lib.state_shardings(abstract, abstract_mesh)
+  shardings = shd.tree_shardings(abstract, abstract_mesh)
   out = {"mesh": sizes, "student_params_b": _count(abstract.params) / 1e9,
          "per_device_gib": {
              "params": _per_device_bytes(abstract.params, shardings.params, sizes) / _GIB,
@@ -68,7 +68,7 @@ def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
   t_graphdef = t_params = t_shardings = None
   if teacher_cfg is not None:
     t_graphdef, t_params = loading.abstract_params(teacher_cfg)
-    t_shardings = state_lib.state_shardings(t_params, abstract_mesh)
+    t_shardings = shd.tree_shardings(t_params, abstract_mesh)
     out["teacher_params_b"] = _count(t_params) / 1e9
     out["per_device_gib"]["teacher_params"] = _per_device_bytes(t_params, t_shardings,
                                                                 sizes) / _GIB
@@ -83,7 +83,7 @@ def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
   """XLA's temporary-buffer size of the compiled step on a concrete mesh of the declared shape."""
   mesh = shd.make_mesh(sizes, devices=jax.devices()[:math.prod(sizes.values())])
   like, shardings = state_lib.abstract_state(init, params, mesh)
-  t_sh = None if t_params is None else state_lib.state_shardings(t_params, mesh)
+  t_sh = None if t_params is None else shd.tree_shardings(t_params, mesh)
   t_like = None if t_params is None else jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), t_params, t_sh)
   rows, length = settings_lib.batch_shape(c)

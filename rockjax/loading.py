@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rockjax import models
-from rockjax import state as state_lib
+from rockjax import sharding as shd
 from rockjax.models import Decoder, ModelConfig, RopeConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -72,5 +72,5 @@ def load_params(m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed
   graphdef, abstract = abstract_params(cfg, seed)
   init = lambda: nnx.split(model_factory(cfg)(nnx.Rngs(seed)))[1]
   with jax.set_mesh(mesh):
-    params = jax.jit(init, out_shardings=state_lib.state_shardings(abstract, mesh))()
+    params = jax.jit(init, out_shardings=shd.tree_shardings(abstract, mesh))()
   return graphdef, params

@@ -156,7 +156,7 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
   return LossTerms(total, count, kl_BxT, None, student_out)
 
 
-def token_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array,
+def loss_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array,
                   settings: LossSettings) -> jax.Array:
   """The masking function: lam on rock positions, 1 elsewhere, 0 off the response."""
   if settings.rock_mode == "off":
@@ -176,7 +176,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
   def loss_fn(params: nnx.State, teacher_out, shifted: Shifted, rock_mask_V: jax.Array):
     student = nnx.merge(graphdef, params)
     inputs, in_mask, targets, loss_mask = shifted
-    w_BxT = token_weights(rock_mask_V, targets, loss_mask, settings)
+    w_BxT = loss_weights(rock_mask_V, targets, loss_mask, settings)
     terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out,
                        settings)
     # A batch whose weights are all zero has loss 0, not nan.

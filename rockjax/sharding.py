@@ -113,18 +113,27 @@ def variable_logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
   return tuple(axes) if axes else (None,) * ndim
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules | None = None) -> nnx.State:
-  """A State of NamedShardings for every Variable in `state` (from their logical axes)."""
-  def one(v: nnx.Variable) -> nnx.Variable:
-    shape = v.get_value().shape
-    return v.replace(logical_sharding(variable_logical_axes(v), shape, mesh, rules))
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def tree_shardings(tree: Any, mesh: Mesh, rules: LogicalRules | None = None) -> Any:
+  """NamedShardings for a pytree: Variables by their logical axes, any other leaf replicated.
+
+  Works on a model's State, a whole TrainState (moments follow their parameters) and on
+  abstract trees (ShapeDtypeStructs) alike.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      shape = x.get_value().shape
+      return x.replace(logical_sharding(variable_logical_axes(x), shape, mesh, rules))
+    return replicated
+
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules | None = None) -> nnx.Module:
   """Places every parameter of an already-materialised model onto `mesh` (in place)."""
   state = nnx.state(model)
-  shardings = state_shardings(state, mesh, rules)
+  shardings = tree_shardings(state, mesh, rules)
   nnx.update(model, jax.device_put(state, shardings))
   return model
 

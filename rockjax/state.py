@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from rockjax import rocks
 from rockjax import sharding as shd
@@ -43,20 +43,6 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int
   return tx, schedule
 
 
-def state_shardings(abstract_tree: Any, mesh: Mesh, rules: shd.LogicalRules | None = None):
-  """NamedShardings for a pytree: variables by their logical axes, everything else replicated."""
-  replicated = NamedSharding(mesh, PartitionSpec())
-
-  def one(x):
-    if isinstance(x, nnx.Variable):
-      value = x.get_value()
-      return x.replace(shd.logical_sharding(shd.variable_logical_axes(x), value.shape, mesh,
-                                            rules))
-    return replicated
-
-  return jax.tree.map(one, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
 def initializer(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, vocab_size: int,
                 seed: int = 0, rock_mask_V: Any = None) -> Callable[[nnx.State], TrainState]:
   """params -> the initial TrainState around them (for jit or eval_shape)."""
@@ -73,7 +59,7 @@ def abstract_state(init: Callable[[nnx.State], TrainState], abstract_params: nnx
                    mesh: Mesh, rules: shd.LogicalRules | None = None) -> tuple[TrainState, Any]:
   """(ShapeDtypeStructs carrying their target shardings, shardings) of the state; no memory."""
   abstract = jax.eval_shape(init, abstract_params)
-  shardings = state_shardings(abstract, mesh, rules)
+  shardings = shd.tree_shardings(abstract, mesh, rules)
   like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                       abstract, shardings)
   return like, shardings

@@ -102,7 +102,7 @@ def jit_train_step(settings: StepSettings, state_shardings: Any, teacher_shardin
                    batch_sharding: Any):
   """The one jitted train step.
 
-  Parameters and optimiser moments are sharded by their logical axes (state_shardings), the
+  Parameters and optimiser moments are sharded by their logical axes (sharding.tree_shardings), the
   teacher likewise, the batch on ('data', 'fsdp'); metrics come back replicated scalars.
   Donating `state` is safe: the host loop never reads a state after passing it to the step,
   and the teacher (read every step) is not donated.

@@ -41,9 +41,9 @@ def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", ch
   mask = rocks.ids_to_mask(ROCK_IDS, V) if rock_mode == "static" else None
   init = state_lib.initializer(graphdef, tx, vocab_size=V, seed=0, rock_mask_V=mask)
   _, shardings = state_lib.abstract_state(init, params, mesh)
-  params = jax.device_put(params, state_lib.state_shardings(params, mesh))
+  params = jax.device_put(params, shd.tree_shardings(params, mesh))
   state = state_lib.init_state(init, params, shardings, mesh)
-  t_shardings = state_lib.state_shardings(t_params, mesh)
+  t_shardings = shd.tree_shardings(t_params, mesh)
   t_params = jax.device_put(t_params, t_shardings)
   settings = step_lib.StepSettings(
       loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
