@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rockjax import checkpoint, errors
-from test_step import STUDENT, build, one_device_mesh
+from fixtures import STUDENT, build, one_device_mesh
 
 
 def abstract(state):
@@ -59,14 +59,8 @@ def test_a_checkpoint_of_another_state_structure_raises_naming_the_keys(tmp_path
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   ckpt.save(1, state)
   # Other model sizes: the same keys, other shapes (mlp width 48 -> 64).
-  import test_step
-  wider = STUDENT.replace(intermediate_size=64)
-  old = test_step.STUDENT
-  test_step.STUDENT = wider
-  try:
-    _, other, _ = build(one_device_mesh(), rock_mode="off")
-  finally:
-    test_step.STUDENT = old
+  _, other, _ = build(one_device_mesh(), student_cfg=STUDENT.replace(intermediate_size=64),
+                      rock_mode="off")
   with pytest.raises(errors.CheckpointMismatch,
                      match=r"/1 does not match.*different shape/dtype: .*mlp/down_proj/kernel"):
     checkpoint.Checkpointer(str(tmp_path)).restore(abstract(other))

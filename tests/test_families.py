@@ -8,7 +8,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 import rockjax.models as rm
 from configs import default
-from hf_fixtures import make_tokenizer
+from fixtures import make_tokenizer
 from rockjax import loading
 from rockjax.models import families
 from rockjax.models.config import FAMILIES

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fixtures import np_log_softmax
 from rockjax import losses
 
 KINDS = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.0),
@@ -12,11 +13,6 @@ KINDS = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), (
 
 
 # ----------------------------------------------------------------- float64 numpy references
-def np_log_softmax(x):
-  x = np.asarray(x, np.float64)
-  m = np.max(x, axis=-1, keepdims=True)
-  m = np.where(np.isfinite(m), m, 0.0)
-  return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
 
 
 def np_kl(logp_a, logp_b):

@@ -10,9 +10,9 @@ from jax.sharding import PartitionSpec as P
 
 import rockjax.models as rm
 from rockjax import sharding as shd
-from hf_fixtures import (CONFIGS, hf_logits, left_padded_batch, make_hf_model,
+from fixtures import (CONFIGS, hf_logits, left_padded_batch, make_hf_model,
                          save_hf_checkpoint)
-from model_fixtures import forward
+from fixtures import forward
 
 pytest.importorskip('torch')
 pytestmark = pytest.mark.parity

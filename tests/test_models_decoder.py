@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 import rockjax.models as rm
-from hf_fixtures import left_padded_batch, make_tokenizer
-from model_fixtures import forward, random_model
+from fixtures import left_padded_batch, make_tokenizer
+from fixtures import forward, random_model
 
 DENSE = rm.ModelConfig(family='qwen3', vocab_size=96, hidden_size=64, intermediate_size=96,
                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True,

@@ -8,8 +8,8 @@ import rockjax.models as rm
 from rockjax import logit_processors as lp
 from rockjax import sampling
 from rockjax import sharding as shd
-from hf_fixtures import left_padded_batch
-from model_fixtures import forward, random_model
+from fixtures import left_padded_batch
+from fixtures import forward, random_model
 
 CFG = rm.ModelConfig(family='qwen3', vocab_size=96, hidden_size=64, intermediate_size=96,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, qk_norm=True,

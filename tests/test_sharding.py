@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import rockjax.models as rm
-from model_fixtures import forward, random_model
+from fixtures import forward, random_model
 from rockjax import sharding as shd
 
 

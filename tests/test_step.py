@@ -6,58 +6,9 @@ import optax
 import pytest
 from flax import nnx
 
-from model_fixtures import random_model
-from rockjax import objective, rocks, sharding as shd, state as state_lib, step as step_lib
-from rockjax.models import ModelConfig
-from test_losses import np_log_softmax
-
-V = 48
-STUDENT = ModelConfig(family="qwen3", vocab_size=V, hidden_size=32, intermediate_size=48,
-                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
-TEACHER = STUDENT.replace(hidden_size=40, num_heads=2, num_kv_heads=1, head_dim=16)
-ROCK_IDS = np.array([3, 7, 11, 20])
-
-
-def make_batch(seed=0, b=8, l=10, prompt=3):
-  """Left-padded prompts followed by responses; some rows end early (right padding)."""
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(0, V, (b, l)).astype(np.int32)
-  tokens[:, prompt:prompt + 3] = ROCK_IDS[rng.integers(0, 4, (b, 3))]  # plenty of rocks
-  attn = np.ones((b, l), np.int32)
-  attn[0, :2] = 0  # left padding
-  attn[1, -3:] = 0  # a response that ended early
-  resp = np.zeros((b, l), np.int32)
-  resp[:, prompt:] = 1
-  resp *= attn
-  return {"tokens": tokens, "attention_mask": attn, "response_mask": resp}
-
-
-def build(mesh, *, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", chunked=True,
-          dynamic_k=4, **loss_kw):
-  """(jitted step, state, teacher params) on `mesh`."""
-  tx = tx or optax.adamw(1e-2)
-  graphdef, params = nnx.split(random_model(STUDENT, seed=0))
-  t_graphdef, t_params = nnx.split(random_model(TEACHER, seed=1))
-  mask = rocks.ids_to_mask(ROCK_IDS, V) if rock_mode == "static" else None
-  init = state_lib.initializer(graphdef, tx, vocab_size=V, seed=0, rock_mask_V=mask)
-  _, shardings = state_lib.abstract_state(init, params, mesh)
-  params = jax.device_put(params, shd.tree_shardings(params, mesh))
-  state = state_lib.init_state(init, params, shardings, mesh)
-  t_shardings = shd.tree_shardings(t_params, mesh)
-  t_params = jax.device_put(t_params, t_shardings)
-  settings = step_lib.StepSettings(
-      loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
-                                  chunked=chunked, chunk_size=16, **loss_kw),
-      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2,
-      selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
-      rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1))
-  fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
-  return fn, state, t_params
-
-
-def one_device_mesh():
-  return shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-
+from fixtures import (ROCK_IDS, STUDENT, TEACHER, V, build, make_batch, np_log_softmax,
+                      one_device_mesh, random_model)
+from rockjax import sharding as shd, state as state_lib
 
 def reference_logits(batch):
   """Student/teacher float64 log-probs from a plain full forward (no chunking, no weights)."""

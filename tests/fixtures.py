@@ -1,11 +1,101 @@
-"""Tiny random Hugging Face checkpoints and tokenizers, built locally (never downloaded)."""
+"""Shared test helpers: float64 references, tiny random models (rockjax and Hugging Face),
+a small train-step set-up, and locally built checkpoints and tokenizers (never downloaded).
+
+Hugging Face helpers import torch/transformers inside the functions, so tests without the
+`parity` extra can still import this module.
+"""
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
+import rockjax.models as rm
+from rockjax import objective, rocks, sharding as shd, state as state_lib, step as step_lib
+from rockjax.models import ModelConfig
+
+
+# ---------------------------------------------------------------- float64 references
+def np_log_softmax(x):
+  x = np.asarray(x, np.float64)
+  m = np.max(x, axis=-1, keepdims=True)
+  m = np.where(np.isfinite(m), m, 0.0)
+  return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+# ------------------------------------------------------------------ rockjax models
+def random_model(cfg: rm.ModelConfig, seed: int = 0) -> rm.Decoder:
+  """A Decoder with numpy-random weights (std 0.2, norms ~1) so mistakes show in the logits.
+
+  Built abstractly and filled from numpy: eager jax.random init compiles a kernel per shape.
+  """
+  rng = np.random.default_rng(seed)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: rm.Decoder(cfg, rngs=nnx.Rngs(0))))
+  def fill(x):
+    base = 1.0 if len(x.shape) == 1 else 0.0
+    return jnp.asarray(base + 0.2 * rng.standard_normal(x.shape), x.dtype)
+  return nnx.merge(graphdef, jax.tree.map(fill, state))
+
+
+# Jitted full forward (eager NNX calls dispatch op by op: seconds per call on a busy CPU).
+forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
+
+
+# ------------------------------------------------------------------ a train step
+V = 48
+STUDENT = ModelConfig(family="qwen3", vocab_size=V, hidden_size=32, intermediate_size=48,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+TEACHER = STUDENT.replace(hidden_size=40, num_heads=2, num_kv_heads=1, head_dim=16)
+ROCK_IDS = np.array([3, 7, 11, 20])
+
+
+def make_batch(seed=0, b=8, l=10, prompt=3):
+  """Left-padded prompts followed by responses; some rows end early (right padding)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(0, V, (b, l)).astype(np.int32)
+  tokens[:, prompt:prompt + 3] = ROCK_IDS[rng.integers(0, 4, (b, 3))]  # plenty of rocks
+  attn = np.ones((b, l), np.int32)
+  attn[0, :2] = 0  # left padding
+  attn[1, -3:] = 0  # a response that ended early
+  resp = np.zeros((b, l), np.int32)
+  resp[:, prompt:] = 1
+  resp *= attn
+  return {"tokens": tokens, "attention_mask": attn, "response_mask": resp}
+
+
+def build(mesh, *, student_cfg=None, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", chunked=True,
+          dynamic_k=4, **loss_kw):
+  """(jitted step, state, teacher params) on `mesh`."""
+  tx = tx or optax.adamw(1e-2)
+  graphdef, params = nnx.split(random_model(student_cfg or STUDENT, seed=0))
+  t_graphdef, t_params = nnx.split(random_model(TEACHER, seed=1))
+  mask = rocks.ids_to_mask(ROCK_IDS, V) if rock_mode == "static" else None
+  init = state_lib.initializer(graphdef, tx, vocab_size=V, seed=0, rock_mask_V=mask)
+  _, shardings = state_lib.abstract_state(init, params, mesh)
+  params = jax.device_put(params, shd.tree_shardings(params, mesh))
+  state = state_lib.init_state(init, params, shardings, mesh)
+  t_shardings = shd.tree_shardings(t_params, mesh)
+  t_params = jax.device_put(t_params, t_shardings)
+  settings = step_lib.StepSettings(
+      loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
+                                  chunked=chunked, chunk_size=16, **loss_kw),
+      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2,
+      selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
+      rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1))
+  fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
+  return fn, state, t_params
+
+
+def one_device_mesh():
+  return shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+# ------------------------------------------------------- Hugging Face models (parity)
 # Each family's tiny config; together they cover untied/tied embeddings, head_dim != D/H,
 # GQA (H/K = 2), MoE with top-2 of 4 experts (plus a dense layer via mlp_only_layers),
 # Llama-3 rope scaling (small original context so the scaling bites) and Qwen2 qkv bias.
