@@ -108,7 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.task = "arithmetic"  # built-in synthetic task used when train_path is empty
   c.data.task_size = 2000  # synthetic problems generated into the workdir
-  c.data.task_difficulty = "medium"  # easy (2-3 operands, +-) | medium (2-4, +-*) | hard
+  # single_digit (2-3 operands 1-9, +-) | easy (2-3, 1-20, +-) | medium (2-4, +-*) | hard
+  c.data.task_difficulty = "medium"
   c.data.train_path = ""  # JSONL/Parquet with a prompt field (+ answer, + completion)
   c.data.eval_path = ""  # held-out prompts for pass@1 (synthetic split when empty)
   c.data.tokenizer_path = ""  # AutoTokenizer directory ('' = the teacher's, or the task's)

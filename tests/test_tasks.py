@@ -27,8 +27,8 @@ def _reference_answer(prompt: str) -> int:
   return acc
 
 
-@pytest.mark.parametrize('difficulty, operands', [('easy', (2, 3)), ('medium', (2, 4)),
-                                                  ('hard', (3, 4))])
+@pytest.mark.parametrize('difficulty, operands', [('single_digit', (2, 3)), ('easy', (2, 3)),
+                                                  ('medium', (2, 4)), ('hard', (3, 4))])
 def test_problems_are_correct(difficulty, operands):
   problems = arithmetic.make_problems(300, seed=7, difficulty=difficulty)
   assert len({p['prompt'] for p in problems}) == 300
@@ -41,8 +41,10 @@ def test_problems_are_correct(difficulty, operands):
     for line in lines[:-1]:  # every worked step is itself correct and never negative
       a, op, b, result = re.fullmatch(r'\w+, \$(\d+)([+\-*])(\d+)=(\d+)\$\.', line).groups()
       assert _OPS[op](int(a), int(b)) == int(result) >= 0
-    if difficulty == 'easy':
+    if difficulty in ('single_digit', 'easy'):
       assert '*' not in p['prompt'] and 'multiply' not in p['prompt']
+    if difficulty == 'single_digit':  # every operand is one digit, 1-9
+      assert all(1 <= int(n) <= 9 for n in re.findall(r'\d+', p['prompt']))
 
 
 def test_problems_are_deterministic_and_exclusion_works():
@@ -112,3 +114,21 @@ def test_prepare_demo_writes_disjoint_splits(tmp_path):
   assert (len(train), len(evals)) == (40, 10)
   assert not {r['prompt'] for r in train} & {r['prompt'] for r in evals}
   assert (paths['tokenizer'] / 'tokenizer.json').is_file()
+
+
+def test_single_digit_space_fits_the_demo(tokenizer_dir):
+  """configs/demo.py: 4000 train + 200 eval prompts of the 6041 there are, and every problem
+  fits data.max_prompt_len=24 and max_len=64 (completion + eos <= 40 ids): nothing is cut."""
+  import transformers
+  from rockjax import data
+  train = arithmetic.make_problems(4000, seed=0, difficulty='single_digit')
+  evals = arithmetic.make_problems(200, seed=1, difficulty='single_digit',
+                                   exclude={p['prompt'] for p in train})
+  assert len(evals) == 200
+  everything = arithmetic.make_problems(6041, seed=0, difficulty='single_digit')
+  with pytest.raises(ValueError, match='only 6041 distinct'):
+    arithmetic.make_problems(6042, seed=0, difficulty='single_digit')
+  tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+  assert max(len(data.format_prompt(tok, p['prompt'], use_chat_template=True))
+             for p in everything) <= 24
+  assert max(len(data.encode_completion(tok, p['solution'])) for p in everything) <= 64 - 24

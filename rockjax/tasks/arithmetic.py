@@ -18,7 +18,9 @@ from typing import Any, Collection, Iterable
 import numpy as np
 
 # Per difficulty: operand count range (inclusive), operations, operand range, multiplier range.
+# 'single_digit' (the CPU demo's) is 'easy' with operands 1-9: 6041 distinct prompts in all.
 DIFFICULTIES: dict[str, dict[str, Any]] = {
+    'single_digit': dict(operands=(2, 3), ops='+-', values=(1, 9), multipliers=(2, 5)),
     'easy': dict(operands=(2, 3), ops='+-', values=(1, 20), multipliers=(2, 5)),
     'medium': dict(operands=(2, 4), ops='+-*', values=(1, 50), multipliers=(2, 9)),
     'hard': dict(operands=(3, 4), ops='+-*', values=(1, 99), multipliers=(2, 12)),
