@@ -50,7 +50,9 @@ def _grad_norm_share(aux, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V,
   gnorm_BxT = aux["grad_norm_BxT"]  # free on the chunked (fused) path
   if gnorm_BxT is None:
     logits = jax.lax.stop_gradient(aux["student_out"][0])
-    gnorm_BxT = losses.logit_gradient_norm(logits, teacher_out[0], temperature=ls.temperature)
+    gnorm_BxT = losses.logit_gradient_norm(logits, teacher_out[0], kind=ls.divergence_kind,
+                                           temperature=ls.temperature, beta=ls.jsd_beta,
+                                           alpha=ls.skew_alpha)
   on = loss_mask_BxT > 0
   gnorm_BxT = jnp.where(on, jax.lax.stop_gradient(gnorm_BxT), 0.0)
   is_rock = rocks.is_rock_BxL(rock_mask_V, targets_BxT) & on

@@ -178,3 +178,18 @@ def test_gradient_accumulation_matches_one_big_step():
     np.testing.assert_array_equal(a, b)  # the first micro-batch only accumulates
   for a, b in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_kw", [dict(divergence="jsd", jsd_beta=0.3),
+                                     dict(divergence="skew_reverse_kl", skew_alpha=0.4)])
+def test_grad_norm_share_uses_the_runs_divergence_on_both_paths(loss_kw):
+  """rock/share_grad_norm: the full-logit path computes |g| of the run's own divergence,
+  which the fused path returns (checked against float64 references in test_divergences)."""
+  batch, shares = make_batch(), []
+  for chunked in (True, False):
+    fn, state, t_params = build(one_device_mesh(), chunked=chunked, **loss_kw)
+    with jax.set_mesh(one_device_mesh()):
+      _, metrics = fn(state, t_params, batch)
+    s, c = (float(x) for x in metrics["rock/share_grad_norm"])
+    shares.append(s / c)
+  np.testing.assert_allclose(shares[0], shares[1], rtol=1e-4)
