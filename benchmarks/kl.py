@@ -21,6 +21,7 @@ and output buffers, from XLA's memory analysis). `xla_temp_gb` is the path's own
 memory; RSS also holds what the runtime allocates outside XLA's buffers (on XLA:CPU a program
 that only writes 1.6 GB of outputs already peaks at 3-4 GB), so read its ratios loosely.
 """
+
 import argparse
 import json
 import os
@@ -58,11 +59,12 @@ def _peak_rss_gb() -> float:
 def _inputs(tokens, dim, vocab):
   """The same float32 inputs for every variant: student/teacher hidden [N, D] and heads [D, V]."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   h_s = rng.standard_normal((tokens, dim), np.float32)
   h_t = rng.standard_normal((tokens, dim), np.float32)
-  w_s = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim ** -0.5)
-  w_t = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim ** -0.5)
+  w_s = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim**-0.5)
+  w_t = rng.standard_normal((dim, vocab), np.float32) * np.float32(dim**-0.5)
   return h_s, w_s, h_t, w_t
 
 
@@ -70,31 +72,35 @@ def _run_jax(variant, args, inputs):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from rockjax import losses  # pylint: disable=g-import-not-at-top
+
   h_s, w_s, h_t, w_t = (jnp.asarray(x) for x in inputs)
   inputs.clear()  # drop the numpy copies: only the device arrays stay resident
 
   weights = jnp.full((1, h_s.shape[0]), 1.0 / h_s.shape[0], jnp.float32)  # the mean
   if variant == "jax_naive":
+
     def loss(h, w, h_t, w_t):
       teacher_logits = jax.lax.stop_gradient(h_t @ w_t)
       return jnp.mean(losses.reverse_kl((h @ w)[None], teacher_logits[None]))
   elif variant == "jax_fused":
+
     def loss(h, w, h_t, w_t):
-      return losses.fused_divergence(h[None], w, h_t[None], w_t, weights,
-                                     block_size=args.block_size,
-                                     chunk_size=args.chunk_size).weighted_sum
+      return losses.fused_divergence(
+        h[None], w, h_t[None], w_t, weights, block_size=args.block_size, chunk_size=args.chunk_size
+      ).weighted_sum
   else:
+
     def loss(h, w, h_t, w_t):
-      return jnp.mean(losses.chunked_divergence(h[None], w, h_t[None], w_t,
-                                                chunk_size=args.chunk_size))
+      return jnp.mean(
+        losses.chunked_divergence(h[None], w, h_t[None], w_t, chunk_size=args.chunk_size)
+      )
 
   t0 = time.perf_counter()
   # Every array is an argument (a closed-over array would be baked into the program).
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(h_s, w_s, h_t, w_t).compile()
   compile_s = time.perf_counter() - t0
   # XLA's own figure first: it needs no run, so it is reported even if running would OOM.
-  print(json.dumps({"xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}),
-        flush=True)
+  print(json.dumps({"xla_temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}), flush=True)
   # Memory of the first call, in a process that has freed nothing yet (a freed buffer the
   # allocator keeps resident would hide a later call's use): its temporaries + its outputs.
   _reset_peak_rss()
@@ -107,13 +113,19 @@ def _run_jax(variant, args, inputs):
     jax.block_until_ready(step(h_s, w_s, h_t, w_t))
     times.append(time.perf_counter() - t0)
   mem = step.memory_analysis()
-  return {"seconds": statistics.median(times), "compile_seconds": compile_s,
-          "xla_temp_gb": mem.temp_size_in_bytes / 1e9,
-          "xla_output_gb": mem.output_size_in_bytes / 1e9, "peak_rss_gb": peak, "loss": value}
+  return {
+    "seconds": statistics.median(times),
+    "compile_seconds": compile_s,
+    "xla_temp_gb": mem.temp_size_in_bytes / 1e9,
+    "xla_output_gb": mem.output_size_in_bytes / 1e9,
+    "peak_rss_gb": peak,
+    "loss": value,
+  }
 
 
 def _run_torch(args, inputs):
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count() or 1)
   h_s, w_s, h_t, w_t = (torch.from_numpy(x) for x in inputs)
 
@@ -136,8 +148,12 @@ def _run_torch(args, inputs):
     t0 = time.perf_counter()
     value = step()
     times.append(time.perf_counter() - t0)
-  return {"seconds": statistics.median(times), "peak_rss_gb": peak,
-          "loss": value, "torch": torch.__version__}
+  return {
+    "seconds": statistics.median(times),
+    "peak_rss_gb": peak,
+    "loss": value,
+    "torch": torch.__version__,
+  }
 
 
 def _child(args):
@@ -153,6 +169,7 @@ def _child(args):
 def _torch_available() -> bool:
   try:
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
     return True
   except ImportError:
     return False
@@ -172,25 +189,46 @@ def main():
   if args.variant:
     return _child(args)
 
-  report = {"benchmark": "reverse_kl forward+backward", "dim": args.dim, "vocab": args.vocab,
-            "chunk_size": args.chunk_size, "block_size": args.block_size,
-            "repeats": args.repeats, "cpus": os.cpu_count(),
-            "results": {}}
+  report = {
+    "benchmark": "reverse_kl forward+backward",
+    "dim": args.dim,
+    "vocab": args.vocab,
+    "chunk_size": args.chunk_size,
+    "block_size": args.block_size,
+    "repeats": args.repeats,
+    "cpus": os.cpu_count(),
+    "results": {},
+  }
   variants = [v for v in args.variants if v != "torch_naive" or _torch_available()]
   for tokens in args.tokens:
     row = {}
     for variant in variants:
-      cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(tokens),
-             "--dim", str(args.dim), "--vocab", str(args.vocab),
-             "--chunk-size", str(args.chunk_size), "--block-size", str(args.block_size),
-             "--repeats", str(args.repeats)]
+      cmd = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--tokens",
+        str(tokens),
+        "--dim",
+        str(args.dim),
+        "--vocab",
+        str(args.vocab),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--block-size",
+        str(args.block_size),
+        "--repeats",
+        str(args.repeats),
+      ]
       print(f"[kl benchmark] tokens={tokens} {variant} ...", file=sys.stderr, flush=True)
       proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
       lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
       row[variant] = {k: v for line in lines for k, v in line.items()}
       if proc.returncode != 0:  # e.g. killed for memory: keep what it reported before dying
-        row[variant]["error"] = (proc.stderr.strip().splitlines()[-1:] or
-                                 [f"exit code {proc.returncode}"])[0]
+        row[variant]["error"] = (
+          proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        )[0]
     naive, torch_row = row.get("jax_naive", {}), row.get("torch_naive", {})
     for name in LEAN:
       lean, tag = row.get(name, {}), name.removeprefix("jax_")

@@ -8,6 +8,7 @@ Alone, this default runs OPD between two small random models on the embedded syn
 arithmetic task (configs/demo.py is the CPU default that first trains a real teacher).
 Expected: finite, slowly falling `opd/kl`; `rock/*` metrics once rock.mode != 'off'.
 """
+
 import ml_collections
 
 
@@ -27,13 +28,25 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   m.stage_kd_ratio = 0.5  # paper stage 1: 0.5
   # Architecture, used when source == 'random' and by dry runs (no weights needed). With
   # source == 'hf' the checkpoint's config.json wins.
-  m.arch = ml_collections.ConfigDict(dict(
+  m.arch = ml_collections.ConfigDict(
+    dict(
       family="qwen3",  # qwen3 | qwen3_moe | qwen2 | llama
-      vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-      num_kv_heads=2, head_dim=16, tie_word_embeddings=True, rope_theta=10000.0,
+      vocab_size=128,
+      hidden_size=64,
+      intermediate_size=128,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=16,
+      tie_word_embeddings=True,
+      rope_theta=10000.0,
       rms_norm_eps=1e-6,
-      num_experts=0, num_experts_per_tok=0, moe_intermediate_size=0,  # qwen3_moe only
-      norm_topk_prob=True))
+      num_experts=0,
+      num_experts_per_tok=0,
+      moe_intermediate_size=0,  # qwen3_moe only
+      norm_topk_prob=True,
+    )
+  )
   m.arch.update(arch)
   return m
 

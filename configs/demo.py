@@ -22,6 +22,7 @@ OPD 1m08s, plus start-up and evaluations (5m14s including the pip install). With
 table is the ten digits (~84% of the reverse KL on ~23% of the response tokens); the paper
 also finds digits among its rock tokens.
 """
+
 from configs import default
 
 
@@ -29,14 +30,28 @@ def get_config():
   c = default.get_config()
   c.steps = 250
   c.log_every = 10
-  c.model.arch.update(vocab_size=128, hidden_size=96, intermediate_size=192, num_layers=3,
-                      num_heads=4, num_kv_heads=2, head_dim=24)
+  c.model.arch.update(
+    vocab_size=128,
+    hidden_size=96,
+    intermediate_size=192,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=24,
+  )
   c.model.source = "kd"  # stage 1: off-policy KD from the teacher, as in the paper
   c.model.stage_steps = 250  # deliberately short: the student leaves stage 1 under-trained
   c.model.stage_lr = 3e-3
   c.teacher.source = "sft"
-  c.teacher.arch.update(vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=3,
-                        num_heads=4, num_kv_heads=2, head_dim=32)
+  c.teacher.arch.update(
+    vocab_size=128,
+    hidden_size=128,
+    intermediate_size=256,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+  )
   c.teacher.stage_steps = 400
   c.teacher.stage_lr = 3e-3
   # One rollout per prompt, 32 prompts a step: on this task the number of distinct prompts a

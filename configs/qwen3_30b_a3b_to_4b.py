@@ -9,6 +9,7 @@ Dry run (no weights; per-device memory on the declared mesh):
 Expected (docs/method.md, "Rock-Freeze" and "Rock Tokens"): AIME24/AIME25/HMMT25 pass@1
 average 48.1 after OPD; the rock statistics select ~100 ids covering ~60% of the corpus KL.
 """
+
 from configs import default
 
 QWEN3_VOCAB = 151936
@@ -21,24 +22,43 @@ def get_config():
   # Student: Qwen3-4B-Instruct-2507 after stage-1 KD (arch used by dry runs; the HF dir wins).
   c.model.source, c.model.path = "hf", "/path/to/Qwen3-4B-stage1"
   c.model.dtype, c.model.param_dtype, c.model.remat = "bfloat16", "float32", True
-  c.model.arch.update(family="qwen3", vocab_size=QWEN3_VOCAB, hidden_size=2560,
-                      intermediate_size=9728, num_layers=36, num_heads=32, num_kv_heads=8,
-                      head_dim=128, tie_word_embeddings=True, rope_theta=5_000_000.0)
+  c.model.arch.update(
+    family="qwen3",
+    vocab_size=QWEN3_VOCAB,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_layers=36,
+    num_heads=32,
+    num_kv_heads=8,
+    head_dim=128,
+    tie_word_embeddings=True,
+    rope_theta=5_000_000.0,
+  )
   # Teacher: Qwen3-30B-A3B-Instruct-2507, 128 experts, top-8, normalised routing.
   c.teacher.source, c.teacher.path = "hf", "/path/to/Qwen3-30B-A3B-Instruct-2507"
   c.teacher.dtype, c.teacher.param_dtype = "bfloat16", "bfloat16"
-  c.teacher.arch.update(family="qwen3_moe", vocab_size=QWEN3_VOCAB, hidden_size=2048,
-                        intermediate_size=6144, num_layers=48, num_heads=32, num_kv_heads=4,
-                        head_dim=128, tie_word_embeddings=False, rope_theta=10_000_000.0,
-                        num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
-                        norm_topk_prob=True)
+  c.teacher.arch.update(
+    family="qwen3_moe",
+    vocab_size=QWEN3_VOCAB,
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_layers=48,
+    num_heads=32,
+    num_kv_heads=4,
+    head_dim=128,
+    tie_word_embeddings=False,
+    rope_theta=10_000_000.0,
+    num_experts=128,
+    num_experts_per_tok=8,
+    moe_intermediate_size=768,
+    norm_topk_prob=True,
+  )
   c.opd.mode, c.opd.divergence = "on_policy", "reverse_kl"
   c.opd.samples_per_prompt = 4  # global batch 4 sequences = 1 prompt x 4 samples
   c.opd.max_new_tokens = 8000
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
   c.rock.mode = "off"  # statistics are still tracked every step
-  c.opt.update(lr=2e-6, end_lr=1e-8, warmup_frac=0.05, b1=0.9, b2=0.98, weight_decay=0.0,
-               clip=1.0)
+  c.opt.update(lr=2e-6, end_lr=1e-8, warmup_frac=0.05, b1=0.9, b2=0.98, weight_decay=0.0, clip=1.0)
   c.data.task = ""
   c.data.prompts_per_step = 1
   c.data.max_prompt_len = 1024

@@ -9,6 +9,7 @@ minimum-cost assignment on |log freq|); make it from an Original run's rock stat
 Expected (docs/method.md, "Rock-Freeze"): AIME24/25/HMMT25 average 38.9 (below both Original
 and Rock-Freeze).
 """
+
 from configs import qwen3_30b_a3b_to_4b_rock_freeze
 
 

@@ -7,6 +7,7 @@ Expected (docs/method.md, "Rock-Freeze"): AIME24/25/HMMT25 average 44.3 (vs 48.1
 every token). `opd.normalizer='tokens'` divides by all response tokens; the authors' freeze
 code divided each sequence by its kept tokens ('weights' is the batch-wide form).
 """
+
 from configs import qwen3_30b_a3b_to_4b
 
 

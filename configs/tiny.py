@@ -3,16 +3,31 @@
   python -m rockjax.main --config=configs/tiny.py --workdir=/tmp/rj_tiny
 Expected: a few seconds per step on a CPU; finite opd/kl; rock/* metrics from step 3 on.
 """
+
 from configs import default
 
 
 def get_config():
   c = default.get_config()
   c.steps = 6
-  c.model.arch.update(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8)
-  c.teacher.arch.update(vocab_size=128, hidden_size=48, intermediate_size=96, num_layers=2,
-                        num_heads=4, num_kv_heads=2, head_dim=12)
+  c.model.arch.update(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+  )
+  c.teacher.arch.update(
+    vocab_size=128,
+    hidden_size=48,
+    intermediate_size=96,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=12,
+  )
   c.opd.chunk_size = 16
   c.opd.samples_per_prompt = 2
   c.opd.max_new_tokens = 12

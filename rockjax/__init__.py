@@ -1,4 +1,5 @@
 """rockjax: on-policy distillation in JAX that finds, measures and bypasses Rock Tokens."""
+
 import logging as _logging
 
 

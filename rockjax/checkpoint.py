@@ -8,6 +8,7 @@ match the state this config builds (other model sizes, a new state field) stops 
 an error naming the keys, since starting again from step 0 would let `max_to_keep` delete the
 good checkpoints. The teacher is never saved here.
 """
+
 import logging
 import os
 from typing import Any
@@ -23,8 +24,14 @@ _log = logging.getLogger(__name__)
 
 def _savable(state) -> dict[str, Any]:
   """The checkpointed part of a TrainState (its static graphdef/optimiser are code, not data)."""
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "rock": state.rock, "rock_mask": state.rock_mask, "rng": state.rng}
+  return {
+    "step": state.step,
+    "params": state.params,
+    "opt_state": state.opt_state,
+    "rock": state.rock,
+    "rock_mask": state.rock_mask,
+    "rng": state.rng,
+  }
 
 
 def _path_str(path: tuple[Any, ...]) -> str:
@@ -46,16 +53,19 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   return {_path_str(p): (tuple(x.shape), str(x.dtype)) for p, x in leaves}
 
 
-def structure_mismatch(saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 4
-                       ) -> str | None:
+def structure_mismatch(
+  saved: dict[str, tuple], wanted: dict[str, tuple], limit: int = 4
+) -> str | None:
   """A one-line description of how two {path: (shape, dtype)} maps differ, or None."""
   missing = sorted(set(wanted) - set(saved))
   extra = sorted(set(saved) - set(wanted))
   shapes = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
   parts = []
-  for label, keys, show in (("missing from the checkpoint", missing, None),
-                            ("not in this config's state", extra, None),
-                            ("different shape/dtype", shapes, True)):
+  for label, keys, show in (
+    ("missing from the checkpoint", missing, None),
+    ("not in this config's state", extra, None),
+    ("different shape/dtype", shapes, True),
+  ):
     if keys:
       shown = [f"{k} {saved[k]} vs {wanted[k]}" if show else k for k in keys[:limit]]
       more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -87,8 +97,9 @@ class Checkpointer:
   def _saved_specs(self, step: int) -> dict[str, tuple] | None:
     """{path: (shape, dtype)} from a checkpoint's metadata; None when that is unreadable."""
     try:
-      meta = ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) /
-                                                      "state")
+      meta = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory) / str(step) / "state"
+      )
       return _leaf_specs(meta.tree)
     except Exception:  # pylint: disable=broad-except  (unreadable metadata = a broken save)
       return None
@@ -109,23 +120,30 @@ class Checkpointer:
       saved = self._saved_specs(step)
       if saved is not None and (diff := structure_mismatch(saved, wanted)):
         raise errors.CheckpointMismatch(
-            f"checkpoint {self.directory}/{step} does not match the state this config builds "
-            f"({diff}); use the config that wrote it, or a new --workdir")
+          f"checkpoint {self.directory}/{step} does not match the state this config builds "
+          f"({diff}); use the config that wrote it, or a new --workdir"
+        )
       try:
         items = {"state": ocp.args.StandardRestore(target)}
         if with_data and os.path.isdir(os.path.join(self.directory, str(step), "data")):
           items["data"] = ocp.args.JsonRestore()
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
       except Exception as err:  # pylint: disable=broad-except  (any unreadable file: fall back)
-        _log.warning("checkpoint %s/%d unreadable (%s: %s); trying the previous one",
-                     self.directory, step, type(err).__name__, str(err).splitlines()[0][:200])
+        _log.warning(
+          "checkpoint %s/%d unreadable (%s: %s); trying the previous one",
+          self.directory,
+          step,
+          type(err).__name__,
+          str(err).splitlines()[0][:200],
+        )
         continue
       state = like_state.replace(**restored["state"])
       return state, restored.get("data") if with_data else None, step
     if steps:
       raise errors.WorkdirError(
-          f"no checkpoint in {self.directory} is readable (steps {steps}); move the directory "
-          f"away to start again")
+        f"no checkpoint in {self.directory} is readable (steps {steps}); move the directory "
+        f"away to start again"
+      )
     return None
 
   def close(self) -> None:

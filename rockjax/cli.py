@@ -4,6 +4,7 @@ absl parses `--config` and its `--config.*` overrides inside app.run, before mai
 a mistake prints a traceback or a usage page; `parse_flags` (app.run's flags_parser) loads the
 config file and checks the override names first, so each mistake is one line naming it.
 """
+
 import difflib
 import importlib.util
 import os
@@ -38,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def _args(argv: list[str]) -> list[str]:
   """The flag arguments (everything after the program name, up to a `--`)."""
   rest = list(argv[1:])
-  return rest[:rest.index("--")] if "--" in rest else rest
+  return rest[: rest.index("--")] if "--" in rest else rest
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -47,8 +48,7 @@ def _config_path(argv: list[str]) -> str | None:
   for i, arg in enumerate(args):
     m = re.fullmatch(r"--?config(?:=(.*))?", arg, re.S)
     if m:
-      path = m.group(1) if m.group(1) is not None else (args[i + 1] if i + 1 < len(args)
-                                                        else None)
+      path = m.group(1) if m.group(1) is not None else (args[i + 1] if i + 1 < len(args) else None)
   return path
 
 
@@ -63,16 +63,20 @@ def _load_config(path: str):
     spec.loader.exec_module(module)
     return module.get_config(*([arg] if arg else []))
   except Exception as e:  # pylint: disable=broad-except  (anything a config file raises)
-    raise errors.ConfigError(f"--config={path}: failed to load{_where(e, file)}: "
-                             f"{type(e).__name__}: {_message(e)}") from e
+    raise errors.ConfigError(
+      f"--config={path}: failed to load{_where(e, file)}: {type(e).__name__}: {_message(e)}"
+    ) from e
 
 
 def _where(e: BaseException, file: str) -> str:
   """' (FILE:LINE)' of the config file's line that raised, when it shows in the traceback."""
   if isinstance(e, SyntaxError) and e.lineno:
     return f" ({e.filename}:{e.lineno})"
-  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
-           if os.path.abspath(f.filename) == os.path.abspath(file)]
+  lines = [
+    f.lineno
+    for f in traceback.extract_tb(e.__traceback__)
+    if os.path.abspath(f.filename) == os.path.abspath(file)
+  ]
   return f" ({file}:{lines[-1]})" if lines else ""
 
 
@@ -80,8 +84,11 @@ def _message(e: BaseException) -> str:
   """An exception's own text, one line (unwrapping ml_collections' AttributeError(KeyError))."""
   while e.args and isinstance(e.args[0], BaseException):
     e = e.args[0]
-  text = e.msg if isinstance(e, SyntaxError) else (
-      e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e))
+  text = (
+    e.msg
+    if isinstance(e, SyntaxError)
+    else (e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e))
+  )
   return _one_line(re.sub(r'\s*Other fields present: ".*?"(?=\s|$)', "", text, flags=re.S))
 
 
@@ -103,8 +110,7 @@ def _check_overrides(config, argv: list[str]) -> None:
   for arg in _args(argv):
     m = re.match(r"--?(?:no)?config\.([^=]+)", arg)
     if m and m.group(1) not in names:
-      raise errors.ConfigError(f"unknown config field {m.group(1)!r}"
-                               + _suggest(m.group(1), names))
+      raise errors.ConfigError(f"unknown config field {m.group(1)!r}" + _suggest(m.group(1), names))
 
 
 def _suggest(field: str, names: list[str]) -> str:
@@ -129,8 +135,7 @@ def _flag_error(message: str, config) -> str:
     for part in field.split("."):
       node = node[part]
     detail = "true or false" if isinstance(node, bool) else _one_line(detail)
-    return (f"config field {field!r}: bad value {value!r}, expected {type(node).__name__} "
-            f"({detail})")
+    return f"config field {field!r}: bad value {value!r}, expected {type(node).__name__} ({detail})"
   return _one_line(message)
 
 
@@ -140,8 +145,7 @@ def verbose(argv: list[str]) -> bool:
   for i, arg in enumerate(args):
     m = re.fullmatch(r"--?(?:verbosity|v)(?:=(.*))?", arg)
     if m:
-      level = m.group(1) if m.group(1) is not None else (args[i + 1] if i + 1 < len(args)
-                                                         else None)
+      level = m.group(1) if m.group(1) is not None else (args[i + 1] if i + 1 < len(args) else None)
   try:
     return level is not None and int(level) >= 1
   except ValueError:

@@ -8,6 +8,7 @@ mirror what the code requires (rockjax.sharding, rockjax.data, rockjax.experimen
 A dry run (`dry_run=True`) reads no file (it builds `arch` abstractly, rockjax.dry_run), so the
 path checks are skipped there and the mesh is checked against `mesh.num_devices` when set.
 """
+
 import json
 import math
 import os
@@ -28,62 +29,121 @@ _GROUPS = ("model", "teacher")
 
 # field -> allowed values.
 ENUMS: dict[str, tuple[str, ...]] = {
-    "opd.mode": ("on_policy", "off_policy"),
-    "opd.divergence": KINDS,
-    "opd.normalizer": ("tokens", "weights"),
-    "rock.mode": ("off", "static", "dynamic"),
-    "rock.selector": SELECTORS,
-    "rock.window": WINDOWS,
-    "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
-    "data.task_difficulty": tuple(DIFFICULTIES),
+  "opd.mode": ("on_policy", "off_policy"),
+  "opd.divergence": KINDS,
+  "opd.normalizer": ("tokens", "weights"),
+  "rock.mode": ("off", "static", "dynamic"),
+  "rock.selector": SELECTORS,
+  "rock.window": WINDOWS,
+  "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
+  "data.task_difficulty": tuple(DIFFICULTIES),
 }
 # field -> allowed range: '>= x', '> x' or an interval '[a, b]', '(a, b]', '[a, b)', ...
 RANGES: dict[str, str] = {
-    "steps": ">= 1", "log_every": ">= 1", "stop_after": ">= 0",
-    "opd.jsd_beta": "[0, 1]", "opd.temperature": "> 0", "opd.kd_ratio": "[0, 1]",
-    "opd.skew_alpha": "[0, 1]",
-    "opd.chunk_size": ">= 1", "opd.block_size": ">= 1", "opd.samples_per_prompt": ">= 1",
-    "opd.max_new_tokens": ">= 1", "opd.sample_temperature": "> 0", "opd.top_p": "(0, 1]",
-    "opd.top_k": ">= 0",
-    "rock.lam": ">= 0", "rock.k": ">= 1", "rock.min_freq": ">= 0",
-    "rock.exclude_top_freq": ">= 0", "rock.decay": "(0, 1]", "rock.warmup_steps": ">= 0",
-    "rock.select_every": ">= 1", "rock.snapshot_step": ">= 0",
-    "opt.lr": ">= 0", "opt.end_lr": ">= 0", "opt.warmup_frac": "[0, 1)", "opt.b1": "[0, 1)",
-    "opt.b2": "[0, 1)", "opt.eps": "> 0", "opt.weight_decay": ">= 0", "opt.clip": ">= 0",
-    "opt.grad_accum": ">= 1",
-    "data.task_size": ">= 1", "data.prompts_per_step": ">= 1", "data.max_prompt_len": ">= 1",
-    "data.max_len": ">= 2",
-    "mesh.num_devices": ">= 0",
-    "ckpt.every": ">= 0", "ckpt.keep": ">= 1",
-    "eval.every": ">= 0", "eval.num_prompts": ">= 1", "eval.num_samples": ">= 1",
-    "eval.temperature": ">= 0", "eval.max_new_tokens": ">= 1",
+  "steps": ">= 1",
+  "log_every": ">= 1",
+  "stop_after": ">= 0",
+  "opd.jsd_beta": "[0, 1]",
+  "opd.temperature": "> 0",
+  "opd.kd_ratio": "[0, 1]",
+  "opd.skew_alpha": "[0, 1]",
+  "opd.chunk_size": ">= 1",
+  "opd.block_size": ">= 1",
+  "opd.samples_per_prompt": ">= 1",
+  "opd.max_new_tokens": ">= 1",
+  "opd.sample_temperature": "> 0",
+  "opd.top_p": "(0, 1]",
+  "opd.top_k": ">= 0",
+  "rock.lam": ">= 0",
+  "rock.k": ">= 1",
+  "rock.min_freq": ">= 0",
+  "rock.exclude_top_freq": ">= 0",
+  "rock.decay": "(0, 1]",
+  "rock.warmup_steps": ">= 0",
+  "rock.select_every": ">= 1",
+  "rock.snapshot_step": ">= 0",
+  "opt.lr": ">= 0",
+  "opt.end_lr": ">= 0",
+  "opt.warmup_frac": "[0, 1)",
+  "opt.b1": "[0, 1)",
+  "opt.b2": "[0, 1)",
+  "opt.eps": "> 0",
+  "opt.weight_decay": ">= 0",
+  "opt.clip": ">= 0",
+  "opt.grad_accum": ">= 1",
+  "data.task_size": ">= 1",
+  "data.prompts_per_step": ">= 1",
+  "data.max_prompt_len": ">= 1",
+  "data.max_len": ">= 2",
+  "mesh.num_devices": ">= 0",
+  "ckpt.every": ">= 0",
+  "ckpt.keep": ">= 1",
+  "eval.every": ">= 0",
+  "eval.num_prompts": ">= 1",
+  "eval.num_samples": ">= 1",
+  "eval.temperature": ">= 0",
+  "eval.max_new_tokens": ">= 1",
 }
 for _g in _GROUPS:
-  ENUMS.update({f"{_g}.source": SOURCES[_g], f"{_g}.dtype": tuple(DTYPES),
-                f"{_g}.param_dtype": tuple(DTYPES),
-                f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values())))})
-  RANGES.update({f"{_g}.stage_steps": ">= 1", f"{_g}.stage_lr": ">= 0",
-                 f"{_g}.stage_kd_ratio": "[0, 1]", f"{_g}.arch.rope_theta": "> 0",
-                 f"{_g}.arch.rms_norm_eps": "> 0", f"{_g}.arch.num_experts": ">= 0",
-                 f"{_g}.arch.num_experts_per_tok": ">= 0",
-                 f"{_g}.arch.moe_intermediate_size": ">= 0"})
-  RANGES.update({f"{_g}.arch.{k}": ">= 1" for k in (
-      "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-      "num_kv_heads", "head_dim")})
+  ENUMS.update(
+    {
+      f"{_g}.source": SOURCES[_g],
+      f"{_g}.dtype": tuple(DTYPES),
+      f"{_g}.param_dtype": tuple(DTYPES),
+      f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
+    }
+  )
+  RANGES.update(
+    {
+      f"{_g}.stage_steps": ">= 1",
+      f"{_g}.stage_lr": ">= 0",
+      f"{_g}.stage_kd_ratio": "[0, 1]",
+      f"{_g}.arch.rope_theta": "> 0",
+      f"{_g}.arch.rms_norm_eps": "> 0",
+      f"{_g}.arch.num_experts": ">= 0",
+      f"{_g}.arch.num_experts_per_tok": ">= 0",
+      f"{_g}.arch.moe_intermediate_size": ">= 0",
+    }
+  )
+  RANGES.update(
+    {
+      f"{_g}.arch.{k}": ">= 1"
+      for k in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+      )
+    }
+  )
 # Fields holding a file or directory that must exist when set (skipped by dry runs).
-PATHS = {"data.train_path": "file", "data.eval_path": "file", "data.tokenizer_path": "dir",
-         "rock.list_path": "file", "ckpt.resume": "dir"}
+PATHS = {
+  "data.train_path": "file",
+  "data.eval_path": "file",
+  "data.tokenizer_path": "dir",
+  "rock.list_path": "file",
+  "ckpt.resume": "dir",
+}
 _MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def validate(config: ml_collections.ConfigDict, *, dry_run: bool = False,
-             device_count: int | None = None, process_count: int | None = None) -> None:
+def validate(
+  config: ml_collections.ConfigDict,
+  *,
+  dry_run: bool = False,
+  device_count: int | None = None,
+  process_count: int | None = None,
+) -> None:
   """Raises errors.ConfigError (one line) at the first problem; None when the config is usable.
 
   `device_count` / `process_count` default to jax's (tests pass them to simulate a pod).
   """
   if device_count is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     device_count = jax.device_count() if device_count is None else device_count
     process_count = jax.process_count() if process_count is None else process_count
   c = config
@@ -95,8 +155,12 @@ def validate(config: ml_collections.ConfigDict, *, dry_run: bool = False,
     value = get(c, field)
     if not _in_range(value, spec):
       _fail(field, value, f"expected {spec}" if spec[0] in "<>" else f"expected a value in {spec}")
-  checks = [_sources(c), _arch(c, dry_run), _stages(c),
-            _mesh_and_batch(c, dry_run, device_count, process_count)]
+  checks = [
+    _sources(c),
+    _arch(c, dry_run),
+    _stages(c),
+    _mesh_and_batch(c, dry_run, device_count, process_count),
+  ]
   if not dry_run:
     checks.append(_paths(c))
   for problems in checks:
@@ -135,8 +199,9 @@ def _in_range(value: Any, spec: str) -> bool:
     bound = float(spec.lstrip(">= "))
     return value >= bound if spec.startswith(">=") else value > bound
   lo, hi = (float(x) for x in spec[1:-1].split(","))
-  return ((value >= lo if spec[0] == "[" else value > lo)
-          and (value <= hi if spec[-1] == "]" else value < hi))
+  return (value >= lo if spec[0] == "[" else value > lo) and (
+    value <= hi if spec[-1] == "]" else value < hi
+  )
 
 
 def _sources(c) -> Iterator[str]:
@@ -144,12 +209,16 @@ def _sources(c) -> Iterator[str]:
   for g in _GROUPS:
     m = c[g]
     if m.path and m.source != "hf":
-      yield (f"{g}.path={m.path!r}: ignored because {g}.source={m.source!r} (only 'hf' reads "
-             f"a path); clear it or set {g}.source='hf'")
+      yield (
+        f"{g}.path={m.path!r}: ignored because {g}.source={m.source!r} (only 'hf' reads "
+        f"a path); clear it or set {g}.source='hf'"
+      )
   needs_teacher = c.opd.mode == "on_policy" or c.opd.kd_ratio > 0
   if c.teacher.source == "none" and needs_teacher:
-    yield (f"teacher.source='none': plain SFT needs opd.mode='off_policy' and opd.kd_ratio=0, "
-           f"got opd.mode={c.opd.mode!r}, opd.kd_ratio={c.opd.kd_ratio!r}")
+    yield (
+      f"teacher.source='none': plain SFT needs opd.mode='off_policy' and opd.kd_ratio=0, "
+      f"got opd.mode={c.opd.mode!r}, opd.kd_ratio={c.opd.kd_ratio!r}"
+    )
   if c.model.source == "kd" and c.teacher.source == "none":
     yield "model.source='kd': stage-1 KD needs a teacher, but teacher.source='none'"
 
@@ -159,37 +228,47 @@ def _arch(c, dry_run: bool) -> Iterator[str]:
   for g in _GROUPS:
     a = c[g].arch
     if a.num_heads % a.num_kv_heads:
-      yield (f"{g}.arch.num_heads={a.num_heads}: expected a multiple of "
-             f"{g}.arch.num_kv_heads={a.num_kv_heads}")
+      yield (
+        f"{g}.arch.num_heads={a.num_heads}: expected a multiple of "
+        f"{g}.arch.num_kv_heads={a.num_kv_heads}"
+      )
     if families.get(a.family).moe:
       if a.num_experts < 1 or a.moe_intermediate_size < 1:
-        yield (f"{g}.arch.num_experts={a.num_experts}: family {a.family!r} needs num_experts "
-               f">= 1 and moe_intermediate_size >= 1 (got {a.moe_intermediate_size})")
+        yield (
+          f"{g}.arch.num_experts={a.num_experts}: family {a.family!r} needs num_experts "
+          f">= 1 and moe_intermediate_size >= 1 (got {a.moe_intermediate_size})"
+        )
       elif not 1 <= a.num_experts_per_tok <= a.num_experts:
-        yield (f"{g}.arch.num_experts_per_tok={a.num_experts_per_tok}: expected a value in "
-               f"[1, {g}.arch.num_experts={a.num_experts}]")
+        yield (
+          f"{g}.arch.num_experts_per_tok={a.num_experts_per_tok}: expected a value in "
+          f"[1, {g}.arch.num_experts={a.num_experts}]"
+        )
     elif a.num_experts:
       moe = ", ".join(repr(f.name) for f in families.PRESETS.values() if f.moe)
-      yield (f"{g}.arch.num_experts={a.num_experts}: expected 0 for family {a.family!r} "
-             f"(experts need a MoE family: {moe})")
+      yield (
+        f"{g}.arch.num_experts={a.num_experts}: expected 0 for family {a.family!r} "
+        f"(experts need a MoE family: {moe})"
+      )
   # Random-initialised (or stage-trained) models and dry runs take the vocabulary from
   # `arch`; an 'hf' model's is in its config.json (_hf_vocab).
-  if c.teacher.source != "none" and (dry_run or "hf" not in (c.model.source,
-                                                              c.teacher.source)):
+  if c.teacher.source != "none" and (dry_run or "hf" not in (c.model.source, c.teacher.source)):
     vs, vt = c.model.arch.vocab_size, c.teacher.arch.vocab_size
     if vs != vt:
-      yield (f"teacher.arch.vocab_size={vt}: expected model.arch.vocab_size={vs} (teacher and "
-             "student share one vocabulary)")
+      yield (
+        f"teacher.arch.vocab_size={vt}: expected model.arch.vocab_size={vs} (teacher and "
+        "student share one vocabulary)"
+      )
 
 
 def _stages(c) -> Iterator[str]:
   """Off-policy batches (opd.mode='off_policy' or a preliminary sft/kd stage) hold prompt +
   completion in data.max_len tokens."""
-  off_policy = (c.opd.mode == "off_policy" or c.teacher.source == "sft"
-                or c.model.source == "kd")
+  off_policy = c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd"
   if off_policy and c.data.max_len <= c.data.max_prompt_len:
-    yield (f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
-           f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)")
+    yield (
+      f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
+      f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
+    )
 
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
@@ -203,28 +282,38 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
     yield f"mesh.{fill[1]}=-1: only one mesh axis may be -1 (mesh.{fill[0]} is -1 already)"
   # Real runs use every device (mesh.num_devices is a dry-run declaration, rockjax.dry_run).
   total = c.mesh.num_devices if dry_run and c.mesh.num_devices else devices
-  where = (f"mesh.num_devices={total}" if dry_run and c.mesh.num_devices
-           else f"{total} devices are available")
+  where = (
+    f"mesh.num_devices={total}"
+    if dry_run and c.mesh.num_devices
+    else f"{total} devices are available"
+  )
   known = math.prod(v for v in sizes.values() if v != -1)
   if total % known:
     culprit = next(k for k, v in sizes.items() if v > 1)
     shape = ", ".join(f"{k}={v}" for k, v in sizes.items())
-    yield (f"mesh.{culprit}={sizes[culprit]}: the mesh ({shape}) needs a device count "
-           f"divisible by {known}, but {where}")
+    yield (
+      f"mesh.{culprit}={sizes[culprit]}: the mesh ({shape}) needs a device count "
+      f"divisible by {known}, but {where}"
+    )
   resolved = {k: total // known if v == -1 else v for k, v in sizes.items()}
   prompts = c.data.prompts_per_step
   if prompts % processes:
-    yield (f"data.prompts_per_step={prompts}: expected a multiple of the {processes} "
-           "processes (each host feeds an equal share)")
+    yield (
+      f"data.prompts_per_step={prompts}: expected a multiple of the {processes} "
+      "processes (each host feeds an equal share)"
+    )
   batch_axes = resolved["data"] * resolved["fsdp"]
   if processes > 1 and prompts % batch_axes:
     # rockjax.sharding replicates an indivisible batch, which one host can do but several
     # hosts feeding different rows cannot.
-    yield (f"data.prompts_per_step={prompts}: with {processes} processes expected a "
-           f"multiple of mesh.data x mesh.fsdp = {batch_axes}")
+    yield (
+      f"data.prompts_per_step={prompts}: with {processes} processes expected a "
+      f"multiple of mesh.data x mesh.fsdp = {batch_axes}"
+    )
   if processes > 1 and c.eval.every and c.eval.num_prompts % processes:
-    yield (f"eval.num_prompts={c.eval.num_prompts}: expected a multiple of the {processes} "
-           "processes")
+    yield (
+      f"eval.num_prompts={c.eval.num_prompts}: expected a multiple of the {processes} processes"
+    )
 
 
 def _paths(c) -> Iterator[str]:
@@ -232,26 +321,33 @@ def _paths(c) -> Iterator[str]:
   for g in _GROUPS:
     m = c[g]
     if m.source == "hf" and not (m.path and os.path.isfile(os.path.join(m.path, "config.json"))):
-      yield (f"{g}.path={m.path!r}: no config.json there ({g}.source='hf' needs a Hugging "
-             "Face checkpoint directory)")
+      yield (
+        f"{g}.path={m.path!r}: no config.json there ({g}.source='hf' needs a Hugging "
+        "Face checkpoint directory)"
+      )
   for field, kind in PATHS.items():
     path = get(c, field)
     exists = os.path.isfile if kind == "file" else os.path.isdir
     if path and "://" not in path and not exists(path):  # a URL (gs://...): not checked here
       yield f"{field}={path!r}: no such {'file' if kind == 'file' else 'directory'}"
   if c.rock.mode == "static" and not c.rock.list_path:
-    yield ("rock.list_path='': rock.mode='static' needs an id list file (e.g. "
-           "rockjax/resources/qwen3_paper_rocks.txt)")
+    yield (
+      "rock.list_path='': rock.mode='static' needs an id list file (e.g. "
+      "rockjax/resources/qwen3_paper_rocks.txt)"
+    )
   if not c.data.train_path and c.data.task != "arithmetic":
-    yield (f"data.train_path='': needed when data.task={c.data.task!r} (no built-in task); "
-           "or set data.task='arithmetic'")
+    yield (
+      f"data.train_path='': needed when data.task={c.data.task!r} (no built-in task); "
+      "or set data.task='arithmetic'"
+    )
   # The tokenizer: data.tokenizer_path, the built-in task's, or an 'hf' model every stage
   # sees (an sft teacher stage trains without the student's checkpoint).
-  hf_everywhere = c.teacher.source == "hf" or (c.model.source == "hf"
-                                               and c.teacher.source != "sft")
+  hf_everywhere = c.teacher.source == "hf" or (c.model.source == "hf" and c.teacher.source != "sft")
   if c.data.train_path and not c.data.tokenizer_path and not hf_everywhere:
-    yield ("data.tokenizer_path='': needed with data.train_path when no model has "
-           "source 'hf' (which tokenizer encodes the data?)")
+    yield (
+      "data.tokenizer_path='': needed with data.train_path when no model has "
+      "source 'hf' (which tokenizer encodes the data?)"
+    )
   for g in _GROUPS:
     if c[g].source == "hf" and c.teacher.source != "none":
       yield from _hf_vocab(c, g)
@@ -270,6 +366,7 @@ def _hf_vocab(c, g: str) -> Iterator[str]:
   if c[other].source in ("random", "kd", "sft") and isinstance(hf, dict):
     v, vo = hf.get("vocab_size"), c[other].arch.vocab_size
     if v is not None and v != vo:
-      yield (f"{other}.arch.vocab_size={vo}: expected {v}, the vocab_size of {g}.path="
-             f"{c[g].path!r} (teacher and student share one vocabulary)")
-
+      yield (
+        f"{other}.arch.vocab_size={vo}: expected {v}, the vocab_size of {g}.path="
+        f"{c[g].path!r} (teacher and student share one vocabulary)"
+      )

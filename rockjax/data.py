@@ -19,6 +19,7 @@ one file per host). Both are right on many hosts: shards are equal-sized, so eve
 consumed the same batches and holds the same state. Build the pipeline with the same settings
 before restoring; a mismatch raises instead of silently replaying or skipping data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,60 +37,76 @@ from rockjax import errors
 FILLER_INDEX = -1  # index_B of padding rows (only when drop_remainder=False): ignore them
 
 
-def _field(record: dict[str, Any], field: str, where: str, *, allow_messages: bool = False,
-           allow_number: bool = False) -> Any:
+def _field(
+  record: dict[str, Any],
+  field: str,
+  where: str,
+  *,
+  allow_messages: bool = False,
+  allow_number: bool = False,
+) -> Any:
   """record[field] as a string (numbers converted if allowed), or a chat message list."""
   if field not in record:
-    raise errors.InputError(f'{where}: missing field {field!r} (fields: {sorted(record)})')
+    raise errors.InputError(f"{where}: missing field {field!r} (fields: {sorted(record)})")
   value = record[field]
   if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
     return str(value)  # numeric answers such as 66 are compared as text
-  if isinstance(value, str) or (allow_messages and isinstance(value, list) and all(
-      isinstance(m, dict) and 'role' in m and 'content' in m for m in value)):
+  if isinstance(value, str) or (
+    allow_messages
+    and isinstance(value, list)
+    and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+  ):
     return value
-  kind = 'a string or a list of {role, content} messages' if allow_messages else 'a string'
-  raise errors.InputError(f'{where}: field {field!r} must be {kind}, got {type(value).__name__}')
+  kind = "a string or a list of {role, content} messages" if allow_messages else "a string"
+  raise errors.InputError(f"{where}: field {field!r} must be {kind}, got {type(value).__name__}")
 
 
 def _read_rows(path: pathlib.Path) -> list[tuple[str, Any]]:
   """(location, parsed row) pairs of a JSONL or Parquet file; location is 'file:line'."""
-  if path.suffix == '.parquet':
+  if path.suffix == ".parquet":
     try:
       import pyarrow.parquet as pq
     except ImportError:
-      raise ImportError(f'{path}: reading Parquet needs pyarrow (pip install pyarrow), '
-                        'or convert the file to JSONL') from None
-    return [(f'{path}:row {i}', row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+      raise ImportError(
+        f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert the file to JSONL"
+      ) from None
+    return [(f"{path}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
   rows = []
-  with path.open(encoding='utf-8') as f:
+  with path.open(encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
       if not line.strip():
         continue  # tolerate blank lines, e.g. a trailing newline
       try:
-        rows.append((f'{path}:{line_no}', json.loads(line)))
+        rows.append((f"{path}:{line_no}", json.loads(line)))
       except json.JSONDecodeError as e:
-        raise errors.InputError(f'{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})') from None
+        raise errors.InputError(
+          f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})"
+        ) from None
   return rows
 
 
-def load_records(path: str | os.PathLike, *, prompt_field: str = 'prompt',
-                 answer_field: str | None = 'answer',
-                 completion_field: str | None = None) -> list[dict[str, Any]]:
+def load_records(
+  path: str | os.PathLike,
+  *,
+  prompt_field: str = "prompt",
+  answer_field: str | None = "answer",
+  completion_field: str | None = None,
+) -> list[dict[str, Any]]:
   """JSONL/Parquet rows -> [{prompt, answer[, completion]}]; ValueError names file:line:field."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise errors.InputError(f'{path}: no such file')
+    raise errors.InputError(f"{path}: no such file")
   records = []
   for where, row in _read_rows(path):
     if not isinstance(row, dict):
-      raise errors.InputError(f'{where}: expected a JSON object, got {type(row).__name__}')
-    answer = _field(row, answer_field, where, allow_number=True) if answer_field else ''
+      raise errors.InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    answer = _field(row, answer_field, where, allow_number=True) if answer_field else ""
     record = dict(prompt=_field(row, prompt_field, where, allow_messages=True), answer=answer)
     if completion_field:
-      record['completion'] = _field(row, completion_field, where)
+      record["completion"] = _field(row, completion_field, where)
     records.append(record)
   if not records:
-    raise errors.InputError(f'{path}: no records')
+    raise errors.InputError(f"{path}: no records")
   return records
 
 
@@ -98,18 +115,18 @@ def load_records(path: str | os.PathLike, *, prompt_field: str = 'prompt',
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def format_prompt(tokenizer: Any, text: str | list[dict[str, str]], *,
-                  use_chat_template: bool = True) -> list[int]:
+def format_prompt(
+  tokenizer: Any, text: str | list[dict[str, str]], *, use_chat_template: bool = True
+) -> list[int]:
   """Prompt token ids: the chat template with a generation prompt, else BOS + plain encoding."""
   with _TOKENIZER_LOCK:
-    if use_chat_template and getattr(tokenizer, 'chat_template', None):
-      messages = text if isinstance(text, list) else [dict(role='user', content=text)]
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+      messages = text if isinstance(text, list) else [dict(role="user", content=text)]
       # Render to text, then encode: the template already holds any BOS/special tokens.
-      rendered = tokenizer.apply_chat_template(messages, tokenize=False,
-                                               add_generation_prompt=True)
+      rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
       return list(tokenizer.encode(rendered, add_special_tokens=False))
     if isinstance(text, list):
-      raise ValueError('format_prompt: a message list needs a tokenizer with a chat template')
+      raise ValueError("format_prompt: a message list needs a tokenizer with a chat template")
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     return bos + list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -117,7 +134,7 @@ def format_prompt(tokenizer: Any, text: str | list[dict[str, str]], *,
 def encode_completion(tokenizer: Any, text: str) -> list[int]:
   """Completion ids followed by EOS (the end-of-turn token of a chat model)."""
   if tokenizer.eos_token_id is None:
-    raise ValueError('encode_completion: the tokenizer has no eos_token_id')
+    raise ValueError("encode_completion: the tokenizer has no eos_token_id")
   with _TOKENIZER_LOCK:
     return list(tokenizer.encode(text, add_special_tokens=False)) + [tokenizer.eos_token_id]
 
@@ -136,8 +153,8 @@ def left_pad(ids: Sequence[int], length: int, pad: int) -> tuple[np.ndarray, np.
   ids_P = np.full(length, pad, np.int32)
   mask_P = np.zeros(length, np.int32)
   if ids:
-    ids_P[length - len(ids):] = ids
-    mask_P[length - len(ids):] = 1
+    ids_P[length - len(ids) :] = ids
+    mask_P[length - len(ids) :] = 1
   return ids_P, mask_P
 
 
@@ -145,8 +162,9 @@ def per_host_batch_size(global_batch_size: int, process_count: int | None = None
   """global_batch_size / process_count; ValueError unless it divides evenly."""
   process_count = _process_count(process_count)
   if global_batch_size % process_count:
-    raise ValueError(f'global batch size {global_batch_size} is not divisible by the '
-                     f'{process_count} processes')
+    raise ValueError(
+      f"global batch size {global_batch_size} is not divisible by the {process_count} processes"
+    )
   return global_batch_size // process_count
 
 
@@ -154,12 +172,14 @@ def _process_count(process_count: int | None) -> int:
   """process_count, defaulting to jax's."""
   if process_count is None:
     import jax
+
     return jax.process_count()
   return process_count
 
 
-def host_indices(num_records: int, *, process_index: int, process_count: int,
-                 drop_remainder: bool) -> np.ndarray:
+def host_indices(
+  num_records: int, *, process_index: int, process_count: int, drop_remainder: bool
+) -> np.ndarray:
   """Record indices of one host: a strided, equal-sized, disjoint shard.
 
   Every host needs the same number of batches or the collectives of a step would hang, so
@@ -167,50 +187,67 @@ def host_indices(num_records: int, *, process_index: int, process_count: int,
   otherwise short shards are padded with FILLER_INDEX.
   """
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, {process_count})')
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
   per_host = num_records // process_count if drop_remainder else -(-num_records // process_count)
   if per_host == 0:
-    raise ValueError(f'{num_records} records cannot feed {process_count} processes')
+    raise ValueError(f"{num_records} records cannot feed {process_count} processes")
   idx = np.arange(process_index, num_records, process_count, dtype=np.int64)[:per_host]
   return np.pad(idx, (0, per_host - idx.size), constant_values=FILLER_INDEX)
 
 
 def _batch_name(row_key: str) -> str:
   """'prompt_ids_P' -> 'prompt_ids_BxP'; 'index' -> 'index_B'."""
-  if row_key == 'index':
-    return 'index_B'
-  base, letters = row_key.rsplit('_', 1)
-  return f'{base}_Bx{letters}'
+  if row_key == "index":
+    return "index_B"
+  base, letters = row_key.rsplit("_", 1)
+  return f"{base}_Bx{letters}"
 
 
 def _stack_batch(batch_size: int) -> Callable[[Sequence[dict[str, np.ndarray]]], dict]:
   """grain batch_fn: stacks rows, pads a short final batch with filler copies of row 0."""
+
   def batch_fn(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     fillers = [dict(rows[0], index=np.int32(FILLER_INDEX))] * (batch_size - len(rows))
     rows = list(rows) + fillers
     # Row keys carry their per-row shape letter ('prompt_ids_P'); batches gain 'B'.
     return {_batch_name(k): np.stack([r[k] for r in rows]) for k in rows[0]}
+
   return batch_fn
 
 
-def build_dataset(num_records: int, row_fn: Callable[[int], dict[str, np.ndarray]], *,
-                  batch_size: int, seed: int, shuffle: bool = True,
-                  num_epochs: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None,
-                  drop_remainder: bool = True) -> grain.MapDataset:
+def build_dataset(
+  num_records: int,
+  row_fn: Callable[[int], dict[str, np.ndarray]],
+  *,
+  batch_size: int,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  drop_remainder: bool = True,
+) -> grain.MapDataset:
   """The shared grain recipe: shard -> shuffle -> repeat -> row_fn(record index) -> batch."""
   if process_index is None:
     import jax
+
     process_index = jax.process_index()
   process_count = _process_count(process_count)
   if batch_size < 1 or (num_epochs is not None and num_epochs < 1):
-    raise ValueError(f'need batch_size >= 1 and num_epochs >= 1 or None, got '
-                     f'batch_size={batch_size}, num_epochs={num_epochs}')
-  indices = host_indices(num_records, process_index=process_index, process_count=process_count,
-                         drop_remainder=drop_remainder)
+    raise ValueError(
+      f"need batch_size >= 1 and num_epochs >= 1 or None, got "
+      f"batch_size={batch_size}, num_epochs={num_epochs}"
+    )
+  indices = host_indices(
+    num_records,
+    process_index=process_index,
+    process_count=process_count,
+    drop_remainder=drop_remainder,
+  )
   if drop_remainder and num_epochs is not None and indices.size * num_epochs < batch_size:
-    raise ValueError(f'{indices.size} records per host x {num_epochs} epochs cannot fill one '
-                     f'batch of {batch_size}')
+    raise ValueError(
+      f"{indices.size} records per host x {num_epochs} epochs cannot fill one batch of {batch_size}"
+    )
   ds = grain.MapDataset.source(indices.tolist())
   if shuffle:
     ds = ds.shuffle(seed=seed)  # grain folds the epoch into the seed: a new order every epoch
@@ -222,8 +259,7 @@ def build_dataset(num_records: int, row_fn: Callable[[int], dict[str, np.ndarray
 class BatchIterator(grain.DatasetIterator):
   """Iterator over a pipeline's batches whose state refuses a pipeline with other settings."""
 
-  def __init__(self, dataset: grain.MapDataset, fingerprint: str,
-               read_options: grain.ReadOptions):
+  def __init__(self, dataset: grain.MapDataset, fingerprint: str, read_options: grain.ReadOptions):
     super().__init__(dataset.to_iter_dataset(read_options).__iter__())
     self._fingerprint = fingerprint
 
@@ -232,16 +268,19 @@ class BatchIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict[str, Any]:
     """{'next_batch': batches consumed, 'fingerprint': settings hash}; JSON-serialisable."""
-    return dict(next_batch=int(self._parent.get_state()['next_index']),
-                fingerprint=self._fingerprint)
+    return dict(
+      next_batch=int(self._parent.get_state()["next_index"]), fingerprint=self._fingerprint
+    )
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues after state['next_batch'] batches; ValueError if the settings changed."""
-    if state.get('fingerprint') != self._fingerprint:
-      raise errors.CheckpointMismatch(f'data iterator state was saved by a pipeline with other settings '
-                       f'(fingerprint {state.get("fingerprint")} != {self._fingerprint}): '
-                       'data, batch size, seed, epochs, lengths and process count must match')
-    self._parent.set_state(dict(next_index=int(state['next_batch'])))
+    if state.get("fingerprint") != self._fingerprint:
+      raise errors.CheckpointMismatch(
+        f"data iterator state was saved by a pipeline with other settings "
+        f"(fingerprint {state.get('fingerprint')} != {self._fingerprint}): "
+        "data, batch size, seed, epochs, lengths and process count must match"
+      )
+    self._parent.set_state(dict(next_index=int(state["next_batch"])))
 
 
 def _digest(obj: Any) -> str:
@@ -252,29 +291,58 @@ def _digest(obj: Any) -> str:
 class _Pipeline:
   """Common part: grain dataset, resumable iterator, answers lookup."""
 
-  def __init__(self, records: Sequence[dict[str, Any]], row_fn: Callable[[int], dict], *,
-               settings: dict[str, Any], batch_size: int, seed: int, shuffle: bool,
-               num_epochs: int | None, process_index: int | None, process_count: int | None,
-               drop_remainder: bool, num_threads: int, prefetch: int):
+  def __init__(
+    self,
+    records: Sequence[dict[str, Any]],
+    row_fn: Callable[[int], dict],
+    *,
+    settings: dict[str, Any],
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    process_index: int | None,
+    process_count: int | None,
+    drop_remainder: bool,
+    num_threads: int,
+    prefetch: int,
+  ):
     if not records:
-      raise ValueError('pipeline: no records')
+      raise ValueError("pipeline: no records")
     self.records = list(records)
     self._num_epochs = num_epochs
-    self.answers = [str(r.get('answer', '')) for r in self.records]  # by global record index
+    self.answers = [str(r.get("answer", "")) for r in self.records]  # by global record index
     self.dataset = build_dataset(
-        len(self.records), row_fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
-        num_epochs=num_epochs, process_index=process_index, process_count=process_count,
-        drop_remainder=drop_remainder)
+      len(self.records),
+      row_fn,
+      batch_size=batch_size,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=drop_remainder,
+    )
     # Everything that decides which batch comes n-th, but not process_index: the states of all
     # hosts are then identical, so saving the primary host's copy (orbax JsonSave) is enough.
-    settings = dict(settings, num_records=len(self.records), batch_size=batch_size, seed=seed,
-                    shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-                    process_count=_process_count(process_count), data=_digest(self.records))
+    settings = dict(
+      settings,
+      num_records=len(self.records),
+      batch_size=batch_size,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      drop_remainder=drop_remainder,
+      process_count=_process_count(process_count),
+      data=_digest(self.records),
+    )
     fingerprint = _digest(settings)
     # Few threads and a short buffer: tokenising is cheap next to a train step.
-    self.iterator = BatchIterator(self.dataset, fingerprint,
-                                  grain.ReadOptions(num_threads=num_threads,
-                                                    prefetch_buffer_size=prefetch))
+    self.iterator = BatchIterator(
+      self.dataset,
+      fingerprint,
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch),
+    )
 
   @property
   def num_batches(self) -> int | None:
@@ -303,26 +371,48 @@ class _Pipeline:
 class PromptPipeline(_Pipeline):
   """On-policy prompts: {prompt_ids_BxP, prompt_mask_BxP} int32 left-padded, index_B int32."""
 
-  def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, *, batch_size: int,
-               max_prompt_len: int, seed: int = 0, shuffle: bool = True,
-               num_epochs: int | None = None, process_index: int | None = None,
-               process_count: int | None = None, drop_remainder: bool = True,
-               use_chat_template: bool = True, num_threads: int = 1, prefetch: int = 2):
+  def __init__(
+    self,
+    records: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool = True,
+    use_chat_template: bool = True,
+    num_threads: int = 1,
+    prefetch: int = 2,
+  ):
     pad = pad_id(tokenizer)
 
     def row_fn(i: int) -> dict[str, np.ndarray]:
       record = self.records[max(i, 0)]  # fillers (i = -1) repeat record 0, flagged by index_B
-      ids_P, mask_P = left_pad(format_prompt(tokenizer, record['prompt'],
-                                             use_chat_template=use_chat_template),
-                               max_prompt_len, pad)
+      ids_P, mask_P = left_pad(
+        format_prompt(tokenizer, record["prompt"], use_chat_template=use_chat_template),
+        max_prompt_len,
+        pad,
+      )
       return dict(prompt_ids_P=ids_P, prompt_mask_P=mask_P)
 
     super().__init__(
-        records, row_fn, settings=dict(kind='prompt', max_prompt_len=max_prompt_len,
-                                       chat=use_chat_template),
-        batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-        process_index=process_index, process_count=process_count,
-        drop_remainder=drop_remainder, num_threads=num_threads, prefetch=prefetch)
+      records,
+      row_fn,
+      settings=dict(kind="prompt", max_prompt_len=max_prompt_len, chat=use_chat_template),
+      batch_size=batch_size,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=drop_remainder,
+      num_threads=num_threads,
+      prefetch=prefetch,
+    )
 
 
 class CompletionPipeline(_Pipeline):
@@ -333,34 +423,63 @@ class CompletionPipeline(_Pipeline):
   is cut at the right and loses its eos (the model must not learn to stop there).
   """
 
-  def __init__(self, records: Sequence[dict[str, Any]], tokenizer: Any, *, batch_size: int,
-               max_prompt_len: int, max_len: int, seed: int = 0, shuffle: bool = True,
-               num_epochs: int | None = None, process_index: int | None = None,
-               process_count: int | None = None, drop_remainder: bool = True,
-               use_chat_template: bool = True, num_threads: int = 1, prefetch: int = 2):
+  def __init__(
+    self,
+    records: Sequence[dict[str, Any]],
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    max_len: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    drop_remainder: bool = True,
+    use_chat_template: bool = True,
+    num_threads: int = 1,
+    prefetch: int = 2,
+  ):
     if max_len <= max_prompt_len:
-      raise ValueError(f'max_len={max_len} must exceed max_prompt_len={max_prompt_len}')
-    if any('completion' not in r for r in records):
-      raise ValueError('CompletionPipeline: records need a completion; load them with '
-                       'load_records(..., completion_field=...)')
+      raise ValueError(f"max_len={max_len} must exceed max_prompt_len={max_prompt_len}")
+    if any("completion" not in r for r in records):
+      raise ValueError(
+        "CompletionPipeline: records need a completion; load them with "
+        "load_records(..., completion_field=...)"
+      )
     pad, completion_len = pad_id(tokenizer), max_len - max_prompt_len
 
     def row_fn(i: int) -> dict[str, np.ndarray]:
       record = self.records[max(i, 0)]
-      prompt_P, prompt_mask_P = left_pad(format_prompt(tokenizer, record['prompt'],
-                                                       use_chat_template=use_chat_template),
-                                         max_prompt_len, pad)
-      completion = encode_completion(tokenizer, record['completion'])[:completion_len]
+      prompt_P, prompt_mask_P = left_pad(
+        format_prompt(tokenizer, record["prompt"], use_chat_template=use_chat_template),
+        max_prompt_len,
+        pad,
+      )
+      completion = encode_completion(tokenizer, record["completion"])[:completion_len]
       response_C = np.full(completion_len, pad, np.int32)
-      response_C[:len(completion)] = completion
+      response_C[: len(completion)] = completion
       response_mask_C = (np.arange(completion_len) < len(completion)).astype(np.int32)
-      return dict(tokens_L=np.concatenate([prompt_P, response_C]),
-                  attention_mask_L=np.concatenate([prompt_mask_P, response_mask_C]),
-                  response_mask_L=np.concatenate([np.zeros_like(prompt_mask_P), response_mask_C]))
+      return dict(
+        tokens_L=np.concatenate([prompt_P, response_C]),
+        attention_mask_L=np.concatenate([prompt_mask_P, response_mask_C]),
+        response_mask_L=np.concatenate([np.zeros_like(prompt_mask_P), response_mask_C]),
+      )
 
     super().__init__(
-        records, row_fn, settings=dict(kind='completion', max_prompt_len=max_prompt_len,
-                                       max_len=max_len, chat=use_chat_template),
-        batch_size=batch_size, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-        process_index=process_index, process_count=process_count,
-        drop_remainder=drop_remainder, num_threads=num_threads, prefetch=prefetch)
+      records,
+      row_fn,
+      settings=dict(
+        kind="completion", max_prompt_len=max_prompt_len, max_len=max_len, chat=use_chat_template
+      ),
+      batch_size=batch_size,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      process_index=process_index,
+      process_count=process_count,
+      drop_remainder=drop_remainder,
+      num_threads=num_threads,
+      prefetch=prefetch,
+    )

@@ -5,6 +5,7 @@ declared mesh (any size: an abstract mesh is enough). Activations come from XLA'
 analysis of the compiled train step when the declared mesh fits the local devices (e.g. 8
 fake CPU devices), and are reported as null otherwise.
 """
+
 import json
 import math
 from typing import Any
@@ -21,7 +22,7 @@ from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
 
-_GIB = 2 ** 30
+_GIB = 2**30
 
 
 def declared_mesh_shape(c: ml_collections.ConfigDict) -> dict[str, int]:
@@ -57,39 +58,50 @@ def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
   init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size)
   abstract = jax.eval_shape(init, params)
   shardings = shd.tree_shardings(abstract, abstract_mesh)
-  out = {"mesh": sizes, "student_params_b": _count(abstract.params) / 1e9,
-         "per_device_gib": {
-             "params": _per_device_bytes(abstract.params, shardings.params, sizes) / _GIB,
-             "opt_state": _per_device_bytes(abstract.opt_state, shardings.opt_state,
-                                            sizes) / _GIB,
-             "rock_stats": _per_device_bytes((abstract.rock, abstract.rock_mask),
-                                             (shardings.rock, shardings.rock_mask),
-                                             sizes) / _GIB}}
+  out = {
+    "mesh": sizes,
+    "student_params_b": _count(abstract.params) / 1e9,
+    "per_device_gib": {
+      "params": _per_device_bytes(abstract.params, shardings.params, sizes) / _GIB,
+      "opt_state": _per_device_bytes(abstract.opt_state, shardings.opt_state, sizes) / _GIB,
+      "rock_stats": _per_device_bytes(
+        (abstract.rock, abstract.rock_mask), (shardings.rock, shardings.rock_mask), sizes
+      )
+      / _GIB,
+    },
+  }
   t_graphdef = t_params = t_shardings = None
   if teacher_cfg is not None:
     t_graphdef, t_params = loading.abstract_params(teacher_cfg)
     t_shardings = shd.tree_shardings(t_params, abstract_mesh)
     out["teacher_params_b"] = _count(t_params) / 1e9
-    out["per_device_gib"]["teacher_params"] = _per_device_bytes(t_params, t_shardings,
-                                                                sizes) / _GIB
+    out["per_device_gib"]["teacher_params"] = _per_device_bytes(t_params, t_shardings, sizes) / _GIB
   out["per_device_gib"]["activations"] = None
   if n_devices <= jax.device_count():
     out["per_device_gib"]["activations"] = _activation_gib(
-        c, sizes, init, params, t_graphdef, t_params, schedule)
+      c, sizes, init, params, t_graphdef, t_params, schedule
+    )
   return out
 
 
 def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
   """XLA's temporary-buffer size of the compiled step on a concrete mesh of the declared shape."""
-  mesh = shd.make_mesh(sizes, devices=jax.devices()[:math.prod(sizes.values())])
+  mesh = shd.make_mesh(sizes, devices=jax.devices()[: math.prod(sizes.values())])
   like, shardings = state_lib.abstract_state(init, params, mesh)
   t_sh = None if t_params is None else shd.tree_shardings(t_params, mesh)
-  t_like = None if t_params is None else jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), t_params, t_sh)
+  t_like = (
+    None
+    if t_params is None
+    else jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), t_params, t_sh
+    )
+  )
   rows, length = settings_lib.batch_shape(c)
   b_sh = shd.batch_sharding((rows, length), mesh)
-  batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_sh)
-           for k in ("tokens", "attention_mask", "response_mask")}
+  batch = {
+    k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_sh)
+    for k in ("tokens", "attention_mask", "response_mask")
+  }
   settings = settings_lib.step_settings(c, t_graphdef, schedule)
   fn = step_lib.jit_train_step(settings, shardings, t_sh, b_sh)
   with jax.set_mesh(mesh):

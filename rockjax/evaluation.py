@@ -4,6 +4,7 @@ The statistics serve the knockout study (docs/method.md, "Causal knockout").
 
 Letters: P = problems, N = samples per problem.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,11 +15,11 @@ from typing import Any
 import numpy as np
 
 # `\boxed{...}` with up to two levels of nested braces (enough for \frac{a}{b} inside).
-_BOXED = re.compile(r'\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}')
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
 # Display math `$$...$$` first, else inline `$...$`.
-_DOLLARS = re.compile(r'\$\$(.+?)\$\$|\$([^$]+)\$', re.DOTALL)
+_DOLLARS = re.compile(r"\$\$(.+?)\$\$|\$([^$]+)\$", re.DOTALL)
 # "The answer is X" up to the end of the sentence or line.
-_ANSWER_IS = re.compile(r'answer\s+is\s*[:=]?\s*(.+?)(?:\.\s|\.$|\n|$)', re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer\s+is\s*[:=]?\s*(.+?)(?:\.\s|\.$|\n|$)", re.IGNORECASE)
 
 
 def _clean(text: str) -> str:
@@ -27,10 +28,10 @@ def _clean(text: str) -> str:
   # Peel repeatedly: '**$66$**.' -> '$66$' -> '66'.
   while True:
     before = text
-    text = text.strip().rstrip('.').strip()
-    for open_, close in (('**', '**'), ('$', '$'), ('\\(', '\\)'), ('\\[', '\\]')):
+    text = text.strip().rstrip(".").strip()
+    for open_, close in (("**", "**"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
       if len(text) >= len(open_) + len(close) and text.startswith(open_) and text.endswith(close):
-        text = text[len(open_):len(text) - len(close)]
+        text = text[len(open_) : len(text) - len(close)]
     boxed = _BOXED.fullmatch(text)
     if boxed:
       text = boxed.group(1)
@@ -55,25 +56,27 @@ def extract_answer(text: str) -> str | None:
 def _normalise(text: str) -> str:
   """Cheap canonical form for the exact-match fast path (whitespace, thousands commas)."""
   text = _clean(text)
-  text = re.sub(r'\s+', '', text)
-  if re.fullmatch(r'-?\d{1,3}(,\d{3})+', text):  # 1,234 -> 1234
-    text = text.replace(',', '')
+  text = re.sub(r"\s+", "", text)
+  if re.fullmatch(r"-?\d{1,3}(,\d{3})+", text):  # 1,234 -> 1234
+    text = text.replace(",", "")
   return text
 
 
 def _as_latex(text: str) -> str:
   """Wraps a bare answer in `$...$` so math_verify's LaTeX extractor sees it."""
-  return text if ('$' in text or '\\boxed' in text) else f'${text}$'
+  return text if ("$" in text or "\\boxed" in text) else f"${text}$"
 
 
-def verify(completion_text: str, answer: str | int | float, *,
-           timeout_seconds: int | None = 5) -> bool:
+def verify(
+  completion_text: str, answer: str | int | float, *, timeout_seconds: int | None = 5
+) -> bool:
   """True if the completion's final answer equals `answer` (exact match, else math_verify)."""
   answer = str(answer)
   predicted = extract_answer(completion_text)
   if predicted is not None and _normalise(predicted) == _normalise(answer):
     return True  # fast path: most correct answers of the arithmetic task end here
   import math_verify  # lazy: importing sympy costs ~1 s
+
   # math_verify times out with signal.alarm, which only works on the main thread.
   if threading.current_thread() is not threading.main_thread():
     timeout_seconds = None
@@ -89,7 +92,7 @@ def verify(completion_text: str, answer: str | int | float, *,
 def pass_at_k(n: int, c: int, k: int) -> float:
   """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c,k)/C(n,k)."""
   if not 0 <= c <= n or not 1 <= k <= n:
-    raise ValueError(f'pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}')
+    raise ValueError(f"pass_at_k: need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
   if n - c < k:
     return 1.0
   # Product form avoids the huge binomials of the ratio for large n.
@@ -100,8 +103,9 @@ def mean_pass_at_k(correct_PxN: Any, k: int) -> float:
   """Mean over problems of the unbiased pass@k; rows are problems, columns samples."""
   correct_PxN = np.asarray(correct_PxN, dtype=bool)
   if correct_PxN.ndim != 2 or correct_PxN.shape[0] == 0:
-    raise ValueError(f'mean_pass_at_k: correct_PxN must be a non-empty 2-D array, '
-                     f'got shape {correct_PxN.shape}')
+    raise ValueError(
+      f"mean_pass_at_k: correct_PxN must be a non-empty 2-D array, got shape {correct_PxN.shape}"
+    )
   n = correct_PxN.shape[1]
   return float(np.mean([pass_at_k(n, int(c), k) for c in correct_PxN.sum(axis=1)]))
 
@@ -111,8 +115,14 @@ def mean_pass_at_1(correct_PxN: Any) -> float:
   return mean_pass_at_k(correct_PxN, 1)
 
 
-def paired_bootstrap(correct_a_P: Any, correct_b_P: Any, *, n_resamples: int = 10_000,
-                     alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+  correct_a_P: Any,
+  correct_b_P: Any,
+  *,
+  n_resamples: int = 10_000,
+  alpha: float = 0.05,
+  seed: int = 0,
+) -> dict[str, float]:
   """Paired bootstrap over problems of delta = mean(a) - mean(b).
 
   Returns dict(delta, ci_low, ci_high, p_value): a percentile (1 - alpha) interval, and a
@@ -124,11 +134,15 @@ def paired_bootstrap(correct_a_P: Any, correct_b_P: Any, *, n_resamples: int = 1
   a_P = np.asarray(correct_a_P, dtype=np.float64)
   b_P = np.asarray(correct_b_P, dtype=np.float64)
   if a_P.ndim != 1 or a_P.shape != b_P.shape or a_P.size == 0:
-    raise ValueError(f'paired_bootstrap: need two non-empty 1-D arrays of equal length, got '
-                     f'shapes {a_P.shape} and {b_P.shape}')
+    raise ValueError(
+      f"paired_bootstrap: need two non-empty 1-D arrays of equal length, got "
+      f"shapes {a_P.shape} and {b_P.shape}"
+    )
   if not 0.0 < alpha < 1.0 or n_resamples < 1:
-    raise ValueError(f'paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got '
-                     f'alpha={alpha}, n_resamples={n_resamples}')
+    raise ValueError(
+      f"paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got "
+      f"alpha={alpha}, n_resamples={n_resamples}"
+    )
   diff_P = a_P - b_P
   delta = float(diff_P.mean())
   rng = np.random.default_rng(seed)
@@ -144,19 +158,21 @@ def paired_bootstrap(correct_a_P: Any, correct_b_P: Any, *, n_resamples: int = 1
   # The tolerance keeps exact ties (e.g. delta = 0) from being lost to rounding.
   extreme = np.abs(deltas - delta) >= abs(delta) - 1e-12
   p_value = (1 + int(extreme.sum())) / (1 + n_resamples)
-  return dict(delta=delta, ci_low=float(ci_low), ci_high=float(ci_high),
-              p_value=float(min(1.0, p_value)))
+  return dict(
+    delta=delta, ci_low=float(ci_low), ci_high=float(ci_high), p_value=float(min(1.0, p_value))
+  )
 
 
 def sign_test(n_neg: int, n_pos: int) -> float:
   """Two-sided exact sign test p-value for n_neg negative vs n_pos positive outcomes."""
   if n_neg < 0 or n_pos < 0:
-    raise ValueError(f'sign_test: counts must be >= 0, got n_neg={n_neg}, n_pos={n_pos}')
+    raise ValueError(f"sign_test: counts must be >= 0, got n_neg={n_neg}, n_pos={n_pos}")
   n = n_neg + n_pos
   if n == 0:
     return 1.0
   try:
     from scipy import stats
+
     return float(stats.binomtest(min(n_neg, n_pos), n, 0.5).pvalue)
   except ImportError:
     # Exact binomial: double the smaller tail of Binomial(n, 1/2), capped at 1.

@@ -3,6 +3,7 @@ step. Building trains nothing; multi-stage runs (teacher SFT, stage-1 KD) are ro
 
 Resume order: the run's own workdir checkpoint, then `ckpt.resume`, then init.
 """
+
 import dataclasses
 import logging
 import os
@@ -29,6 +30,7 @@ _log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Experiment:
   """The built pieces of one run (see build_experiment)."""
+
   config: ml_collections.ConfigDict
   workdir: str
   mesh: Any
@@ -44,8 +46,9 @@ class Experiment:
   eval_prompts: dict[str, np.ndarray] | None
   eval_answers: list[str]
 
-  def evaluate(self, state: state_lib.TrainState, step: int
-               ) -> tuple[dict[str, float], np.ndarray | None]:
+  def evaluate(
+    self, state: state_lib.TrainState, step: int
+  ) -> tuple[dict[str, float], np.ndarray | None]:
     """(pass@1 metrics, per-prompt correctness [P, N]) of the student on the held-out prompts.
 
     Rows come in a fixed order (host-major), so two evaluations pair up prompt by prompt.
@@ -53,13 +56,21 @@ class Experiment:
     if self.eval_prompts is None:
       return {}, None
     from rockjax import sampling  # pylint: disable=g-import-not-at-top
+
     e = self.config.eval
     student = nnx.merge(state.graphdef, state.params)
     prompts = shd.host_to_global(self.eval_prompts, self.mesh)
-    out = sampling.generate(student, prompts["ids"], prompts["mask"],
-                            key=jax.random.PRNGKey(step), max_new_tokens=e.max_new_tokens,
-                            temperature=max(e.temperature, 1e-6), greedy=e.temperature == 0,
-                            eos_ids=self.eos_ids, num_samples=e.num_samples)
+    out = sampling.generate(
+      student,
+      prompts["ids"],
+      prompts["mask"],
+      key=jax.random.PRNGKey(step),
+      max_new_tokens=e.max_new_tokens,
+      temperature=max(e.temperature, 1e-6),
+      greedy=e.temperature == 0,
+      eos_ids=self.eos_ids,
+      num_samples=e.num_samples,
+    )
     tokens = np.asarray(multihost_utils.process_allgather(out.tokens, tiled=True))
     resp = np.asarray(multihost_utils.process_allgather(out.response_mask, tiled=True))
     correct = []
@@ -67,21 +78,27 @@ class Experiment:
       text = self.tokenizer.decode(tokens[row][resp[row] > 0], skip_special_tokens=True)
       correct.append(evaluation.verify(text, self.eval_answers[row // e.num_samples]))
     correct_PxN = np.asarray(correct).reshape(-1, e.num_samples)
-    return ({"eval/pass@1": evaluation.mean_pass_at_1(correct_PxN),
-             "eval/mean_response_len": float(resp.sum(1).mean())}, correct_PxN)
+    return (
+      {
+        "eval/pass@1": evaluation.mean_pass_at_1(correct_PxN),
+        "eval/mean_response_len": float(resp.sum(1).mean()),
+      },
+      correct_PxN,
+    )
 
 
 def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """Data paths: the config's, or the embedded synthetic task (written into workdir/task once)."""
-  paths = {"train": c.data.train_path, "eval": c.data.eval_path,
-           "tokenizer": c.data.tokenizer_path}
+  paths = {"train": c.data.train_path, "eval": c.data.eval_path, "tokenizer": c.data.tokenizer_path}
   if not c.data.train_path:
     from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+
     task_dir = os.path.join(workdir, "task")
     done = os.path.join(task_dir, "tokenizer", "tokenizer_config.json")
     if jax.process_index() == 0 and not os.path.isfile(done):
-      arithmetic.prepare_demo(task_dir, n_train=c.data.task_size, seed=c.seed,
-                              difficulty=c.data.task_difficulty)
+      arithmetic.prepare_demo(
+        task_dir, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
+      )
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote
       multihost_utils.sync_global_devices("rockjax:task_written")
     paths["train"] = paths["train"] or os.path.join(task_dir, "train.jsonl")
@@ -93,44 +110,59 @@ def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
         paths["tokenizer"] = m.path
         break
   if not paths["tokenizer"]:
-    raise ValueError("data.tokenizer_path is empty and neither model is a HF directory: "
-                     "say which tokenizer to use")
+    raise ValueError(
+      "data.tokenizer_path is empty and neither model is a HF directory: say which tokenizer to use"
+    )
   return paths
 
 
 def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
   if c.rock.mode != "static":
     return None  # rockjax.config_check makes sure a static mode has a list_path
-  return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab),
-                                vocab)
+  return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab), vocab)
 
 
 def _pipelines(c, paths, tokenizer):
   """(train pipeline, eval prompt batch, eval answers), host-local."""
   per_host = data_lib.per_host_batch_size(c.data.prompts_per_step)
-  common = dict(batch_size=per_host, max_prompt_len=c.data.max_prompt_len, seed=c.seed,
-                use_chat_template=c.data.use_chat_template)
+  common = dict(
+    batch_size=per_host,
+    max_prompt_len=c.data.max_prompt_len,
+    seed=c.seed,
+    use_chat_template=c.data.use_chat_template,
+  )
   if c.opd.mode == "off_policy":
-    records = data_lib.load_records(paths["train"], prompt_field=c.data.prompt_field,
-                                    answer_field=c.data.answer_field,
-                                    completion_field=c.data.completion_field)
+    records = data_lib.load_records(
+      paths["train"],
+      prompt_field=c.data.prompt_field,
+      answer_field=c.data.answer_field,
+      completion_field=c.data.completion_field,
+    )
     train = data_lib.CompletionPipeline(records, tokenizer, max_len=c.data.max_len, **common)
   else:
-    records = data_lib.load_records(paths["train"], prompt_field=c.data.prompt_field,
-                                    answer_field=c.data.answer_field)
+    records = data_lib.load_records(
+      paths["train"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
+    )
     train = data_lib.PromptPipeline(records, tokenizer, **common)
   if not c.eval.every or not paths["eval"]:
     return train, None, []
-  evals = data_lib.load_records(paths["eval"], prompt_field=c.data.prompt_field,
-                                answer_field=c.data.answer_field)[:c.eval.num_prompts]
-  mine = evals[jax.process_index()::jax.process_count()]
-  rows = [data_lib.left_pad(data_lib.format_prompt(tokenizer, r["prompt"],
-                                                   use_chat_template=c.data.use_chat_template),
-                            c.data.max_prompt_len, data_lib.pad_id(tokenizer)) for r in mine]
+  evals = data_lib.load_records(
+    paths["eval"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
+  )[: c.eval.num_prompts]
+  mine = evals[jax.process_index() :: jax.process_count()]
+  rows = [
+    data_lib.left_pad(
+      data_lib.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
+      c.data.max_prompt_len,
+      data_lib.pad_id(tokenizer),
+    )
+    for r in mine
+  ]
   prompts = {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows])}
   # Rows come back from process_allgather host-major: order the answers the same way.
-  answers = [r["answer"] for p in range(jax.process_count())
-             for r in evals[p::jax.process_count()]]
+  answers = [
+    r["answer"] for p in range(jax.process_count()) for r in evals[p :: jax.process_count()]
+  ]
   return train, prompts, answers
 
 
@@ -140,29 +172,32 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   for group in ("model", "teacher"):
     if c[group].source in ("sft", "kd"):
       raise errors.ConfigError(
-          f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
-          f"then load its export): run it with rockjax.pipeline.run, not build_experiment")
+        f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
+        f"then load its export): run it with rockjax.pipeline.run, not build_experiment"
+      )
   os.makedirs(workdir, exist_ok=True)
   mesh = shd.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor})
   paths = task_files(c, workdir)
   tokenizer = models.load_tokenizer(paths["tokenizer"])
   student_cfg = loading.model_config(c.model, field="model")
   if len(tokenizer) > student_cfg.vocab_size:
-    raise errors.ConfigError(f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
-                     f"model vocab_size is {student_cfg.vocab_size}")
+    raise errors.ConfigError(
+      f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
+      f"model vocab_size is {student_cfg.vocab_size}"
+    )
 
   teacher_graphdef = teacher_params = None
   if c.teacher.source != "none":
     teacher_cfg = loading.model_config(c.teacher, field="teacher")
     models.check_vocab_compatible(teacher_cfg, student_cfg)
-    teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh,
-                                                           c.seed + 1)
+    teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
 
   tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
   rock_mask = _rock_mask(c, student_cfg.vocab_size)
   graphdef, abstract_params = loading.abstract_params(student_cfg, c.seed)
-  init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size, seed=c.seed,
-                               rock_mask_V=rock_mask)
+  init = state_lib.initializer(
+    graphdef, tx, vocab_size=student_cfg.vocab_size, seed=c.seed, rock_mask_V=rock_mask
+  )
   like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
 
   train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer)
@@ -180,13 +215,24 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     state, start = state_lib.init_state(init, params, shardings, mesh), 0
 
   step_settings = settings_lib.step_settings(c, teacher_graphdef, schedule)
-  teacher_shardings = (None if teacher_params is None else
-                       jax.tree.map(lambda x: x.sharding, teacher_params))
+  teacher_shardings = (
+    None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
+  )
   batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
-  train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings,
-                                       batch_sharding)
-  return Experiment(config=c, workdir=workdir, mesh=mesh, tokenizer=tokenizer,
-                    eos_ids=models.eos_ids(tokenizer), student_cfg=student_cfg,
-                    teacher_params=teacher_params, state=state, start_step=int(start),
-                    train_step=train_step, train_data=train_data, checkpointer=checkpointer,
-                    eval_prompts=eval_prompts, eval_answers=eval_answers)
+  train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings, batch_sharding)
+  return Experiment(
+    config=c,
+    workdir=workdir,
+    mesh=mesh,
+    tokenizer=tokenizer,
+    eos_ids=models.eos_ids(tokenizer),
+    student_cfg=student_cfg,
+    teacher_params=teacher_params,
+    state=state,
+    start_step=int(start),
+    train_step=train_step,
+    train_data=train_data,
+    checkpointer=checkpointer,
+    eval_prompts=eval_prompts,
+    eval_answers=eval_answers,
+  )

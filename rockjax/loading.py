@@ -1,4 +1,5 @@
 """Build the student and teacher a config asks for: random init or a Hugging Face directory."""
+
 import os
 from typing import Any, Callable
 
@@ -26,8 +27,10 @@ def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> Model
   """ModelConfig for a model sub-config: the checkpoint's config.json, else `arch`."""
   if m.source == "hf":
     if not os.path.isfile(os.path.join(m.path, "config.json")):
-      raise FileNotFoundError(f"{field}.path={m.path!r}: no config.json there "
-                              f"({field}.source='hf' needs a Hugging Face checkpoint directory)")
+      raise FileNotFoundError(
+        f"{field}.path={m.path!r}: no config.json there "
+        f"({field}.source='hf' needs a Hugging Face checkpoint directory)"
+      )
     return ModelConfig.from_pretrained(m.path, **numerics(m))
   if m.source != "random":
     raise ValueError(f"{field}.source={m.source!r}; expected 'random' or 'hf'")
@@ -43,13 +46,23 @@ def arch_config(m: ml_collections.ConfigDict) -> ModelConfig:
   """ModelConfig from the `arch` fields alone (random init and dry runs)."""
   a = m.arch
   return ModelConfig.for_family(
-      a.family, vocab_size=a.vocab_size, hidden_size=a.hidden_size,
-      intermediate_size=a.intermediate_size, num_layers=a.num_layers, num_heads=a.num_heads,
-      num_kv_heads=a.num_kv_heads, head_dim=a.head_dim, rms_norm_eps=a.rms_norm_eps,
-      rope=RopeConfig(theta=a.rope_theta), tie_word_embeddings=a.tie_word_embeddings,
-      num_experts=a.num_experts, num_experts_per_tok=a.num_experts_per_tok,
-      moe_intermediate_size=a.moe_intermediate_size, norm_topk_prob=a.norm_topk_prob,
-      **numerics(m))
+    a.family,
+    vocab_size=a.vocab_size,
+    hidden_size=a.hidden_size,
+    intermediate_size=a.intermediate_size,
+    num_layers=a.num_layers,
+    num_heads=a.num_heads,
+    num_kv_heads=a.num_kv_heads,
+    head_dim=a.head_dim,
+    rms_norm_eps=a.rms_norm_eps,
+    rope=RopeConfig(theta=a.rope_theta),
+    tie_word_embeddings=a.tie_word_embeddings,
+    num_experts=a.num_experts,
+    num_experts_per_tok=a.num_experts_per_tok,
+    moe_intermediate_size=a.moe_intermediate_size,
+    norm_topk_prob=a.norm_topk_prob,
+    **numerics(m),
+  )
 
 
 def model_factory(cfg: ModelConfig) -> Callable[[nnx.Rngs], Decoder]:
@@ -62,12 +75,14 @@ def abstract_params(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.
   return nnx.split(nnx.eval_shape(lambda: model_factory(cfg)(nnx.Rngs(seed))))
 
 
-def load_params(m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int
-                ) -> tuple[nnx.GraphDef, nnx.State]:
+def load_params(
+  m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int
+) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
   if m.source == "hf":
-    model = models.from_pretrained(m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                                   mesh=mesh, remat=cfg.remat)
+    model = models.from_pretrained(
+      m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh, remat=cfg.remat
+    )
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)
   init = lambda: nnx.split(model_factory(cfg)(nnx.Rngs(seed)))[1]

@@ -3,6 +3,7 @@
 Shape letters: N rows (prompts x samples), V vocabulary. Every function is jittable and
 works on float32 logits; a removed id gets -inf (so its probability is exactly 0).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -44,8 +45,9 @@ def top_p_filter(logits_NxV: jax.Array, p: float) -> jax.Array:
     return logits_NxV
   probs_NxV = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
   as_float = lambda bits_N: jax.lax.bitcast_convert_type(bits_N, jnp.float32)
-  mass_above = lambda bits_N: jnp.sum(jnp.where(probs_NxV > as_float(bits_N)[:, None],
-                                                probs_NxV, 0.0), axis=-1)
+  mass_above = lambda bits_N: jnp.sum(
+    jnp.where(probs_NxV > as_float(bits_N)[:, None], probs_NxV, 0.0), axis=-1
+  )
 
   def halve(_, lo_hi):
     # Invariant: f(hi) < p <= f(lo) (hi = 1.0 at the start: nothing is more likely than 1;
@@ -64,8 +66,9 @@ def top_p_filter(logits_NxV: jax.Array, p: float) -> jax.Array:
   return jnp.where(probs_NxV >= t0_Nx1, logits_NxV, NEG_INF)
 
 
-def sampling_logits(logits_NxV: jax.Array, temperature: jax.Array | float, top_k: int,
-                    top_p: float) -> jax.Array:
+def sampling_logits(
+  logits_NxV: jax.Array, temperature: jax.Array | float, top_k: int, top_p: float
+) -> jax.Array:
   """The logits of the distribution actually sampled: /temperature, then top-k, then top-p."""
   scaled_NxV = logits_NxV / jnp.asarray(temperature, jnp.float32)
   return top_p_filter(top_k_filter(scaled_NxV, top_k), top_p)

@@ -6,6 +6,7 @@ the run raises, Ctrl-C) prints ONE line `rockjax: error: ...` on stderr and exit
 traceback comes too with --verbosity=1 or higher. Anything else is a bug and keeps its
 traceback. The whole config is validated before anything is created on disk.
 """
+
 import os
 import sys
 from typing import Any
@@ -15,27 +16,35 @@ from ml_collections import config_flags
 
 from rockjax import cli, errors
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file (get_config())",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "config file (get_config())", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, data")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "call jax.distributed.initialize() (multi-host pods)")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "with --distributed: host:port of process 0 (auto on TPU/Slurm)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "with --distributed: process count (auto on TPU/Slurm)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None,
-                                   "with --distributed: this process's index (auto on TPU/Slurm)")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False,
-                             "build abstractly (no weights) and print per-device memory")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "call jax.distributed.initialize() (multi-host pods)"
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "with --distributed: host:port of process 0 (auto on TPU/Slurm)"
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "with --distributed: process count (auto on TPU/Slurm)"
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "with --distributed: this process's index (auto on TPU/Slurm)"
+)
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False, "build abstractly (no weights) and print per-device memory"
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    "allow_config_change", False, "run in a workdir whose recorded config differs from this one")
+  "allow_config_change", False, "run in a workdir whose recorded config differs from this one"
+)
 flags.mark_flags_as_required(["config"])
 
 
 def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
   """The one call site of a run: every stage the config asks for, then the summary."""
   from rockjax import pipeline  # pylint: disable=g-import-not-at-top
+
   return pipeline.run(config, workdir, allow_config_change=allow_config_change)
 
 
@@ -58,12 +67,15 @@ def _main() -> None:
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise errors.WorkdirError(f"--workdir={workdir}: is a file; it must be a directory")
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
+
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  logging.info("process %d/%d, %d devices", jax.process_index(), jax.process_count(),
-               jax.device_count())
+  logging.info(
+    "process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count()
+  )
   if dry_run:
     from rockjax import config_check, dry_run as dry_run_lib  # pylint: disable=g-import-not-at-top
+
     config_check.validate(_CONFIG.value, dry_run=True)
     print(dry_run_lib.report_json(_CONFIG.value))
     return

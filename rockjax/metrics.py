@@ -1,4 +1,5 @@
 """Metric (sum, count) pairs -> averages, written as JSONL and to TensorBoard."""
+
 import json
 import math
 import os

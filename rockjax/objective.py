@@ -6,6 +6,7 @@ L sequence length, T = L - 1 predicted positions, D hidden width, V vocabulary.
 Alignment: the model's output at position t predicts token t+1, so every per-token quantity
 here is `[B, T]` and refers to the *emitted* id `targets_BxT = tokens_BxL[:, 1:]`.
 """
+
 import dataclasses
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from rockjax import losses, rocks
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
   """Static (hashable) settings of the per-token loss; built from config.opd / config.rock."""
+
   mode: str = "on_policy"  # 'on_policy' (OPD divergence) | 'off_policy' (stage-1 KD / SFT)
   divergence: str = "reverse_kl"  # on-policy divergence: one of losses.KINDS
   jsd_beta: float = 0.5  # teacher weight in the JSD mixture
@@ -75,6 +77,7 @@ class LossSettings:
 
 class Shifted(NamedTuple):
   """A token batch aligned for next-token prediction (output t predicts token t+1)."""
+
   inputs_BxT: jax.Array
   input_mask_BxT: jax.Array
   targets_BxT: jax.Array
@@ -89,8 +92,9 @@ def shift(batch: dict[str, jax.Array]) -> Shifted:
   return Shifted(tokens_BxL[:, :-1], attn_BxL[:, :-1], tokens_BxL[:, 1:], loss_mask_BxT)
 
 
-def teacher_outputs(teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
-                    settings: LossSettings) -> tuple[jax.Array, jax.Array] | None:
+def teacher_outputs(
+  teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array, settings: LossSettings
+) -> tuple[jax.Array, jax.Array] | None:
   """Teacher (hidden, head) or (logits, None), as constants of the step (no gradient)."""
   if teacher is None or not settings.needs_teacher:
     return None
@@ -104,6 +108,7 @@ def teacher_outputs(teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
 @dataclasses.dataclass(frozen=True)
 class LossTerms:
   """What the loss of one batch is made of (a pytree-free record used inside the step)."""
+
   total: jax.Array  # sum over tokens of weight * per-token loss (the differentiable part)
   count: jax.Array  # the normaliser: loss = total / count
   kl_BxT: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
@@ -111,9 +116,16 @@ class LossTerms:
   student_out: Any  # (hidden, head) or (logits, None), for diagnostics
 
 
-def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
-               targets_BxT: jax.Array, loss_mask_BxT: jax.Array, w_BxT: jax.Array,
-               teacher_out, settings: LossSettings) -> LossTerms:
+def loss_terms(
+  student: Any,
+  inputs_BxT: jax.Array,
+  mask_BxT: jax.Array,
+  targets_BxT: jax.Array,
+  loss_mask_BxT: jax.Array,
+  w_BxT: jax.Array,
+  teacher_out,
+  settings: LossSettings,
+) -> LossTerms:
   """The weighted loss of a batch and the per-token divergence.
 
   kl_BxT is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
@@ -129,10 +141,17 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
     total, kl_BxT, grad_norm_BxT = jnp.float32(0), None, None
     if s.needs_teacher:
       div_w_BxT = jnp.where(loss_mask_BxT > 0, w_BxT, 0.0) * (1.0 - ce_share)
-      fused = losses.fused_divergence(*student_out, *teacher_out, div_w_BxT, kind=kind,
-                                      beta=s.jsd_beta, alpha=s.skew_alpha,
-                                      temperature=s.temperature,
-                                      block_size=s.block_size, chunk_size=s.chunk_size)
+      fused = losses.fused_divergence(
+        *student_out,
+        *teacher_out,
+        div_w_BxT,
+        kind=kind,
+        beta=s.jsd_beta,
+        alpha=s.skew_alpha,
+        temperature=s.temperature,
+        block_size=s.block_size,
+        chunk_size=s.chunk_size,
+      )
       total, kl_BxT, grad_norm_BxT = fused.weighted_sum, fused.per_token, fused.grad_norm
     if ce_share > 0:
       ce_BxT = losses.chunked_cross_entropy(*student_out, targets_BxT, chunk_size=s.chunk_size)
@@ -144,20 +163,28 @@ def loss_terms(student: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array,
   logits = student_out[0]
   kl_BxT = None
   if s.needs_teacher:
-    kl_BxT = losses.divergence(logits, teacher_out[0], kind=kind, beta=s.jsd_beta,
-                               alpha=s.skew_alpha, temperature=s.temperature)
+    kl_BxT = losses.divergence(
+      logits,
+      teacher_out[0],
+      kind=kind,
+      beta=s.jsd_beta,
+      alpha=s.skew_alpha,
+      temperature=s.temperature,
+    )
   loss_BxT = kl_BxT
   if ce_share > 0:
-    ce_BxT = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxT[..., None],
-                                  axis=-1)[..., 0]
+    ce_BxT = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxT[..., None], axis=-1)[
+      ..., 0
+    ]
     loss_BxT = ce_BxT if kl_BxT is None else (1.0 - ce_share) * kl_BxT + ce_share * ce_BxT
     kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
   total = losses.reduce(loss_BxT, loss_mask_BxT, w_BxT)[0]
   return LossTerms(total, count, kl_BxT, None, student_out)
 
 
-def loss_weights(rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array,
-                  settings: LossSettings) -> jax.Array:
+def loss_weights(
+  rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array, settings: LossSettings
+) -> jax.Array:
   """The masking function: lam on rock positions, 1 elsewhere, 0 off the response."""
   if settings.rock_mode == "off":
     return loss_mask_BxT.astype(jnp.float32)
@@ -173,16 +200,22 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
   logit-gradient norm when it came for free, and the student's own outputs (hidden+head or
   logits) for diagnostics.
   """
+
   def loss_fn(params: nnx.State, teacher_out, shifted: Shifted, rock_mask_V: jax.Array):
     student = nnx.merge(graphdef, params)
     inputs, in_mask, targets, loss_mask = shifted
     w_BxT = loss_weights(rock_mask_V, targets, loss_mask, settings)
-    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out,
-                       settings)
+    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out, settings)
     # A batch whose weights are all zero has loss 0, not nan.
     loss = terms.total / jnp.where(terms.count > 0, terms.count, 1.0)
-    aux = {"kl_BxT": terms.kl_BxT, "w_BxT": w_BxT, "sum": terms.total, "count": terms.count,
-           "grad_norm_BxT": terms.grad_norm_BxT, "student_out": terms.student_out}
+    aux = {
+      "kl_BxT": terms.kl_BxT,
+      "w_BxT": w_BxT,
+      "sum": terms.total,
+      "count": terms.count,
+      "grad_norm_BxT": terms.grad_norm_BxT,
+      "student_out": terms.student_out,
+    }
     return loss, aux
 
   return loss_fn

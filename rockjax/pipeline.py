@@ -10,6 +10,7 @@ stage without that mark resumes from its own checkpoints. SIGTERM or Ctrl-C stop
 after a checkpoint and raises errors.Interrupted: no later stage starts. The workdir records
 the resolved config (`config.json`); a run whose config differs is refused unless allowed.
 """
+
 import dataclasses
 import json
 from typing import Any
@@ -35,6 +36,7 @@ _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """One training run of the pipeline."""
+
   name: str  # 'teacher_sft' | 'student_kd' | 'main'
   config: ml_collections.ConfigDict  # what rockjax.train.run trains with
   workdir: epath.Path
@@ -64,8 +66,9 @@ def _pre_stage(c: ml_collections.ConfigDict, workdir: epath.Path, role: str) -> 
   return Stage(name, s, stage_dir, stage_dir / "hf")
 
 
-def plan(config: ml_collections.ConfigDict, workdir: str, data_paths: dict[str, str]
-         ) -> list[Stage]:
+def plan(
+  config: ml_collections.ConfigDict, workdir: str, data_paths: dict[str, str]
+) -> list[Stage]:
   """The stages a config asks for, each with the config it trains with (nothing is run)."""
   root = epath.Path(workdir)
   c = _unlocked_copy(config)
@@ -98,8 +101,11 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict) 
   old, new = _flat(recorded), _flat(config)
   keys = sorted(k for k in set(old) | set(new) if not k.startswith(RESUMABLE_FIELDS))
   missing = "<absent>"
-  return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys
-          if old.get(k, missing) != new.get(k, missing)]
+  return [
+    f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
+    for k in keys
+    if old.get(k, missing) != new.get(k, missing)
+  ]
 
 
 def _write_json(path: epath.Path, obj: Any) -> None:
@@ -111,8 +117,9 @@ def _write_json(path: epath.Path, obj: Any) -> None:
   tmp.replace(path)
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
-                    allow_config_change: bool = False) -> epath.Path:
+def prepare_workdir(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> epath.Path:
   """Check the workdir against the config it records, then create it and record this one."""
   root = epath.Path(workdir)
   if root.exists() and not root.is_dir():
@@ -123,8 +130,9 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
     if changes and not allow_config_change:
       shown = "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
       raise errors.WorkdirError(
-          f"{workdir} was made with another config ({shown}); use a new --workdir, or pass "
-          f"--allow_config_change to continue with this one")
+        f"{workdir} was made with another config ({shown}); use a new --workdir, or pass "
+        f"--allow_config_change to continue with this one"
+      )
     if not changes:
       return root
   root.mkdir(parents=True, exist_ok=True)
@@ -135,6 +143,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *,
 def _export(stage: Stage, result: dict[str, Any]) -> None:
   """Write the stage's trained model and tokenizer as a HF directory, atomically."""
   from rockjax import models  # pylint: disable=g-import-not-at-top
+
   # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
   params = multihost_utils.process_allgather(result["state"].params, tiled=True)
   if jax.process_index() == 0:
@@ -154,11 +163,17 @@ def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
   loss = settings.loss_settings(stage.config)
   correct = result["eval_correct"]
   return {
-      "stage": stage.name, "kind": loss.stage, "quantity": loss.tracked,
-      "steps": int(result["step"]), "metrics": result["metrics"],
-      "eval_correct": None if correct is None else correct.astype(float).tolist(),
-      "seconds": result["seconds"], "resumed_from": int(result["experiment"].start_step),
-      "workdir": str(stage.workdir), "export": str(stage.export) if stage.export else None}
+    "stage": stage.name,
+    "kind": loss.stage,
+    "quantity": loss.tracked,
+    "steps": int(result["step"]),
+    "metrics": result["metrics"],
+    "eval_correct": None if correct is None else correct.astype(float).tolist(),
+    "seconds": result["seconds"],
+    "resumed_from": int(result["experiment"].start_step),
+    "workdir": str(stage.workdir),
+    "export": str(stage.export) if stage.export else None,
+  }
 
 
 def _run_stage(stage: Stage) -> dict[str, Any] | None:
@@ -166,9 +181,10 @@ def _run_stage(stage: Stage) -> dict[str, Any] | None:
   result = train.run(stage.config, str(stage.workdir))
   if result["interrupted"]:
     raise errors.Interrupted(
-        f"{result['interrupted']}: stopped in stage {stage.name} at step {result['step']}/"
-        f"{stage.config.steps} with a checkpoint in {stage.workdir / 'ckpt'}; run the same "
-        f"command to resume")
+      f"{result['interrupted']}: stopped in stage {stage.name} at step {result['step']}/"
+      f"{stage.config.steps} with a checkpoint in {stage.workdir / 'ckpt'}; run the same "
+      f"command to resume"
+    )
   if not result["completed"]:
     return None
   if stage.export is not None:
@@ -178,8 +194,9 @@ def _run_stage(stage: Stage) -> dict[str, Any] | None:
   return record
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *,
-        allow_config_change: bool = False) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+) -> dict[str, Any]:
   """Run every stage the config asks for in `workdir` (skipping completed ones); the summary.
 
   The whole config is validated first (rockjax.config_check), before anything touches disk.
@@ -202,8 +219,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   if ran or not (root / SUMMARY_FILE).exists():
     _write_json(root / SUMMARY_FILE, summary)
   if jax.process_index() == 0:
-    print(format_summary(summary, rock_table_text=None if ran else _final_table_text(root)),
-          flush=True)
+    print(
+      format_summary(summary, rock_table_text=None if ran else _final_table_text(root)), flush=True
+    )
   return summary
 
 
@@ -215,21 +233,28 @@ def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, A
   if before and after and before["eval_correct"] and after["eval_correct"]:
     a = [sum(row) / len(row) for row in after["eval_correct"]]
     b = [sum(row) / len(row) for row in before["eval_correct"]]
-    effect = {"before": sum(b) / len(b), "after": sum(a) / len(a), "num_prompts": len(a),
-              **evaluation.paired_bootstrap(a, b)}
+    effect = {
+      "before": sum(b) / len(b),
+      "after": sum(a) / len(a),
+      "num_prompts": len(a),
+      **evaluation.paired_bootstrap(a, b),
+    }
     if teacher and teacher["eval_correct"]:
       t = [sum(row) / len(row) for row in teacher["eval_correct"]]
       effect["teacher"] = sum(t) / len(t)
       gap = effect["teacher"] - effect["before"]
       effect["gap_closed"] = (effect["after"] - effect["before"]) / gap if gap > 0 else None
   dirs = [r["workdir"] for r in records]
-  outputs = {"workdir": str(root), "config": str(root / CONFIG_FILE),
-             "summary": str(root / SUMMARY_FILE),
-             "checkpoints": [f"{d}/ckpt" for d in dirs],
-             "hf_exports": [r["export"] for r in records if r["export"]],
-             "metrics": [f"{d}/metrics.jsonl" for d in dirs],
-             "tensorboard": [f"{d}/tb" for d in dirs],
-             "rock_tables": [f"{d}/rocks.json" for d in dirs]}
+  outputs = {
+    "workdir": str(root),
+    "config": str(root / CONFIG_FILE),
+    "summary": str(root / SUMMARY_FILE),
+    "checkpoints": [f"{d}/ckpt" for d in dirs],
+    "hf_exports": [r["export"] for r in records if r["export"]],
+    "metrics": [f"{d}/metrics.jsonl" for d in dirs],
+    "tensorboard": [f"{d}/tb" for d in dirs],
+    "rock_tables": [f"{d}/rocks.json" for d in dirs],
+  }
   return {"complete": True, "stages": records, "effect": effect, "outputs": outputs}
 
 
@@ -242,36 +267,48 @@ def _minutes(seconds: float) -> str:
 
 def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) -> str:
   """The end-of-run report a person reads: one line per stage, the effect, the outputs."""
-  lines = ["", "=== rockjax run summary ===",
-           f"{'stage':<20} {'steps':>6}  {'final per-token loss':<24} {'loss':>8}  "
-           f"{'pass@1':>7} {'prompts':>7}  {'wall':>9}"]
+  lines = [
+    "",
+    "=== rockjax run summary ===",
+    f"{'stage':<20} {'steps':>6}  {'final per-token loss':<24} {'loss':>8}  "
+    f"{'pass@1':>7} {'prompts':>7}  {'wall':>9}",
+  ]
   for r in summary["stages"]:
-    title = _STAGE_TITLES.get(r["stage"], f"student {r['kind'].upper()}"
-                              if r["kind"] != "sft" else "SFT")
+    title = _STAGE_TITLES.get(
+      r["stage"], f"student {r['kind'].upper()}" if r["kind"] != "sft" else "SFT"
+    )
     m = r["metrics"]
     tracked = f"{quantity_title(r['quantity'])} {m.get('opd/kl', float('nan')):.4f}"
     n = len(r["eval_correct"]) if r["eval_correct"] else 0
     p1 = f"{m['eval/pass@1']:.3f}" if "eval/pass@1" in m else "-"
     resumed = " (resumed)" if r["resumed_from"] else ""
-    lines.append(f"{title:<20} {r['steps']:>6}  {tracked:<24} {m.get('opd/loss', 0.0):>8.4f}  "
-                 f"{p1:>7} {n:>7}  {_minutes(r['seconds']):>9}{resumed}")
+    lines.append(
+      f"{title:<20} {r['steps']:>6}  {tracked:<24} {m.get('opd/loss', 0.0):>8.4f}  "
+      f"{p1:>7} {n:>7}  {_minutes(r['seconds']):>9}{resumed}"
+    )
   e = summary["effect"]
   if e:
-    line = (f"OPD effect on greedy pass@1: {e['before']:.3f} -> {e['after']:.3f} "
-            f"({e['delta']:+.3f}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], paired "
-            f"bootstrap over {e['num_prompts']} held-out prompts, p={e['p_value']:.4f})")
+    line = (
+      f"OPD effect on greedy pass@1: {e['before']:.3f} -> {e['after']:.3f} "
+      f"({e['delta']:+.3f}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], paired "
+      f"bootstrap over {e['num_prompts']} held-out prompts, p={e['p_value']:.4f})"
+    )
     if e.get("gap_closed") is not None:
-      line += (f"; teacher {e['teacher']:.3f}: OPD closed {100 * e['gap_closed']:.0f}% of the "
-               f"teacher-student gap")
+      line += (
+        f"; teacher {e['teacher']:.3f}: OPD closed {100 * e['gap_closed']:.0f}% of the "
+        f"teacher-student gap"
+      )
     lines.append(line)
   o = summary["outputs"]
-  lines += ["outputs:",
-            f"  checkpoints   {', '.join(o['checkpoints'])}",
-            *([f"  HF exports    {', '.join(o['hf_exports'])}"] if o["hf_exports"] else []),
-            f"  metrics       {', '.join(o['metrics'])} (TensorBoard: the tb/ beside each)",
-            f"  rock tables   {', '.join(o['rock_tables'])}",
-            f"  config        {o['config']}",
-            f"  summary       {o['summary']}"]
+  lines += [
+    "outputs:",
+    f"  checkpoints   {', '.join(o['checkpoints'])}",
+    *([f"  HF exports    {', '.join(o['hf_exports'])}"] if o["hf_exports"] else []),
+    f"  metrics       {', '.join(o['metrics'])} (TensorBoard: the tb/ beside each)",
+    f"  rock tables   {', '.join(o['rock_tables'])}",
+    f"  config        {o['config']}",
+    f"  summary       {o['summary']}",
+  ]
   if rock_table_text:
     lines = [rock_table_text] + lines
   return "\n".join(lines)
@@ -280,5 +317,6 @@ def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) 
 def _final_table_text(root: epath.Path) -> str | None:
   """The main stage's rock table, re-rendered from its rocks.json (for a re-run)."""
   from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
+
   path = root / "rocks.json"
   return rock_table.format_table(json.loads(path.read_text()), limit=10) if path.exists() else None

@@ -4,6 +4,7 @@ File format: integer ids separated by whitespace or newlines, in rank order; `#`
 comment that runs to the end of the line. Static lists and dynamic `rocks.select` produce the
 same bool `[V]` mask, so both go through one masking path (`rocks.token_weights`).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,19 +17,19 @@ from rockjax import errors
 
 # The 100 Qwen3 ids the paper's authors froze, in Rock Score rank order
 # (docs/method.md, "The published freeze list").
-PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parent / 'resources' / 'qwen3_paper_rocks.txt'
+PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parent / "resources" / "qwen3_paper_rocks.txt"
 QWEN3_VOCAB_SIZE = 151936  # rows of the Qwen3 embedding (the tokenizer itself uses fewer)
 
-_INT = re.compile(r'[+-]?[0-9]+')
+_INT = re.compile(r"[+-]?[0-9]+")
 _INT32_MAX = np.iinfo(np.int32).max
 
 
 def load_id_list(path: str | os.PathLike, *, vocab_size: int | None = None) -> np.ndarray:
   """Reads ids (file order kept) as int32 `[N]`; a bad entry raises a one-line ValueError."""
   ids, first_line = [], {}
-  with open(path, encoding='utf-8') as f:
+  with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
-      for token in line.split('#', 1)[0].split():
+      for token in line.split("#", 1)[0].split():
         where = f"{os.fspath(path)}:{lineno}: id list entry {token!r}"
         if not _INT.fullmatch(token):
           raise errors.InputError(f"{where} is not an integer")
@@ -46,11 +47,11 @@ def load_id_list(path: str | os.PathLike, *, vocab_size: int | None = None) -> n
   return np.asarray(ids, np.int32)
 
 
-def save_id_list(path: str | os.PathLike, ids, *, header: str = '') -> None:
+def save_id_list(path: str | os.PathLike, ids, *, header: str = "") -> None:
   """Writes ids one per line (rank order kept) after an optional `#` comment header."""
   lines = [f"# {h}".rstrip() for h in header.splitlines()]
   lines += [str(int(i)) for i in np.asarray(ids).reshape(-1)]
-  pathlib.Path(path).write_text('\n'.join(lines) + '\n', encoding='utf-8')
+  pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def ids_to_mask(ids, vocab_size: int) -> np.ndarray:

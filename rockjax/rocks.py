@@ -16,6 +16,7 @@ Windows (every statistic is a per-id `(count, kl_sum)` pair, so all windows work
 All functions here are pure and jittable and never loop over the vocabulary in Python; the
 static-list helpers re-exported from rockjax.rock_lists (load_id_list, ids_to_mask) run on host.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +28,8 @@ import jax.numpy as jnp
 
 from rockjax.rock_lists import ids_to_mask, load_id_list, paper_rock_ids  # noqa: F401 (re-export)
 
-WINDOWS = ('cumulative', 'recent', 'since_snapshot', 'snapshot')
-SELECTORS = ('rock_score', 'frequency', 'mean_kl')
+WINDOWS = ("cumulative", "recent", "since_snapshot", "snapshot")
+SELECTORS = ("rock_score", "frequency", "mean_kl")
 # Half-life of ~69 updates: long enough to smooth one small batch, short enough to follow
 # the drift of the student over a few hundred OPD steps.
 DEFAULT_DECAY = 0.99
@@ -37,16 +38,17 @@ DEFAULT_DECAY = 0.99
 @flax.struct.dataclass
 class RockStats:
   """Per-id token statistics carried in the train state and checkpointed with it."""
-  count_V: jax.Array           # int32, cumulative occurrences in response positions
-  kl_sum_V: jax.Array          # float32, cumulative KL summed over those occurrences
-  recent_count_V: jax.Array    # float32, decayed count (float: decay makes it fractional)
-  recent_kl_V: jax.Array       # float32, decayed KL sum
-  since_count_V: jax.Array     # int32, occurrences since the last snapshot
-  since_kl_V: jax.Array        # float32, KL since the last snapshot
-  snap_count_V: jax.Array      # int32, cumulative count frozen at the last snapshot
-  snap_kl_sum_V: jax.Array     # float32, cumulative KL frozen at the last snapshot
-  num_updates: jax.Array       # int32 scalar, number of `update` calls
-  snap_step: jax.Array         # int32 scalar, `num_updates` at the last snapshot; -1 if none
+
+  count_V: jax.Array  # int32, cumulative occurrences in response positions
+  kl_sum_V: jax.Array  # float32, cumulative KL summed over those occurrences
+  recent_count_V: jax.Array  # float32, decayed count (float: decay makes it fractional)
+  recent_kl_V: jax.Array  # float32, decayed KL sum
+  since_count_V: jax.Array  # int32, occurrences since the last snapshot
+  since_kl_V: jax.Array  # float32, KL since the last snapshot
+  snap_count_V: jax.Array  # int32, cumulative count frozen at the last snapshot
+  snap_kl_sum_V: jax.Array  # float32, cumulative KL frozen at the last snapshot
+  num_updates: jax.Array  # int32 scalar, number of `update` calls
+  snap_step: jax.Array  # int32 scalar, `num_updates` at the last snapshot; -1 if none
 
   @classmethod
   def init(cls, vocab_size: int) -> RockStats:
@@ -54,9 +56,18 @@ class RockStats:
     # A fresh array per field: leaves sharing one buffer cannot be donated to a jitted step.
     zi = lambda: jnp.zeros((vocab_size,), jnp.int32)  # noqa: E731
     zf = lambda: jnp.zeros((vocab_size,), jnp.float32)  # noqa: E731
-    return cls(count_V=zi(), kl_sum_V=zf(), recent_count_V=zf(), recent_kl_V=zf(),
-               since_count_V=zi(), since_kl_V=zf(), snap_count_V=zi(), snap_kl_sum_V=zf(),
-               num_updates=jnp.zeros((), jnp.int32), snap_step=jnp.full((), -1, jnp.int32))
+    return cls(
+      count_V=zi(),
+      kl_sum_V=zf(),
+      recent_count_V=zf(),
+      recent_kl_V=zf(),
+      since_count_V=zi(),
+      since_kl_V=zf(),
+      snap_count_V=zi(),
+      snap_kl_sum_V=zf(),
+      num_updates=jnp.zeros((), jnp.int32),
+      snap_step=jnp.full((), -1, jnp.int32),
+    )
 
   @property
   def vocab_size(self) -> int:
@@ -75,8 +86,9 @@ def _valid_BxL(ids_BxL: jax.Array, mask_BxL: jax.Array, vocab_size: int) -> jax.
   return (jnp.asarray(mask_BxL) != 0) & (ids_BxL >= 0) & (ids_BxL < vocab_size)
 
 
-def step_sums(ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: jax.Array, vocab_size: int
-              ) -> tuple[jax.Array, jax.Array]:
+def step_sums(
+  ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: jax.Array, vocab_size: int
+) -> tuple[jax.Array, jax.Array]:
   """This batch's per-id `(count_V int32, kl_sum_V float32)` over masked, in-range positions."""
   valid_BxL = _valid_BxL(ids_BxL, mask_BxL, vocab_size)
   # Invalid positions scatter zero into id 0 rather than being indexed out of bounds, and
@@ -89,8 +101,14 @@ def step_sums(ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: jax.Array, vocab_
   return count_V, kl_V
 
 
-def update(stats: RockStats, ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: jax.Array, *,
-           decay: float | jax.Array = DEFAULT_DECAY) -> RockStats:
+def update(
+  stats: RockStats,
+  ids_BxL: jax.Array,
+  kl_BxL: jax.Array,
+  mask_BxL: jax.Array,
+  *,
+  decay: float | jax.Array = DEFAULT_DECAY,
+) -> RockStats:
   """Adds one batch: per-id counts and KL sums over response positions (mask != 0).
 
   `kl_BxL` may be any float dtype; sums are float32. Ids outside [0, V) are dropped (they add
@@ -100,13 +118,14 @@ def update(stats: RockStats, ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: ja
   count_V, kl_V = step_sums(ids_BxL, kl_BxL, mask_BxL, stats.vocab_size)
   decay = jnp.asarray(decay, jnp.float32)
   return stats.replace(
-      count_V=stats.count_V + count_V,
-      kl_sum_V=stats.kl_sum_V + kl_V,
-      recent_count_V=decay * stats.recent_count_V + count_V.astype(jnp.float32),
-      recent_kl_V=decay * stats.recent_kl_V + kl_V,
-      since_count_V=stats.since_count_V + count_V,
-      since_kl_V=stats.since_kl_V + kl_V,
-      num_updates=stats.num_updates + 1)
+    count_V=stats.count_V + count_V,
+    kl_sum_V=stats.kl_sum_V + kl_V,
+    recent_count_V=decay * stats.recent_count_V + count_V.astype(jnp.float32),
+    recent_kl_V=decay * stats.recent_kl_V + kl_V,
+    since_count_V=stats.since_count_V + count_V,
+    since_kl_V=stats.since_kl_V + kl_V,
+    num_updates=stats.num_updates + 1,
+  )
 
 
 def snapshot(stats: RockStats) -> RockStats:
@@ -114,10 +133,12 @@ def snapshot(stats: RockStats) -> RockStats:
   # Copies, so the state never holds one buffer twice (jit would forward it, and donating
   # the state to the next step would then fail).
   return stats.replace(
-      snap_count_V=jnp.copy(stats.count_V), snap_kl_sum_V=jnp.copy(stats.kl_sum_V),
-      since_count_V=jnp.zeros_like(stats.since_count_V),
-      since_kl_V=jnp.zeros_like(stats.since_kl_V),
-      snap_step=jnp.copy(stats.num_updates))
+    snap_count_V=jnp.copy(stats.count_V),
+    snap_kl_sum_V=jnp.copy(stats.kl_sum_V),
+    since_count_V=jnp.zeros_like(stats.since_count_V),
+    since_kl_V=jnp.zeros_like(stats.since_kl_V),
+    snap_step=jnp.copy(stats.num_updates),
+  )
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -126,23 +147,23 @@ def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
     raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
 
 
-def window_sums(stats: RockStats, window: str = 'cumulative') -> tuple[jax.Array, jax.Array]:
+def window_sums(stats: RockStats, window: str = "cumulative") -> tuple[jax.Array, jax.Array]:
   """The `(count_V, kl_sum_V)` pair of one window (see the module docstring)."""
-  _check('window', window, WINDOWS)
+  _check("window", window, WINDOWS)
   return {
-      'cumulative': (stats.count_V, stats.kl_sum_V),
-      'recent': (stats.recent_count_V, stats.recent_kl_V),
-      'since_snapshot': (stats.since_count_V, stats.since_kl_V),
-      'snapshot': (stats.snap_count_V, stats.snap_kl_sum_V),
+    "cumulative": (stats.count_V, stats.kl_sum_V),
+    "recent": (stats.recent_count_V, stats.recent_kl_V),
+    "since_snapshot": (stats.since_count_V, stats.since_kl_V),
+    "snapshot": (stats.snap_count_V, stats.snap_kl_sum_V),
   }[window]
 
 
-def frequency(stats: RockStats, *, window: str = 'cumulative') -> jax.Array:
+def frequency(stats: RockStats, *, window: str = "cumulative") -> jax.Array:
   """Per-id occurrence count `[V]` as float32 (fractional for the 'recent' window)."""
   return window_sums(stats, window)[0].astype(jnp.float32)
 
 
-def mean_kl(stats: RockStats, *, window: str = 'cumulative') -> jax.Array:
+def mean_kl(stats: RockStats, *, window: str = "cumulative") -> jax.Array:
   """Per-id mean KL `[V]` float32; 0 where the id was not seen in the window."""
   count_V, kl_V = window_sums(stats, window)
   count_V = count_V.astype(jnp.float32)
@@ -150,7 +171,7 @@ def mean_kl(stats: RockStats, *, window: str = 'cumulative') -> jax.Array:
   return jnp.where(seen_V, kl_V / jnp.where(seen_V, count_V, 1.0), 0.0)
 
 
-def rock_score(stats: RockStats, *, window: str = 'cumulative') -> jax.Array:
+def rock_score(stats: RockStats, *, window: str = "cumulative") -> jax.Array:
   """Rock Score `R(v) = Freq(v) * mean_kl(v)` `[V]`: the KL sum itself, so sum(R) = total KL."""
   # Returning the stored sum (not count * mean) keeps sum(R) equal to the total KL exactly.
   return window_sums(stats, window)[1]
@@ -158,17 +179,24 @@ def rock_score(stats: RockStats, *, window: str = 'cumulative') -> jax.Array:
 
 def _scores(stats: RockStats, selector: str, window: str) -> jax.Array:
   """The ranking key `[V]` for one selector."""
-  _check('selector', selector, SELECTORS)
-  if selector == 'rock_score':
+  _check("selector", selector, SELECTORS)
+  if selector == "rock_score":
     return rock_score(stats, window=window)
-  if selector == 'frequency':
+  if selector == "frequency":
     return frequency(stats, window=window)
   return mean_kl(stats, window=window)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'exclude_top_freq', 'selector', 'window'))
-def select(stats: RockStats, *, k: int, min_freq: float = 1, exclude_top_freq: int = 0,
-           selector: str = 'rock_score', window: str = 'cumulative') -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("k", "exclude_top_freq", "selector", "window"))
+def select(
+  stats: RockStats,
+  *,
+  k: int,
+  min_freq: float = 1,
+  exclude_top_freq: int = 0,
+  selector: str = "rock_score",
+  window: str = "cumulative",
+) -> jax.Array:
   """Bool `[V]`: the top-k ids by `selector` among seen ids with count >= min_freq.
 
   The `exclude_top_freq` most frequent ids are removed first (paper code: k=100, min_freq=2,
@@ -176,7 +204,7 @@ def select(stats: RockStats, *, k: int, min_freq: float = 1, exclude_top_freq: i
   (in score, and in frequency for the exclusion) go to the lower id. Ids whose score is NaN
   rank last. Counts and frequencies come from the same `window`.
   """
-  _check('window', window, WINDOWS)
+  _check("window", window, WINDOWS)
   score_V = _scores(stats, selector, window).astype(jnp.float32)
   freq_V = frequency(stats, window=window)
   vocab_size = stats.vocab_size
@@ -197,29 +225,37 @@ def select(stats: RockStats, *, k: int, min_freq: float = 1, exclude_top_freq: i
 @dataclasses.dataclass(frozen=True)
 class RockSelection:
   """How rocks are picked from the statistics (config group `rock`); validated when built."""
+
   k: int = 100  # number of rock ids (paper: 100)
   min_freq: float = 2  # ignore ids seen fewer times (authors' code: 2)
   exclude_top_freq: int = 5  # drop the N most frequent ids first (authors' code: 5)
-  selector: str = 'rock_score'  # one of SELECTORS
-  window: str = 'cumulative'  # one of WINDOWS
+  selector: str = "rock_score"  # one of SELECTORS
+  window: str = "cumulative"  # one of WINDOWS
 
   def __post_init__(self):
-    _check('selector', self.selector, SELECTORS)
-    _check('window', self.window, WINDOWS)
+    _check("selector", self.selector, SELECTORS)
+    _check("window", self.window, WINDOWS)
     if self.k < 1 or self.min_freq < 0 or self.exclude_top_freq < 0:
-      raise ValueError(f'RockSelection: need k >= 1, min_freq >= 0, exclude_top_freq >= 0; '
-                       f'got {self}')
+      raise ValueError(
+        f"RockSelection: need k >= 1, min_freq >= 0, exclude_top_freq >= 0; got {self}"
+      )
 
   def select(self, stats: RockStats) -> jax.Array:
     """Bool `[V]`: this selection applied to `stats` (see `select`)."""
-    return select(stats, k=self.k, min_freq=self.min_freq,
-                  exclude_top_freq=self.exclude_top_freq, selector=self.selector,
-                  window=self.window)
+    return select(
+      stats,
+      k=self.k,
+      min_freq=self.min_freq,
+      exclude_top_freq=self.exclude_top_freq,
+      selector=self.selector,
+      window=self.window,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class RockSchedule:
   """When the statistics are reselected and snapshotted during training; validated when built."""
+
   warmup_steps: int = 0  # first selection after this many steps
   select_every: int = 1  # then every N steps
   snapshot_step: int = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
@@ -227,17 +263,18 @@ class RockSchedule:
 
   def __post_init__(self):
     if self.warmup_steps < 0 or self.select_every < 1 or self.snapshot_step < 0:
-      raise ValueError(f'RockSchedule: need warmup_steps >= 0, select_every >= 1, '
-                       f'snapshot_step >= 0; got {self}')
+      raise ValueError(
+        f"RockSchedule: need warmup_steps >= 0, select_every >= 1, snapshot_step >= 0; got {self}"
+      )
     if not 0.0 < self.decay <= 1.0:
-      raise ValueError(f'RockSchedule: decay must be in (0, 1], got {self.decay}')
+      raise ValueError(f"RockSchedule: decay must be in (0, 1], got {self.decay}")
 
   def due(self, step: jax.Array) -> jax.Array:
     """Whether the selection is recomputed after `step` updates."""
     return (step >= self.warmup_steps) & ((step - self.warmup_steps) % self.select_every == 0)
 
 
-def stagnation(stats: RockStats, *, window: str = 'since_snapshot') -> jax.Array:
+def stagnation(stats: RockStats, *, window: str = "since_snapshot") -> jax.Array:
   """Relative drop `(snap - now) / |snap|` `[V]` of each id's mean KL; NaN where undefined.
 
   `snap` is the mean KL frozen by `snapshot`, `now` the mean KL over `window` (default: the
@@ -247,13 +284,18 @@ def stagnation(stats: RockStats, *, window: str = 'since_snapshot') -> jax.Array
   taken, id unseen at the snapshot or in `window`, or snapshot mean 0. `|snap|` equals `snap`
   for a true KL and keeps "positive = fell" for signed estimators.
   """
-  _check('window', window, WINDOWS)
-  snap_V = mean_kl(stats, window='snapshot')
+  _check("window", window, WINDOWS)
+  snap_V = mean_kl(stats, window="snapshot")
   now_V = mean_kl(stats, window=window)
-  defined_V = (stats.has_snapshot & (stats.snap_count_V > 0)
-               & (window_sums(stats, window)[0] > 0) & (snap_V != 0))
-  return jnp.where(defined_V, (snap_V - now_V) / jnp.where(defined_V, jnp.abs(snap_V), 1.0),
-                   jnp.nan)
+  defined_V = (
+    stats.has_snapshot
+    & (stats.snap_count_V > 0)
+    & (window_sums(stats, window)[0] > 0)
+    & (snap_V != 0)
+  )
+  return jnp.where(
+    defined_V, (snap_V - now_V) / jnp.where(defined_V, jnp.abs(snap_V), 1.0), jnp.nan
+  )
 
 
 def is_rock_BxL(rock_mask_V: jax.Array, ids_BxL: jax.Array) -> jax.Array:
@@ -265,28 +307,31 @@ def is_rock_BxL(rock_mask_V: jax.Array, ids_BxL: jax.Array) -> jax.Array:
   return rock_mask_V[jnp.where(in_range_BxL, ids_BxL, 0)] & in_range_BxL
 
 
-def token_weights(rock_mask_V: jax.Array, ids_BxL: jax.Array, mask_BxL: jax.Array, *,
-                  lam: float | jax.Array = 0.0) -> jax.Array:
+def token_weights(
+  rock_mask_V: jax.Array, ids_BxL: jax.Array, mask_BxL: jax.Array, *, lam: float | jax.Array = 0.0
+) -> jax.Array:
   """The masking function: float32 `[B, L]`, lam on rock ids, 1 elsewhere, 0 outside the mask."""
   lam = jnp.asarray(lam, jnp.float32)
   w_BxL = jnp.where(is_rock_BxL(rock_mask_V, ids_BxL), lam, jnp.float32(1.0))
   return jnp.where(jnp.asarray(mask_BxL) != 0, w_BxL, 0.0)
 
 
-def rock_shares(rock_mask_V: jax.Array, ids_BxL: jax.Array, kl_BxL: jax.Array,
-                mask_BxL: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+def rock_shares(
+  rock_mask_V: jax.Array, ids_BxL: jax.Array, kl_BxL: jax.Array, mask_BxL: jax.Array
+) -> dict[str, tuple[jax.Array, jax.Array]]:
   """Metrics as (sum, count): share of response tokens that are rocks, share of KL on them."""
   resp_BxL = jnp.asarray(mask_BxL) != 0
   rock_BxL = is_rock_BxL(rock_mask_V, ids_BxL) & resp_BxL
   kl_BxL = jnp.where(resp_BxL, jnp.asarray(kl_BxL).astype(jnp.float32), 0.0)
   return {
-      'rock/share_tokens': (rock_BxL.sum(dtype=jnp.float32), resp_BxL.sum(dtype=jnp.float32)),
-      'rock/share_kl': (jnp.where(rock_BxL, kl_BxL, 0.0).sum(), kl_BxL.sum()),
+    "rock/share_tokens": (rock_BxL.sum(dtype=jnp.float32), resp_BxL.sum(dtype=jnp.float32)),
+    "rock/share_kl": (jnp.where(rock_BxL, kl_BxL, 0.0).sum(), kl_BxL.sum()),
   }
 
 
-def kl_coverage(stats: RockStats, rock_mask_V: jax.Array, *, window: str = 'cumulative'
-                ) -> tuple[jax.Array, jax.Array]:
+def kl_coverage(
+  stats: RockStats, rock_mask_V: jax.Array, *, window: str = "cumulative"
+) -> tuple[jax.Array, jax.Array]:
   """(KL on the rock ids, total KL) over a window: the paper's "top-100 covers ~60%"."""
   score_V = rock_score(stats, window=window)
   return jnp.where(jnp.asarray(rock_mask_V, bool), score_V, 0.0).sum(), score_V.sum()

@@ -17,6 +17,7 @@ Per-step logit pipeline (all in float32):
 Randomness: row r at step t uses fold_in(fold_in(key, r), t), so the output depends only on
 the key and the row index, never on how the batch is sharded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,6 +52,7 @@ class Rollout:
     (processor, bans, temperature, top-k, top-p); 0 off the mask and for greedy decoding.
   prompt_len: P, the column where responses start (static).
   """
+
   tokens: jax.Array
   response_mask: jax.Array
   attention_mask: jax.Array
@@ -63,6 +65,7 @@ class Rollout:
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """The static (compile-time) settings of one sampler program; hashable."""
+
   max_new_tokens: int
   top_p: float = 1.0
   top_k: int = 0
@@ -82,9 +85,13 @@ def _process(logits_NxV: jax.Array, step: jax.Array, cfg: SamplingConfig) -> jax
   return lp.ban_ids(logits_NxV, cfg.banned_ids)
 
 
-def _choose(logits_NxV: jax.Array, step: jax.Array, row_keys_N: jax.Array,
-            temperature: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array,
-                                                                   jax.Array]:
+def _choose(
+  logits_NxV: jax.Array,
+  step: jax.Array,
+  row_keys_N: jax.Array,
+  temperature: jax.Array,
+  cfg: SamplingConfig,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N)."""
   processed_NxV = _process(logits_NxV, step, cfg)
   if cfg.greedy:
@@ -98,16 +105,22 @@ def _choose(logits_NxV: jax.Array, step: jax.Array, row_keys_N: jax.Array,
   return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
 
 
-def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
-           prompt_mask_BxP: jax.Array, key: jax.Array, temperature: jax.Array | float,
-           cfg: SamplingConfig) -> Rollout:
+def decode(
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  prompt_ids_BxP: jax.Array,
+  prompt_mask_BxP: jax.Array,
+  key: jax.Array,
+  temperature: jax.Array | float,
+  cfg: SamplingConfig,
+) -> Rollout:
   """The pure sampler (traceable; `decode_jit` is its jitted form); see `generate`."""
   model = nnx.merge(graphdef, state)
   B, P = prompt_ids_BxP.shape
   n, T = cfg.num_samples, cfg.max_new_tokens
   N, S = B * n, P + T - 1  # the last token is never fed back
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
-  batch = lambda x: shd.constrain(x, ('batch',) + (None,) * (x.ndim - 1))
+  batch = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
 
   # Prefill the B distinct prompts once; only the last position's logits are needed.
   cache = model.init_cache(B, S, cfg.cache_dtype)
@@ -117,8 +130,12 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
   # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
   rep = lambda x: jnp.repeat(x, n, axis=0) if n > 1 else x
   kv = lambda xs: tuple(shd.constrain(rep(x), KV_AXES) for x in xs)
-  cache = KVCache(k=kv(cache.k), v=kv(cache.v),
-                  mask_BxS=shd.constrain(rep(cache.mask_BxS), MASK_AXES), index=cache.index)
+  cache = KVCache(
+    k=kv(cache.k),
+    v=kv(cache.v),
+    mask_BxS=shd.constrain(rep(cache.mask_BxS), MASK_AXES),
+    index=cache.index,
+  )
   first_logits_NxV = rep(first_logits_BxV)
   row_keys_N = batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
   temperature = jnp.asarray(temperature, jnp.float32)
@@ -130,12 +147,14 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
     tokens_N, logp_N, slogp_N = _choose(logits_NxV, step, row_keys_N, temperature, cfg)
     live_N = ~done_N
     tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype),
-                                                      (0, step))
-    carry = (put(tokens_NxT, tokens_N), put(mask_NxT, live_N),
-             put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
-             put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
-             done_N | (live_N & jnp.isin(tokens_N, eos_E)))
+    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
+    carry = (
+      put(tokens_NxT, tokens_N),
+      put(mask_NxT, live_N),
+      put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
+      put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
+      done_N | (live_N & jnp.isin(tokens_N, eos_E)),
+    )
     return carry, tokens_N
 
   def cond(loop):
@@ -149,9 +168,13 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
     out, tokens_N = emit(out, logits_Nx1xV[:, 0], step)
     return step + 1, tokens_N, cache, out
 
-  out = (batch(jnp.full((N, T), cfg.pad_id, jnp.int32)), batch(jnp.zeros((N, T), jnp.int32)),
-         batch(jnp.zeros((N, T), jnp.float32)), batch(jnp.zeros((N, T), jnp.float32)),
-         batch(jnp.zeros((N,), bool)))
+  out = (
+    batch(jnp.full((N, T), cfg.pad_id, jnp.int32)),
+    batch(jnp.zeros((N, T), jnp.int32)),
+    batch(jnp.zeros((N, T), jnp.float32)),
+    batch(jnp.zeros((N, T), jnp.float32)),
+    batch(jnp.zeros((N,), bool)),
+  )
   # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
   out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
   loop = (jnp.int32(1), first_N, cache, out)
@@ -162,27 +185,41 @@ def decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids_BxP: jax.Array,
   zeros_NxP = jnp.zeros((N, P), jnp.int32)
   cat = lambda a, b: batch(jnp.concatenate([a, b], axis=1))
   return Rollout(
-      tokens=cat(prompt_ids_NxP, gen_NxT),
-      response_mask=cat(zeros_NxP, gen_mask_NxT),
-      attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
-      lengths=batch(jnp.sum(gen_mask_NxT, axis=1)),
-      logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
-      sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
-      prompt_len=P)
+    tokens=cat(prompt_ids_NxP, gen_NxT),
+    response_mask=cat(zeros_NxP, gen_mask_NxT),
+    attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
+    lengths=batch(jnp.sum(gen_mask_NxT, axis=1)),
+    logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
+    sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
+    prompt_len=P,
+  )
 
 
 # The one place the sampler is jitted: the model structure and settings are static; params,
 # prompts (sharded on 'batch' by the caller or by `generate(mesh=...)`), key and temperature
 # are traced. Nothing is donated: the params are the live student's.
-decode_jit = jax.jit(decode, static_argnames=('graphdef', 'cfg'))
+decode_jit = jax.jit(decode, static_argnames=("graphdef", "cfg"))
 
 
-def generate(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, *,
-             key: jax.Array, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, greedy: bool = False, eos_ids: Sequence[int] = (),
-             banned_ids: Sequence[int] = (), num_samples: int = 1, pad_id: int | None = None,
-             logit_processor: LogitProcessor | None = None, mesh: Mesh | None = None,
-             cache_dtype: Any = None) -> Rollout:
+def generate(
+  model: nnx.Module,
+  prompt_ids_BxP: jax.Array,
+  prompt_mask_BxP: jax.Array,
+  *,
+  key: jax.Array,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_p: float = 1.0,
+  top_k: int = 0,
+  greedy: bool = False,
+  eos_ids: Sequence[int] = (),
+  banned_ids: Sequence[int] = (),
+  num_samples: int = 1,
+  pad_id: int | None = None,
+  logit_processor: LogitProcessor | None = None,
+  mesh: Mesh | None = None,
+  cache_dtype: Any = None,
+) -> Rollout:
   """Samples `num_samples` responses per left-padded prompt in one compiled program.
 
   key: a jax.random key (same key -> same output). temperature (traced; > 0 unless greedy),
@@ -195,26 +232,34 @@ def generate(model: nnx.Module, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.
   Returns a `Rollout` (see its docstring, notably which distribution `logprobs` is under).
   """
   if max_new_tokens < 1 or num_samples < 1:
-    raise ValueError(f'max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1')
+    raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
   if not greedy and not temperature > 0:
-    raise ValueError(f'temperature={temperature} must be > 0 when sampling; use greedy=True')
+    raise ValueError(f"temperature={temperature} must be > 0 when sampling; use greedy=True")
   if not 0.0 < top_p <= 1.0:
-    raise ValueError(f'top_p={top_p} must be in (0, 1]')
+    raise ValueError(f"top_p={top_p} must be in (0, 1]")
   vocab = model.cfg.vocab_size
   bad = [i for i in (*eos_ids, *banned_ids) if not 0 <= int(i) < vocab]
   if bad:
-    raise ValueError(f'eos/banned ids {bad} outside the vocabulary [0, {vocab})')
+    raise ValueError(f"eos/banned ids {bad} outside the vocabulary [0, {vocab})")
   eos_ids = tuple(int(i) for i in eos_ids)
   cfg = SamplingConfig(
-      max_new_tokens=int(max_new_tokens), top_p=float(top_p), top_k=int(top_k),
-      greedy=bool(greedy), eos_ids=eos_ids, banned_ids=tuple(sorted({int(i) for i in banned_ids})),
-      num_samples=int(num_samples), pad_id=(eos_ids[0] if eos_ids else 0) if pad_id is None
-      else int(pad_id), logit_processor=logit_processor, cache_dtype=cache_dtype)
+    max_new_tokens=int(max_new_tokens),
+    top_p=float(top_p),
+    top_k=int(top_k),
+    greedy=bool(greedy),
+    eos_ids=eos_ids,
+    banned_ids=tuple(sorted({int(i) for i in banned_ids})),
+    num_samples=int(num_samples),
+    pad_id=(eos_ids[0] if eos_ids else 0) if pad_id is None else int(pad_id),
+    logit_processor=logit_processor,
+    cache_dtype=cache_dtype,
+  )
   graphdef, state = nnx.split(model)
   temperature = jnp.float32(1.0 if greedy else temperature)
   if mesh is None:
     return decode_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg)
   put = lambda x: jax.device_put(x, shd.batch_sharding(x.shape, mesh))
   with jax.set_mesh(mesh):
-    return decode_jit(graphdef, state, put(prompt_ids_BxP), put(prompt_mask_BxP), key,
-                      temperature, cfg)
+    return decode_jit(
+      graphdef, state, put(prompt_ids_BxP), put(prompt_mask_BxP), key, temperature, cfg
+    )

@@ -4,6 +4,7 @@ Each concern gets a small frozen dataclass that validates itself when built: the
 (objective.LossSettings), the rock selection and its schedule (rocks.RockSelection,
 rocks.RockSchedule); StepSettings bundles them for the jitted step.
 """
+
 from typing import Any, Callable
 
 import jax
@@ -16,41 +17,68 @@ from rockjax import step as step_lib
 def loss_settings(c: ml_collections.ConfigDict) -> objective.LossSettings:
   """The per-token loss from config groups opd and rock."""
   return objective.LossSettings(
-      mode=c.opd.mode, divergence=c.opd.divergence, jsd_beta=c.opd.jsd_beta,
-      skew_alpha=c.opd.skew_alpha, temperature=c.opd.temperature, chunked=c.opd.chunked,
-      chunk_size=c.opd.chunk_size, block_size=c.opd.block_size, kd_ratio=c.opd.kd_ratio,
-      normalizer=c.opd.normalizer, rock_mode=c.rock.mode, lam=c.rock.lam,
-      grad_norm_metric=c.opd.grad_norm_metric)
+    mode=c.opd.mode,
+    divergence=c.opd.divergence,
+    jsd_beta=c.opd.jsd_beta,
+    skew_alpha=c.opd.skew_alpha,
+    temperature=c.opd.temperature,
+    chunked=c.opd.chunked,
+    chunk_size=c.opd.chunk_size,
+    block_size=c.opd.block_size,
+    kd_ratio=c.opd.kd_ratio,
+    normalizer=c.opd.normalizer,
+    rock_mode=c.rock.mode,
+    lam=c.rock.lam,
+    grad_norm_metric=c.opd.grad_norm_metric,
+  )
 
 
 def rock_selection(c: ml_collections.ConfigDict) -> rocks.RockSelection:
   """How rocks are picked (config group rock): used by the step, the rock table and reports."""
   r = c.rock
-  return rocks.RockSelection(k=r.k, min_freq=r.min_freq, exclude_top_freq=r.exclude_top_freq,
-                             selector=r.selector, window=r.window)
+  return rocks.RockSelection(
+    k=r.k,
+    min_freq=r.min_freq,
+    exclude_top_freq=r.exclude_top_freq,
+    selector=r.selector,
+    window=r.window,
+  )
 
 
 def rock_schedule(c: ml_collections.ConfigDict) -> rocks.RockSchedule:
   """When rocks are reselected and snapshotted during training (config group rock)."""
   r = c.rock
-  return rocks.RockSchedule(warmup_steps=r.warmup_steps, select_every=r.select_every,
-                            snapshot_step=r.snapshot_step, decay=r.decay)
+  return rocks.RockSchedule(
+    warmup_steps=r.warmup_steps,
+    select_every=r.select_every,
+    snapshot_step=r.snapshot_step,
+    decay=r.decay,
+  )
 
 
-def step_settings(c: ml_collections.ConfigDict, teacher_graphdef: Any,
-                  schedule: Callable[[Any], jax.Array]) -> step_lib.StepSettings:
+def step_settings(
+  c: ml_collections.ConfigDict, teacher_graphdef: Any, schedule: Callable[[Any], jax.Array]
+) -> step_lib.StepSettings:
   """Everything static the jitted train step needs."""
   loss = loss_settings(c)
   if loss.needs_teacher and c.teacher.source == "none":
-    raise ValueError("teacher.source='none' only works for plain SFT "
-                     "(opd.mode='off_policy' with opd.kd_ratio=0)")
-  return step_lib.StepSettings(loss=loss, teacher_graphdef=teacher_graphdef, schedule=schedule,
-                               selection=rock_selection(c), rock_schedule=rock_schedule(c))
+    raise ValueError(
+      "teacher.source='none' only works for plain SFT (opd.mode='off_policy' with opd.kd_ratio=0)"
+    )
+  return step_lib.StepSettings(
+    loss=loss,
+    teacher_graphdef=teacher_graphdef,
+    schedule=schedule,
+    selection=rock_selection(c),
+    rock_schedule=rock_schedule(c),
+  )
 
 
 def batch_shape(c: ml_collections.ConfigDict) -> tuple[int, int]:
   """(rows, length) of a global train batch: rollouts on-policy, given completions off-policy."""
   if loss_settings(c).mode == "on_policy":
-    return (c.data.prompts_per_step * c.opd.samples_per_prompt,
-            c.data.max_prompt_len + c.opd.max_new_tokens)
+    return (
+      c.data.prompts_per_step * c.opd.samples_per_prompt,
+      c.data.max_prompt_len + c.opd.max_new_tokens,
+    )
   return c.data.prompts_per_step, c.data.max_len

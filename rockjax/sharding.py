@@ -5,6 +5,7 @@ Parameters carry *logical* axis names (``'embed'``, ``'mlp'``, ``'heads'``, ...)
 the ``('data', 'fsdp', 'tensor')`` mesh. A dimension whose size is not divisible by its mesh
 axes is replicated instead, so tiny test models still shard on 8 fake devices.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,58 +16,63 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axis (or axes, major to minor, or None for replicated).
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 DEFAULT_RULES: LogicalRules = (
-    # Activations.
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('act_embed', None),
-    ('act_vocab', 'tensor'),  # logits stay vocab-sharded (never gather [B, L, V])
-    ('act_heads', 'tensor'),
-    ('cache_length', None),
-    # Parameters.
-    ('embed', 'fsdp'),
-    ('mlp', 'tensor'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('vocab', 'tensor'),
-    ('experts', 'tensor'),
-    ('head_dim', None),
-    ('norm', None),
+  # Activations.
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("act_embed", None),
+  ("act_vocab", "tensor"),  # logits stay vocab-sharded (never gather [B, L, V])
+  ("act_heads", "tensor"),
+  ("cache_length", None),
+  # Parameters.
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("vocab", "tensor"),
+  ("experts", "tensor"),
+  ("head_dim", None),
+  ("norm", None),
 )
 
 
-def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  shape: Mapping[str, int] | Sequence[int] | None = None,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
   """Builds a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 (fill with the rest)."""
   devices = list(jax.devices() if devices is None else devices)
   if shape is None:
-    shape = {'fsdp': -1}
+    shape = {"fsdp": -1}
   if isinstance(shape, Mapping):
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
-      raise ValueError(f'unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}')
+      raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
     sizes = [int(shape.get(name, 1)) for name in MESH_AXES]
   else:
     sizes = [int(s) for s in shape]
     if len(sizes) != len(MESH_AXES):
-      raise ValueError(f'mesh shape {tuple(sizes)} must have {len(MESH_AXES)} entries {MESH_AXES}')
+      raise ValueError(f"mesh shape {tuple(sizes)} must have {len(MESH_AXES)} entries {MESH_AXES}")
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'mesh shape {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1')
+    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if len(devices) % known:
-    raise ValueError(f'mesh shape {dict(zip(MESH_AXES, sizes))} (product {known}) does not '
-                     f'divide the {len(devices)} available devices')
+    raise ValueError(
+      f"mesh shape {dict(zip(MESH_AXES, sizes))} (product {known}) does not "
+      f"divide the {len(devices)} available devices"
+    )
   sizes = [len(devices) // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != len(devices):
     # A mesh smaller than the device set is allowed: it uses the first devices.
-    devices = devices[:math.prod(sizes)]
+    devices = devices[: math.prod(sizes)]
   # Auto axes: GSPMD propagates shardings through the model; only boundaries are declared.
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
-                       devices=devices)
+  return jax.make_mesh(
+    tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+  )
 
 
 def _axis_sizes(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
@@ -74,9 +80,12 @@ def _axis_sizes(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
   return dict(zip(mesh.axis_names, mesh.axis_sizes))
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
-                    mesh: Mesh | jax.sharding.AbstractMesh,
-                    rules: LogicalRules | None = None) -> PartitionSpec:
+def logical_to_spec(
+  logical_axes: Sequence[str | None],
+  shape: Sequence[int],
+  mesh: Mesh | jax.sharding.AbstractMesh,
+  rules: LogicalRules | None = None,
+) -> PartitionSpec:
   """Maps per-dimension logical names to a PartitionSpec valid for `shape` on `mesh`.
 
   Mesh axes absent from the mesh, of size 1, or already used by an earlier dimension are
@@ -84,7 +93,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
   dimension ends up replicated).
   """
   if len(logical_axes) != len(shape):
-    raise ValueError(f'logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}')
+    raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
   table = dict(DEFAULT_RULES if rules is None else rules)
   sizes = _axis_sizes(mesh)
   used: set[str] = set()
@@ -100,15 +109,19 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],
   return PartitionSpec(*spec)
 
 
-def logical_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                     rules: LogicalRules | None = None) -> NamedSharding:
+def logical_sharding(
+  logical_axes: Sequence[str | None],
+  shape: Sequence[int],
+  mesh: Mesh,
+  rules: LogicalRules | None = None,
+) -> NamedSharding:
   """NamedSharding on `mesh` for an array of `shape` with the given logical axes."""
   return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
 
 
 def variable_logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
   """The logical axis names a parameter carries (all None when it carries none)."""
-  axes = variable.get_metadata().get('out_sharding')
+  axes = variable.get_metadata().get("out_sharding")
   ndim = len(variable.get_value().shape)
   return tuple(axes) if axes else (None,) * ndim
 
@@ -138,8 +151,9 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules | None = None
   return model
 
 
-def constrain(x: jax.Array, logical_axes: Sequence[str | None],
-              rules: LogicalRules | None = None) -> jax.Array:
+def constrain(
+  x: jax.Array, logical_axes: Sequence[str | None], rules: LogicalRules | None = None
+) -> jax.Array:
   """with_sharding_constraint by logical names; a no-op when no mesh is set (jax.set_mesh)."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
@@ -147,18 +161,19 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None],
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
 
 
-def batch_sharding(shape: Sequence[int], mesh: Mesh,
-                   rules: LogicalRules | None = None) -> NamedSharding:
+def batch_sharding(
+  shape: Sequence[int], mesh: Mesh, rules: LogicalRules | None = None
+) -> NamedSharding:
   """Sharding for a host batch [B, ...]: dim 0 on 'batch' ('data' x 'fsdp'), the rest replicated."""
-  return logical_sharding(('batch',) + (None,) * (len(shape) - 1), shape, mesh, rules)
+  return logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
 
 
-def host_to_global(host_batch: Mapping[str, Any], mesh: Mesh,
-                   rules: LogicalRules | None = None) -> dict[str, jax.Array]:
+def host_to_global(
+  host_batch: Mapping[str, Any], mesh: Mesh, rules: LogicalRules | None = None
+) -> dict[str, jax.Array]:
   """Host-local rows [b, ...] -> global arrays [b * process_count, ...] on 'batch'."""
   out = {}
   for k, v in host_batch.items():
     global_shape = (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:])
-    out[k] = jax.make_array_from_process_local_data(
-        batch_sharding(global_shape, mesh, rules), v)
+    out[k] = jax.make_array_from_process_local_data(batch_sharding(global_shape, mesh, rules), v)
   return out

@@ -1,4 +1,5 @@
 """TrainState pytree, the optax optimiser, and sharded initialisation by abstract evaluation."""
+
 from typing import Any, Callable
 
 import jax
@@ -15,6 +16,7 @@ from rockjax import sharding as shd
 @struct.dataclass
 class TrainState:
   """Everything that changes during training and is checkpointed (the teacher is not here)."""
+
   step: jax.Array  # int32 []
   params: nnx.State  # the student's variables
   opt_state: Any
@@ -25,16 +27,22 @@ class TrainState:
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int
-                   ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+def make_optimizer(
+  opt: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
   """AdamW with linear warm-up then cosine decay and global-norm clipping (the paper's recipe)."""
   warmup = max(1, int(round(opt.warmup_frac * total_steps)))
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.lr, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=opt.end_lr)
+    init_value=0.0,
+    peak_value=opt.lr,
+    warmup_steps=warmup,
+    decay_steps=max(total_steps, warmup + 1),
+    end_value=opt.end_lr,
+  )
   tx = optax.chain(
-      optax.clip_by_global_norm(opt.clip) if opt.clip > 0 else optax.identity(),
-      optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay))
+    optax.clip_by_global_norm(opt.clip) if opt.clip > 0 else optax.identity(),
+    optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay),
+  )
   if opt.grad_accum > 1:
     # Every call is one micro-batch; the inner update (and the schedule) advances every k calls.
     tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum)
@@ -43,30 +51,50 @@ def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int
   return tx, schedule
 
 
-def initializer(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *, vocab_size: int,
-                seed: int = 0, rock_mask_V: Any = None) -> Callable[[nnx.State], TrainState]:
+def initializer(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  *,
+  vocab_size: int,
+  seed: int = 0,
+  rock_mask_V: Any = None,
+) -> Callable[[nnx.State], TrainState]:
   """params -> the initial TrainState around them (for jit or eval_shape)."""
+
   def init(params: nnx.State) -> TrainState:
-    mask = (jnp.zeros((vocab_size,), bool) if rock_mask_V is None
-            else jnp.asarray(rock_mask_V, bool))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rock=rocks.RockStats.init(vocab_size), rock_mask=mask,
-                      rng=jax.random.PRNGKey(seed), graphdef=graphdef, tx=tx)
+    mask = jnp.zeros((vocab_size,), bool) if rock_mask_V is None else jnp.asarray(rock_mask_V, bool)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rock=rocks.RockStats.init(vocab_size),
+      rock_mask=mask,
+      rng=jax.random.PRNGKey(seed),
+      graphdef=graphdef,
+      tx=tx,
+    )
+
   return init
 
 
-def abstract_state(init: Callable[[nnx.State], TrainState], abstract_params: nnx.State,
-                   mesh: Mesh, rules: shd.LogicalRules | None = None) -> tuple[TrainState, Any]:
+def abstract_state(
+  init: Callable[[nnx.State], TrainState],
+  abstract_params: nnx.State,
+  mesh: Mesh,
+  rules: shd.LogicalRules | None = None,
+) -> tuple[TrainState, Any]:
   """(ShapeDtypeStructs carrying their target shardings, shardings) of the state; no memory."""
   abstract = jax.eval_shape(init, abstract_params)
   shardings = shd.tree_shardings(abstract, mesh, rules)
-  like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                      abstract, shardings)
+  like = jax.tree.map(
+    lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, shardings
+  )
   return like, shardings
 
 
-def init_state(init: Callable[[nnx.State], TrainState], params: nnx.State, shardings: Any,
-               mesh: Mesh) -> TrainState:
+def init_state(
+  init: Callable[[nnx.State], TrainState], params: nnx.State, shardings: Any, mesh: Mesh
+) -> TrainState:
   """The initial state, built by one jit that writes every shard (moments too) in place.
 
   `params` are already placed (see rockjax.loading.load_params); they are donated, so the

@@ -3,6 +3,7 @@
 Every host runs this same program (jax.distributed on pods); each host feeds its shard of the
 batch and XLA collectives do the rest.
 """
+
 import logging
 import signal
 import time
@@ -23,21 +24,35 @@ from rockjax.experiment import Experiment, build_experiment
 _log = logging.getLogger(__name__)
 
 
-def _rollout(exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray],
-             step: int) -> dict[str, jax.Array]:
+def _rollout(
+  exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray], step: int
+) -> dict[str, jax.Array]:
   """Student samples completions for the step's prompts (on-policy); returns a token batch."""
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
+
   c = exp.config.opd
   student = nnx.merge(state.graphdef, state.params)
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
-  g = shd.host_to_global({"ids": prompts["prompt_ids_BxP"],
-                          "mask": prompts["prompt_mask_BxP"]}, exp.mesh)
-  out = sampling.generate(student, g["ids"], g["mask"], key=key,
-                          max_new_tokens=c.max_new_tokens, temperature=c.sample_temperature,
-                          top_p=c.top_p, top_k=c.top_k, eos_ids=exp.eos_ids,
-                          num_samples=c.samples_per_prompt)
-  return {"tokens": out.tokens, "attention_mask": out.attention_mask,
-          "response_mask": out.response_mask}
+  g = shd.host_to_global(
+    {"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]}, exp.mesh
+  )
+  out = sampling.generate(
+    student,
+    g["ids"],
+    g["mask"],
+    key=key,
+    max_new_tokens=c.max_new_tokens,
+    temperature=c.sample_temperature,
+    top_p=c.top_p,
+    top_k=c.top_k,
+    eos_ids=exp.eos_ids,
+    num_samples=c.samples_per_prompt,
+  )
+  return {
+    "tokens": out.tokens,
+    "attention_mask": out.attention_mask,
+    "response_mask": out.response_mask,
+  }
 
 
 def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
@@ -69,8 +84,9 @@ class _StopSignals:
     if self.requested == "SIGINT" and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.requested = name
-    tqdm.tqdm.write(f"{name}: saving a checkpoint after this step, then stopping "
-                    f"(Ctrl-C again to stop at once)")
+    tqdm.tqdm.write(
+      f"{name}: saving a checkpoint after this step, then stopping (Ctrl-C again to stop at once)"
+    )
 
   def restore(self):
     for sig, old in self._old.items():
@@ -83,9 +99,10 @@ def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: 
   if not np.isfinite(s) or not np.isfinite(c):
     saved = exp.checkpointer.steps()
     raise FloatingPointError(
-        f"step {step}: non-finite loss (sum={s}, count={c}); training stopped. Last good "
-        f"checkpoint: {'step ' + str(saved[-1]) if saved else 'none'} in "
-        f"{exp.checkpointer.directory}")
+      f"step {step}: non-finite loss (sum={s}, count={c}); training stopped. Last good "
+      f"checkpoint: {'step ' + str(saved[-1]) if saved else 'none'} in "
+      f"{exp.checkpointer.directory}"
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -110,8 +127,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   kind = loss.stage
   # opd/kl holds the stage's per-token quantity (cross-entropy in plain SFT): name it so.
   loss_label = "ce" if loss.tracked == "cross_entropy" else "kl"
-  bar = tqdm.tqdm(total=c.steps, initial=start, desc=kind, disable=jax.process_index() != 0,
-                  dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=c.steps, initial=start, desc=kind, disable=jax.process_index() != 0, dynamic_ncols=True
+  )
   t_start = t0 = time.perf_counter()
   done = start
 
@@ -128,8 +146,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       writer.write(step_done, values)
       last = values
       window.clear()
-      bar.set_postfix({loss_label: f"{values.get('opd/kl', float('nan')):.4f}",
-                       "rock_share": f"{values.get('rock/share_tokens', float('nan')):.2f}"})
+      bar.set_postfix(
+        {
+          loss_label: f"{values.get('opd/kl', float('nan')):.4f}",
+          "rock_share": f"{values.get('rock/share_tokens', float('nan')):.2f}",
+        }
+      )
 
   try:
     with jax.set_mesh(exp.mesh):
@@ -166,18 +188,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     signals.restore()
     exp.checkpointer.close()
     exp.train_data.close()
-  return {"state": state, "metrics": last, "experiment": exp, "data_state": data_state,
-          "step": done, "completed": done >= c.steps, "interrupted": signals.requested,
-          "eval_correct": eval_correct, "rock_table": table,
-          "seconds": time.perf_counter() - t_start}
+  return {
+    "state": state,
+    "metrics": last,
+    "experiment": exp,
+    "data_state": data_state,
+    "step": done,
+    "completed": done >= c.steps,
+    "interrupted": signals.requested,
+    "eval_correct": eval_correct,
+    "rock_table": table,
+    "seconds": time.perf_counter() - t_start,
+  }
 
 
 def _report_rocks(exp: Experiment, state: state_lib.TrainState, loss) -> dict[str, Any]:
   """Write workdir/rocks.json (every observed id) and print the top of the labelled table."""
   from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
-  table = rock_table.rock_table(state.rock, exp.tokenizer,
-                                settings_lib.rock_selection(exp.config), stage=loss.stage,
-                                quantity=loss.tracked)
+
+  table = rock_table.rock_table(
+    state.rock,
+    exp.tokenizer,
+    settings_lib.rock_selection(exp.config),
+    stage=loss.stage,
+    quantity=loss.tracked,
+  )
   if jax.process_index() == 0:
     path = rock_table.write_table(exp.workdir, table)
     tqdm.tqdm.write(rock_table.format_table(table, limit=10) + f"\n(every observed id: {path})")

@@ -1,9 +1,10 @@
 """Shared test set-up: fake an 8-device CPU mesh before jax is imported anywhere."""
+
 import os
 
 # Must run before the first `import jax` of the test session: the device count is read once.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -4,6 +4,7 @@ a small train-step set-up, and locally built checkpoints and tokenizers (never d
 Hugging Face helpers import torch/transformers inside the functions, so tests without the
 `parity` extra can still import this module.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,11 @@ def random_model(cfg: rm.ModelConfig, seed: int = 0) -> rm.Decoder:
   """
   rng = np.random.default_rng(seed)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: rm.Decoder(cfg, rngs=nnx.Rngs(0))))
+
   def fill(x):
     base = 1.0 if len(x.shape) == 1 else 0.0
     return jnp.asarray(base + 0.2 * rng.standard_normal(x.shape), x.dtype)
+
   return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
@@ -48,8 +51,17 @@ forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
 
 # ------------------------------------------------------------------ a train step
 V = 48
-STUDENT = ModelConfig(family="qwen3", vocab_size=V, hidden_size=32, intermediate_size=48,
-                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, qk_norm=True)
+STUDENT = ModelConfig(
+  family="qwen3",
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=48,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  qk_norm=True,
+)
 TEACHER = STUDENT.replace(hidden_size=40, num_heads=2, num_kv_heads=1, head_dim=16)
 ROCK_IDS = np.array([3, 7, 11, 20])
 
@@ -58,7 +70,7 @@ def make_batch(seed=0, b=8, l=10, prompt=3):
   """Left-padded prompts followed by responses; some rows end early (right padding)."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, V, (b, l)).astype(np.int32)
-  tokens[:, prompt:prompt + 3] = ROCK_IDS[rng.integers(0, 4, (b, 3))]  # plenty of rocks
+  tokens[:, prompt : prompt + 3] = ROCK_IDS[rng.integers(0, 4, (b, 3))]  # plenty of rocks
   attn = np.ones((b, l), np.int32)
   attn[0, :2] = 0  # left padding
   attn[1, -3:] = 0  # a response that ended early
@@ -68,8 +80,18 @@ def make_batch(seed=0, b=8, l=10, prompt=3):
   return {"tokens": tokens, "attention_mask": attn, "response_mask": resp}
 
 
-def build(mesh, *, student_cfg=None, tx=None, rock_mode="static", lam=0.0, normalizer="tokens", chunked=True,
-          dynamic_k=4, **loss_kw):
+def build(
+  mesh,
+  *,
+  student_cfg=None,
+  tx=None,
+  rock_mode="static",
+  lam=0.0,
+  normalizer="tokens",
+  chunked=True,
+  dynamic_k=4,
+  **loss_kw,
+):
   """(jitted step, state, teacher params) on `mesh`."""
   tx = tx or optax.adamw(1e-2)
   graphdef, params = nnx.split(random_model(student_cfg or STUDENT, seed=0))
@@ -82,11 +104,14 @@ def build(mesh, *, student_cfg=None, tx=None, rock_mode="static", lam=0.0, norma
   t_shardings = shd.tree_shardings(t_params, mesh)
   t_params = jax.device_put(t_params, t_shardings)
   settings = step_lib.StepSettings(
-      loss=objective.LossSettings(rock_mode=rock_mode, lam=lam, normalizer=normalizer,
-                                  chunked=chunked, chunk_size=16, **loss_kw),
-      teacher_graphdef=t_graphdef, schedule=lambda n: 1e-2,
-      selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
-      rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1))
+    loss=objective.LossSettings(
+      rock_mode=rock_mode, lam=lam, normalizer=normalizer, chunked=chunked, chunk_size=16, **loss_kw
+    ),
+    teacher_graphdef=t_graphdef,
+    schedule=lambda n: 1e-2,
+    selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
+    rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1),
+  )
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
   return fn, state, t_params
 
@@ -99,21 +124,48 @@ def one_device_mesh():
 # Each family's tiny config; together they cover untied/tied embeddings, head_dim != D/H,
 # GQA (H/K = 2), MoE with top-2 of 4 experts (plus a dense layer via mlp_only_layers),
 # Llama-3 rope scaling (small original context so the scaling bites) and Qwen2 qkv bias.
-_COMMON = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-               max_position_embeddings=128)
+_COMMON = dict(
+  vocab_size=160,
+  hidden_size=64,
+  intermediate_size=96,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  rms_norm_eps=1e-6,
+  max_position_embeddings=128,
+)
 CONFIGS: dict[str, dict[str, Any]] = {
-    'qwen3': dict(_COMMON, model_type='qwen3', head_dim=24, tie_word_embeddings=False,
-                  rope_theta=1000.0),
-    'qwen3_moe': dict(_COMMON, model_type='qwen3_moe', head_dim=16, tie_word_embeddings=False,
-                      num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                      norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[0]),
-    'qwen2': dict(_COMMON, model_type='qwen2', tie_word_embeddings=True),
-    'llama': dict(_COMMON, model_type='llama', head_dim=16, tie_word_embeddings=False,
-                  attention_bias=True,
-                  rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0,
-                                    high_freq_factor=4.0, original_max_position_embeddings=16),
-                  rope_theta=500000.0),
+  "qwen3": dict(
+    _COMMON, model_type="qwen3", head_dim=24, tie_word_embeddings=False, rope_theta=1000.0
+  ),
+  "qwen3_moe": dict(
+    _COMMON,
+    model_type="qwen3_moe",
+    head_dim=16,
+    tie_word_embeddings=False,
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    norm_topk_prob=True,
+    decoder_sparse_step=1,
+    mlp_only_layers=[0],
+  ),
+  "qwen2": dict(_COMMON, model_type="qwen2", tie_word_embeddings=True),
+  "llama": dict(
+    _COMMON,
+    model_type="llama",
+    head_dim=16,
+    tie_word_embeddings=False,
+    attention_bias=True,
+    rope_scaling=dict(
+      rope_type="llama3",
+      factor=8.0,
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=16,
+    ),
+    rope_theta=500000.0,
+  ),
 }
 
 
@@ -121,15 +173,17 @@ def make_hf_model(family: str, seed: int = 0, **overrides: Any):
   """A float32 transformers CausalLM with every weight random (biases, norms included)."""
   import torch
   import transformers
+
   kw = dict(CONFIGS[family], **overrides)
-  model_type = kw.pop('model_type')
+  model_type = kw.pop("model_type")
   config = transformers.AutoConfig.for_model(model_type, **kw)
   torch.manual_seed(seed)
   model = transformers.AutoModelForCausalLM.from_config(
-      config, attn_implementation='eager', dtype=torch.float32).eval()
+    config, attn_implementation="eager", dtype=torch.float32
+  ).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
-      if 'norm' in name:
+      if "norm" in name:
         p.copy_(1.0 + 0.2 * torch.randn_like(p))  # not all ones, so norm weights are tested
       else:
         p.normal_(0.0, 0.1)
@@ -142,14 +196,15 @@ def save_hf_checkpoint(model, path: str | os.PathLike, **kwargs: Any) -> str:
   return os.fspath(path)
 
 
-def left_padded_batch(vocab_size: int, batch: int = 3, length: int = 9,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def left_padded_batch(
+  vocab_size: int, batch: int = 3, length: int = 9, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Random ids [B, L] and a mask with row b left-padded by 2*b tokens (row 0 unpadded)."""
   rng = np.random.default_rng(seed)
   ids = rng.integers(0, vocab_size, (batch, length)).astype(np.int32)
   mask = np.ones((batch, length), np.int32)
   for b in range(batch):
-    mask[b, :min(2 * b, length - 1)] = 0
+    mask[b, : min(2 * b, length - 1)] = 0
   return ids, mask
 
 
@@ -161,10 +216,13 @@ def hf_positions(mask: np.ndarray) -> np.ndarray:
 def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Float32 logits [B, L, V] of a transformers model with explicit left-pad positions."""
   import torch
+
   with torch.no_grad():
-    out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
-                attention_mask=torch.as_tensor(mask, dtype=torch.long),
-                position_ids=torch.as_tensor(hf_positions(mask), dtype=torch.long))
+    out = model(
+      input_ids=torch.as_tensor(ids, dtype=torch.long),
+      attention_mask=torch.as_tensor(mask, dtype=torch.long),
+      position_ids=torch.as_tensor(hf_positions(mask), dtype=torch.long),
+    )
   return out.logits.float().numpy()
 
 
@@ -172,9 +230,10 @@ def make_tokenizer(path: str | os.PathLike, tokens: list[str], **special: str) -
   """A WordLevel PreTrainedTokenizerFast over `tokens` in order (missing specials appended)."""
   import tokenizers
   import transformers
-  specials = {'unk_token': '<unk>', 'eos_token': '</s>', 'pad_token': '<pad>', **special}
+
+  specials = {"unk_token": "<unk>", "eos_token": "</s>", "pad_token": "<pad>", **special}
   vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*tokens, *specials.values()]))}
-  core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=specials['unk_token']))
+  core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=specials["unk_token"]))
   core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, **specials)
   tok.save_pretrained(os.fspath(path))

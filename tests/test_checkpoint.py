@@ -1,4 +1,5 @@
 """Checkpoints: atomic saves, the data position travels with the state, broken latest -> previous."""
+
 import glob
 import os
 
@@ -11,8 +12,7 @@ from fixtures import STUDENT, build, one_device_mesh
 
 
 def abstract(state):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
 def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):
@@ -45,8 +45,11 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning_naming_it(tmp_pat
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
   ckpt.save(1, state, {"next_batch": 1})
   ckpt.save(2, state.replace(step=state.step + 1), {"next_batch": 2})
-  data_files = [f for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True)
-                if os.path.isfile(f) and os.path.getsize(f) > 64 and "METADATA" not in f]
+  data_files = [
+    f
+    for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True)
+    if os.path.isfile(f) and os.path.getsize(f) > 64 and "METADATA" not in f
+  ]
   for f in data_files:  # a save cut short: every array file loses its second half
     os.truncate(f, os.path.getsize(f) // 2)
   restored, data, step = checkpoint.Checkpointer(str(tmp_path)).restore(abstract(state))
@@ -59,10 +62,13 @@ def test_a_checkpoint_of_another_state_structure_raises_naming_the_keys(tmp_path
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   ckpt.save(1, state)
   # Other model sizes: the same keys, other shapes (mlp width 48 -> 64).
-  _, other, _ = build(one_device_mesh(), student_cfg=STUDENT.replace(intermediate_size=64),
-                      rock_mode="off")
-  with pytest.raises(errors.CheckpointMismatch,
-                     match=r"/1 does not match.*different shape/dtype: .*mlp/down_proj/kernel"):
+  _, other, _ = build(
+    one_device_mesh(), student_cfg=STUDENT.replace(intermediate_size=64), rock_mode="off"
+  )
+  with pytest.raises(
+    errors.CheckpointMismatch,
+    match=r"/1 does not match.*different shape/dtype: .*mlp/down_proj/kernel",
+  ):
     checkpoint.Checkpointer(str(tmp_path)).restore(abstract(other))
   # A missing state field: the keys are named, and nothing is restored from scratch.
   saved = checkpoint.Checkpointer(str(tmp_path))._saved_specs(1)

@@ -1,5 +1,6 @@
 """`python -m rockjax.main` with bad input: one stderr line naming the culprit, exit 2, no
 workdir. Each case is a subprocess (parse-time cases < 1 s, validation cases import jax)."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,9 @@ def cli(*args, code=None, timeout=120):
   """Runs the CLI (or `python -c code` with the same argv) from the repo root on the CPU."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "-m", "rockjax.main"] if code is None else [sys.executable, "-c", code]
-  return subprocess.run(cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def assert_one_line_error(proc, *needles):
@@ -29,28 +31,39 @@ def assert_one_line_error(proc, *needles):
 
 def bad_config_file(tmp_path):
   path = tmp_path / "broken.py"
-  path.write_text("from configs import default\n\n\ndef get_config():\n"
-                  "  c = default.get_config()\n  c.rock.modee = 'static'\n  return c\n")
+  path.write_text(
+    "from configs import default\n\n\ndef get_config():\n"
+    "  c = default.get_config()\n  c.rock.modee = 'static'\n  return c\n"
+  )
   return str(path)
 
 
 CASES = {  # name -> (extra args (WORKDIR / TMP substituted), substrings of the error line)
-    "unknown_field": (["--config=configs/tiny.py", "--config.rock.lamda=0"],
-                      ["unknown config field 'rock.lamda' (did you mean 'rock.lam'?)"]),
-    "bad_type": (["--config=configs/tiny.py", "--config.steps=ten"],
-                 ["config field 'steps'", "'ten'", "int"]),
-    "missing_config_file": (["--config=configs/nope.py"], ["configs/nope.py", "no such"]),
-    "config_fails_to_import": (["--config=BROKEN"], ["broken.py:6", "AttributeError",
-                                                      "modee"]),
-    "workdir_is_file": (["--config=configs/tiny.py", "--workdir=TMP/afile"],
-                        ["--workdir=", "afile", "must be a directory"]),
-    "no_workdir": (["--config=configs/tiny.py", "--workdir="], ["--workdir is required"]),
-    "no_config": ([], ["--config is required"]),
-    # These pass the parser and fail validation (after importing jax, before any directory).
-    "bad_enum": (["--config=configs/tiny.py", "--config.rock.mode=dynamc"],
-                 ["rock.mode='dynamc': expected one of 'off', 'static', 'dynamic'"]),
-    "missing_data_file": (["--config=configs/tiny.py", "--config.data.train_path=TMP/none.jsonl"],
-                          ["data.train_path=", "none.jsonl", "no such file"]),
+  "unknown_field": (
+    ["--config=configs/tiny.py", "--config.rock.lamda=0"],
+    ["unknown config field 'rock.lamda' (did you mean 'rock.lam'?)"],
+  ),
+  "bad_type": (
+    ["--config=configs/tiny.py", "--config.steps=ten"],
+    ["config field 'steps'", "'ten'", "int"],
+  ),
+  "missing_config_file": (["--config=configs/nope.py"], ["configs/nope.py", "no such"]),
+  "config_fails_to_import": (["--config=BROKEN"], ["broken.py:6", "AttributeError", "modee"]),
+  "workdir_is_file": (
+    ["--config=configs/tiny.py", "--workdir=TMP/afile"],
+    ["--workdir=", "afile", "must be a directory"],
+  ),
+  "no_workdir": (["--config=configs/tiny.py", "--workdir="], ["--workdir is required"]),
+  "no_config": ([], ["--config is required"]),
+  # These pass the parser and fail validation (after importing jax, before any directory).
+  "bad_enum": (
+    ["--config=configs/tiny.py", "--config.rock.mode=dynamc"],
+    ["rock.mode='dynamc': expected one of 'off', 'static', 'dynamic'"],
+  ),
+  "missing_data_file": (
+    ["--config=configs/tiny.py", "--config.data.train_path=TMP/none.jsonl"],
+    ["data.train_path=", "none.jsonl", "no such file"],
+  ),
 }
 
 
@@ -59,8 +72,9 @@ def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, name):
   args, needles = CASES[name]
   (tmp_path / "afile").write_text("")
   workdir = tmp_path / "run"
-  args = [a.replace("TMP", str(tmp_path)).replace("BROKEN", bad_config_file(tmp_path))
-          for a in args]
+  args = [
+    a.replace("TMP", str(tmp_path)).replace("BROKEN", bad_config_file(tmp_path)) for a in args
+  ]
   if not any(a.startswith("--workdir") for a in args):
     args.append(f"--workdir={workdir}")
   assert_one_line_error(cli(*args), *needles)
@@ -68,12 +82,17 @@ def test_bad_input_is_one_line_exit_2_and_no_workdir(tmp_path, name):
 
 
 def test_verbosity_adds_the_traceback(tmp_path):
-  proc = cli("--config=configs/tiny.py", "--config.rock.lamda=0", f"--workdir={tmp_path / 'run'}",
-             "--verbosity=1")
+  proc = cli(
+    "--config=configs/tiny.py",
+    "--config.rock.lamda=0",
+    f"--workdir={tmp_path / 'run'}",
+    "--verbosity=1",
+  )
   assert proc.returncode == 2
   assert "Traceback (most recent call last)" in proc.stderr
-  assert proc.stderr.splitlines()[-1] == ("rockjax: error: unknown config field 'rock.lamda' "
-                                          "(did you mean 'rock.lam'?)")
+  assert proc.stderr.splitlines()[-1] == (
+    "rockjax: error: unknown config field 'rock.lamda' (did you mean 'rock.lam'?)"
+  )
 
 
 # The run raising an interrupt after its checkpoint: main's one call site (_run) is patched.
@@ -88,20 +107,32 @@ app.run(main.main, flags_parser=main.cli.parse_flags)
 """
 
 
-@pytest.mark.parametrize("exc,line", [
-    ("errors.Interrupted('SIGTERM: saved a checkpoint at step 3 in ' + workdir)",
-     "SIGTERM: saved a checkpoint at step 3 in "),
-    ("KeyboardInterrupt()", "interrupted")])
+@pytest.mark.parametrize(
+  "exc,line",
+  [
+    (
+      "errors.Interrupted('SIGTERM: saved a checkpoint at step 3 in ' + workdir)",
+      "SIGTERM: saved a checkpoint at step 3 in ",
+    ),
+    ("KeyboardInterrupt()", "interrupted"),
+  ],
+)
 def test_interrupt_is_one_line(tmp_path, exc, line):
-  proc = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
-             code=INTERRUPT.format(exc=exc))
+  proc = cli(
+    "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", code=INTERRUPT.format(exc=exc)
+  )
   assert assert_one_line_error(proc).removeprefix("rockjax: error: ").startswith(line)
 
 
 def test_valid_override_runs(tmp_path):
   """A correct override passes the parser and the validator (a dry run: no training)."""
-  proc = cli("--config=configs/tiny.py", "--config.rock.lam=0.5", "--config.mesh.fsdp=1",
-             "--dry_run", "--allow_config_change")
+  proc = cli(
+    "--config=configs/tiny.py",
+    "--config.rock.lam=0.5",
+    "--config.mesh.fsdp=1",
+    "--dry_run",
+    "--allow_config_change",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stderr == ""
   assert json.loads(proc.stdout)["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}

@@ -1,4 +1,5 @@
 """rockjax.config_check: each bad field is named in one line; the shipped configs pass."""
+
 import importlib
 import json
 import os
@@ -10,8 +11,14 @@ from configs import tiny
 from rockjax import config_check, errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["default", "tiny", "demo", "qwen3_30b_a3b_to_4b", "qwen3_30b_a3b_to_4b_rock_freeze",
-           "qwen3_30b_a3b_to_4b_random_freeze"]
+CONFIGS = [
+  "default",
+  "tiny",
+  "demo",
+  "qwen3_30b_a3b_to_4b",
+  "qwen3_30b_a3b_to_4b_rock_freeze",
+  "qwen3_30b_a3b_to_4b_random_freeze",
+]
 
 
 def config(**overrides):
@@ -33,34 +40,34 @@ def rejects(c, field, **kwargs):
 
 
 BAD_VALUES = [  # (field, bad value, what the message says is expected)
-    ("rock.mode", "dynamc", "expected one of 'off', 'static', 'dynamic'"),
-    ("model.source", "sft", "expected one of 'random', 'hf', 'kd'"),  # teacher-only value
-    ("teacher.source", "kd", "'none', 'sft'"),  # student-only value
-    ("model.arch.family", "gpt2", "'llama'"),
-    ("teacher.dtype", "fp8", "'bfloat16'"),
-    ("model.param_dtype", "float64", "'float32'"),
-    ("opd.mode", "online", "'on_policy', 'off_policy'"),
-    ("opd.divergence", "kl", "'reverse_kl'"),
-    ("opd.normalizer", "sequences", "'tokens', 'weights'"),
-    ("rock.selector", "grad_norm", "'rock_score'"),
-    ("rock.window", "weekly", "'recent'"),
-    ("data.task_difficulty", "insane", "'easy'"),
-    ("steps", 0, "expected >= 1"),
-    ("data.prompts_per_step", 0, "expected >= 1"),
-    ("opd.samples_per_prompt", 0, "expected >= 1"),
-    ("opt.lr", -1e-3, "expected >= 0"),
-    ("opt.lr", float("nan"), "expected >= 0"),
-    ("opd.kd_ratio", 1.5, "in [0, 1]"),
-    ("opd.jsd_beta", -0.1, "in [0, 1]"),
-    ("opd.temperature", 0.0, "expected > 0"),
-    ("opd.top_p", 0.0, "in (0, 1]"),
-    ("opd.top_p", 1.5, "in (0, 1]"),
-    ("rock.decay", 0.0, "in (0, 1]"),
-    ("opt.warmup_frac", 1.0, "in [0, 1)"),
-    ("eval.temperature", -0.1, "expected >= 0"),
-    ("opt.grad_accum", 0, "expected >= 1"),
-    ("ckpt.keep", 0, "expected >= 1"),
-    ("teacher.arch.num_layers", 0, "expected >= 1"),
+  ("rock.mode", "dynamc", "expected one of 'off', 'static', 'dynamic'"),
+  ("model.source", "sft", "expected one of 'random', 'hf', 'kd'"),  # teacher-only value
+  ("teacher.source", "kd", "'none', 'sft'"),  # student-only value
+  ("model.arch.family", "gpt2", "'llama'"),
+  ("teacher.dtype", "fp8", "'bfloat16'"),
+  ("model.param_dtype", "float64", "'float32'"),
+  ("opd.mode", "online", "'on_policy', 'off_policy'"),
+  ("opd.divergence", "kl", "'reverse_kl'"),
+  ("opd.normalizer", "sequences", "'tokens', 'weights'"),
+  ("rock.selector", "grad_norm", "'rock_score'"),
+  ("rock.window", "weekly", "'recent'"),
+  ("data.task_difficulty", "insane", "'easy'"),
+  ("steps", 0, "expected >= 1"),
+  ("data.prompts_per_step", 0, "expected >= 1"),
+  ("opd.samples_per_prompt", 0, "expected >= 1"),
+  ("opt.lr", -1e-3, "expected >= 0"),
+  ("opt.lr", float("nan"), "expected >= 0"),
+  ("opd.kd_ratio", 1.5, "in [0, 1]"),
+  ("opd.jsd_beta", -0.1, "in [0, 1]"),
+  ("opd.temperature", 0.0, "expected > 0"),
+  ("opd.top_p", 0.0, "in (0, 1]"),
+  ("opd.top_p", 1.5, "in (0, 1]"),
+  ("rock.decay", 0.0, "in (0, 1]"),
+  ("opt.warmup_frac", 1.0, "in [0, 1)"),
+  ("eval.temperature", -0.1, "expected >= 0"),
+  ("opt.grad_accum", 0, "expected >= 1"),
+  ("ckpt.keep", 0, "expected >= 1"),
+  ("teacher.arch.num_layers", 0, "expected >= 1"),
 ]
 
 
@@ -71,25 +78,33 @@ def test_bad_value_names_field_value_and_expectation(field, value, expected):
 
 
 CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
-    ({"teacher.source": "none"}, "teacher.source"),  # on-policy needs a teacher
-    ({"teacher.source": "none", "opd.mode": "off_policy"}, "teacher.source"),  # kd_ratio 0.5
-    ({"teacher.source": "none", "opd.mode": "off_policy", "opd.kd_ratio": 0.0,
-      "model.source": "kd"}, "model.source"),
-    ({"model.path": "/ckpt/qwen"}, "model.path"),  # source 'random' would ignore it
-    ({"teacher.source": "sft", "teacher.path": "/ckpt/qwen"}, "teacher.path"),
-    ({"model.arch.num_heads": 3}, "model.arch.num_heads"),  # kv heads 2
-    ({"teacher.arch.family": "qwen3_moe"}, "teacher.arch.num_experts"),
-    ({"model.arch.num_experts": 4}, "model.arch.num_experts"),  # dense family
-    ({"teacher.arch.family": "qwen3_moe", "teacher.arch.num_experts": 4,
-      "teacher.arch.moe_intermediate_size": 8, "teacher.arch.num_experts_per_tok": 8},
-     "teacher.arch.num_experts_per_tok"),
-    ({"teacher.arch.vocab_size": 256}, "teacher.arch.vocab_size"),
-    ({"opd.mode": "off_policy", "data.max_len": 24}, "data.max_len"),  # = max_prompt_len
-    ({"model.source": "kd", "data.max_len": 10}, "data.max_len"),  # the KD stage is off-policy
-    ({"mesh.data": 3}, "mesh.data"),  # 3 does not divide 8 devices
-    ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh.data"),
-    ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
-    ({"mesh.data": 0}, "mesh.data"),
+  ({"teacher.source": "none"}, "teacher.source"),  # on-policy needs a teacher
+  ({"teacher.source": "none", "opd.mode": "off_policy"}, "teacher.source"),  # kd_ratio 0.5
+  (
+    {"teacher.source": "none", "opd.mode": "off_policy", "opd.kd_ratio": 0.0, "model.source": "kd"},
+    "model.source",
+  ),
+  ({"model.path": "/ckpt/qwen"}, "model.path"),  # source 'random' would ignore it
+  ({"teacher.source": "sft", "teacher.path": "/ckpt/qwen"}, "teacher.path"),
+  ({"model.arch.num_heads": 3}, "model.arch.num_heads"),  # kv heads 2
+  ({"teacher.arch.family": "qwen3_moe"}, "teacher.arch.num_experts"),
+  ({"model.arch.num_experts": 4}, "model.arch.num_experts"),  # dense family
+  (
+    {
+      "teacher.arch.family": "qwen3_moe",
+      "teacher.arch.num_experts": 4,
+      "teacher.arch.moe_intermediate_size": 8,
+      "teacher.arch.num_experts_per_tok": 8,
+    },
+    "teacher.arch.num_experts_per_tok",
+  ),
+  ({"teacher.arch.vocab_size": 256}, "teacher.arch.vocab_size"),
+  ({"opd.mode": "off_policy", "data.max_len": 24}, "data.max_len"),  # = max_prompt_len
+  ({"model.source": "kd", "data.max_len": 10}, "data.max_len"),  # the KD stage is off-policy
+  ({"mesh.data": 3}, "mesh.data"),  # 3 does not divide 8 devices
+  ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh.data"),
+  ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
+  ({"mesh.data": 0}, "mesh.data"),
 ]
 
 
@@ -99,19 +114,27 @@ def test_cross_field_rule_names_culprit(overrides, field):
 
 
 def test_dry_run_checks_the_declared_mesh():
-  message = rejects(config(**{"mesh.num_devices": 6, "mesh.tensor": 4}), "mesh.tensor",
-                    dry_run=True)
+  message = rejects(
+    config(**{"mesh.num_devices": 6, "mesh.tensor": 4}), "mesh.tensor", dry_run=True
+  )
   assert "mesh.num_devices=6" in message
   # 8 declared devices on a 1-device machine: fine for a dry run (sizes only).
-  config_check.validate(config(**{"mesh.num_devices": 8, "mesh.tensor": 4}), dry_run=True,
-                        device_count=1, process_count=1)
+  config_check.validate(
+    config(**{"mesh.num_devices": 8, "mesh.tensor": 4}),
+    dry_run=True,
+    device_count=1,
+    process_count=1,
+  )
 
 
-@pytest.mark.parametrize("overrides,field", [
+@pytest.mark.parametrize(
+  "overrides,field",
+  [
     ({"data.prompts_per_step": 3}, "data.prompts_per_step"),  # 2 hosts, equal shares
     ({"data.prompts_per_step": 4}, "data.prompts_per_step"),  # fsdp=-1 -> 8 batch shards
     ({"eval.every": 2, "eval.num_prompts": 3}, "eval.num_prompts"),
-])
+  ],
+)
 def test_multi_process_batches_split_evenly(overrides, field):
   message = rejects(config(**overrides), field, process_count=2)
   assert "2 processes" in message
@@ -140,25 +163,38 @@ def paths_case(tmp_path, hf_dir, name):
   (garbage / "config.json").write_text("{not json")
   missing = str(tmp_path / "missing")
   return {
-      "hf_no_config_json": ({"model.source": "hf", "model.path": str(tmp_path)}, "model.path"),
-      "hf_empty_path": ({"teacher.source": "hf"}, "teacher.path"),
-      "hf_bad_json": ({"model.source": "hf", "model.path": str(garbage)}, "model.path"),
-      "hf_vocab": ({"teacher.source": "hf", "teacher.path": str(hf_dir),
-                    "model.arch.vocab_size": 256}, "model.arch.vocab_size"),
-      "train_path": ({"data.train_path": missing}, "data.train_path"),
-      "eval_path": ({"data.eval_path": missing}, "data.eval_path"),
-      "tokenizer_path": ({"data.tokenizer_path": missing}, "data.tokenizer_path"),
-      "list_path": ({"rock.mode": "static", "rock.list_path": missing}, "rock.list_path"),
-      "static_no_list": ({"rock.mode": "static"}, "rock.list_path"),
-      "resume": ({"ckpt.resume": missing}, "ckpt.resume"),
-      "no_task": ({"data.task": ""}, "data.train_path"),
-      "no_tokenizer": ({"data.train_path": str(data)}, "data.tokenizer_path"),
+    "hf_no_config_json": ({"model.source": "hf", "model.path": str(tmp_path)}, "model.path"),
+    "hf_empty_path": ({"teacher.source": "hf"}, "teacher.path"),
+    "hf_bad_json": ({"model.source": "hf", "model.path": str(garbage)}, "model.path"),
+    "hf_vocab": (
+      {"teacher.source": "hf", "teacher.path": str(hf_dir), "model.arch.vocab_size": 256},
+      "model.arch.vocab_size",
+    ),
+    "train_path": ({"data.train_path": missing}, "data.train_path"),
+    "eval_path": ({"data.eval_path": missing}, "data.eval_path"),
+    "tokenizer_path": ({"data.tokenizer_path": missing}, "data.tokenizer_path"),
+    "list_path": ({"rock.mode": "static", "rock.list_path": missing}, "rock.list_path"),
+    "static_no_list": ({"rock.mode": "static"}, "rock.list_path"),
+    "resume": ({"ckpt.resume": missing}, "ckpt.resume"),
+    "no_task": ({"data.task": ""}, "data.train_path"),
+    "no_tokenizer": ({"data.train_path": str(data)}, "data.tokenizer_path"),
   }[name]
 
 
-PATH_CASES = ["hf_no_config_json", "hf_empty_path", "hf_bad_json", "hf_vocab", "train_path",
-              "eval_path", "tokenizer_path", "list_path", "static_no_list", "resume", "no_task",
-              "no_tokenizer"]
+PATH_CASES = [
+  "hf_no_config_json",
+  "hf_empty_path",
+  "hf_bad_json",
+  "hf_vocab",
+  "train_path",
+  "eval_path",
+  "tokenizer_path",
+  "list_path",
+  "static_no_list",
+  "resume",
+  "no_task",
+  "no_tokenizer",
+]
 
 
 @pytest.mark.parametrize("name", PATH_CASES)
@@ -186,8 +222,9 @@ def test_shipped_configs_validate(name, tmp_path, hf_dir):
     hf_dir.joinpath("config.json").write_text(json.dumps({"vocab_size": 151936}))
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "1+1", "answer": "2"}\n')
-    c.update_from_flattened_dict({"model.path": str(hf_dir), "teacher.path": str(hf_dir),
-                                  "data.train_path": str(data)})
+    c.update_from_flattened_dict(
+      {"model.path": str(hf_dir), "teacher.path": str(hf_dir), "data.train_path": str(data)}
+    )
     if c.rock.mode == "static" and not c.rock.list_path:
       c.rock.list_path = os.path.join(REPO, "rockjax/resources/qwen3_paper_rocks.txt")
   config_check.validate(c, device_count=8, process_count=1)

@@ -1,4 +1,5 @@
 """Every config builds; the paper configs dry-run (no weights) with hand-counted sizes."""
+
 import importlib
 
 import pytest
@@ -6,8 +7,14 @@ import pytest
 from rockjax import dry_run
 from rockjax.settings import step_settings
 
-CONFIGS = ["default", "tiny", "demo", "qwen3_30b_a3b_to_4b", "qwen3_30b_a3b_to_4b_rock_freeze",
-           "qwen3_30b_a3b_to_4b_random_freeze"]
+CONFIGS = [
+  "default",
+  "tiny",
+  "demo",
+  "qwen3_30b_a3b_to_4b",
+  "qwen3_30b_a3b_to_4b_rock_freeze",
+  "qwen3_30b_a3b_to_4b_random_freeze",
+]
 
 
 def load(name):
@@ -55,18 +62,34 @@ def test_paper_configs_dry_run(name):
   assert r["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
 
 
-@pytest.mark.parametrize("script,args", [
-    ("launch/tpu_pod.sh", ["my-tpu", "us-east5-a", "configs/qwen3_30b_a3b_to_4b.py", "gs://b/run",
-                           "--config.steps=10"]),
-    ("launch/gpu_slurm.sh", ["2", "configs/qwen3_30b_a3b_to_4b.py", "/shared/run",
-                             "--config.steps=10"])])
+@pytest.mark.parametrize(
+  "script,args",
+  [
+    (
+      "launch/tpu_pod.sh",
+      ["my-tpu", "us-east5-a", "configs/qwen3_30b_a3b_to_4b.py", "gs://b/run", "--config.steps=10"],
+    ),
+    (
+      "launch/gpu_slurm.sh",
+      ["2", "configs/qwen3_30b_a3b_to_4b.py", "/shared/run", "--config.steps=10"],
+    ),
+  ],
+)
 def test_launch_scripts_dry_run(script, args):
   """DRY_RUN=1 prints the exact distributed command and launches nothing."""
   import os
   import subprocess
+
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run(["bash", script, *args], cwd=repo, capture_output=True, text=True,
-                       env=dict(os.environ, DRY_RUN="1"), timeout=30, check=True).stdout
+  out = subprocess.run(
+    ["bash", script, *args],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, DRY_RUN="1"),
+    timeout=30,
+    check=True,
+  ).stdout
   want = "python -m rockjax.main --distributed --config=configs/qwen3_30b_a3b_to_4b.py"
   assert want in out.replace("\\ ", " ")
   assert "--config.steps=10" in out

@@ -3,6 +3,7 @@
 The cases iterate over the registry (`losses.KINDS`), so a new kind is tested automatically and
 fails until REFERENCES holds its value and logit gradient, written here from the math.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,8 @@ def ref_jsd(ls, lt, beta):
   """beta KL(p_t || M) + (1-beta) KL(p_s || M), M = beta p_t + (1-beta) p_s."""
   lm = _log_mix(ls, lt, beta)
   value = (beta * _kl(lt, lm) if beta > 0 else 0.0) + (
-      (1 - beta) * _kl(ls, lm) if beta < 1 else 0.0)
+    (1 - beta) * _kl(ls, lm) if beta < 1 else 0.0
+  )
   # dD/dp_s = (1-beta) log(p_s/M) + const: the terms through M cancel.
   with np.errstate(invalid="ignore"):
     a = (1 - beta) * (ls - lm)
@@ -83,18 +85,21 @@ def _ref_softmax_grad(ls, a):
 
 # kind -> (reference, parameter cases); the keys must be exactly the registered kinds.
 REFERENCES = {
-    "reverse_kl": (ref_reverse_kl, [{}]),
-    "forward_kl": (ref_forward_kl, [{}]),
-    "jsd": (ref_jsd, [{"beta": 0.5}, {"beta": 0.2}, {"beta": 1.0}]),
-    "skew_reverse_kl": (ref_skew_reverse_kl, [{"alpha": 0.9}, {"alpha": 0.25}, {"alpha": 1.0}]),
+  "reverse_kl": (ref_reverse_kl, [{}]),
+  "forward_kl": (ref_forward_kl, [{}]),
+  "jsd": (ref_jsd, [{"beta": 0.5}, {"beta": 0.2}, {"beta": 1.0}]),
+  "skew_reverse_kl": (ref_skew_reverse_kl, [{"alpha": 0.9}, {"alpha": 0.25}, {"alpha": 1.0}]),
 }
 
 
 def _cases(temperatures=(1.0,)):
   """(kind, params, temperature) for every registered kind; (kind, None, T) if unreferenced."""
-  return [pytest.param(kind, params, t, id=f"{kind}-{params}-T{t}")
-          for kind in losses.KINDS for params in REFERENCES.get(kind, (None, [None]))[1]
-          for t in temperatures]
+  return [
+    pytest.param(kind, params, t, id=f"{kind}-{params}-T{t}")
+    for kind in losses.KINDS
+    for params in REFERENCES.get(kind, (None, [None]))[1]
+    for t in temperatures
+  ]
 
 
 def reference(kind, params, s, t, temperature):
@@ -106,10 +111,12 @@ def reference(kind, params, s, t, temperature):
 
 
 def make_hidden(rng, b=2, l=5, d_s=16, d_t=24, v=53):
-  return (rng.normal(size=(b, l, d_s)).astype(np.float32),
-          (rng.normal(size=(d_s, v)) * 0.7).astype(np.float32),
-          rng.normal(size=(b, l, d_t)).astype(np.float32),
-          (rng.normal(size=(d_t, v)) * 0.7).astype(np.float32))
+  return (
+    rng.normal(size=(b, l, d_s)).astype(np.float32),
+    (rng.normal(size=(d_s, v)) * 0.7).astype(np.float32),
+    rng.normal(size=(b, l, d_t)).astype(np.float32),
+    (rng.normal(size=(d_t, v)) * 0.7).astype(np.float32),
+  )
 
 
 def assert_grads_close(got, want):
@@ -131,8 +138,9 @@ def test_reference_gradient_matches_finite_differences(rng, kind, params, temper
   for v in range(s.shape[-1]):
     step = np.zeros_like(s)
     step[:, v] = eps
-    fd[:, v] = (reference(kind, params, s + step, t, 1.0)[0] -
-                reference(kind, params, s - step, t, 1.0)[0]) / (2 * eps)
+    fd[:, v] = (
+      reference(kind, params, s + step, t, 1.0)[0] - reference(kind, params, s - step, t, 1.0)[0]
+    ) / (2 * eps)
   np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -161,20 +169,25 @@ def test_full_logits(rng, kind, params, temperature):
   got = losses.divergence(s, t, kind=kind, temperature=temperature, **params)
   np.testing.assert_allclose(got, want_v, rtol=1e-5, atol=1e-6)
   ct = rng.normal(size=s.shape[:2]).astype(np.float32)
-  g = jax.grad(lambda z: jnp.sum(ct * losses.divergence(z, t, kind=kind,
-                                                        temperature=temperature, **params)))(s)
+  g = jax.grad(
+    lambda z: jnp.sum(ct * losses.divergence(z, t, kind=kind, temperature=temperature, **params))
+  )(s)
   assert_grads_close([g], [ct[..., None] * want_g / temperature])
   g_closed = losses.logit_gradient(s, t, kind=kind, temperature=temperature, **params)
   assert_grads_close([g_closed], [want_g])
   np.testing.assert_allclose(
-      losses.logit_gradient_norm(s, t, kind=kind, temperature=temperature, **params),
-      np.linalg.norm(want_g, axis=-1), rtol=1e-4, atol=1e-7)
+    losses.logit_gradient_norm(s, t, kind=kind, temperature=temperature, **params),
+    np.linalg.norm(want_g, axis=-1),
+    rtol=1e-4,
+    atol=1e-7,
+  )
 
 
 def _head_grads(h_s, w_s, g_BxLxV):
   """(d/dh, d/dW) of sum(G * (h @ W)) in float64: the chain rule through the student head."""
-  return g_BxLxV @ w_s.T.astype(np.float64), np.einsum("bld,blv->dv", h_s.astype(np.float64),
-                                                       g_BxLxV)
+  return g_BxLxV @ w_s.T.astype(np.float64), np.einsum(
+    "bld,blv->dv", h_s.astype(np.float64), g_BxLxV
+  )
 
 
 @pytest.mark.parametrize("kind,params,temperature", _cases(TEMPERATURES))
@@ -182,13 +195,15 @@ def test_chunked(rng, kind, params, temperature):
   h_s, w_s, h_t, w_t = make_hidden(rng)  # V = 53 with chunks of 16: a shifted last chunk
   want_v, want_g = reference(kind, params, h_s @ w_s, h_t @ w_t, temperature)
   ct = rng.normal(size=h_s.shape[:2]).astype(np.float32)
-  f = lambda h, w: losses.chunked_divergence(h, w, h_t, w_t, kind=kind, chunk_size=16,
-                                             temperature=temperature, **params)
+  f = lambda h, w: losses.chunked_divergence(
+    h, w, h_t, w_t, kind=kind, chunk_size=16, temperature=temperature, **params
+  )
   np.testing.assert_allclose(f(h_s, w_s), want_v, rtol=1e-5, atol=1e-6)
   got = jax.jit(jax.grad(lambda h, w: jnp.sum(ct * f(h, w)), (0, 1)))(h_s, w_s)
   assert_grads_close(got, _head_grads(h_s, w_s, ct[..., None] * want_g / temperature))
-  norm = losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind=kind, chunk_size=16,
-                                            temperature=temperature, **params)
+  norm = losses.chunked_logit_gradient_norm(
+    h_s, w_s, h_t, w_t, kind=kind, chunk_size=16, temperature=temperature, **params
+  )
   np.testing.assert_allclose(norm, np.linalg.norm(want_g, axis=-1), rtol=1e-4, atol=1e-7)
 
 
@@ -198,13 +213,22 @@ def test_fused(rng, kind, params, temperature):
   want_v, want_g = reference(kind, params, h_s @ w_s, h_t @ w_t, temperature)
   weights = rng.uniform(0.2, 2.0, size=h_s.shape[:2]).astype(np.float32)
   weights[0, -2:] = 0.0
-  f = lambda h, w: losses.fused_divergence(h, w, h_t, w_t, weights, kind=kind, block_size=3,
-                                           chunk_size=16, temperature=temperature, **params)
+  f = lambda h, w: losses.fused_divergence(
+    h,
+    w,
+    h_t,
+    w_t,
+    weights,
+    kind=kind,
+    block_size=3,
+    chunk_size=16,
+    temperature=temperature,
+    **params,
+  )
   out = f(h_s, w_s)
   np.testing.assert_allclose(out.per_token, want_v, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out.weighted_sum, np.sum(weights * want_v), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(out.grad_norm, np.linalg.norm(want_g, axis=-1), rtol=1e-4,
-                             atol=1e-7)
+  np.testing.assert_allclose(out.grad_norm, np.linalg.norm(want_g, axis=-1), rtol=1e-4, atol=1e-7)
   got = jax.jit(jax.grad(lambda h, w: f(h, w).weighted_sum, (0, 1)))(h_s, w_s)
   assert_grads_close(got, _head_grads(h_s, w_s, weights[..., None] * want_g / temperature))
 
@@ -212,8 +236,9 @@ def test_fused(rng, kind, params, temperature):
 # ---------------------------------------------------------------------- kind specifics
 def test_skew_alpha_one_is_reverse_kl(rng):
   s, t = rng.normal(size=(2, 3, 20)).astype(np.float32), rng.normal(size=(2, 3, 20))
-  np.testing.assert_allclose(losses.divergence(s, t, kind="skew_reverse_kl", alpha=1.0),
-                             losses.reverse_kl(s, t), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.divergence(s, t, kind="skew_reverse_kl", alpha=1.0), losses.reverse_kl(s, t), rtol=1e-6
+  )
   assert float(jnp.abs(losses.divergence(s, t, kind="skew_reverse_kl", alpha=0.0)).max()) == 0
 
 
@@ -222,16 +247,16 @@ def test_unknown_kind_raises_one_line_everywhere(rng):
   s = h_s @ w_s
   ones = np.ones(h_s.shape[:2], np.float32)
   calls = [
-      lambda: losses.check_kind("nope"),
-      lambda: losses.DivergenceSpec("nope"),
-      lambda: losses.divergence(s, s, kind="nope"),
-      lambda: losses.divergence_terms(s, s, "nope"),
-      lambda: losses.logit_gradient(s, s, kind="nope"),
-      lambda: losses.logit_gradient_norm(s, s, kind="nope"),
-      lambda: losses.chunked_divergence(h_s, w_s, h_t, w_t, kind="nope"),
-      lambda: losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind="nope"),
-      lambda: losses.fused_divergence(h_s, w_s, h_t, w_t, ones, kind="nope"),
-      lambda: objective.LossSettings(divergence="nope"),
+    lambda: losses.check_kind("nope"),
+    lambda: losses.DivergenceSpec("nope"),
+    lambda: losses.divergence(s, s, kind="nope"),
+    lambda: losses.divergence_terms(s, s, "nope"),
+    lambda: losses.logit_gradient(s, s, kind="nope"),
+    lambda: losses.logit_gradient_norm(s, s, kind="nope"),
+    lambda: losses.chunked_divergence(h_s, w_s, h_t, w_t, kind="nope"),
+    lambda: losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind="nope"),
+    lambda: losses.fused_divergence(h_s, w_s, h_t, w_t, ones, kind="nope"),
+    lambda: objective.LossSettings(divergence="nope"),
   ]
   want = f"unknown divergence kind 'nope'; registered kinds: {', '.join(losses.KINDS)}"
   for call in calls:

@@ -1,4 +1,5 @@
 """rockjax.losses against float64 numpy references, autodiff and hand-computed cases."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +9,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fixtures import np_log_softmax
 from rockjax import losses
 
-KINDS = [("reverse_kl", 0.5), ("forward_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.0),
-         ("jsd", 1.0)]
+KINDS = [
+  ("reverse_kl", 0.5),
+  ("forward_kl", 0.5),
+  ("jsd", 0.5),
+  ("jsd", 0.1),
+  ("jsd", 0.0),
+  ("jsd", 1.0),
+]
 
 
 # ----------------------------------------------------------------- float64 numpy references
@@ -33,8 +40,9 @@ def np_divergence(s, t, kind, beta=0.5, temperature=1.0):
   with np.errstate(divide="ignore"):
     m = np.log(beta * np.exp(lt) + (1 - beta) * np.exp(ls))
   # A term with weight 0 is absent (not 0 * inf when M underflows where the other has mass).
-  return ((beta * np_kl(lt, m) if beta > 0 else 0.0) +
-          ((1 - beta) * np_kl(ls, m) if beta < 1 else 0.0))
+  return (beta * np_kl(lt, m) if beta > 0 else 0.0) + (
+    (1 - beta) * np_kl(ls, m) if beta < 1 else 0.0
+  )
 
 
 def jax_divergence(s, t, kind, beta, temperature=1.0):
@@ -81,9 +89,12 @@ def test_reverse_kl_infinite_where_teacher_excludes_student_mass(rng):
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature(rng, temperature):
   s, t = random_logits(rng, (2, 3, 30)), random_logits(rng, (2, 3, 30))
-  np.testing.assert_allclose(losses.reverse_kl(s, t, temperature=temperature),
-                             np_divergence(s, t, "reverse_kl", temperature=temperature),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.reverse_kl(s, t, temperature=temperature),
+    np_divergence(s, t, "reverse_kl", temperature=temperature),
+    rtol=1e-5,
+    atol=1e-6,
+  )
 
 
 def test_hand_computed_two_token_case():
@@ -94,7 +105,8 @@ def test_hand_computed_two_token_case():
   fkl = 0.25 * np.log(0.25 / 0.5) + 0.75 * np.log(0.75 / 0.5)
   m = np.array([0.375, 0.625])
   js = 0.5 * (0.25 * np.log(0.25 / m[0]) + 0.75 * np.log(0.75 / m[1])) + 0.5 * (
-      0.5 * np.log(0.5 / m[0]) + 0.5 * np.log(0.5 / m[1]))
+    0.5 * np.log(0.5 / m[0]) + 0.5 * np.log(0.5 / m[1])
+  )
   np.testing.assert_allclose(losses.reverse_kl(s, t)[0, 0], rkl, rtol=1e-6)
   np.testing.assert_allclose(losses.forward_kl(s, t)[0, 0], fkl, rtol=1e-6)
   np.testing.assert_allclose(losses.jsd(s, t, beta=0.5)[0, 0], js, rtol=1e-6)
@@ -105,17 +117,20 @@ def test_bfloat16_inputs_compute_in_float32(rng):
   s16, t16 = jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16)
   got = losses.reverse_kl(s16, t16)
   assert got.dtype == jnp.float32
-  want = np_divergence(np.asarray(s16.astype(jnp.float32)), np.asarray(t16.astype(jnp.float32)),
-                       "reverse_kl")
+  want = np_divergence(
+    np.asarray(s16.astype(jnp.float32)), np.asarray(t16.astype(jnp.float32)), "reverse_kl"
+  )
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # -------------------------------------------------------------------------------- chunked
 def make_hidden(rng, b=2, l=5, d_s=16, d_t=24, v=53):
-  return (rng.normal(size=(b, l, d_s)).astype(np.float32),
-          (rng.normal(size=(d_s, v)) * 0.7).astype(np.float32),
-          rng.normal(size=(b, l, d_t)).astype(np.float32),
-          (rng.normal(size=(d_t, v)) * 0.7).astype(np.float32))
+  return (
+    rng.normal(size=(b, l, d_s)).astype(np.float32),
+    (rng.normal(size=(d_s, v)) * 0.7).astype(np.float32),
+    rng.normal(size=(b, l, d_t)).astype(np.float32),
+    (rng.normal(size=(d_t, v)) * 0.7).astype(np.float32),
+  )
 
 
 @pytest.mark.parametrize("kind,beta", KINDS)
@@ -125,17 +140,26 @@ def test_chunked_equals_unchunked_value_and_grad(rng, kind, beta, chunk):
   ct = rng.normal(size=h_s.shape[:2]).astype(np.float32)  # arbitrary per-token cotangent
 
   def naive(h, w):
-    return jnp.sum(ct * jax_divergence(h @ w, jax.lax.stop_gradient(h_t @ w_t), kind, beta,
-                                       temperature=1.3))
+    return jnp.sum(
+      ct * jax_divergence(h @ w, jax.lax.stop_gradient(h_t @ w_t), kind, beta, temperature=1.3)
+    )
 
   def chunked(h, w):
-    return jnp.sum(ct * losses.chunked_divergence(h, w, h_t, w_t, kind=kind, beta=beta,
-                                                  chunk_size=chunk, temperature=1.3))
+    return jnp.sum(
+      ct
+      * losses.chunked_divergence(
+        h, w, h_t, w_t, kind=kind, beta=beta, chunk_size=chunk, temperature=1.3
+      )
+    )
 
   np.testing.assert_allclose(
-      losses.chunked_divergence(h_s, w_s, h_t, w_t, kind=kind, beta=beta, chunk_size=chunk,
-                                temperature=1.3),
-      np_divergence(h_s @ w_s, h_t @ w_t, kind, beta, temperature=1.3), rtol=1e-5, atol=1e-6)
+    losses.chunked_divergence(
+      h_s, w_s, h_t, w_t, kind=kind, beta=beta, chunk_size=chunk, temperature=1.3
+    ),
+    np_divergence(h_s @ w_s, h_t @ w_t, kind, beta, temperature=1.3),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   v1, g1 = jax.value_and_grad(naive, (0, 1))(h_s, w_s)
   v2, g2 = jax.jit(jax.value_and_grad(chunked, (0, 1)))(h_s, w_s)
   np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-6)
@@ -149,8 +173,7 @@ def test_chunked_teacher_gets_no_gradient_and_masked_vocab(rng):
   w_s[:, :4] = 0.0
   got = losses.chunked_divergence(h_s, w_s, h_t, w_t, chunk_size=16)
   assert np.all(np.isfinite(got))
-  g_t = jax.grad(lambda h, w: jnp.sum(losses.chunked_divergence(h_s, w_s, h, w)), (0, 1))(
-      h_t, w_t)
+  g_t = jax.grad(lambda h, w: jnp.sum(losses.chunked_divergence(h_s, w_s, h, w)), (0, 1))(h_t, w_t)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in g_t)
 
 
@@ -161,7 +184,8 @@ def test_chunked_bfloat16_inputs(rng):
   want = np_divergence(f32(h_s) @ f32(w_s), f32(h_t) @ f32(w_t), "reverse_kl")
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   dh, dw = jax.grad(lambda h, w: jnp.sum(losses.chunked_divergence(h, w, h_t, w_t)), (0, 1))(
-      h_s, w_s)
+    h_s, w_s
+  )
   assert dh.dtype == jnp.bfloat16 and dw.dtype == jnp.bfloat16
 
 
@@ -192,13 +216,17 @@ def test_padding_invariance_of_loss_and_grad(rng, chunked):
   h_s, w_s, h_t, w_t = make_hidden(rng, b=2, l=4)
   mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32)
   pad = lambda x: np.concatenate([x, 50 * rng.normal(size=(2, 3) + x.shape[2:])], 1).astype(
-      np.float32)
+    np.float32
+  )
   h_s_pad, h_t_pad = pad(h_s), pad(h_t)
   mask_pad = np.concatenate([mask, np.zeros((2, 3), np.float32)], 1)
 
   def loss(h, w, ht, m):
-    per_tok = (losses.chunked_divergence(h, w, ht, w_t, chunk_size=10) if chunked else
-               losses.reverse_kl(h @ w, ht @ w_t))
+    per_tok = (
+      losses.chunked_divergence(h, w, ht, w_t, chunk_size=10)
+      if chunked
+      else losses.reverse_kl(h @ w, ht @ w_t)
+    )
     s, c = losses.reduce(per_tok, m)
     return s / c
 
@@ -218,14 +246,19 @@ def test_sharded_batch_and_vocab_equals_unsharded(rng, devices8):
   s_sh, t_sh = jax.device_put(s, logits_sharding), jax.device_put(t, logits_sharding)
   for kind, beta in KINDS[:3]:
     fn = jax.jit(lambda a, b: jax_divergence(a, b, kind, beta))
-    np.testing.assert_allclose(fn(s_sh, t_sh), jax_divergence(s, t, kind, beta), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+      fn(s_sh, t_sh), jax_divergence(s, t, kind, beta), rtol=1e-6, atol=1e-7
+    )
 
   h_s, w_s, h_t, w_t = make_hidden(rng, b=4, l=6, v=64)
   batch = NamedSharding(mesh, P("data", None, None))
   vocab = NamedSharding(mesh, P(None, "tensor"))
-  args_sh = (jax.device_put(h_s, batch), jax.device_put(w_s, vocab),
-             jax.device_put(h_t, batch), jax.device_put(w_t, vocab))
+  args_sh = (
+    jax.device_put(h_s, batch),
+    jax.device_put(w_s, vocab),
+    jax.device_put(h_t, batch),
+    jax.device_put(w_t, vocab),
+  )
 
   def loss(h, w, ht, wt):
     return jnp.sum(losses.chunked_divergence(h, w, ht, wt, chunk_size=16) ** 2)
@@ -243,9 +276,10 @@ def test_sampled_kl_hand_values():
   lp_t = np.array([[-1.5, -1.0]], np.float32)
   r = lp_t - lp_s
   np.testing.assert_allclose(losses.sampled_kl(lp_s, lp_t, estimator="k1"), -r)
-  np.testing.assert_allclose(losses.sampled_kl(lp_s, lp_t, estimator="k2"), r ** 2 / 2)
-  np.testing.assert_allclose(losses.sampled_kl(lp_s, lp_t, estimator="k3"),
-                             np.exp(r) - 1 - r, rtol=1e-6)
+  np.testing.assert_allclose(losses.sampled_kl(lp_s, lp_t, estimator="k2"), r**2 / 2)
+  np.testing.assert_allclose(
+    losses.sampled_kl(lp_s, lp_t, estimator="k3"), np.exp(r) - 1 - r, rtol=1e-6
+  )
   with pytest.raises(ValueError, match="'k4'"):
     losses.sampled_kl(lp_s, lp_t, estimator="k4")
 
@@ -256,8 +290,9 @@ def test_unbiased_estimators_average_to_exact_kl(rng, estimator):
   s, t = random_logits(rng, (1, 1, 12), 1.0), random_logits(rng, (1, 1, 12), 1.0)
   ls, lt = np_log_softmax(s)[0, 0], np_log_softmax(t)[0, 0]
   draws = rng.choice(12, size=200_000, p=np.exp(ls))
-  est = losses.sampled_kl(ls[draws][None].astype(np.float32), lt[draws][None].astype(np.float32),
-                          estimator=estimator)
+  est = losses.sampled_kl(
+    ls[draws][None].astype(np.float32), lt[draws][None].astype(np.float32), estimator=estimator
+  )
   exact = np_kl(ls, lt)
   np.testing.assert_allclose(float(jnp.mean(est)), exact, rtol=0.03)
 
@@ -273,8 +308,9 @@ def test_logit_gradient_matches_numpy_and_autodiff(rng):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   autodiff = jax.grad(lambda x: jnp.sum(losses.reverse_kl(x, t)))(s)
   np.testing.assert_allclose(got, autodiff, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(losses.logit_gradient_norm(s, t), np.linalg.norm(want, axis=-1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    losses.logit_gradient_norm(s, t), np.linalg.norm(want, axis=-1), rtol=1e-5
+  )
 
 
 def test_errors_name_the_bad_thing(rng):
@@ -303,8 +339,12 @@ def test_chunked_cross_entropy_matches_numpy_and_autodiff(rng, chunk):
     return jnp.sum(ct * -jnp.take_along_axis(lp, targets[..., None], -1)[..., 0])
 
   g1 = jax.grad(naive, (0, 1))(h, w)
-  g2 = jax.grad(lambda h, w: jnp.sum(ct * losses.chunked_cross_entropy(
-      h, w, targets, chunk_size=chunk, temperature=0.7)), (0, 1))(h, w)
+  g2 = jax.grad(
+    lambda h, w: jnp.sum(
+      ct * losses.chunked_cross_entropy(h, w, targets, chunk_size=chunk, temperature=0.7)
+    ),
+    (0, 1),
+  )(h, w)
   for a, b in zip(g2, g1):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
 
@@ -314,8 +354,8 @@ def test_chunked_logit_gradient_norm_matches_autodiff(rng, kind, beta):
   h_s, w_s, h_t, w_t = make_hidden(rng)
   logits_t = h_t @ w_t
   g = jax.vmap(jax.vmap(jax.grad(lambda z, zt: losses.divergence(z, zt, kind=kind, beta=beta))))(
-      jnp.asarray(h_s @ w_s), jnp.asarray(logits_t))
+    jnp.asarray(h_s @ w_s), jnp.asarray(logits_t)
+  )
   want = np.linalg.norm(np.asarray(g, np.float64), axis=-1)
-  got = losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind=kind, beta=beta,
-                                           chunk_size=16)
+  got = losses.chunked_logit_gradient_norm(h_s, w_s, h_t, w_t, kind=kind, beta=beta, chunk_size=16)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)

@@ -1,4 +1,5 @@
 """Two local processes with jax.distributed (the multi-host code path of a pod), on CPU."""
+
 import json
 import os
 import socket
@@ -21,14 +22,35 @@ def free_port() -> int:
 @pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
 def test_two_processes_train_and_checkpoint(tmp_path, mode):
   port = free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "rockjax.main", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}", "--config.steps=3", f"--config.opd.mode={mode}",
-       "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-       f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+  )
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "rockjax.main",
+        "--config=configs/tiny.py",
+        f"--workdir={tmp_path}",
+        "--config.steps=3",
+        f"--config.opd.mode={mode}",
+        "--distributed",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]

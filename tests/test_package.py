@@ -1,4 +1,5 @@
 """Package-level set-up in rockjax/__init__.py."""
+
 import logging
 
 import rockjax  # noqa: F401  (installs the filter)
@@ -15,8 +16,10 @@ def test_only_the_no_torch_advice_of_transformers_is_filtered():
   handler = Keep()
   logger.addHandler(handler)
   try:
-    logger.warning("PyTorch was not found. Models won't be available and only tokenizers, "
-                   "configuration and file/data utilities can be used.")
+    logger.warning(
+      "PyTorch was not found. Models won't be available and only tokenizers, "
+      "configuration and file/data utilities can be used."
+    )
     logger.warning("some other transformers warning")
   finally:
     logger.removeHandler(handler)

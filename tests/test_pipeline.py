@@ -1,5 +1,6 @@
 """The pipeline of stages: interrupts stop it cleanly and resume exactly, the workdir records
 its config, completed stages are never redone, and the summary's arithmetic is right."""
+
 import json
 import os
 import signal
@@ -16,10 +17,22 @@ from rockjax import errors, evaluation, models, pipeline, train
 def short_demo(**overrides):
   """The CPU default's three stages, a few steps each (the demo's settings otherwise)."""
   c = demo.get_config()
-  c.update_from_flattened_dict({
-      "teacher.stage_steps": 4, "model.stage_steps": 4, "steps": 4, "ckpt.every": 2,
-      "data.task_size": 64, "eval.every": 4, "eval.num_prompts": 8, "opd.max_new_tokens": 8,
-      "eval.max_new_tokens": 8, "data.prompts_per_step": 4, "mesh.fsdp": 1, **overrides})
+  c.update_from_flattened_dict(
+    {
+      "teacher.stage_steps": 4,
+      "model.stage_steps": 4,
+      "steps": 4,
+      "ckpt.every": 2,
+      "data.task_size": 64,
+      "eval.every": 4,
+      "eval.num_prompts": 8,
+      "opd.max_new_tokens": 8,
+      "eval.max_new_tokens": 8,
+      "data.prompts_per_step": 4,
+      "mesh.fsdp": 1,
+      **overrides,
+    }
+  )
   return c
 
 
@@ -48,7 +61,9 @@ def test_interrupted_stages_stop_the_pipeline_and_resume_to_the_same_state(tmp_p
 
   # SIGTERM during the teacher's SFT: nothing exported, no later stage started.
   interrupt_at(monkeypatch, "teacher_sft", 1, signal.SIGTERM)
-  with pytest.raises(errors.Interrupted, match=r"SIGTERM: stopped in stage teacher_sft at step 2/4"):
+  with pytest.raises(
+    errors.Interrupted, match=r"SIGTERM: stopped in stage teacher_sft at step 2/4"
+  ):
     pipeline.run(short_demo(**{"eval.every": 0}), str(split))
   assert sorted(os.listdir(split / "teacher_sft" / "ckpt")) == ["2"]
   assert not (split / "teacher_sft" / "hf").exists()
@@ -71,8 +86,9 @@ def test_interrupted_stages_stop_the_pipeline_and_resume_to_the_same_state(tmp_p
     for a, b in zip(params_of(tmp_path / "whole" / stage / "hf"), params_of(split / stage / "hf")):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
   for key in ("opd/kl", "opd/loss"):  # and so does the OPD stage that follows
-    np.testing.assert_allclose(resumed["stages"][2]["metrics"][key],
-                               whole["stages"][2]["metrics"][key], rtol=1e-5)
+    np.testing.assert_allclose(
+      resumed["stages"][2]["metrics"][key], whole["stages"][2]["metrics"][key], rtol=1e-5
+    )
 
   # A completed pipeline is never redone: a re-run trains nothing and rewrites nothing.
   before = {p: os.stat(p).st_mtime_ns for p in split.rglob("*") if p.is_file()}
@@ -86,9 +102,11 @@ def test_a_changed_config_is_refused_with_the_differing_fields(tmp_path):
   pipeline.prepare_workdir(c, str(tmp_path))
   changed = short_demo()
   changed.rock.mode, changed.rock.lam = "dynamic", 0.5
-  with pytest.raises(errors.WorkdirError,
-                     match=r"rock\.lam: 0\.0 -> 0\.5; rock\.mode: 'off' -> 'dynamic'.*"
-                           r"--allow_config_change"):
+  with pytest.raises(
+    errors.WorkdirError,
+    match=r"rock\.lam: 0\.0 -> 0\.5; rock\.mode: 'off' -> 'dynamic'.*"
+    r"--allow_config_change",
+  ):
     pipeline.prepare_workdir(changed, str(tmp_path))
   # Fields that do not change what is computed may differ (resuming on another mesh).
   moved = short_demo()
@@ -109,7 +127,10 @@ def test_plan_chains_the_stages_through_their_exports(tmp_path):
   paths = {"train": "t.jsonl", "eval": "e.jsonl", "tokenizer": "tok"}
   teacher, student, main = pipeline.plan(short_demo(), str(tmp_path), paths)
   assert (teacher.name, teacher.config.teacher.source, teacher.config.opd.kd_ratio) == (
-      "teacher_sft", "none", 0.0)
+    "teacher_sft",
+    "none",
+    0.0,
+  )
   assert teacher.config.model.arch.num_layers == short_demo().teacher.arch.num_layers
   assert student.config.teacher.path == str(teacher.export) == str(tmp_path / "teacher_sft/hf")
   assert student.config.opd.kd_ratio == short_demo().model.stage_kd_ratio
@@ -120,10 +141,13 @@ def test_plan_chains_the_stages_through_their_exports(tmp_path):
 def test_summary_effect_is_the_paired_difference_and_the_share_of_the_gap(tmp_path):
   rng = np.random.default_rng(0)
   t, b, a = (rng.random((50, 1)) < p for p in (0.9, 0.4, 0.7))
-  rec = lambda name, correct: {"stage": name, "eval_correct": correct.astype(float).tolist(),
-                               "workdir": str(tmp_path / name), "export": None}
-  s = pipeline.make_summary([rec("teacher_sft", t), rec("student_kd", b), rec("main", a)],
-                            tmp_path)
+  rec = lambda name, correct: {
+    "stage": name,
+    "eval_correct": correct.astype(float).tolist(),
+    "workdir": str(tmp_path / name),
+    "export": None,
+  }
+  s = pipeline.make_summary([rec("teacher_sft", t), rec("student_kd", b), rec("main", a)], tmp_path)
   e = s["effect"]
   assert e["delta"] == pytest.approx(a.mean() - b.mean())
   assert e["gap_closed"] == pytest.approx((a.mean() - b.mean()) / (t.mean() - b.mean()))
@@ -133,15 +157,18 @@ def test_summary_effect_is_the_paired_difference_and_the_share_of_the_gap(tmp_pa
 
 def test_build_experiment_refuses_pipeline_sources(tmp_path):
   from rockjax.experiment import build_experiment
+
   with pytest.raises(errors.ConfigError, match=r"model.source='kd' is a pipeline stage"):
     build_experiment(short_demo(), str(tmp_path))
 
 
 def test_single_stage_run_reports_pass_at_1_and_every_observed_id(tmp_path):
   from configs import tiny
+
   c = tiny.get_config()
-  c.update_from_flattened_dict({"steps": 3, "eval.every": 3, "eval.num_prompts": 8,
-                                "eval.max_new_tokens": 8, "mesh.fsdp": 1})
+  c.update_from_flattened_dict(
+    {"steps": 3, "eval.every": 3, "eval.num_prompts": 8, "eval.max_new_tokens": 8, "mesh.fsdp": 1}
+  )
   summary = pipeline.run(c, str(tmp_path))
   (stage,) = summary["stages"]
   correct = np.asarray(stage["eval_correct"])

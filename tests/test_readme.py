@@ -1,4 +1,5 @@
 """README.md's Python example runs as written and its two losses are the same reverse KL."""
+
 import contextlib
 import io
 import pathlib

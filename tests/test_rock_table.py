@@ -1,4 +1,5 @@
 """The rock table against counts done by hand in numpy: every observed id, ranked by score."""
+
 import numpy as np
 
 from rockjax import rocks
@@ -34,5 +35,6 @@ def test_table_ranks_every_observed_id_by_freq_times_mean_kl():
   np.testing.assert_allclose(table["kl_coverage"], total[order[:3]].sum() / total.sum(), rtol=1e-5)
   assert table["observed_vocab"] == len(seen)
   text = rock_table.format_table(table)
-  assert text.splitlines()[0].startswith("[student stage-1 KD] rock tokens by rock_score "
-                                         "(freq x mean forward KL)")
+  assert text.splitlines()[0].startswith(
+    "[student stage-1 KD] rock tokens by rock_score (freq x mean forward KL)"
+  )

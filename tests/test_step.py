@@ -1,4 +1,5 @@
 """The pure train step against direct computations: masking, rock statistics, sharding, overfit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,9 +7,19 @@ import optax
 import pytest
 from flax import nnx
 
-from fixtures import (ROCK_IDS, STUDENT, TEACHER, V, build, make_batch, np_log_softmax,
-                      one_device_mesh, random_model)
+from fixtures import (
+  ROCK_IDS,
+  STUDENT,
+  TEACHER,
+  V,
+  build,
+  make_batch,
+  np_log_softmax,
+  one_device_mesh,
+  random_model,
+)
 from rockjax import sharding as shd, state as state_lib
+
 
 def reference_logits(batch):
   """Student/teacher float64 log-probs from a plain full forward (no chunking, no weights)."""
@@ -16,7 +27,8 @@ def reference_logits(batch):
   ids, mask = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1]
   fwd = nnx.jit(lambda m, i, k: m(i, k))
   return np_log_softmax(np.asarray(fwd(student, ids, mask))), np_log_softmax(
-      np.asarray(fwd(teacher, ids, mask)))
+    np.asarray(fwd(teacher, ids, mask))
+  )
 
 
 def test_rock_stats_after_a_step_equal_numpy():
@@ -39,8 +51,9 @@ def test_rock_stats_after_a_step_equal_numpy():
   np.testing.assert_array_equal(np.nonzero(np.asarray(new_state.rock_mask))[0], np.sort(top4))
 
 
-@pytest.mark.parametrize("rock_mode,normalizer", [("static", "tokens"), ("static", "weights"),
-                                                 ("off", "tokens")])
+@pytest.mark.parametrize(
+  "rock_mode,normalizer", [("static", "tokens"), ("static", "weights"), ("off", "tokens")]
+)
 def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
   """lambda 0: the gradient of the loss on non-rock tokens only; mode off: plain OPD.
 
@@ -48,8 +61,9 @@ def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
   jax.grad of a direct full-logit loss that selects positions explicitly.
   """
   batch = make_batch()
-  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode=rock_mode,
-                              lam=0.0, normalizer=normalizer)
+  fn, state, t_params = build(
+    one_device_mesh(), tx=optax.sgd(1.0), rock_mode=rock_mode, lam=0.0, normalizer=normalizer
+  )
   old = jax.tree.map(np.asarray, state.params)
   with jax.set_mesh(one_device_mesh()):
     new_state, _ = fn(state, t_params, batch)
@@ -80,16 +94,26 @@ def test_off_policy_gradient_equals_direct_kd_loss(kd_ratio, chunked):
   """Stage-1 KD: kd_ratio * forward KL + (1 - kd_ratio) * CE (kd_ratio 0: plain SFT)."""
   batch = make_batch(seed=1)
   # Blocks of 7 tokens: several blocks and a padded last one on the fused path.
-  fn, state, t_params = build(one_device_mesh(), tx=optax.sgd(1.0), rock_mode="off",
-                              chunked=chunked, mode="off_policy", kd_ratio=kd_ratio,
-                              block_size=7)
+  fn, state, t_params = build(
+    one_device_mesh(),
+    tx=optax.sgd(1.0),
+    rock_mode="off",
+    chunked=chunked,
+    mode="off_policy",
+    kd_ratio=kd_ratio,
+    block_size=7,
+  )
   old = jax.tree.map(np.asarray, state.params)
   with jax.set_mesh(one_device_mesh()):
     new_state, metrics = fn(state, t_params, batch)
   step_grad = jax.tree.map(lambda a, b: a - np.asarray(b), old, new_state.params)
 
   teacher = random_model(TEACHER, seed=1)
-  ids, mask, targets = batch["tokens"][:, :-1], batch["attention_mask"][:, :-1], batch["tokens"][:, 1:]
+  ids, mask, targets = (
+    batch["tokens"][:, :-1],
+    batch["attention_mask"][:, :-1],
+    batch["tokens"][:, 1:],
+  )
   logp_t = jax.nn.log_softmax(nnx.jit(lambda m, i, k: m(i, k))(teacher, ids, mask))
   on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
 
@@ -117,8 +141,9 @@ def test_mode_off_gradient_is_plain_opd_gradient():
     p_zero = fn_lam0(state0, t_params, batch)[0].params
   for a, b, c in zip(jax.tree.leaves(p_off), jax.tree.leaves(p_one), jax.tree.leaves(p_zero)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # lambda 1 == off
-  diff = max(float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(p_off),
-                                                          jax.tree.leaves(p_zero)))
+  diff = max(
+    float(jnp.abs(a - c).max()) for a, c in zip(jax.tree.leaves(p_off), jax.tree.leaves(p_zero))
+  )
   assert diff > 1e-5  # and freezing really changes the update
 
 
@@ -160,8 +185,20 @@ def test_overfits_a_fixed_batch_on_8_devices(devices8):
 def test_gradient_accumulation_matches_one_big_step():
   """opt.grad_accum=2 over the same micro-batch twice == one update on it (optax.MultiSteps)."""
   import ml_collections
-  opt = ml_collections.ConfigDict(dict(lr=1e-2, end_lr=0.0, warmup_frac=0.0, b1=0.9, b2=0.98,
-                                       eps=1e-8, weight_decay=0.0, clip=1.0, grad_accum=1))
+
+  opt = ml_collections.ConfigDict(
+    dict(
+      lr=1e-2,
+      end_lr=0.0,
+      warmup_frac=0.0,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-8,
+      weight_decay=0.0,
+      clip=1.0,
+      grad_accum=1,
+    )
+  )
   tx1, _ = state_lib.make_optimizer(opt, 10)
   opt.grad_accum = 2
   tx2, _ = state_lib.make_optimizer(opt, 10)
@@ -180,8 +217,10 @@ def test_gradient_accumulation_matches_one_big_step():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("loss_kw", [dict(divergence="jsd", jsd_beta=0.3),
-                                     dict(divergence="skew_reverse_kl", skew_alpha=0.4)])
+@pytest.mark.parametrize(
+  "loss_kw",
+  [dict(divergence="jsd", jsd_beta=0.3), dict(divergence="skew_reverse_kl", skew_alpha=0.4)],
+)
 def test_grad_norm_share_uses_the_runs_divergence_on_both_paths(loss_kw):
   """rock/share_grad_norm: the full-logit path computes |g| of the run's own divergence,
   which the fused path returns (checked against float64 references in test_divergences)."""

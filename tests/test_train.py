@@ -1,4 +1,5 @@
 """End to end: the CLI on 8 fake devices, checkpoint/resume equivalence, NaN and bad input."""
+
 import json
 import os
 import subprocess
@@ -25,10 +26,15 @@ def small_run(mode="off_policy", **overrides):
 
 
 def test_cli_trains_tiny_config_on_8_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "rockjax.main", "--config=configs/tiny.py",
-         f"--workdir={tmp_path}", "--config.steps=3"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  cmd = [
+    sys.executable,
+    "-m",
+    "rockjax.main",
+    "--config=configs/tiny.py",
+    f"--workdir={tmp_path}",
+    "--config.steps=3",
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -51,8 +57,9 @@ def test_resume_equals_uninterrupted(tmp_path, mode):
   assert int(a.step) == int(b.step) == 8
   for name in ("params", "opt_state", "rock", "rock_mask"):
     for x, y in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name))):
-      np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
-                                 rtol=1e-6, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(
+        np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-6, atol=1e-6, err_msg=name
+      )
   assert whole["data_state"] == second["data_state"]
 
 
@@ -67,6 +74,7 @@ def test_bad_static_list_names_file_and_line(tmp_path):
 def test_nan_stops_training_with_last_good_checkpoint(tmp_path, monkeypatch):
   """A non-finite loss at step 3 ends the run before anything is saved after step 2."""
   from rockjax import metrics as metrics_lib
+
   real = metrics_lib.to_host
   calls = []
 
@@ -79,7 +87,9 @@ def test_nan_stops_training_with_last_good_checkpoint(tmp_path, monkeypatch):
 
   monkeypatch.setattr(metrics_lib, "to_host", poisoned)
   c = small_run(**{"ckpt.every": 2, "steps": 6})
-  with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss.*Last good checkpoint: step 2"):
+  with pytest.raises(
+    FloatingPointError, match=r"step 3: non-finite loss.*Last good checkpoint: step 2"
+  ):
     train.run(c, str(tmp_path))
   assert sorted(int(s) for s in os.listdir(tmp_path / "ckpt") if s.isdigit()) == [2]
   monkeypatch.setattr(metrics_lib, "to_host", real)
@@ -90,6 +100,7 @@ def test_nan_stops_training_with_last_good_checkpoint(tmp_path, monkeypatch):
 def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
   """Preemption: SIGTERM during step 2 -> that step finishes, a checkpoint is written, exit."""
   import signal
+
   real = train._next_batch
 
   def preempt_at_step_2(exp, state, step):

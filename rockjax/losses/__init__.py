@@ -15,18 +15,45 @@ and heads (`chunked`: per-token output, any cotangent) and token-blocked (`fused
 whose gradient is formed in the forward pass, no recomputation); `reduce` and `sampled` hold
 the reductions and the single-sample estimators.
 """
-from rockjax.losses.chunked import (chunked_cross_entropy, chunked_divergence,
-                                    chunked_logit_gradient_norm)
-from rockjax.losses.full import (divergence, divergence_terms, forward_kl, jsd, logit_gradient,
-                                 logit_gradient_norm, reverse_kl)
+
+from rockjax.losses.chunked import (
+  chunked_cross_entropy,
+  chunked_divergence,
+  chunked_logit_gradient_norm,
+)
+from rockjax.losses.full import (
+  divergence,
+  divergence_terms,
+  forward_kl,
+  jsd,
+  logit_gradient,
+  logit_gradient_norm,
+  reverse_kl,
+)
 from rockjax.losses.fused import FusedDivergence, fused_divergence
 from rockjax.losses.reduce import count, reduce
 from rockjax.losses.registry import KINDS, DivergenceSpec, check_kind, mixture_logprobs, title
 from rockjax.losses.sampled import sampled_kl
 
 __all__ = [
-    "KINDS", "DivergenceSpec", "FusedDivergence", "check_kind",
-    "chunked_cross_entropy", "chunked_divergence", "chunked_logit_gradient_norm", "count",
-    "divergence", "divergence_terms", "forward_kl", "fused_divergence", "jsd", "logit_gradient",
-    "logit_gradient_norm", "mixture_logprobs", "reduce", "reverse_kl", "sampled_kl", "title",
+  "KINDS",
+  "DivergenceSpec",
+  "FusedDivergence",
+  "check_kind",
+  "chunked_cross_entropy",
+  "chunked_divergence",
+  "chunked_logit_gradient_norm",
+  "count",
+  "divergence",
+  "divergence_terms",
+  "forward_kl",
+  "fused_divergence",
+  "jsd",
+  "logit_gradient",
+  "logit_gradient_norm",
+  "mixture_logprobs",
+  "reduce",
+  "reverse_kl",
+  "sampled_kl",
+  "title",
 ]

@@ -15,6 +15,7 @@ The backward pass recomputes both heads' chunk logits (six head matmuls per step
 of full logits does four). When the per-token weights are known before the loss, as in the
 train step, `rockjax.losses.fused_divergence` forms the gradient in the forward pass instead.
 """
+
 import dataclasses
 import functools
 import math
@@ -27,8 +28,9 @@ from rockjax.losses import registry
 _NEG_INF = -jnp.inf
 
 
-def _chunk_logits(h_NxD: jax.Array, w_DxV: jax.Array, i: jax.Array, chunk: int,
-                  temperature: float) -> tuple[jax.Array, jax.Array]:
+def _chunk_logits(
+  h_NxD: jax.Array, w_DxV: jax.Array, i: jax.Array, chunk: int, temperature: float
+) -> tuple[jax.Array, jax.Array]:
   """Tempered float32 logits `[N, C]` of chunk i and its first column index.
 
   The last chunk is shifted left to stay inside the vocabulary (no padded copy of the head);
@@ -137,36 +139,53 @@ def _chunked_bwd(spec, residuals, ct_N):
     dw = jax.lax.dynamic_update_slice_in_dim(dw, old + dw_DxC, start, axis=1)
     return dh, dw
 
-  dh, dw = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / chunk), body,
-                             (jnp.zeros(h_s.shape, jnp.float32),
-                              jnp.zeros(w_s.shape, jnp.float32)))
+  dh, dw = jax.lax.fori_loop(
+    0,
+    math.ceil(w_s.shape[1] / chunk),
+    body,
+    (jnp.zeros(h_s.shape, jnp.float32), jnp.zeros(w_s.shape, jnp.float32)),
+  )
   return (dh.astype(h_s.dtype), dw.astype(w_s.dtype), jnp.zeros_like(h_t), jnp.zeros_like(w_t))
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                           teacher_head) -> tuple[list[int], int, int]:
+def check_hidden_and_heads(
+  student_hidden, student_head, teacher_hidden, teacher_head
+) -> tuple[list[int], int, int]:
   """One-line errors for bad shapes of the head-level losses; (lead dims, Ds, Dt)."""
   (*lead, d_s), (*lead_t, d_t) = student_hidden.shape, teacher_hidden.shape
   if lead != lead_t:
-    raise ValueError(f"student hidden {student_hidden.shape} and teacher hidden "
-                     f"{teacher_hidden.shape} must share batch/length dims")
+    raise ValueError(
+      f"student hidden {student_hidden.shape} and teacher hidden "
+      f"{teacher_hidden.shape} must share batch/length dims"
+    )
   if student_head.shape[0] != d_s or teacher_head.shape[0] != d_t:
-    raise ValueError(f"heads must be [D, V]: student hidden D={d_s} vs head "
-                     f"{student_head.shape}, teacher hidden D={d_t} vs head {teacher_head.shape}")
+    raise ValueError(
+      f"heads must be [D, V]: student hidden D={d_s} vs head "
+      f"{student_head.shape}, teacher hidden D={d_t} vs head {teacher_head.shape}"
+    )
   if student_head.shape[1] != teacher_head.shape[1]:
-    raise ValueError(f"student vocab {student_head.shape[1]} != teacher vocab "
-                     f"{teacher_head.shape[1]}: teacher and student must share a vocabulary")
+    raise ValueError(
+      f"student vocab {student_head.shape[1]} != teacher vocab "
+      f"{teacher_head.shape[1]}: teacher and student must share a vocabulary"
+    )
   return lead, d_s, d_t
 
 
-def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
-                       teacher_hidden: jax.Array, teacher_head: jax.Array, *,
-                       kind: str = "reverse_kl", chunk_size: int = 8192,
-                       temperature: float = 1.0, beta: float = 0.5,
-                       alpha: float = 0.9) -> jax.Array:
+def chunked_divergence(
+  student_hidden: jax.Array,
+  student_head: jax.Array,
+  teacher_hidden: jax.Array,
+  teacher_head: jax.Array,
+  *,
+  kind: str = "reverse_kl",
+  chunk_size: int = 8192,
+  temperature: float = 1.0,
+  beta: float = 0.5,
+  alpha: float = 0.9,
+) -> jax.Array:
   """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
 
   Equals `divergence(h_s @ W_s, h_t @ W_t)` (see `rockjax.losses.divergence`) without
@@ -174,28 +193,38 @@ def chunked_divergence(student_hidden: jax.Array, student_head: jax.Array,
   vocabularies may not. Gradients flow to the student hidden states and head only.
   """
   spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
-  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                                          teacher_head)
+  lead, d_s, d_t = check_hidden_and_heads(
+    student_hidden, student_head, teacher_hidden, teacher_head
+  )
   spec = dataclasses.replace(spec, chunk_size=min(spec.chunk_size, student_head.shape[1]))
   n = math.prod(lead)
-  value_N = _chunked(student_hidden.reshape(n, d_s), student_head,
-                     teacher_hidden.reshape(n, d_t), teacher_head, spec)
+  value_N = _chunked(
+    student_hidden.reshape(n, d_s), student_head, teacher_hidden.reshape(n, d_t), teacher_head, spec
+  )
   return value_N.reshape(lead)
 
 
-def chunked_logit_gradient_norm(student_hidden: jax.Array, student_head: jax.Array,
-                                teacher_hidden: jax.Array, teacher_head: jax.Array, *,
-                                kind: str = "reverse_kl", chunk_size: int = 8192,
-                                temperature: float = 1.0, beta: float = 0.5,
-                                alpha: float = 0.9) -> jax.Array:
+def chunked_logit_gradient_norm(
+  student_hidden: jax.Array,
+  student_head: jax.Array,
+  teacher_hidden: jax.Array,
+  teacher_head: jax.Array,
+  *,
+  kind: str = "reverse_kl",
+  chunk_size: int = 8192,
+  temperature: float = 1.0,
+  beta: float = 0.5,
+  alpha: float = 0.9,
+) -> jax.Array:
   """Per-token L2 norm `[B, L]` of d divergence / d student logits, chunked over V.
 
   A diagnostic (no gradient flows through it): for reverse_kl it is the norm of the paper's
   `g = p_s * (A - E_ps[A])`. Costs two extra passes over the heads.
   """
   spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
-  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                                          teacher_head)
+  lead, d_s, d_t = check_hidden_and_heads(
+    student_hidden, student_head, teacher_hidden, teacher_head
+  )
   n = math.prod(lead)
   h_s, h_t = student_hidden.reshape(n, d_s), teacher_hidden.reshape(n, d_t)
   h_s, w_s, h_t, w_t = jax.lax.stop_gradient((h_s, student_head, h_t, teacher_head))
@@ -208,13 +237,20 @@ def chunked_logit_gradient_norm(student_hidden: jax.Array, student_head: jax.Arr
     g_NxC = registry.logit_grad(s - lse_s[:, None], t - lse_t[:, None], aux, spec)
     return sq_N + jnp.sum(jnp.square(g_NxC), axis=-1)
 
-  sq_N = jax.lax.fori_loop(0, math.ceil(w_s.shape[1] / spec.chunk_size), body,
-                           jnp.zeros((n,), jnp.float32))
+  sq_N = jax.lax.fori_loop(
+    0, math.ceil(w_s.shape[1] / spec.chunk_size), body, jnp.zeros((n,), jnp.float32)
+  )
   return jnp.sqrt(sq_N).reshape(lead)
 
 
-def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
-                          chunk_size: int = 8192, temperature: float = 1.0) -> jax.Array:
+def chunked_cross_entropy(
+  hidden: jax.Array,
+  head: jax.Array,
+  targets: jax.Array,
+  *,
+  chunk_size: int = 8192,
+  temperature: float = 1.0,
+) -> jax.Array:
   """Per-token `-log p(target)` `[B, L]` from hidden `[B, L, D]` and head `[D, V]`, chunked.
 
   The log-normaliser is an online log-sum-exp over vocabulary chunks inside a scan whose body
@@ -231,8 +267,9 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
     logits_NxC, _ = _chunk_logits(h_NxD, head, i, chunk, temperature)
     # The running max only stabilises exp(); lse = m + log z does not depend on it, so it is
     # a constant for differentiation and the gradient flows through z alone.
-    m_new, z_new, _, _ = _online_lse(jax.lax.stop_gradient(m_N), z_N,
-                                     jax.lax.stop_gradient(logits_NxC))
+    m_new, z_new, _, _ = _online_lse(
+      jax.lax.stop_gradient(m_N), z_N, jax.lax.stop_gradient(logits_NxC)
+    )
     m_new = jax.lax.stop_gradient(m_new)
     m_safe = jnp.where(m_new > _NEG_INF, m_new, 0.0)
     z_new = z_N * jnp.exp(m_N - m_safe) + jnp.sum(jnp.exp(logits_NxC - m_safe[:, None]), -1)
@@ -242,6 +279,7 @@ def chunked_cross_entropy(hidden: jax.Array, head: jax.Array, targets: jax.Array
   (m_N, z_N), _ = jax.lax.scan(body, init, jnp.arange(math.ceil(head.shape[1] / chunk)))
   lse_N = m_N + jnp.log(z_N)
   target_DxN = jnp.take(head, targets.reshape(n), axis=1)
-  target_logit_N = jnp.einsum("nd,dn->n", h_NxD, target_DxN,
-                              preferred_element_type=jnp.float32) / temperature
+  target_logit_N = (
+    jnp.einsum("nd,dn->n", h_NxD, target_DxN, preferred_element_type=jnp.float32) / temperature
+  )
   return (lse_N - target_logit_N).reshape(lead)

@@ -20,6 +20,7 @@ summed across devices once, by the transpose of that gather, not once per block.
 Shape letters: N flattened tokens (B*L), R tokens per block, D hidden width (student Ds,
 teacher Dt), V vocabulary, C vocabulary columns per chunk of the head-gradient accumulation.
 """
+
 import dataclasses
 import functools
 import math
@@ -42,6 +43,7 @@ class FusedDivergence(NamedTuple):
   grad_norm [B, L]: per-token L2 norm of d divergence / d (tempered) student logits, the
     paper's |g| (no gradient; free here, it costs two extra passes on the chunked path).
   """
+
   weighted_sum: jax.Array
   per_token: jax.Array
   grad_norm: jax.Array
@@ -104,8 +106,12 @@ def _forward(h_s, w_s, h_t, w_t, w_N, spec):
     return put(value, value_R), put(norm, norm_R), put(dh, dh_RxD), dw
 
   m = nblk * block
-  init = (jnp.zeros((m,), jnp.float32), jnp.zeros((m,), jnp.float32),
-          jnp.zeros((m, h_s.shape[1]), jnp.float32), jnp.zeros(w_s.shape, jnp.float32))
+  init = (
+    jnp.zeros((m,), jnp.float32),
+    jnp.zeros((m,), jnp.float32),
+    jnp.zeros((m, h_s.shape[1]), jnp.float32),
+    jnp.zeros(w_s.shape, jnp.float32),
+  )
   value, norm, dh, dw = jax.lax.fori_loop(0, nblk, body, init)
   total = jnp.sum(jnp.where(w_N != 0, w_N * value, 0.0))
   return total, value[:n], norm[:n], dh[:n].astype(h_s.dtype), dw.astype(w_s.dtype)
@@ -141,18 +147,28 @@ def _token_axes(n: int) -> tuple[tuple[str, ...], int]:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return (), 1
-  (axes,) = shd.logical_to_spec(("tokens",), (n,), mesh,
-                                rules=(("tokens", tuple(mesh.axis_names)),))
+  (axes,) = shd.logical_to_spec(
+    ("tokens",), (n,), mesh, rules=(("tokens", tuple(mesh.axis_names)),)
+  )
   axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   return axes, math.prod(sizes[a] for a in axes)
 
 
-def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
-                     teacher_hidden: jax.Array, teacher_head: jax.Array, weights: jax.Array, *,
-                     kind: str = "reverse_kl", temperature: float = 1.0, beta: float = 0.5,
-                     alpha: float = 0.9, block_size: int = 512,
-                     chunk_size: int = 8192) -> FusedDivergence:
+def fused_divergence(
+  student_hidden: jax.Array,
+  student_head: jax.Array,
+  teacher_hidden: jax.Array,
+  teacher_head: jax.Array,
+  weights: jax.Array,
+  *,
+  kind: str = "reverse_kl",
+  temperature: float = 1.0,
+  beta: float = 0.5,
+  alpha: float = 0.9,
+  block_size: int = 512,
+  chunk_size: int = 8192,
+) -> FusedDivergence:
   """`sum(weights * divergence(h_s @ W_s, h_t @ W_t))` with its gradient formed in the forward.
 
   Hidden states `[B, L, D]` (student and teacher widths may differ), heads `[D, V]`, weights
@@ -163,17 +179,27 @@ def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
   mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them.
   """
   spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size, block_size)
-  lead, d_s, d_t = check_hidden_and_heads(student_hidden, student_head, teacher_hidden,
-                                          teacher_head)
+  lead, d_s, d_t = check_hidden_and_heads(
+    student_hidden, student_head, teacher_hidden, teacher_head
+  )
   if tuple(weights.shape) != tuple(lead):
-    raise ValueError(f"weights {weights.shape} must have the hidden states' batch/length dims "
-                     f"{tuple(lead)}")
+    raise ValueError(
+      f"weights {weights.shape} must have the hidden states' batch/length dims {tuple(lead)}"
+    )
   n = math.prod(lead)
   axes, shards = _token_axes(n)
-  spec = dataclasses.replace(spec, block_size=min(spec.block_size, n // shards),
-                             chunk_size=min(spec.chunk_size, student_head.shape[1]))
-  args = (student_hidden.reshape(n, d_s), student_head, teacher_hidden.reshape(n, d_t),
-          teacher_head, weights.reshape(n).astype(jnp.float32))
+  spec = dataclasses.replace(
+    spec,
+    block_size=min(spec.block_size, n // shards),
+    chunk_size=min(spec.chunk_size, student_head.shape[1]),
+  )
+  args = (
+    student_hidden.reshape(n, d_s),
+    student_head,
+    teacher_hidden.reshape(n, d_t),
+    teacher_head,
+    weights.reshape(n).astype(jnp.float32),
+  )
   if not axes:
     total, value, norm = _fused(*args, spec)
   else:
@@ -184,8 +210,11 @@ def fused_divergence(student_hidden: jax.Array, student_head: jax.Array,
       return jax.lax.psum(total, axes), value, norm
 
     total, value, norm = jax.shard_map(
-        local, in_specs=(tokens, whole, tokens, whole, tokens),
-        out_specs=(whole, tokens, tokens), axis_names=set(axes), check_vma=False)(*args)
+      local,
+      in_specs=(tokens, whole, tokens, whole, tokens),
+      out_specs=(whole, tokens, tokens),
+      axis_names=set(axes),
+      check_vma=False,
+    )(*args)
   value, norm = jax.lax.stop_gradient((value, norm))
   return FusedDivergence(total, value.reshape(lead), norm.reshape(lead))
-

@@ -11,6 +11,7 @@ whole vocabulary or a chunk of it): the divergence is the sum of `terms` over V,
 is the sum of `aux_terms` over the whole vocabulary (the divergence itself when None). Summing
 terms chunk by chunk is what lets the chunked path never build `[N, V]`.
 """
+
 import dataclasses
 import math
 from typing import Callable
@@ -24,6 +25,7 @@ _REGISTRY: dict[str, "Divergence"] = {}
 @dataclasses.dataclass(frozen=True)
 class DivergenceSpec:
   """Static settings of one divergence; the single static argument of the custom VJPs."""
+
   kind: str = "reverse_kl"
   temperature: float = 1.0
   beta: float = 0.5  # jsd: teacher weight in M = beta*p_t + (1-beta)*p_s
@@ -33,8 +35,13 @@ class DivergenceSpec:
 
   def __post_init__(self):
     check_kind(self.kind)
-    for name, cast in (("temperature", float), ("beta", float), ("alpha", float),
-                       ("chunk_size", int), ("block_size", int)):
+    for name, cast in (
+      ("temperature", float),
+      ("beta", float),
+      ("alpha", float),
+      ("chunk_size", int),
+      ("block_size", int),
+    ):
       object.__setattr__(self, name, cast(getattr(self, name)))
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
@@ -43,13 +50,15 @@ class DivergenceSpec:
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"skew_reverse_kl alpha must be in [0, 1], got {self.alpha}")
     if self.block_size < 1 or self.chunk_size < 1:
-      raise ValueError(f"block_size={self.block_size} and chunk_size={self.chunk_size} must be "
-                       ">= 1")
+      raise ValueError(
+        f"block_size={self.block_size} and chunk_size={self.chunk_size} must be >= 1"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class Divergence:
   """One registered kind (see the module docstring for the signatures)."""
+
   name: str
   terms: Callable[..., jax.Array]  # (logp_s, logp_t, spec) -> [..., V]
   grad: Callable[..., jax.Array]  # (logp_s, logp_t, aux, spec) -> [..., V]
@@ -81,8 +90,7 @@ def title(kind: str) -> str:
 def check_kind(kind: str) -> None:
   """Raise a one-line error naming an unknown kind and listing the registered ones."""
   if kind not in _REGISTRY:
-    raise ValueError(f"unknown divergence kind {kind!r}; registered kinds: "
-                     f"{', '.join(_REGISTRY)}")
+    raise ValueError(f"unknown divergence kind {kind!r}; registered kinds: {', '.join(_REGISTRY)}")
 
 
 def get(kind: str) -> Divergence:
@@ -123,8 +131,9 @@ def mixture_logprobs(logp_s: jax.Array, logp_t: jax.Array, w_t: float) -> jax.Ar
     return logp_s
   # Where both are -inf, logaddexp's gradient is nan (exp(-inf - -inf)): feed it zeros there.
   dead = (logp_s == -jnp.inf) & (logp_t == -jnp.inf)
-  logm = jnp.logaddexp(math.log(w_t) + jnp.where(dead, 0.0, logp_t),
-                       math.log1p(-w_t) + jnp.where(dead, 0.0, logp_s))
+  logm = jnp.logaddexp(
+    math.log(w_t) + jnp.where(dead, 0.0, logp_t), math.log1p(-w_t) + jnp.where(dead, 0.0, logp_s)
+  )
   return jnp.where(dead, -jnp.inf, logm)
 
 
@@ -143,19 +152,27 @@ def _gap(logp_a: jax.Array, logp_b: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------- kinds
 # reverse_kl = KL(p_s || p_t), the paper's OPD loss. dD/dp_s = log(p_s/p_t) + 1 (the +1
 # cancels in a - E[a]), and E_ps[log(p_s/p_t)] is the divergence itself: aux = value.
-register(Divergence(
-    "reverse_kl", title="reverse KL",
+register(
+  Divergence(
+    "reverse_kl",
+    title="reverse KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(logp_s, logp_t),
     grad=lambda logp_s, logp_t, aux, spec: _softmax_grad(logp_s, _gap(logp_s, logp_t), aux),
-    plain_kl="student"))
+    plain_kl="student",
+  )
+)
 
 # forward_kl = KL(p_t || p_s), the paper's stage-1 KD loss. dD/dp_s = -p_t/p_s, so through the
 # softmax g = p_s - p_t: no auxiliary.
-register(Divergence(
-    "forward_kl", title="forward KL",
+register(
+  Divergence(
+    "forward_kl",
+    title="forward KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(logp_t, logp_s),
     grad=lambda logp_s, logp_t, aux, spec: jnp.exp(logp_s) - jnp.exp(logp_t),
-    plain_kl="teacher"))
+    plain_kl="teacher",
+  )
+)
 
 
 # jsd = beta*KL(p_t || M) + (1-beta)*KL(p_s || M), M = beta*p_t + (1-beta)*p_s. With
@@ -174,10 +191,17 @@ def _jsd_grad(logp_s, logp_t, aux, spec):
   return _softmax_grad(logp_s, a, (1.0 - spec.beta) * aux)
 
 
-register(Divergence(
-    "jsd", title="JSD", terms=_jsd_terms, grad=_jsd_grad,
+register(
+  Divergence(
+    "jsd",
+    title="JSD",
+    terms=_jsd_terms,
+    grad=_jsd_grad,
     aux_terms=lambda logp_s, logp_t, spec: xlogy_ratio(
-        logp_s, mixture_logprobs(logp_s, logp_t, spec.beta))))
+      logp_s, mixture_logprobs(logp_s, logp_t, spec.beta)
+    ),
+  )
+)
 
 
 # skew_reverse_kl = KL(p_s || M), M = alpha*p_t + (1-alpha)*p_s (DistiLLM's skew reverse KL with
@@ -191,13 +215,20 @@ def _skew_a(logp_s, logp_t, spec):
   return jnp.where(live, gap - (1.0 - spec.alpha) * jnp.exp(gap), 0.0) if spec.alpha < 1 else gap
 
 
-register(Divergence(
-    "skew_reverse_kl", title="skew reverse KL",
+register(
+  Divergence(
+    "skew_reverse_kl",
+    title="skew reverse KL",
     terms=lambda logp_s, logp_t, spec: xlogy_ratio(
-        logp_s, mixture_logprobs(logp_s, logp_t, spec.alpha)),
-    grad=lambda logp_s, logp_t, aux, spec: _softmax_grad(logp_s, _skew_a(logp_s, logp_t, spec),
-                                                         aux),
+      logp_s, mixture_logprobs(logp_s, logp_t, spec.alpha)
+    ),
+    grad=lambda logp_s, logp_t, aux, spec: _softmax_grad(
+      logp_s, _skew_a(logp_s, logp_t, spec), aux
+    ),
     aux_terms=lambda logp_s, logp_t, spec: jnp.where(
-        logp_s > -jnp.inf, jnp.exp(logp_s) * _skew_a(logp_s, logp_t, spec), 0.0)))
+      logp_s > -jnp.inf, jnp.exp(logp_s) * _skew_a(logp_s, logp_t, spec), 0.0
+    ),
+  )
+)
 
 KINDS = tuple(_REGISTRY)  # the registered kinds, in registration order

@@ -1,10 +1,12 @@
 """Single-sample estimators of KL(p_s || p_t) from the sampled tokens' log-probs."""
+
 import jax
 import jax.numpy as jnp
 
 
-def sampled_kl(student_logprobs: jax.Array, teacher_logprobs: jax.Array, *,
-               estimator: str = "k1") -> jax.Array:
+def sampled_kl(
+  student_logprobs: jax.Array, teacher_logprobs: jax.Array, *, estimator: str = "k1"
+) -> jax.Array:
   """Single-sample estimators of KL(p_s || p_t) from the sampled tokens' log-probs `[B, L]`.
 
   With r = log p_t(x) - log p_s(x) and x ~ p_s: k1 = -r (unbiased, high variance),

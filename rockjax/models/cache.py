@@ -12,6 +12,7 @@ its own slot. `index` is the next free slot; the returned cache has it advanced 
 Size the cache for prompt + generated tokens: XLA clamps a write past slot S - T (it would
 overwrite the last slots instead of failing).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -23,34 +24,49 @@ from jax.sharding import Mesh
 from rockjax import sharding as shd
 
 # Logical axes of one per-layer k or v buffer, and of the slot mask.
-KV_AXES = ('batch', 'kv_heads', 'cache_length', 'head_dim')
-MASK_AXES = ('batch', 'cache_length')
+KV_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+MASK_AXES = ("batch", "cache_length")
 
 
 class KVCache(NamedTuple):
   """Pytree: k, v = per-layer tuples of [B, K, S, E]; mask_BxS (int32, 1 = valid); index ()."""
+
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   mask_BxS: jax.Array
   index: jax.Array
 
   @classmethod
-  def init(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
-           dtype: Any = jnp.float32) -> 'KVCache':
+  def init(
+    cls,
+    num_layers: int,
+    batch: int,
+    max_len: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: Any = jnp.float32,
+  ) -> "KVCache":
     """An empty cache: all slots invalid, index 0."""
     shape = (batch, num_kv_heads, max_len, head_dim)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
-    return cls(k=zeros(), v=zeros(), mask_BxS=jnp.zeros((batch, max_len), jnp.int32),
-               index=jnp.zeros((), jnp.int32))
+    return cls(
+      k=zeros(),
+      v=zeros(),
+      mask_BxS=jnp.zeros((batch, max_len), jnp.int32),
+      index=jnp.zeros((), jnp.int32),
+    )
 
   @property
   def max_len(self) -> int:
     """Number of slots S."""
     return self.mask_BxS.shape[1]
 
-  def shardings(self, mesh: Mesh, rules: shd.LogicalRules | None = None) -> 'KVCache':
+  def shardings(self, mesh: Mesh, rules: shd.LogicalRules | None = None) -> "KVCache":
     """NamedShardings for every leaf (batch on 'batch', kv heads on 'kv_heads')."""
     kv = lambda xs: tuple(shd.logical_sharding(KV_AXES, x.shape, mesh, rules) for x in xs)
-    return KVCache(k=kv(self.k), v=kv(self.v),
-                   mask_BxS=shd.logical_sharding(MASK_AXES, self.mask_BxS.shape, mesh, rules),
-                   index=shd.logical_sharding((), (), mesh, rules))
+    return KVCache(
+      k=kv(self.k),
+      v=kv(self.v),
+      mask_BxS=shd.logical_sharding(MASK_AXES, self.mask_BxS.shape, mesh, rules),
+      index=shd.logical_sharding((), (), mesh, rules),
+    )

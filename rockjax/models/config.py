@@ -1,4 +1,5 @@
 """ModelConfig: the frozen, hashable description of a decoder, built from a transformers config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,14 +13,15 @@ from rockjax.models import families
 
 # transformers `model_type` -> our family name (derived from the preset table).
 FAMILIES = dict(families.MODEL_TYPES)
-_ROPE_TYPES = ('default', 'linear', 'llama3')
+_ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
   """Rotary embedding parameters (HF `rope_parameters`); `rope_type` in default|linear|llama3."""
+
   theta: float = 10000.0
-  rope_type: str = 'default'
+  rope_type: str = "default"
   factor: float = 1.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
@@ -29,6 +31,7 @@ class RopeConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture + numerics of one decoder; static (hashable) so it can live in jit closures."""
+
   family: str
   vocab_size: int
   hidden_size: int
@@ -57,146 +60,173 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
   remat: bool = False  # nnx.remat each decoder layer in the no-cache forward
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
-  hf_config_json: str = dataclasses.field(default='', compare=False, repr=False)
+  hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'num_heads={self.num_heads} is not a multiple of '
-                       f'num_kv_heads={self.num_kv_heads}')
+      raise ValueError(
+        f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+      )
     families.get(self.family)  # ValueError naming the known families
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""
-    return (self.num_experts > 0 and layer not in self.mlp_only_layers
-            and (layer + 1) % self.decoder_sparse_step == 0)
+    return (
+      self.num_experts > 0
+      and layer not in self.mlp_only_layers
+      and (layer + 1) % self.decoder_sparse_step == 0
+    )
 
   @property
   def preset(self) -> families.Family:
     """This config's family preset (rockjax.models.families)."""
     return families.get(self.family)
 
-  def replace(self, **changes: Any) -> 'ModelConfig':
+  def replace(self, **changes: Any) -> "ModelConfig":
     """A copy with some fields changed."""
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def for_family(cls, family: str, attention_bias: bool = False, **fields: Any) -> 'ModelConfig':
+  def for_family(cls, family: str, attention_bias: bool = False, **fields: Any) -> "ModelConfig":
     """A ModelConfig whose family-fixed fields (biases, qk-norm) come from the preset."""
     return cls(family=family, **{**families.get(family).layer_flags(attention_bias), **fields})
 
   @classmethod
-  def from_hf(cls, hf_config: Any, **overrides: Any) -> 'ModelConfig':
+  def from_hf(cls, hf_config: Any, **overrides: Any) -> "ModelConfig":
     """Builds a ModelConfig from a transformers PretrainedConfig (or its dict)."""
     d = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    fam = families.for_model_type(d.get('model_type'))
-    if d.get('hidden_act', fam.activation) != fam.activation:
-      raise ValueError(f"unsupported hidden_act {d['hidden_act']!r} for {fam.name}; "
-                       f"expected {fam.activation!r}")
-    if d.get('mlp_bias', False):
-      raise ValueError('unsupported: mlp_bias=True')
-    if d.get('use_sliding_window', False) and 'sliding_attention' in (d.get('layer_types') or ()):
-      raise ValueError('unsupported: sliding-window attention layers (use_sliding_window=True)')
-    num_heads = d['num_attention_heads']
-    head_dim = d.get('head_dim') or d['hidden_size'] // num_heads
+    fam = families.for_model_type(d.get("model_type"))
+    if d.get("hidden_act", fam.activation) != fam.activation:
+      raise ValueError(
+        f"unsupported hidden_act {d['hidden_act']!r} for {fam.name}; expected {fam.activation!r}"
+      )
+    if d.get("mlp_bias", False):
+      raise ValueError("unsupported: mlp_bias=True")
+    if d.get("use_sliding_window", False) and "sliding_attention" in (d.get("layer_types") or ()):
+      raise ValueError("unsupported: sliding-window attention layers (use_sliding_window=True)")
+    num_heads = d["num_attention_heads"]
+    head_dim = d.get("head_dim") or d["hidden_size"] // num_heads
     moe = fam.moe
     kwargs = dict(
-        **fam.layer_flags(bool(d.get('attention_bias', False))),
-        family=fam.name,
-        vocab_size=d['vocab_size'],
-        hidden_size=d['hidden_size'],
-        intermediate_size=d['intermediate_size'],
-        num_layers=d['num_hidden_layers'],
-        num_heads=num_heads,
-        num_kv_heads=d.get('num_key_value_heads') or num_heads,
-        head_dim=head_dim,
-        rms_norm_eps=d.get('rms_norm_eps', 1e-6),
-        rope=_rope_from_hf(d, fam.rope_theta),
-        max_position_embeddings=d.get('max_position_embeddings', 32768),
-        tie_word_embeddings=bool(d.get('tie_word_embeddings', fam.tie_word_embeddings)),
-        num_experts=(d.get('num_experts') or d.get('num_local_experts') or 0) if moe else 0,
-        num_experts_per_tok=d.get('num_experts_per_tok', 0) if moe else 0,
-        moe_intermediate_size=d.get('moe_intermediate_size', 0) if moe else 0,
-        norm_topk_prob=bool(d.get('norm_topk_prob', False)),
-        decoder_sparse_step=d.get('decoder_sparse_step', 1) or 1,
-        mlp_only_layers=tuple(d.get('mlp_only_layers') or ()),
-        hf_config_json=json.dumps(d, sort_keys=True, default=str),
+      **fam.layer_flags(bool(d.get("attention_bias", False))),
+      family=fam.name,
+      vocab_size=d["vocab_size"],
+      hidden_size=d["hidden_size"],
+      intermediate_size=d["intermediate_size"],
+      num_layers=d["num_hidden_layers"],
+      num_heads=num_heads,
+      num_kv_heads=d.get("num_key_value_heads") or num_heads,
+      head_dim=head_dim,
+      rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+      rope=_rope_from_hf(d, fam.rope_theta),
+      max_position_embeddings=d.get("max_position_embeddings", 32768),
+      tie_word_embeddings=bool(d.get("tie_word_embeddings", fam.tie_word_embeddings)),
+      num_experts=(d.get("num_experts") or d.get("num_local_experts") or 0) if moe else 0,
+      num_experts_per_tok=d.get("num_experts_per_tok", 0) if moe else 0,
+      moe_intermediate_size=d.get("moe_intermediate_size", 0) if moe else 0,
+      norm_topk_prob=bool(d.get("norm_topk_prob", False)),
+      decoder_sparse_step=d.get("decoder_sparse_step", 1) or 1,
+      mlp_only_layers=tuple(d.get("mlp_only_layers") or ()),
+      hf_config_json=json.dumps(d, sort_keys=True, default=str),
     )
     kwargs.update(overrides)
     return cls(**kwargs)
 
   @classmethod
-  def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> 'ModelConfig':
+  def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ModelConfig":
     """Reads `path/config.json` with transformers.AutoConfig (local files only)."""
     import transformers  # local import: keeps `import rockjax.models` light
+
     hf = transformers.AutoConfig.from_pretrained(os.fspath(path), local_files_only=True)
     return cls.from_hf(hf, **overrides)
 
   def check_hf_representable(self) -> None:
     """Raises ValueError if transformers' class for this family cannot express the config."""
-    problems = self.preset.hf_problems(self.qkv_bias, self.o_bias, self.qk_norm,
-                                       self.num_experts)
+    problems = self.preset.hf_problems(self.qkv_bias, self.o_bias, self.qk_norm, self.num_experts)
     if problems:
-      raise ValueError('config not expressible as a transformers checkpoint: '
-                       + '; '.join(problems))
+      raise ValueError(
+        "config not expressible as a transformers checkpoint: " + "; ".join(problems)
+      )
 
   def to_hf_dict(self) -> dict[str, Any]:
     """A config.json dict for transformers: the stored checkpoint config updated with our fields."""
     self.check_hf_representable()
     fam = self.preset
     d = json.loads(self.hf_config_json) if self.hf_config_json else {}
-    rope = {'rope_theta': self.rope.theta, 'rope_type': self.rope.rope_type}
-    if self.rope.rope_type in ('linear', 'llama3'):
-      rope['factor'] = self.rope.factor
-    if self.rope.rope_type == 'llama3':
-      rope.update(low_freq_factor=self.rope.low_freq_factor,
-                  high_freq_factor=self.rope.high_freq_factor,
-                  original_max_position_embeddings=self.rope.original_max_position_embeddings)
+    rope = {"rope_theta": self.rope.theta, "rope_type": self.rope.rope_type}
+    if self.rope.rope_type in ("linear", "llama3"):
+      rope["factor"] = self.rope.factor
+    if self.rope.rope_type == "llama3":
+      rope.update(
+        low_freq_factor=self.rope.low_freq_factor,
+        high_freq_factor=self.rope.high_freq_factor,
+        original_max_position_embeddings=self.rope.original_max_position_embeddings,
+      )
     d.update(
-        model_type=fam.model_type, architectures=[fam.architecture], vocab_size=self.vocab_size,
-        hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-        num_hidden_layers=self.num_layers, num_attention_heads=self.num_heads,
-        num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
-        rms_norm_eps=self.rms_norm_eps, rope_parameters=rope, hidden_act=fam.activation,
-        max_position_embeddings=self.max_position_embeddings,
-        tie_word_embeddings=self.tie_word_embeddings)
-    for stale in ('rope_theta', 'rope_scaling', 'torch_dtype', '_name_or_path',
-                  'transformers_version'):
+      model_type=fam.model_type,
+      architectures=[fam.architecture],
+      vocab_size=self.vocab_size,
+      hidden_size=self.hidden_size,
+      intermediate_size=self.intermediate_size,
+      num_hidden_layers=self.num_layers,
+      num_attention_heads=self.num_heads,
+      num_key_value_heads=self.num_kv_heads,
+      head_dim=self.head_dim,
+      rms_norm_eps=self.rms_norm_eps,
+      rope_parameters=rope,
+      hidden_act=fam.activation,
+      max_position_embeddings=self.max_position_embeddings,
+      tie_word_embeddings=self.tie_word_embeddings,
+    )
+    for stale in (
+      "rope_theta",
+      "rope_scaling",
+      "torch_dtype",
+      "_name_or_path",
+      "transformers_version",
+    ):
       d.pop(stale, None)
-    if fam.attn_bias == 'flag':
-      d['attention_bias'] = self.o_bias
+    if fam.attn_bias == "flag":
+      d["attention_bias"] = self.o_bias
     if fam.moe:
-      d.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
-               moe_intermediate_size=self.moe_intermediate_size,
-               norm_topk_prob=self.norm_topk_prob, decoder_sparse_step=self.decoder_sparse_step,
-               mlp_only_layers=list(self.mlp_only_layers))
-      d.pop('num_local_experts', None)
-    d['dtype'] = jnp.dtype(self.param_dtype).name
+      d.update(
+        num_experts=self.num_experts,
+        num_experts_per_tok=self.num_experts_per_tok,
+        moe_intermediate_size=self.moe_intermediate_size,
+        norm_topk_prob=self.norm_topk_prob,
+        decoder_sparse_step=self.decoder_sparse_step,
+        mlp_only_layers=list(self.mlp_only_layers),
+      )
+      d.pop("num_local_experts", None)
+    d["dtype"] = jnp.dtype(self.param_dtype).name
     return d
 
 
 def _rope_from_hf(d: dict[str, Any], default_theta: float) -> RopeConfig:
   """Reads RoPE settings from either `rope_parameters` (transformers 5) or `rope_scaling`."""
-  params = dict(d.get('rope_parameters') or {})
-  legacy = d.get('rope_scaling') or {}
+  params = dict(d.get("rope_parameters") or {})
+  legacy = d.get("rope_scaling") or {}
   # Per-layer-type rope dicts ({'full_attention': {...}}) are not used by these families.
   if params and all(isinstance(v, dict) for v in params.values()):
-    raise ValueError('unsupported: per-layer-type rope_parameters')
+    raise ValueError("unsupported: per-layer-type rope_parameters")
   params = {**legacy, **params}
-  rope_type = params.get('rope_type', params.get('type', 'default')) or 'default'
+  rope_type = params.get("rope_type", params.get("type", "default")) or "default"
   if rope_type not in _ROPE_TYPES:
-    raise ValueError(f'unsupported rope_type {rope_type!r}; supported: {_ROPE_TYPES}')
-  if params.get('partial_rotary_factor', 1.0) != 1.0:
-    raise ValueError('unsupported: partial_rotary_factor != 1')
-  theta = float(params.get('rope_theta', d.get('rope_theta') or default_theta))
-  if rope_type == 'default':
+    raise ValueError(f"unsupported rope_type {rope_type!r}; supported: {_ROPE_TYPES}")
+  if params.get("partial_rotary_factor", 1.0) != 1.0:
+    raise ValueError("unsupported: partial_rotary_factor != 1")
+  theta = float(params.get("rope_theta", d.get("rope_theta") or default_theta))
+  if rope_type == "default":
     return RopeConfig(theta=theta)
-  if rope_type == 'linear':
-    return RopeConfig(theta=theta, rope_type=rope_type, factor=float(params['factor']))
+  if rope_type == "linear":
+    return RopeConfig(theta=theta, rope_type=rope_type, factor=float(params["factor"]))
   return RopeConfig(
-      theta=theta,
-      rope_type=rope_type,
-      factor=float(params.get('factor', 1.0)),
-      low_freq_factor=float(params.get('low_freq_factor', 1.0)),
-      high_freq_factor=float(params.get('high_freq_factor', 4.0)),
-      original_max_position_embeddings=int(params.get(
-          'original_max_position_embeddings', d.get('max_position_embeddings', 8192))))
+    theta=theta,
+    rope_type=rope_type,
+    factor=float(params.get("factor", 1.0)),
+    low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+    high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+    original_max_position_embeddings=int(
+      params.get("original_max_position_embeddings", d.get("max_position_embeddings", 8192))
+    ),
+  )

@@ -3,6 +3,7 @@
 Shape letters: B batch, L positions of this call (T in the cache docs: new tokens per decode
 call), S cache slots, D hidden size, V vocabulary.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,12 +29,17 @@ class DecoderLayer(nnx.Module):
     self.post_attention_layernorm = norm()
     self.mlp = MoE(cfg, rngs=rngs) if cfg.is_moe_layer(layer) else MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
-               kv: tuple[jax.Array, jax.Array] | None = None,
-               cache_index: jax.Array | None = None,
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    h_BxLxD, new_kv = self.self_attn(self.input_layernorm(x_BxLxD), positions_BxL,
-                                     allowed_BxLxS, kv, cache_index)
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    positions_BxL: jax.Array,
+    allowed_BxLxS: jax.Array,
+    kv: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    h_BxLxD, new_kv = self.self_attn(
+      self.input_layernorm(x_BxLxD), positions_BxL, allowed_BxLxS, kv, cache_index
+    )
     x_BxLxD = x_BxLxD + h_BxLxD
     x_BxLxD = x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
     return x_BxLxD, new_kv
@@ -64,13 +70,16 @@ class Decoder(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed_tokens = param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'),
-                              cfg.param_dtype)
+    self.embed_tokens = param(
+      rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype
+    )
     self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
-    self.lm_head = (None if cfg.tie_word_embeddings else
-                    param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'),
-                          cfg.param_dtype))
+    self.lm_head = (
+      None
+      if cfg.tie_word_embeddings
+      else param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype)
+    )
 
   def lm_head_weight(self) -> jax.Array:
     """The output projection [D, V] (the transposed embedding when embeddings are tied)."""
@@ -81,36 +90,56 @@ class Decoder(nnx.Module):
   def logits(self, hidden_BxLxD: jax.Array) -> jax.Array:
     """Float32 logits [B, L, V] = hidden @ lm_head_weight()."""
     head_DxV = self.lm_head_weight().astype(self.cfg.dtype)
-    logits_BxLxV = jnp.einsum('bld,dv->blv', hidden_BxLxD, head_DxV,
-                              preferred_element_type=jnp.float32)
-    return shd.constrain(logits_BxLxV, ('batch', 'length', 'act_vocab'))
+    logits_BxLxV = jnp.einsum(
+      "bld,dv->blv", hidden_BxLxD, head_DxV, preferred_element_type=jnp.float32
+    )
+    return shd.constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty KVCache with `max_len` slots (dtype defaults to the compute dtype)."""
     cfg = self.cfg
-    return KVCache.init(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim,
-                        cfg.dtype if dtype is None else dtype)
+    return KVCache.init(
+      cfg.num_layers,
+      batch,
+      max_len,
+      cfg.num_kv_heads,
+      cfg.head_dim,
+      cfg.dtype if dtype is None else dtype,
+    )
 
-  def hidden_states(self, input_ids_BxL: jax.Array, attention_mask_BxL: jax.Array | None = None,
-                    *, positions_BxL: jax.Array | None = None) -> jax.Array:
+  def hidden_states(
+    self,
+    input_ids_BxL: jax.Array,
+    attention_mask_BxL: jax.Array | None = None,
+    *,
+    positions_BxL: jax.Array | None = None,
+  ) -> jax.Array:
     """Final normed hidden states [B, L, D] (no cache); logits == hidden @ lm_head_weight()."""
-    return self(input_ids_BxL, attention_mask_BxL, positions_BxL=positions_BxL,
-                return_hidden=True)
+    return self(input_ids_BxL, attention_mask_BxL, positions_BxL=positions_BxL, return_hidden=True)
 
-  def __call__(self, input_ids_BxL: jax.Array, attention_mask_BxL: jax.Array | None = None, *,
-               positions_BxL: jax.Array | None = None, cache: KVCache | None = None,
-               cache_index: jax.Array | int | None = None,
-               kv_mask_BxS: jax.Array | None = None, return_hidden: bool = False,
-               ) -> jax.Array | tuple[jax.Array, KVCache]:
+  def __call__(
+    self,
+    input_ids_BxL: jax.Array,
+    attention_mask_BxL: jax.Array | None = None,
+    *,
+    positions_BxL: jax.Array | None = None,
+    cache: KVCache | None = None,
+    cache_index: jax.Array | int | None = None,
+    kv_mask_BxS: jax.Array | None = None,
+    return_hidden: bool = False,
+  ) -> jax.Array | tuple[jax.Array, KVCache]:
     """Logits [B, L, V] (float32) or, with return_hidden, normed hidden [B, L, D]; see class doc.
 
     With `cache`, returns (logits or hidden, new_cache).
     """
     B, L = input_ids_BxL.shape
-    mask_BxL = (jnp.ones((B, L), jnp.int32) if attention_mask_BxL is None
-                else jnp.asarray(attention_mask_BxL, jnp.int32))
+    mask_BxL = (
+      jnp.ones((B, L), jnp.int32)
+      if attention_mask_BxL is None
+      else jnp.asarray(attention_mask_BxL, jnp.int32)
+    )
     x_BxLxD = jnp.take(self.embed_tokens[...], input_ids_BxL, axis=0).astype(self.cfg.dtype)
-    x_BxLxD = shd.constrain(x_BxLxD, ('batch', 'length', 'act_embed'))
+    x_BxLxD = shd.constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
     if cache is None:
       if positions_BxL is None:
@@ -121,27 +150,36 @@ class Decoder(nnx.Module):
       new_cache = None
     else:
       x_BxLxD, new_cache = self._run_layers_cached(
-          x_BxLxD, mask_BxL, positions_BxL, cache, cache_index, kv_mask_BxS)
+        x_BxLxD, mask_BxL, positions_BxL, cache, cache_index, kv_mask_BxS
+      )
 
     hidden_BxLxD = self.norm(x_BxLxD)
     out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD)
     return out if new_cache is None else (out, new_cache)
 
-  def _run_layers(self, x_BxLxD: jax.Array, positions_BxL: jax.Array,
-                  allowed_BxLxL: jax.Array) -> jax.Array:
+  def _run_layers(
+    self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxL: jax.Array
+  ) -> jax.Array:
     """The no-cache stack; each layer rematerialised in the backward pass when cfg.remat."""
+
     def block(layer: DecoderLayer, x, positions, allowed):
       return layer(x, positions, allowed)[0]
+
     if self.cfg.remat:
       block = nnx.remat(block)
     for layer in self.layers:
       x_BxLxD = block(layer, x_BxLxD, positions_BxL, allowed_BxLxL)
     return x_BxLxD
 
-  def _run_layers_cached(self, x_BxLxD: jax.Array, mask_BxL: jax.Array,
-                         positions_BxL: jax.Array | None, cache: KVCache,
-                         cache_index: jax.Array | int | None,
-                         kv_mask_BxS: jax.Array | None) -> tuple[jax.Array, KVCache]:
+  def _run_layers_cached(
+    self,
+    x_BxLxD: jax.Array,
+    mask_BxL: jax.Array,
+    positions_BxL: jax.Array | None,
+    cache: KVCache,
+    cache_index: jax.Array | int | None,
+    kv_mask_BxS: jax.Array | None,
+  ) -> tuple[jax.Array, KVCache]:
     """The stack over a KV cache: write L entries at cache_index, attend over valid slots."""
     L = x_BxLxD.shape[1]
     S = cache.max_len
@@ -155,11 +193,13 @@ class Decoder(nnx.Module):
     valid_BxS = mask_BxS if kv_mask_BxS is None else kv_mask_BxS.astype(jnp.int32)
     query_slots_L = index + jnp.arange(L, dtype=jnp.int32)
     allowed_BxLxS = (slots_S[None, None, :] <= query_slots_L[None, :, None]) & (
-        valid_BxS[:, None, :] > 0)
+      valid_BxS[:, None, :] > 0
+    )
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      x_BxLxD, (k, v) = layer(x_BxLxD, positions_BxL, allowed_BxLxS, (cache.k[i], cache.v[i]),
-                              index)
+      x_BxLxD, (k, v) = layer(
+        x_BxLxD, positions_BxL, allowed_BxLxS, (cache.k[i], cache.v[i]), index
+      )
       new_k.append(k)
       new_v.append(v)
     return x_BxLxD, KVCache(k=tuple(new_k), v=tuple(new_v), mask_BxS=mask_BxS, index=index + L)

@@ -6,34 +6,37 @@ ModelConfig.from_hf / to_hf_dict, the checkpoint names (hf_names.py), the `arch`
 (and one row of expectations in tests/test_families.py); a new kind of layer (activation, norm,
 attention) also needs rockjax/models/layers.py and the check in `Family.__post_init__`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-ACTIVATIONS = ('silu',)  # HF hidden_act values layers.MLP and moe.MoE implement (SwiGLU)
-ATTN_BIAS_RULES = ('flag', 'qkv')
+ACTIVATIONS = ("silu",)  # HF hidden_act values layers.MLP and moe.MoE implement (SwiGLU)
+ATTN_BIAS_RULES = ("flag", "qkv")
 
 
 @dataclasses.dataclass(frozen=True)
 class HFNames:
   """Where the decoder's tensors live in a family's HF state dict (read by hf_names.py)."""
-  model: str = 'model'  # prefix of embed_tokens, layers.{i} and the final norm
-  lm_head: str = 'lm_head.weight'
-  router: str = 'mlp.gate'  # in a layer: the MoE router (`.weight`)
-  experts: str = 'mlp.experts'  # in a layer: `{e}.gate_proj.weight`... or fused `gate_up_proj`
+
+  model: str = "model"  # prefix of embed_tokens, layers.{i} and the final norm
+  lm_head: str = "lm_head.weight"
+  router: str = "mlp.gate"  # in a layer: the MoE router (`.weight`)
+  experts: str = "mlp.experts"  # in a layer: `{e}.gate_proj.weight`... or fused `gate_up_proj`
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
   """One HF model family: how its config.json, checkpoint and chat format map to rockjax."""
+
   name: str
   model_types: tuple[str, ...]  # HF `model_type`s read as this family; the first is exported
   architecture: str  # the `architectures` entry (transformers CausalLM class) written on export
   qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
   # 'flag': HF `attention_bias` biases q, k, v and o together; 'qkv': q/k/v always, o never.
-  attn_bias: str = 'flag'
-  activation: str = 'silu'  # HF `hidden_act` of the gated MLP
+  attn_bias: str = "flag"
+  activation: str = "silu"  # HF `hidden_act` of the gated MLP
   moe: bool = False  # sparse MoE blocks configured by the Qwen3-MoE keys (num_experts, ...)
   tie_word_embeddings: bool = False  # when config.json does not say
   rope_theta: float = 10000.0  # when config.json does not say
@@ -42,11 +45,14 @@ class Family:
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
-      raise ValueError(f'family {self.name!r}: activation {self.activation!r} is not '
-                       f'implemented (layers.py has {ACTIVATIONS})')
+      raise ValueError(
+        f"family {self.name!r}: activation {self.activation!r} is not "
+        f"implemented (layers.py has {ACTIVATIONS})"
+      )
     if self.attn_bias not in ATTN_BIAS_RULES:
-      raise ValueError(f'family {self.name!r}: attn_bias {self.attn_bias!r} not in '
-                       f'{ATTN_BIAS_RULES}')
+      raise ValueError(
+        f"family {self.name!r}: attn_bias {self.attn_bias!r} not in {ATTN_BIAS_RULES}"
+      )
 
   @property
   def model_type(self) -> str:
@@ -55,33 +61,41 @@ class Family:
 
   def layer_flags(self, attention_bias: bool = False) -> dict[str, Any]:
     """ModelConfig qkv_bias / o_bias / qk_norm for HF `attention_bias` (unused by 'qkv')."""
-    qkv, o = (True, False) if self.attn_bias == 'qkv' else (attention_bias, attention_bias)
-    return {'qkv_bias': qkv, 'o_bias': o, 'qk_norm': self.qk_norm}
+    qkv, o = (True, False) if self.attn_bias == "qkv" else (attention_bias, attention_bias)
+    return {"qkv_bias": qkv, "o_bias": o, "qk_norm": self.qk_norm}
 
-  def hf_problems(self, qkv_bias: bool, o_bias: bool, qk_norm: bool,
-                  num_experts: int) -> list[str]:
+  def hf_problems(self, qkv_bias: bool, o_bias: bool, qk_norm: bool, num_experts: int) -> list[str]:
     """Why transformers' class for this family cannot express these settings ([] if it can)."""
     problems = []
-    if self.attn_bias == 'qkv' and not (qkv_bias and not o_bias):
-      problems.append(f'{self.name} needs qkv_bias=True, o_bias=False')
-    if self.attn_bias == 'flag' and qkv_bias != o_bias:
-      problems.append(f'{self.name} has one attention_bias flag: qkv_bias must equal o_bias')
+    if self.attn_bias == "qkv" and not (qkv_bias and not o_bias):
+      problems.append(f"{self.name} needs qkv_bias=True, o_bias=False")
+    if self.attn_bias == "flag" and qkv_bias != o_bias:
+      problems.append(f"{self.name} has one attention_bias flag: qkv_bias must equal o_bias")
     if qk_norm != self.qk_norm:
-      problems.append(f'qk_norm={qk_norm} does not match family {self.name}')
+      problems.append(f"qk_norm={qk_norm} does not match family {self.name}")
     if (num_experts > 0) != self.moe:
-      problems.append(f'num_experts={num_experts} does not match family {self.name}')
+      problems.append(f"num_experts={num_experts} does not match family {self.name}")
     return problems
 
 
-_QWEN_EOS = ('<|im_end|>', '<|endoftext|>')  # ChatML end of turn; end of text
+_QWEN_EOS = ("<|im_end|>", "<|endoftext|>")  # ChatML end of turn; end of text
 
-PRESETS: dict[str, Family] = {f.name: f for f in (
-    Family('qwen3', ('qwen3',), 'Qwen3ForCausalLM', qk_norm=True, eos_tokens=_QWEN_EOS),
-    Family('qwen3_moe', ('qwen3_moe',), 'Qwen3MoeForCausalLM', qk_norm=True, moe=True,
-           eos_tokens=_QWEN_EOS),
-    Family('qwen2', ('qwen2',), 'Qwen2ForCausalLM', attn_bias='qkv', eos_tokens=_QWEN_EOS),
-    Family('llama', ('llama',), 'LlamaForCausalLM', eos_tokens=('<|eot_id|>',)),
-)}
+PRESETS: dict[str, Family] = {
+  f.name: f
+  for f in (
+    Family("qwen3", ("qwen3",), "Qwen3ForCausalLM", qk_norm=True, eos_tokens=_QWEN_EOS),
+    Family(
+      "qwen3_moe",
+      ("qwen3_moe",),
+      "Qwen3MoeForCausalLM",
+      qk_norm=True,
+      moe=True,
+      eos_tokens=_QWEN_EOS,
+    ),
+    Family("qwen2", ("qwen2",), "Qwen2ForCausalLM", attn_bias="qkv", eos_tokens=_QWEN_EOS),
+    Family("llama", ("llama",), "LlamaForCausalLM", eos_tokens=("<|eot_id|>",)),
+  )
+}
 
 # HF `model_type` -> family name.
 MODEL_TYPES: dict[str, str] = {t: f.name for f in PRESETS.values() for t in f.model_types}
@@ -90,15 +104,16 @@ MODEL_TYPES: dict[str, str] = {t: f.name for f in PRESETS.values() for t in f.mo
 def get(name: str) -> Family:
   """The preset of family `name`; ValueError (one line) naming the known ones otherwise."""
   if name not in PRESETS:
-    raise ValueError(f'unknown family {name!r}; expected one of {sorted(PRESETS)}')
+    raise ValueError(f"unknown family {name!r}; expected one of {sorted(PRESETS)}")
   return PRESETS[name]
 
 
 def for_model_type(model_type: Any) -> Family:
   """The preset an HF `model_type` maps to; ValueError (one line) if none does."""
   if model_type not in MODEL_TYPES:
-    raise ValueError(f'unsupported model_type {model_type!r}; rockjax supports '
-                     f'{sorted(MODEL_TYPES)}')
+    raise ValueError(
+      f"unsupported model_type {model_type!r}; rockjax supports {sorted(MODEL_TYPES)}"
+    )
   return PRESETS[MODEL_TYPES[model_type]]
 
 

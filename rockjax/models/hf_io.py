@@ -4,6 +4,7 @@ Loading never builds a full host copy of the model: the module is created abstra
 (nnx.eval_shape), and every parameter is assembled with jax.make_array_from_callback straight
 into its target sharding, each device's callback reading only its box of the HF tensor.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,17 +29,17 @@ from rockjax.models.decoder import Decoder
 from rockjax.models.hf_names import Box, Source, moe_layout, param_sources, read_box, to_hf
 
 _log = logging.getLogger(__name__)
-_SINGLE = 'model.safetensors'
-_INDEX = 'model.safetensors.index.json'
+_SINGLE = "model.safetensors"
+_INDEX = "model.safetensors.index.json"
 # Present in some checkpoints, recomputed by us.
-_IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
 @contextlib.contextmanager
 def _host_device() -> Iterator[None]:
   """Makes safetensors' jax slices land in host memory, not on an accelerator."""
   try:
-    cpu = jax.devices('cpu')[0]
+    cpu = jax.devices("cpu")[0]
   except RuntimeError:  # no CPU backend in this process: keep the default device
     yield
     return
@@ -54,16 +55,16 @@ class CheckpointReader:
     index_path = os.path.join(self.path, _INDEX)
     if os.path.exists(index_path):
       with open(index_path) as f:
-        self.weight_map: dict[str, str] = json.load(f)['weight_map']
+        self.weight_map: dict[str, str] = json.load(f)["weight_map"]
     elif os.path.exists(os.path.join(self.path, _SINGLE)):
-      with safe_open(os.path.join(self.path, _SINGLE), 'numpy') as f:
+      with safe_open(os.path.join(self.path, _SINGLE), "numpy") as f:
         self.weight_map = {k: _SINGLE for k in f.keys()}
     else:
-      raise FileNotFoundError(f'{self.path}: neither {_SINGLE} nor {_INDEX} found')
+      raise FileNotFoundError(f"{self.path}: neither {_SINGLE} nor {_INDEX} found")
     self._stack = contextlib.ExitStack()
     self._files: dict[str, Any] = {}
 
-  def __enter__(self) -> 'CheckpointReader':
+  def __enter__(self) -> "CheckpointReader":
     return self
 
   def __exit__(self, *exc: Any) -> None:
@@ -76,12 +77,13 @@ class CheckpointReader:
   def _slice(self, key: str, needed_for: str) -> Any:
     """The safetensors slice handle of `key` (opening its file on first use)."""
     if key not in self.weight_map:
-      raise ValueError(f'{self.path}: missing tensor {key!r} (needed for parameter {needed_for})')
+      raise ValueError(f"{self.path}: missing tensor {key!r} (needed for parameter {needed_for})")
     fname = self.weight_map[key]
     if fname not in self._files:
       # 'flax' (not 'numpy'): numpy cannot represent bfloat16, the usual checkpoint dtype.
       self._files[fname] = self._stack.enter_context(
-          safe_open(os.path.join(self.path, fname), 'flax'))
+        safe_open(os.path.join(self.path, fname), "flax")
+      )
     return self._files[fname].get_slice(key)
 
   def check(self, source: Source, needed_for: str) -> None:
@@ -89,8 +91,10 @@ class CheckpointReader:
     for key in source.keys:
       shape = tuple(self._slice(key, needed_for).get_shape())
       if shape != source.hf_shape:
-        raise ValueError(f'{os.path.join(self.path, self.weight_map[key])}: tensor {key!r} has '
-                         f'shape {shape}, expected {source.hf_shape} (for {needed_for})')
+        raise ValueError(
+          f"{os.path.join(self.path, self.weight_map[key])}: tensor {key!r} has "
+          f"shape {shape}, expected {source.hf_shape} (for {needed_for})"
+        )
 
   def read(self, key: str, slices: tuple[slice, ...]) -> np.ndarray:
     """The HF sub-tensor `key[slices]` as a host numpy array."""
@@ -100,7 +104,7 @@ class CheckpointReader:
 
 def _path_name(path: tuple[Any, ...]) -> str:
   """'layers.0.self_attn.q_proj.kernel' from an nnx state path."""
-  return '.'.join(str(p) for p in path)
+  return ".".join(str(p) for p in path)
 
 
 def _normalise(index: tuple[slice, ...] | None, shape: tuple[int, ...]) -> Box:
@@ -110,9 +114,15 @@ def _normalise(index: tuple[slice, ...] | None, shape: tuple[int, ...]) -> Box:
   return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
-                    mesh: Mesh | None = None, param_dtype: Any = None,
-                    rules: shd.LogicalRules | None = None, remat: bool = False) -> Decoder:
+def from_pretrained(
+  path: str | os.PathLike,
+  *,
+  dtype: Any = jnp.float32,
+  mesh: Mesh | None = None,
+  param_dtype: Any = None,
+  rules: shd.LogicalRules | None = None,
+  remat: bool = False,
+) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
@@ -124,28 +134,36 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   with CheckpointReader(path) as reader:
-    layouts = {i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers)
-               if cfg.is_moe_layer(i)}
+    layouts = {
+      i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)
+    }
     sources = param_sources(cfg, layouts)
     filled = []
     flat = list(nnx.to_flat_state(abstract_state))
-    for path_tuple, var in tqdm.tqdm(flat, desc='load', disable=None, leave=False):
+    for path_tuple, var in tqdm.tqdm(flat, desc="load", disable=None, leave=False):
       name = _path_name(path_tuple)
       if name not in sources:
-        raise ValueError(f'internal: no HF mapping for parameter {name}')
-      filled.append((path_tuple, var.replace(_load_param(reader, name, sources[name], var,
-                                                         mesh, rules))))
+        raise ValueError(f"internal: no HF mapping for parameter {name}")
+      filled.append(
+        (path_tuple, var.replace(_load_param(reader, name, sources[name], var, mesh, rules)))
+      )
     _warn_unused(reader, sources, cfg.preset.names.lm_head)
   return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
-def _load_param(reader: CheckpointReader, name: str, source: Source, var: nnx.Variable,
-                mesh: Mesh | None, rules: shd.LogicalRules | None) -> jax.Array:
+def _load_param(
+  reader: CheckpointReader,
+  name: str,
+  source: Source,
+  var: nnx.Variable,
+  mesh: Mesh | None,
+  rules: shd.LogicalRules | None,
+) -> jax.Array:
   """One parameter, built shard by shard straight into its target sharding."""
   abstract = var.get_value()
   shape, dtype = tuple(abstract.shape), np.dtype(abstract.dtype)
   if source.shape != shape:
-    raise ValueError(f'internal: {name} mapping shape {source.shape} != parameter {shape}')
+    raise ValueError(f"internal: {name} mapping shape {source.shape} != parameter {shape}")
   reader.check(source, name)
   if mesh is None:
     sharding = SingleDeviceSharding(jax.devices()[0])
@@ -165,15 +183,18 @@ def _load_param(reader: CheckpointReader, name: str, source: Source, var: nnx.Va
 def _warn_unused(reader: CheckpointReader, sources: dict[str, Source], lm_head: str) -> None:
   """Logs checkpoint tensors no parameter used (a tied lm_head copy is expected)."""
   used = {k for s in sources.values() for k in s.keys}
-  unused = [k for k in reader.weight_map if k not in used and not k.endswith(_IGNORED_SUFFIXES)
-            and k != lm_head]
+  unused = [
+    k
+    for k in reader.weight_map
+    if k not in used and not k.endswith(_IGNORED_SUFFIXES) and k != lm_head
+  ]
   if unused:
-    _log.warning('%s: %d checkpoint tensors unused, e.g. %s', reader.path, len(unused),
-                 unused[:3])
+    _log.warning("%s: %d checkpoint tensors unused, e.g. %s", reader.path, len(unused), unused[:3])
 
 
-def save_pretrained(model: Decoder, path: str | os.PathLike, *,
-                    max_shard_size: int = 5 * 2**30, dtype: Any = None) -> None:
+def save_pretrained(
+  model: Decoder, path: str | os.PathLike, *, max_shard_size: int = 5 * 2**30, dtype: Any = None
+) -> None:
   """Writes config.json + safetensors (HF names, hub per-expert layout) for transformers.
 
   Tensors are written in the parameter dtype (or `dtype`); above max_shard_size bytes the
@@ -190,7 +211,7 @@ def save_pretrained(model: Decoder, path: str | os.PathLike, *,
   sources = param_sources(cfg)  # export always uses the hub's per-expert layout
   missing = sorted(set(sources) ^ set(params))
   if missing:
-    raise ValueError(f'model parameters and HF mapping differ: {missing[:5]}')
+    raise ValueError(f"model parameters and HF mapping differ: {missing[:5]}")
 
   # Plan files by size first (names must carry the final count), then write file by file so
   # only one file's tensors are on the host at a time.
@@ -206,7 +227,7 @@ def save_pretrained(model: Decoder, path: str | os.PathLike, *,
   weight_map: dict[str, str] = {}
   total = 0
   for i, names in enumerate(groups):
-    fname = _SINGLE if len(groups) == 1 else f'model-{i + 1:05d}-of-{len(groups):05d}.safetensors'
+    fname = _SINGLE if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
     tensors: dict[str, np.ndarray] = {}
     for name in names:
       host = np.asarray(jax.device_get(params[name].get_value())).astype(out_dtype)
@@ -214,12 +235,12 @@ def save_pretrained(model: Decoder, path: str | os.PathLike, *,
     for key, t in tensors.items():
       weight_map[key] = fname
       total += t.nbytes
-    save_file(tensors, os.path.join(path, fname), metadata={'format': 'pt'})
+    save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
   if len(groups) > 1:
-    with open(os.path.join(path, _INDEX), 'w') as f:
-      json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+    with open(os.path.join(path, _INDEX), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
   hf_dict = cfg.to_hf_dict()
-  hf_dict['dtype'] = out_dtype.name
-  model_type = hf_dict.pop('model_type')
+  hf_dict["dtype"] = out_dtype.name
+  model_type = hf_dict.pop("model_type")
   transformers.AutoConfig.for_model(model_type, **hf_dict).save_pretrained(path)

@@ -6,6 +6,7 @@ layout to ours: restrict to a window (fused gate/up experts), split HF dims into
 any box of our parameter can be read as a box of the HF tensor (see `read_box`), which is how
 a sharded load reads only the slice each device needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class Source:
   split: per HF dim, its factors (row-major); `window` (offset, size) per HF dim restricts
     the tensor first (None = whole dims). Our array = reshaped.transpose(perm).
   """
+
   keys: tuple[str, ...]
   hf_shape: tuple[int, ...]
   split: tuple[tuple[int, ...], ...]
@@ -44,8 +46,9 @@ class Source:
     return ((len(self.keys),) + inner) if self.stacked else inner
 
 
-def _linear(key: str, out_factors: Sequence[int], in_factors: Sequence[int],
-            perm: Sequence[int]) -> Source:
+def _linear(
+  key: str, out_factors: Sequence[int], in_factors: Sequence[int], perm: Sequence[int]
+) -> Source:
   """An HF nn.Linear weight [out, in] whose dims split into factors, then permuted."""
   hf_shape = (math.prod(out_factors), math.prod(in_factors))
   return Source((key,), hf_shape, (tuple(out_factors), tuple(in_factors)), tuple(perm))
@@ -59,54 +62,57 @@ def _vector(key: str, factors: Sequence[int]) -> Source:
 def moe_layout(cfg: ModelConfig, has_key: Callable[[str], bool], layer: int) -> str:
   """'per_expert' (hub layout: experts.E.gate_proj.weight) or 'fused' (experts.gate_up_proj)."""
   n = cfg.preset.names
-  prefix = f'{n.model}.layers.{layer}.{n.experts}'
-  if has_key(f'{prefix}.0.gate_proj.weight'):
-    return 'per_expert'
-  if has_key(f'{prefix}.gate_up_proj'):
-    return 'fused'
-  return 'per_expert'  # reported as missing per-expert tensors by the reader
+  prefix = f"{n.model}.layers.{layer}.{n.experts}"
+  if has_key(f"{prefix}.0.gate_proj.weight"):
+    return "per_expert"
+  if has_key(f"{prefix}.gate_up_proj"):
+    return "fused"
+  return "per_expert"  # reported as missing per-expert tensors by the reader
 
 
-def param_sources(cfg: ModelConfig, moe_layouts: dict[int, str] | None = None,
-                  ) -> dict[str, Source]:
+def param_sources(
+  cfg: ModelConfig,
+  moe_layouts: dict[int, str] | None = None,
+) -> dict[str, Source]:
   """Our parameter path ('layers.0.self_attn.q_proj.kernel', ...) -> its HF Source."""
   D, H, K, E, V = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size
   n = cfg.preset.names
   out: dict[str, Source] = {
-      'embed_tokens': _linear(f'{n.model}.embed_tokens.weight', (V,), (D,), (0, 1)),
-      'norm.weight': _vector(f'{n.model}.norm.weight', (D,)),
+    "embed_tokens": _linear(f"{n.model}.embed_tokens.weight", (V,), (D,), (0, 1)),
+    "norm.weight": _vector(f"{n.model}.norm.weight", (D,)),
   }
   if not cfg.tie_word_embeddings:
-    out['lm_head'] = _linear(n.lm_head, (V,), (D,), (1, 0))
+    out["lm_head"] = _linear(n.lm_head, (V,), (D,), (1, 0))
   for i in range(cfg.num_layers):
-    ours, hf = f'layers.{i}', f'{n.model}.layers.{i}'
-    a, ha = f'{ours}.self_attn', f'{hf}.self_attn'
-    out[f'{ours}.input_layernorm.weight'] = _vector(f'{hf}.input_layernorm.weight', (D,))
-    out[f'{ours}.post_attention_layernorm.weight'] = _vector(
-        f'{hf}.post_attention_layernorm.weight', (D,))
+    ours, hf = f"layers.{i}", f"{n.model}.layers.{i}"
+    a, ha = f"{ours}.self_attn", f"{hf}.self_attn"
+    out[f"{ours}.input_layernorm.weight"] = _vector(f"{hf}.input_layernorm.weight", (D,))
+    out[f"{ours}.post_attention_layernorm.weight"] = _vector(
+      f"{hf}.post_attention_layernorm.weight", (D,)
+    )
     # HF rows are head-major (h * E + e); ours keep heads and head_dim as separate dims.
-    out[f'{a}.q_proj.kernel'] = _linear(f'{ha}.q_proj.weight', (H, E), (D,), (2, 0, 1))
-    out[f'{a}.k_proj.kernel'] = _linear(f'{ha}.k_proj.weight', (K, E), (D,), (2, 0, 1))
-    out[f'{a}.v_proj.kernel'] = _linear(f'{ha}.v_proj.weight', (K, E), (D,), (2, 0, 1))
-    out[f'{a}.o_proj.kernel'] = _linear(f'{ha}.o_proj.weight', (D,), (H, E), (1, 2, 0))
+    out[f"{a}.q_proj.kernel"] = _linear(f"{ha}.q_proj.weight", (H, E), (D,), (2, 0, 1))
+    out[f"{a}.k_proj.kernel"] = _linear(f"{ha}.k_proj.weight", (K, E), (D,), (2, 0, 1))
+    out[f"{a}.v_proj.kernel"] = _linear(f"{ha}.v_proj.weight", (K, E), (D,), (2, 0, 1))
+    out[f"{a}.o_proj.kernel"] = _linear(f"{ha}.o_proj.weight", (D,), (H, E), (1, 2, 0))
     if cfg.qkv_bias:
-      out[f'{a}.q_proj.bias'] = _vector(f'{ha}.q_proj.bias', (H, E))
-      out[f'{a}.k_proj.bias'] = _vector(f'{ha}.k_proj.bias', (K, E))
-      out[f'{a}.v_proj.bias'] = _vector(f'{ha}.v_proj.bias', (K, E))
+      out[f"{a}.q_proj.bias"] = _vector(f"{ha}.q_proj.bias", (H, E))
+      out[f"{a}.k_proj.bias"] = _vector(f"{ha}.k_proj.bias", (K, E))
+      out[f"{a}.v_proj.bias"] = _vector(f"{ha}.v_proj.bias", (K, E))
     if cfg.o_bias:
-      out[f'{a}.o_proj.bias'] = _vector(f'{ha}.o_proj.bias', (D,))
+      out[f"{a}.o_proj.bias"] = _vector(f"{ha}.o_proj.bias", (D,))
     if cfg.qk_norm:
-      out[f'{a}.q_norm.weight'] = _vector(f'{ha}.q_norm.weight', (E,))
-      out[f'{a}.k_norm.weight'] = _vector(f'{ha}.k_norm.weight', (E,))
-    m, hm = f'{ours}.mlp', f'{hf}.mlp'
+      out[f"{a}.q_norm.weight"] = _vector(f"{ha}.q_norm.weight", (E,))
+      out[f"{a}.k_norm.weight"] = _vector(f"{ha}.k_norm.weight", (E,))
+    m, hm = f"{ours}.mlp", f"{hf}.mlp"
     if cfg.is_moe_layer(i):
-      layout = (moe_layouts or {}).get(i, 'per_expert')
+      layout = (moe_layouts or {}).get(i, "per_expert")
       out.update(_moe_sources(cfg, m, hf, layout))
     else:
       F = cfg.intermediate_size
-      out[f'{m}.gate_proj.kernel'] = _linear(f'{hm}.gate_proj.weight', (F,), (D,), (1, 0))
-      out[f'{m}.up_proj.kernel'] = _linear(f'{hm}.up_proj.weight', (F,), (D,), (1, 0))
-      out[f'{m}.down_proj.kernel'] = _linear(f'{hm}.down_proj.weight', (D,), (F,), (1, 0))
+      out[f"{m}.gate_proj.kernel"] = _linear(f"{hm}.gate_proj.weight", (F,), (D,), (1, 0))
+      out[f"{m}.up_proj.kernel"] = _linear(f"{hm}.up_proj.weight", (F,), (D,), (1, 0))
+      out[f"{m}.down_proj.kernel"] = _linear(f"{hm}.down_proj.weight", (D,), (F,), (1, 0))
   return out
 
 
@@ -114,26 +120,36 @@ def _moe_sources(cfg: ModelConfig, m: str, hf: str, layout: str) -> dict[str, So
   """Router + stacked expert weights, from the per-expert (hub) or fused (3-D) layout."""
   D, X, F = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
   n = cfg.preset.names
-  out = {f'{m}.router': _linear(f'{hf}.{n.router}.weight', (X,), (D,), (1, 0))}
-  experts = f'{hf}.{n.experts}'
-  if layout == 'fused':
+  out = {f"{m}.router": _linear(f"{hf}.{n.router}.weight", (X,), (D,), (1, 0))}
+  experts = f"{hf}.{n.experts}"
+  if layout == "fused":
     # transformers' in-memory layout: gate_up_proj [X, 2F, D] (gate rows first), down [X, D, F].
-    gate_up = f'{experts}.gate_up_proj'
-    for name, offset in (('gate_proj', 0), ('up_proj', F)):
-      out[f'{m}.{name}'] = Source((gate_up,), (X, 2 * F, D), ((X,), (F,), (D,)), (0, 2, 1),
-                                  window=((0, X), (offset, F), (0, D)))
-    out[f'{m}.down_proj'] = Source((f'{experts}.down_proj',), (X, D, F),
-                                   ((X,), (D,), (F,)), (0, 2, 1))
+    gate_up = f"{experts}.gate_up_proj"
+    for name, offset in (("gate_proj", 0), ("up_proj", F)):
+      out[f"{m}.{name}"] = Source(
+        (gate_up,),
+        (X, 2 * F, D),
+        ((X,), (F,), (D,)),
+        (0, 2, 1),
+        window=((0, X), (offset, F), (0, D)),
+      )
+    out[f"{m}.down_proj"] = Source(
+      (f"{experts}.down_proj",), (X, D, F), ((X,), (D,), (F,)), (0, 2, 1)
+    )
     return out
-  for name, hf_shape in (('gate_proj', (F, D)), ('up_proj', (F, D)), ('down_proj', (D, F))):
-    keys = tuple(f'{experts}.{e}.{name}.weight' for e in range(X))
-    out[f'{m}.{name}'] = Source(keys, hf_shape, ((hf_shape[0],), (hf_shape[1],)), (1, 0),
-                                stacked=True)
+  for name, hf_shape in (("gate_proj", (F, D)), ("up_proj", (F, D)), ("down_proj", (D, F))):
+    keys = tuple(f"{experts}.{e}.{name}.weight" for e in range(X))
+    out[f"{m}.{name}"] = Source(
+      keys, hf_shape, ((hf_shape[0],), (hf_shape[1],)), (1, 0), stacked=True
+    )
   return out
 
 
-def read_box(source: Source, box: Box, read: Callable[[str, tuple[slice, ...]], np.ndarray],
-             ) -> np.ndarray:
+def read_box(
+  source: Source,
+  box: Box,
+  read: Callable[[str, tuple[slice, ...]], np.ndarray],
+) -> np.ndarray:
   """Reads box [start, stop) per our dim; `read(key, hf_slices)` returns that HF sub-tensor."""
   if source.stacked:
     (e0, e1), rest = box[0], box[1:]
@@ -141,8 +157,9 @@ def read_box(source: Source, box: Box, read: Callable[[str, tuple[slice, ...]], 
   return _read_one(source, source.keys[0], box, read)
 
 
-def _read_one(source: Source, key: str, box: Box,
-              read: Callable[[str, tuple[slice, ...]], np.ndarray]) -> np.ndarray:
+def _read_one(
+  source: Source, key: str, box: Box, read: Callable[[str, tuple[slice, ...]], np.ndarray]
+) -> np.ndarray:
   """One HF tensor's contribution: read the enclosing HF box, then slice inner factors."""
   flat_box: list[tuple[int, int]] = [None] * len(source.perm)  # type: ignore[list-item]
   for ours_dim, flat_dim in enumerate(source.perm):
@@ -164,7 +181,7 @@ def _read_one(source: Source, key: str, box: Box,
 def to_hf(source: Source, value: Any) -> dict[str, np.ndarray]:
   """The inverse of the Source mapping for a whole parameter: HF key -> HF-layout array."""
   if source.window is not None:
-    raise ValueError('export writes the per-expert layout; fused sources are load-only')
+    raise ValueError("export writes the per-expert layout; fused sources are load-only")
   value = np.asarray(value)
   inverse = tuple(np.argsort(source.perm))
   one = lambda v: np.ascontiguousarray(v.transpose(inverse).reshape(source.hf_shape))

@@ -4,6 +4,7 @@ Shape letters: B batch, L query positions, S key positions (cache slots, or L wi
 D hidden size, H query heads, K key/value heads, G query heads per key/value head (H // K),
 E head_dim, F MLP width.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,13 +24,18 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _INIT_STD = 0.02
 
 
-def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None],
-          dtype: Any, init: str = 'normal') -> nnx.Param:
+def param(
+  rngs: nnx.Rngs | None,
+  shape: Sequence[int],
+  axes: Sequence[str | None],
+  dtype: Any,
+  init: str = "normal",
+) -> nnx.Param:
   """An nnx.Param carrying logical axis names (sharding is applied later, by rockjax.sharding)."""
   shape = tuple(shape)
-  if init == 'ones':
+  if init == "ones":
     value = jnp.ones(shape, dtype)
-  elif init == 'zeros':
+  elif init == "zeros":
     value = jnp.zeros(shape, dtype)
   else:
     value = (_INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
@@ -41,7 +47,7 @@ class RMSNorm(nnx.Module):
   """RMSNorm computed in float32 (HF Llama/Qwen semantics: weight * x / rms(x))."""
 
   def __init__(self, size: int, eps: float, *, param_dtype: Any):
-    self.weight = param(None, (size,), ('norm',), param_dtype, init='ones')
+    self.weight = param(None, (size,), ("norm",), param_dtype, init="ones")
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -53,13 +59,26 @@ class RMSNorm(nnx.Module):
 class Linear(nnx.Module):
   """An einsum projection with a named multi-dim kernel and optional bias over the output dims."""
 
-  def __init__(self, equation: str, kernel_shape: Sequence[int], kernel_axes: Sequence[str],
-               *, bias_ndim: int = 0, use_bias: bool = False, cfg: ModelConfig,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    equation: str,
+    kernel_shape: Sequence[int],
+    kernel_axes: Sequence[str],
+    *,
+    bias_ndim: int = 0,
+    use_bias: bool = False,
+    cfg: ModelConfig,
+    rngs: nnx.Rngs,
+  ):
     self.equation = equation
     self.kernel = param(rngs, kernel_shape, kernel_axes, cfg.param_dtype)
-    self.bias = (param(None, kernel_shape[-bias_ndim:], kernel_axes[-bias_ndim:],
-                       cfg.param_dtype, init='zeros') if use_bias else None)
+    self.bias = (
+      param(
+        None, kernel_shape[-bias_ndim:], kernel_axes[-bias_ndim:], cfg.param_dtype, init="zeros"
+      )
+      if use_bias
+      else None
+    )
     self.dtype = cfg.dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -72,9 +91,9 @@ class Linear(nnx.Module):
 def rope_inv_freq(head_dim: int, rope: RopeConfig) -> np.ndarray:
   """Inverse frequencies [E/2] for default, linear and Llama-3 scaled RoPE (as in transformers)."""
   inv = 1.0 / (rope.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-  if rope.rope_type == 'linear':
+  if rope.rope_type == "linear":
     inv = inv / rope.factor
-  elif rope.rope_type == 'llama3':
+  elif rope.rope_type == "llama3":
     # Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
     old = rope.original_max_position_embeddings
     low_wavelen, high_wavelen = old / rope.low_freq_factor, old / rope.high_freq_factor
@@ -102,26 +121,54 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     kw = dict(cfg=cfg, rngs=rngs)
-    self.q_proj = Linear('bld,dhe->blhe', (D, H, E), ('embed', 'heads', 'head_dim'),
-                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
-    self.k_proj = Linear('bld,dke->blke', (D, K, E), ('embed', 'kv_heads', 'head_dim'),
-                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
-    self.v_proj = Linear('bld,dke->blke', (D, K, E), ('embed', 'kv_heads', 'head_dim'),
-                         bias_ndim=2, use_bias=cfg.qkv_bias, **kw)
-    self.o_proj = Linear('blhe,hed->bld', (H, E, D), ('heads', 'head_dim', 'embed'),
-                         bias_ndim=1, use_bias=cfg.o_bias, **kw)
+    self.q_proj = Linear(
+      "bld,dhe->blhe",
+      (D, H, E),
+      ("embed", "heads", "head_dim"),
+      bias_ndim=2,
+      use_bias=cfg.qkv_bias,
+      **kw,
+    )
+    self.k_proj = Linear(
+      "bld,dke->blke",
+      (D, K, E),
+      ("embed", "kv_heads", "head_dim"),
+      bias_ndim=2,
+      use_bias=cfg.qkv_bias,
+      **kw,
+    )
+    self.v_proj = Linear(
+      "bld,dke->blke",
+      (D, K, E),
+      ("embed", "kv_heads", "head_dim"),
+      bias_ndim=2,
+      use_bias=cfg.qkv_bias,
+      **kw,
+    )
+    self.o_proj = Linear(
+      "blhe,hed->bld",
+      (H, E, D),
+      ("heads", "head_dim", "embed"),
+      bias_ndim=1,
+      use_bias=cfg.o_bias,
+      **kw,
+    )
     norm = lambda: RMSNorm(E, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
     self.q_norm = norm() if cfg.qk_norm else None
     self.k_norm = norm() if cfg.qk_norm else None
     self.inv_freq = tuple(float(f) for f in rope_inv_freq(E, cfg.rope))  # static, hashable
     self.num_kv_heads = K
-    self.scale = E ** -0.5
+    self.scale = E**-0.5
     self.dtype = cfg.dtype
 
-  def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxS: jax.Array,
-               kv: tuple[jax.Array, jax.Array] | None = None,
-               cache_index: jax.Array | int | None = None,
-               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    positions_BxL: jax.Array,
+    allowed_BxLxS: jax.Array,
+    kv: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | int | None = None,
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Attends L queries over S keys where `allowed_BxLxS`; with `kv`, writes L entries first.
 
     kv: per-layer cache (k_BxKxSxE, v_BxKxSxE); this step's keys/values are written at slots
@@ -154,11 +201,13 @@ class Attention(nnx.Module):
 
     q_BxKxGxLxE = q_BxLxHxE.reshape(B, L, K, H // K, E).transpose(0, 2, 3, 1, 4)
     # Scores and softmax in float32 whatever the compute dtype.
-    scores_BxKxGxLxS = jnp.einsum('bkgle,bkse->bkgls', q_BxKxGxLxE, k_BxKxSxE,
-                                  preferred_element_type=jnp.float32) * self.scale
+    scores_BxKxGxLxS = (
+      jnp.einsum("bkgle,bkse->bkgls", q_BxKxGxLxE, k_BxKxSxE, preferred_element_type=jnp.float32)
+      * self.scale
+    )
     scores_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None], scores_BxKxGxLxS, _MASK_VALUE)
     probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(self.dtype)
-    out_BxKxGxLxE = jnp.einsum('bkgls,bkse->bkgle', probs_BxKxGxLxS, v_BxKxSxE)
+    out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs_BxKxGxLxS, v_BxKxSxE)
     out_BxLxHxE = out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
     return self.o_proj(out_BxLxHxE), new_kv
 
@@ -169,9 +218,9 @@ class MLP(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     D, F = cfg.hidden_size, cfg.intermediate_size
     kw = dict(cfg=cfg, rngs=rngs)
-    self.gate_proj = Linear('bld,df->blf', (D, F), ('embed', 'mlp'), **kw)
-    self.up_proj = Linear('bld,df->blf', (D, F), ('embed', 'mlp'), **kw)
-    self.down_proj = Linear('blf,fd->bld', (F, D), ('mlp', 'embed'), **kw)
+    self.gate_proj = Linear("bld,df->blf", (D, F), ("embed", "mlp"), **kw)
+    self.up_proj = Linear("bld,df->blf", (D, F), ("embed", "mlp"), **kw)
+    self.down_proj = Linear("blf,fd->bld", (F, D), ("mlp", "embed"), **kw)
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))

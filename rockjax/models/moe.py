@@ -3,6 +3,7 @@
 Shape letters: B batch, L positions, D hidden size, N tokens (B*L), X experts, K experts per
 token, M routed rows (N*K), F expert MLP width.
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,18 +19,19 @@ class MoE(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     D, X, F = cfg.hidden_size, cfg.num_experts, cfg.moe_intermediate_size
-    self.router = param(rngs, (D, X), ('embed', None), cfg.param_dtype)
-    self.gate_proj = param(rngs, (X, D, F), ('experts', 'embed', 'mlp'), cfg.param_dtype)
-    self.up_proj = param(rngs, (X, D, F), ('experts', 'embed', 'mlp'), cfg.param_dtype)
-    self.down_proj = param(rngs, (X, F, D), ('experts', 'mlp', 'embed'), cfg.param_dtype)
+    self.router = param(rngs, (D, X), ("embed", None), cfg.param_dtype)
+    self.gate_proj = param(rngs, (X, D, F), ("experts", "embed", "mlp"), cfg.param_dtype)
+    self.up_proj = param(rngs, (X, D, F), ("experts", "embed", "mlp"), cfg.param_dtype)
+    self.down_proj = param(rngs, (X, F, D), ("experts", "mlp", "embed"), cfg.param_dtype)
     self.top_k = cfg.num_experts_per_tok
     self.norm_topk_prob = cfg.norm_topk_prob
     self.dtype = cfg.dtype
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Top-k expert weights [N, K] (float32) and ids [N, K] from a float32 softmax router."""
-    logits_NxX = jnp.einsum('nd,dx->nx', x_NxD.astype(jnp.float32),
-                            self.router[...].astype(jnp.float32))
+    logits_NxX = jnp.einsum(
+      "nd,dx->nx", x_NxD.astype(jnp.float32), self.router[...].astype(jnp.float32)
+    )
     probs_NxX = jax.nn.softmax(logits_NxX, axis=-1)
     weights_NxK, experts_NxK = jax.lax.top_k(probs_NxX, self.top_k)
     if self.norm_topk_prob:
@@ -55,5 +57,5 @@ class MoE(nnx.Module):
     # Undo the sort (a permutation, so a scatter-set, not an add), then mix the K experts.
     out_MxD = jnp.zeros_like(out_sorted_MxD).at[order_M].set(out_sorted_MxD)
     out_NxKxD = out_MxD.reshape(B * L, self.top_k, D)
-    y_NxD = jnp.einsum('nkd,nk->nd', out_NxKxD, weights_NxK.astype(self.dtype))
+    y_NxD = jnp.einsum("nkd,nk->nd", out_NxKxD, weights_NxK.astype(self.dtype))
     return y_NxD.reshape(B, L, D)

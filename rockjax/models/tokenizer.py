@@ -1,4 +1,5 @@
 """Tokenizer loading, the end-of-sequence ids, and the teacher/student vocabulary check."""
+
 from __future__ import annotations
 
 import os
@@ -8,20 +9,22 @@ from rockjax import errors
 from rockjax.models import families
 from rockjax.models.config import ModelConfig
 
-_SPECIAL = ('bos_token_id', 'eos_token_id', 'pad_token_id', 'unk_token_id')
+_SPECIAL = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
   """transformers.AutoTokenizer from a local directory (never downloads)."""
   import transformers
+
   return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
 
 
 def eos_ids(tokenizer: Any, family: str | None = None) -> tuple[int, ...]:
   """Sorted ids ending a sample: eos_token_id + the family's (None: all) end-of-turn tokens."""
   vocab = tokenizer.get_vocab()
-  ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t)
-                                    for t in families.eos_tokens(family) if t in vocab}
+  ids = {tokenizer.eos_token_id} | {
+    tokenizer.convert_tokens_to_ids(t) for t in families.eos_tokens(family) if t in vocab
+  }
   return tuple(sorted(i for i in ids if i is not None))
 
 
@@ -31,18 +34,21 @@ def _describe(obj: Any) -> tuple[str, int, dict[str, Any]]:
   Configs and models report their embedding rows (`vocab_size`); tokenizers report len(tok),
   which includes added tokens (the embedding may be padded beyond it).
   """
-  if hasattr(obj, 'cfg') and isinstance(obj.cfg, ModelConfig):  # a Decoder
+  if hasattr(obj, "cfg") and isinstance(obj.cfg, ModelConfig):  # a Decoder
     obj = obj.cfg
   if isinstance(obj, ModelConfig):
     import json
+
     hf = json.loads(obj.hf_config_json) if obj.hf_config_json else {}
-    return 'config', obj.vocab_size, {k: hf.get(k) for k in _SPECIAL}
-  if hasattr(obj, 'convert_tokens_to_ids'):  # a transformers tokenizer
-    return 'tokenizer', len(obj), {k: getattr(obj, k, None) for k in _SPECIAL}
-  if hasattr(obj, 'vocab_size'):  # a transformers PretrainedConfig
-    return 'config', int(obj.vocab_size), {k: getattr(obj, k, None) for k in _SPECIAL}
-  raise TypeError(f'cannot read a vocabulary from {type(obj).__name__}; pass a tokenizer, '
-                  'a transformers config, a ModelConfig or a Decoder')
+    return "config", obj.vocab_size, {k: hf.get(k) for k in _SPECIAL}
+  if hasattr(obj, "convert_tokens_to_ids"):  # a transformers tokenizer
+    return "tokenizer", len(obj), {k: getattr(obj, k, None) for k in _SPECIAL}
+  if hasattr(obj, "vocab_size"):  # a transformers PretrainedConfig
+    return "config", int(obj.vocab_size), {k: getattr(obj, k, None) for k in _SPECIAL}
+  raise TypeError(
+    f"cannot read a vocabulary from {type(obj).__name__}; pass a tokenizer, "
+    "a transformers config, a ModelConfig or a Decoder"
+  )
 
 
 def check_vocab_compatible(teacher: Any, student: Any) -> int:
@@ -54,13 +60,15 @@ def check_vocab_compatible(teacher: Any, student: Any) -> int:
   t_kind, t_size, t_special = _describe(teacher)
   s_kind, s_size, s_special = _describe(student)
   if t_kind != s_kind:
-    raise TypeError(f'compare like with like: teacher is a {t_kind}, student a {s_kind}')
-  problems = ['vocab sizes differ'] if t_size != s_size else []
+    raise TypeError(f"compare like with like: teacher is a {t_kind}, student a {s_kind}")
+  problems = ["vocab sizes differ"] if t_size != s_size else []
   for key in _SPECIAL:
     t, s = t_special.get(key), s_special.get(key)
     if t is not None and s is not None and t != s:
-      problems.append(f'{key} teacher={t} student={s}')
+      problems.append(f"{key} teacher={t} student={s}")
   if problems:
-    raise errors.ConfigError(f'teacher/student {t_kind}s are incompatible (vocab size teacher={t_size}, '
-                     f'student={s_size}): ' + '; '.join(problems))
+    raise errors.ConfigError(
+      f"teacher/student {t_kind}s are incompatible (vocab size teacher={t_size}, "
+      f"student={s_size}): " + "; ".join(problems)
+    )
   return t_size
