@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from rockjax import checkpoint as ckpt_lib
 from rockjax import errors
 from rockjax import data as data_lib
+from rockjax import records as records_lib
 from rockjax import evaluation, loading, models, rock_lists
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
@@ -132,7 +133,7 @@ def _pipelines(c, paths, tokenizer):
     use_chat_template=c.data.use_chat_template,
   )
   if c.opd.mode == "off_policy":
-    records = data_lib.load_records(
+    records = records_lib.load_records(
       paths["train"],
       prompt_field=c.data.prompt_field,
       answer_field=c.data.answer_field,
@@ -140,21 +141,21 @@ def _pipelines(c, paths, tokenizer):
     )
     train = data_lib.CompletionPipeline(records, tokenizer, max_len=c.data.max_len, **common)
   else:
-    records = data_lib.load_records(
+    records = records_lib.load_records(
       paths["train"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
     )
     train = data_lib.PromptPipeline(records, tokenizer, **common)
   if not c.eval.every or not paths["eval"]:
     return train, None, []
-  evals = data_lib.load_records(
+  evals = records_lib.load_records(
     paths["eval"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
   )[: c.eval.num_prompts]
   mine = evals[jax.process_index() :: jax.process_count()]
   rows = [
-    data_lib.left_pad(
-      data_lib.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
+    records_lib.left_pad(
+      records_lib.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
       c.data.max_prompt_len,
-      data_lib.pad_id(tokenizer),
+      records_lib.pad_id(tokenizer),
     )
     for r in mine
   ]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rockjax import data
+from rockjax import records as records_lib
 
 # Word-level test vocabulary: the expected ids below are read off this table by hand.
 VOCAB = {
@@ -56,7 +57,9 @@ def test_load_records_jsonl(tmp_path):
     '{"q": "a b", "ans": 66, "sol": "c"}\n\n'
     '{"q": [{"role": "user", "content": "a"}], "ans": "x", "sol": "d"}\n'
   )
-  records = data.load_records(path, prompt_field="q", answer_field="ans", completion_field="sol")
+  records = records_lib.load_records(
+    path, prompt_field="q", answer_field="ans", completion_field="sol"
+  )
   assert records == [
     dict(prompt="a b", answer="66", completion="c"),
     dict(prompt=[dict(role="user", content="a")], answer="x", completion="d"),
@@ -77,7 +80,7 @@ def test_load_records_errors_name_file_line_and_field(tmp_path, content, message
   path = tmp_path / "r.jsonl"
   path.write_text(content)
   with pytest.raises(ValueError, match=message):
-    data.load_records(path)
+    records_lib.load_records(path)
 
 
 def test_load_records_parquet_without_pyarrow_says_how_to_install(tmp_path):
@@ -90,25 +93,25 @@ def test_load_records_parquet_without_pyarrow_says_how_to_install(tmp_path):
   path = tmp_path / "r.parquet"
   path.write_bytes(b"PAR1")
   with pytest.raises(ImportError, match="pip install pyarrow"):
-    data.load_records(path)
+    records_lib.load_records(path)
 
 
 def test_format_prompt_plain_and_chat(tok):
-  assert data.format_prompt(tok, "a b c") == [1, 4, 5, 6]  # BOS + words
+  assert records_lib.format_prompt(tok, "a b c") == [1, 4, 5, 6]  # BOS + words
   chat = _tokenizer(
     "{{ bos_token }}{% for m in messages %}{{ m['content'] }} {% endfor %}"
     "{% if add_generation_prompt %}g{% endif %}"
   )
-  assert data.format_prompt(chat, "a b") == [1, 4, 5, 10]  # template BOS, content, 'g'
-  assert data.format_prompt(chat, "a b", use_chat_template=False) == [1, 4, 5]
-  assert data.format_prompt(chat, [dict(role="user", content="c")]) == [1, 6, 10]
+  assert records_lib.format_prompt(chat, "a b") == [1, 4, 5, 10]  # template BOS, content, 'g'
+  assert records_lib.format_prompt(chat, "a b", use_chat_template=False) == [1, 4, 5]
+  assert records_lib.format_prompt(chat, [dict(role="user", content="c")]) == [1, 6, 10]
 
 
 def test_left_pad_truncates_from_the_left():
-  ids_P, mask_P = data.left_pad([4, 5, 6], 5, 0)
+  ids_P, mask_P = records_lib.left_pad([4, 5, 6], 5, 0)
   np.testing.assert_array_equal(ids_P, [0, 0, 4, 5, 6])
   np.testing.assert_array_equal(mask_P, [0, 0, 1, 1, 1])
-  ids_P, mask_P = data.left_pad([1, 4, 5, 6, 7, 8], 4, 0)
+  ids_P, mask_P = records_lib.left_pad([1, 4, 5, 6, 7, 8], 4, 0)
   np.testing.assert_array_equal(ids_P, [5, 6, 7, 8])
   np.testing.assert_array_equal(mask_P, [1, 1, 1, 1])
   assert ids_P.dtype == mask_P.dtype == np.int32

@@ -170,7 +170,7 @@ def test_single_digit_space_fits_the_demo(tokenizer_dir):
   """configs/demo.py: 4000 train + 200 eval prompts of the 6041 there are, and every problem
   fits data.max_prompt_len=24 and max_len=64 (completion + eos <= 40 ids): nothing is cut."""
   import transformers
-  from rockjax import data
+  from rockjax import records as records_lib
 
   train = arithmetic.make_problems(4000, seed=0, difficulty="single_digit")
   evals = arithmetic.make_problems(
@@ -182,6 +182,9 @@ def test_single_digit_space_fits_the_demo(tokenizer_dir):
     arithmetic.make_problems(6042, seed=0, difficulty="single_digit")
   tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
   assert (
-    max(len(data.format_prompt(tok, p["prompt"], use_chat_template=True)) for p in everything) <= 24
+    max(
+      len(records_lib.format_prompt(tok, p["prompt"], use_chat_template=True)) for p in everything
+    )
+    <= 24
   )
-  assert max(len(data.encode_completion(tok, p["solution"])) for p in everything) <= 64 - 24
+  assert max(len(records_lib.encode_completion(tok, p["solution"])) for p in everything) <= 64 - 24
