@@ -7,7 +7,6 @@ traceback comes too with --verbosity=1 or higher. Anything else is a bug and kee
 traceback. The whole config is validated before anything is created on disk.
 """
 
-import os
 import sys
 from typing import Any
 
@@ -64,8 +63,6 @@ def _main() -> None:
   workdir, dry_run = _WORKDIR.value, _DRY_RUN.value
   if not dry_run and not workdir:
     raise errors.WorkdirError("--workdir is required (except with --dry_run)")
-  if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise errors.WorkdirError(f"--workdir={workdir}: is a file; it must be a directory")
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
 
   if _DISTRIBUTED.value:

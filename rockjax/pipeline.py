@@ -17,12 +17,13 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from rockjax import config_check, errors, evaluation, settings, train
-from rockjax.analysis.rock_table import quantity_title
+from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
 from rockjax.experiment import task_files
 
 CONFIG_FILE = "config.json"
@@ -231,17 +232,16 @@ def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, A
   effect = None
   teacher, before, after = (by_name.get(n) for n in ("teacher_sft", "student_kd", "main"))
   if before and after and before["eval_correct"] and after["eval_correct"]:
-    a = [sum(row) / len(row) for row in after["eval_correct"]]
-    b = [sum(row) / len(row) for row in before["eval_correct"]]
+    # Per-prompt accuracy (mean over samples), paired prompt by prompt across stages.
+    a, b = (np.mean(r["eval_correct"], axis=1) for r in (after, before))
     effect = {
-      "before": sum(b) / len(b),
-      "after": sum(a) / len(a),
+      "before": evaluation.mean_pass_at_1(before["eval_correct"]),
+      "after": evaluation.mean_pass_at_1(after["eval_correct"]),
       "num_prompts": len(a),
       **evaluation.paired_bootstrap(a, b),
     }
     if teacher and teacher["eval_correct"]:
-      t = [sum(row) / len(row) for row in teacher["eval_correct"]]
-      effect["teacher"] = sum(t) / len(t)
+      effect["teacher"] = evaluation.mean_pass_at_1(teacher["eval_correct"])
       gap = effect["teacher"] - effect["before"]
       effect["gap_closed"] = (effect["after"] - effect["before"]) / gap if gap > 0 else None
   dirs = [r["workdir"] for r in records]
@@ -258,9 +258,6 @@ def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, A
   return {"complete": True, "stages": records, "effect": effect, "outputs": outputs}
 
 
-_STAGE_TITLES = {"teacher_sft": "teacher SFT", "student_kd": "student stage-1 KD"}
-
-
 def _minutes(seconds: float) -> str:
   return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
@@ -274,9 +271,7 @@ def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) 
     f"{'pass@1':>7} {'prompts':>7}  {'wall':>9}",
   ]
   for r in summary["stages"]:
-    title = _STAGE_TITLES.get(
-      r["stage"], f"student {r['kind'].upper()}" if r["kind"] != "sft" else "SFT"
-    )
+    title = STAGE_NAMES[r["kind"]]
     m = r["metrics"]
     tracked = f"{quantity_title(r['quantity'])} {m.get('opd/kl', float('nan')):.4f}"
     n = len(r["eval_correct"]) if r["eval_correct"] else 0

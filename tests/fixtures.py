@@ -8,6 +8,7 @@ Hugging Face helpers import torch/transformers inside the functions, so tests wi
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -19,6 +20,14 @@ from flax import nnx
 import rockjax.models as rm
 from rockjax import objective, rocks, sharding as shd, state as state_lib, step as step_lib
 from rockjax.models import ModelConfig
+
+
+# Every shipped config (configs/*.py), so a new one is covered by the config tests at once.
+CONFIG_NAMES = sorted(
+  p.stem
+  for p in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
+  if p.stem != "__init__"
+)
 
 
 # ---------------------------------------------------------------- float64 references

@@ -8,17 +8,10 @@ import ml_collections
 import pytest
 
 from configs import tiny
+from fixtures import CONFIG_NAMES
 from rockjax import config_check, errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = [
-  "default",
-  "tiny",
-  "demo",
-  "qwen3_30b_a3b_to_4b",
-  "qwen3_30b_a3b_to_4b_rock_freeze",
-  "qwen3_30b_a3b_to_4b_random_freeze",
-]
 
 
 def config(**overrides):
@@ -213,7 +206,7 @@ def test_missing_field_is_named():
     config_check.validate(ml_collections.ConfigDict(d), device_count=8, process_count=1)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_shipped_configs_validate(name, tmp_path, hf_dir):
   c = importlib.import_module(f"configs.{name}").get_config()
   # Dry runs: the paper configs on their declared 8 devices, from a 1-device machine.
