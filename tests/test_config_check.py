@@ -120,6 +120,31 @@ def test_dry_run_checks_the_declared_mesh():
   )
 
 
+def test_dcn_mesh_sizes_multiply_the_slice_sizes():
+  """mesh.dcn_* multiply the per-slice sizes: the device count, the process count and the
+  batch axes all see the full mesh (as rockjax.sharding.make_mesh builds it)."""
+  pod = {"mesh.fsdp": 4, "mesh.tensor": -1, "mesh.dcn_data": 2, "mesh.num_devices": 64}
+  config_check.validate(config(**pod), dry_run=True, device_count=8, process_count=1)
+  message = rejects(config(**{**pod, "mesh.num_devices": 60}), "mesh.fsdp", dry_run=True)
+  assert "dcn_data=2" in message and "divisible by 8" in message
+  rejects(config(**{"mesh.dcn_data": 0}), "mesh.dcn_data")
+  # 2 slices/nodes need their own processes: one process cannot drive both.
+  message = rejects(config(**{"mesh.dcn_fsdp": 2}), "mesh.dcn_fsdp")
+  assert "1 processes are running" in message
+  # Per slice data=1 x fsdp=2 would take 2 prompts, but 2 slices along data make 4 shards.
+  two_slices = {"mesh.fsdp": 2, "mesh.tensor": -1, "mesh.dcn_data": 2}
+  message = rejects(
+    config(**two_slices, **{"data.prompts_per_step": 2}),
+    "data.prompts_per_step",
+    device_count=16,
+    process_count=2,
+  )
+  assert "= 4" in message
+  config_check.validate(
+    config(**two_slices, **{"data.prompts_per_step": 4}), device_count=16, process_count=2
+  )
+
+
 @pytest.mark.parametrize(
   "overrides,field",
   [
