@@ -46,7 +46,7 @@ DEFAULT_RULES: LogicalRules = (
 )
 
 
-def _axis_sizes_of(shape: Mapping[str, int] | Sequence[int] | None, what: str) -> list[int]:
+def _sizes_in_axis_order(shape: Mapping[str, int] | Sequence[int] | None, what: str) -> list[int]:
   """Per-axis sizes, in MESH_AXES order, from a {name: size} mapping or a 3-sequence."""
   if shape is None:
     return [1] * len(MESH_AXES)
@@ -80,8 +80,8 @@ def resolve_mesh_shape(
   `shape` holds the sizes within one slice/node (one may be -1: the rest of the slice's
   devices); `dcn` the number of slices/nodes along each axis (all >= 1).
   """
-  sizes = _axis_sizes_of({"fsdp": -1} if shape is None else shape, "mesh")
-  outer = _axis_sizes_of(dcn, "dcn mesh")
+  sizes = _sizes_in_axis_order({"fsdp": -1} if shape is None else shape, "mesh")
+  outer = _sizes_in_axis_order(dcn, "dcn mesh")
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1")
   if any(s < 1 for s in outer):
@@ -127,7 +127,7 @@ def make_mesh(
   device is used.
   """
   devices = list(jax.devices() if devices is None else devices)
-  outer = _axis_sizes_of(dcn, "dcn mesh")
+  outer = _sizes_in_axis_order(dcn, "dcn mesh")
   full = resolve_mesh_shape(shape, len(devices), outer)
   inner = [full[name] // o for name, o in zip(MESH_AXES, outer)]
   used = math.prod(full.values())
