@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Finite instead of -inf, as in the einsum path; masked entries are also zeroed explicitly.
+# Finite instead of -inf: a fully masked row (a padded query of the KV-cache path) softmaxes to
+# uniform rather than NaN; its output is garbage but finite and never read at real positions.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _PAD_SEGMENT = -1  # segment id of the positions added to reach a multiple of the block size
 
