@@ -157,7 +157,7 @@ class Attention(nnx.Module):
     self.inv_freq = tuple(float(f) for f in rope_inv_freq(E, cfg.rope))  # static, hashable
     self.scale = E**-0.5
     self.dtype = cfg.dtype
-    self.attention = cfg.attention  # no-cache implementation name (rockjax.models.attention)
+    self.implementation = cfg.attention  # no-cache attention (rockjax.models.attention)
     self.attention_block = cfg.attention_block
 
   def __call__(
@@ -192,7 +192,7 @@ class Attention(nnx.Module):
         v_BxLxKxE,
         mask,
         scale=self.scale,
-        implementation=self.attention,
+        implementation=self.implementation,
         block_size=self.attention_block,
       )
       return self.o_proj(out_BxLxHxE), None
