@@ -20,6 +20,12 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   m.dtype = "float32"  # compute dtype of matmuls ('bfloat16' on TPU/GPU); norms/softmax: fp32
   m.param_dtype = "float32"  # stored parameter dtype
   m.remat = False  # rematerialise each decoder layer in the backward pass (saves activations)
+  # Attention over whole sequences (training, teacher scoring; decoding always uses 'einsum'):
+  # 'auto' = 'splash' on TPU (when the length is a multiple of attention_block), 'cudnn' on
+  # GPU with a 16-bit dtype, else 'blocked'. 'einsum' holds full [B, H, L, L] float32 scores
+  # (the reference; fine for short sequences); 'blocked' is memory-lean pure XLA (any device).
+  m.attention = "auto"  # auto | einsum | blocked | cudnn | splash
+  m.attention_block = 512  # query/key block of blocked and splash (splash: a multiple of 128)
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).

@@ -20,7 +20,7 @@ from rockjax import errors
 from rockjax import sharding as shd
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
-from rockjax.models import families
+from rockjax.models import attention, families
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -95,10 +95,12 @@ for _g in _GROUPS:
       f"{_g}.dtype": tuple(DTYPES),
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
+      f"{_g}.attention": attention.IMPLEMENTATIONS,
     }
   )
   RANGES.update(
     {
+      f"{_g}.attention_block": ">= 1",
       f"{_g}.stage_steps": ">= 1",
       f"{_g}.stage_lr": ">= 0",
       f"{_g}.stage_kd_ratio": "[0, 1]",
@@ -230,6 +232,11 @@ def _arch(c, dry_run: bool) -> Iterator[str]:
   """Architecture consistency (rockjax.models.ModelConfig) and a shared vocabulary."""
   for g in _GROUPS:
     a = c[g].arch
+    if c[g].attention == "splash" and c[g].attention_block % attention.SPLASH_LANES:
+      yield (
+        f"{g}.attention_block={c[g].attention_block}: {g}.attention='splash' needs a "
+        f"multiple of {attention.SPLASH_LANES}"
+      )
     if a.num_heads % a.num_kv_heads:
       yield (
         f"{g}.arch.num_heads={a.num_heads}: expected a multiple of "

@@ -61,6 +61,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("opt.grad_accum", 0, "expected >= 1"),
   ("ckpt.keep", 0, "expected >= 1"),
   ("teacher.arch.num_layers", 0, "expected >= 1"),
+  ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
+  ("teacher.attention_block", 0, "expected >= 1"),
 ]
 
 
@@ -98,6 +100,7 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh.data"),
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
   ({"mesh.data": 0}, "mesh.data"),
+  ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
 ]
 
 

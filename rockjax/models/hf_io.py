@@ -122,15 +122,25 @@ def from_pretrained(
   param_dtype: Any = None,
   rules: shd.LogicalRules | None = None,
   remat: bool = False,
+  attention: str = "auto",
+  attention_block: int = 512,
 ) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
-  rockjax.sharding.DEFAULT_RULES); without one, on the default device.
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention and
+  attention_block are ModelConfig's run settings (attention: rockjax.models.attention).
   """
   param_dtype = dtype if param_dtype is None else param_dtype
-  cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  cfg = ModelConfig.from_pretrained(
+    path,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    remat=remat,
+    attention=attention,
+    attention_block=attention_block,
+  )
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   with CheckpointReader(path) as reader:
