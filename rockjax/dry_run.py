@@ -12,7 +12,8 @@ Two compiled figures, both of the real jitted train step lowered with abstract a
   needed. XLA:TPU's memory analysis gives the bytes per device of the arguments, outputs,
   aliased (donated) buffers and temporaries; the peak is arguments + temp + outputs - aliased
   (an upper bound); cost analysis gives FLOPs per device. The step fits when the peak is at
-  most FIT_FRACTION of the device's HBM (HBM_GIB).
+  most FIT_FRACTION of the device's HBM (HBM_GIB). XLA:TPU refuses to compile a step that
+  needs more than the HBM; the report then carries XLA's message (`xla_error`) instead.
 """
 
 import functools
@@ -161,10 +162,18 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
         f"has {len(devices)}"
       )
     start = time.perf_counter()
-    compiled = compile_step(c, devices)
-    seconds = round(time.perf_counter() - start, 2)
-    out["aot"] = {"topology": aot_topology, **aot_figures(compiled, devices)}
-    out["aot"]["compile_seconds"] = seconds
+    try:
+      compiled = compile_step(c, devices)
+      out["aot"] = {"topology": aot_topology, **aot_figures(compiled, devices)}
+    except jax.errors.JaxRuntimeError as e:
+      # XLA:TPU refuses to compile a program larger than HBM; its message has the sizes.
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+      kind = devices[0].device_kind
+      out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
+      out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
+    out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
   elif n_devices <= jax.device_count():
     compiled = compile_step(c, jax.devices()[:n_devices])
     out["per_device_gib"]["xla_cpu_temp"] = compiled.memory_analysis().temp_size_in_bytes / _GIB
@@ -236,6 +245,11 @@ def check_fits(r: dict[str, Any]) -> None:
   aot = r.get("aot")
   if aot is None or aot["fits"]:
     return
+  if "xla_error" in aot:
+    raise errors.UserError(
+      f"--aot_topology={aot['topology']}: XLA:TPU could not fit the step on a "
+      f"{aot['device_kind']}: {aot['xla_error']}"
+    )
   gib = aot["per_device_gib"]
   if aot["fits"] is None:
     raise errors.UserError(
