@@ -81,8 +81,8 @@ def topology_devices(name: str) -> tuple[jax.Device, ...]:
   except (jax.errors.JaxRuntimeError, RuntimeError) as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise errors.UserError(
-      f"--aot_topology={name}: not a TPU topology libtpu knows (e.g. v5p:2x2x2, v5e:2x2, "
-      f"v4:2x2x1, v6e:2x2): {reason}"
+      f"--aot_topology={name}: libtpu cannot make this topology (names look like v5p:2x2x2, "
+      f"v5e:2x2, v4:2x2x1, v6e:2x2): {reason}"
     ) from None
 
 

@@ -68,10 +68,10 @@ def _main() -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   workdir, dry_run = _WORKDIR.value, _DRY_RUN.value
-  if not dry_run and not workdir:
-    raise errors.WorkdirError("--workdir is required (except with --dry_run)")
   if _AOT_TOPOLOGY.value and not dry_run:
     raise errors.UserError(f"--aot_topology={_AOT_TOPOLOGY.value} needs --dry_run")
+  if not dry_run and not workdir:
+    raise errors.WorkdirError("--workdir is required (except with --dry_run)")
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
 
   if _AOT_TOPOLOGY.value and not os.environ.get("JAX_PLATFORMS"):

@@ -146,7 +146,9 @@ def test_aot_topology_errors_name_the_culprit():
   c.mesh.num_devices = 64
   with pytest.raises(errors.ConfigError, match=r"^mesh\.num_devices=64: .*v5p:2x2x2 has 8"):
     dry_run.for_topology(c, TOPOLOGY)
-  with pytest.raises(errors.UserError, match=r"^--aot_topology=v5q:2x2x2: not a TPU topology"):
+  with pytest.raises(
+    errors.UserError, match=r"^--aot_topology=v5q:2x2x2: libtpu cannot make this topology"
+  ):
     dry_run.topology_devices("v5q:2x2x2")
 
 
@@ -179,3 +181,8 @@ def test_paper_config_fits_a_v5p_2x2x2():
   c = dry_run.for_topology(qwen3_30b_a3b_to_4b.get_config(), TOPOLOGY)
   aot = dry_run.report(c, TOPOLOGY)["aot"]
   assert aot["per_device_gib"]["peak"] <= 40, aot
+
+
+def test_aot_topology_without_dry_run_is_one_line():
+  proc = cli("--config=configs/tiny.py", "--aot_topology=v5p:2x2x2")
+  assert_one_line_error(proc, "--aot_topology=v5p:2x2x2 needs --dry_run")
