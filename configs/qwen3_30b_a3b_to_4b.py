@@ -6,6 +6,8 @@ Launch on 8 accelerators (one host; add --distributed on a multi-host pod):
       --config.data.train_path=/data/openthoughts3_math.jsonl
 Dry run (no weights; per-device memory on the declared mesh):
   python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b.py --dry_run
+and the HBM per TPU v5p chip, compiled for the topology by libtpu (pip install -e ".[aot]"):
+  python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b.py --dry_run --aot_topology=v5p:2x2x2
 Expected (docs/method.md, "Rock-Freeze" and "Rock Tokens"): AIME24/AIME25/HMMT25 pass@1
 average 48.1 after OPD; the rock statistics select ~100 ids covering ~60% of the corpus KL.
 """

@@ -1,13 +1,27 @@
 """Dry run: build a config abstractly (no weights, no data) and report per-device memory.
 
 Parameters and optimiser state are sized exactly from their shardings on the config's
-declared mesh (any size: an abstract mesh is enough). Activations come from XLA's memory
-analysis of the compiled train step when the declared mesh fits the local devices (e.g. 8
-fake CPU devices), and are reported as null otherwise.
+declared mesh (any size: an abstract mesh is enough).
+
+Two compiled figures, both of the real jitted train step lowered with abstract arguments:
+- `xla_cpu_temp`: XLA:CPU's temporary-buffer size, when the declared mesh fits the local
+  devices (e.g. 8 fake CPU devices); null otherwise. XLA:CPU schedules and fuses differently
+  from TPU/GPU, so this says nothing about accelerator memory.
+- `aot` (with `aot_topology`, e.g. 'v5p:2x2x2'): the step compiled ahead of time by libtpu for
+  the compile-only devices of a TPU topology (`jax.experimental.topologies`), so no TPU is
+  needed. XLA:TPU's memory analysis gives the bytes per device of the arguments, outputs,
+  aliased (donated) buffers and temporaries; the peak is arguments + temp + outputs - aliased
+  (an upper bound); cost analysis gives FLOPs per device. The step fits when the peak is at
+  most FIT_FRACTION of the device's HBM (HBM_GIB). XLA:TPU refuses to compile a step that
+  needs more than the HBM; the report then carries XLA's message (`xla_error`) instead.
 """
 
+import functools
 import json
 import math
+import os
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -16,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import loading
+from rockjax import errors, loading
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -24,12 +38,65 @@ from rockjax import step as step_lib
 
 _GIB = 2**30
 
+# HBM of one JAX device, by the device_kind libtpu reports. On v4, v5e, v5p and v6e a device
+# is a chip; on v2/v3 it is one of a chip's two cores, on TPU7x one of its two chiplets.
+HBM_GIB = {
+  "TPU v2": 8,
+  "TPU v3": 16,
+  "TPU v4": 32,
+  "TPU v5 lite": 16,  # v5e
+  "TPU v5": 95,  # v5p
+  "TPU v6 lite": 32,  # v6e (Trillium)
+  "TPU7x": 96,  # Ironwood: 192 GiB per chip
+}
+# Headroom for what the memory analysis does not see (runtime, fragmentation, host transfers).
+FIT_FRACTION = 0.8
+
 
 def declared_mesh_shape(c: ml_collections.ConfigDict) -> dict[str, int]:
   """Full mesh axis sizes the config declares (per slice x DCN); -1 resolves against
   mesh.num_devices (or the local devices)."""
   ici, dcn = shd.config_mesh_shapes(c.mesh)
   return shd.resolve_mesh_shape(ici, c.mesh.get("num_devices", 0) or jax.device_count(), dcn)
+
+
+@functools.cache
+def topology_devices(name: str) -> tuple[jax.Device, ...]:
+  """The compile-only devices of a TPU topology such as 'v5p:2x2x2' (needs libtpu, not a TPU)."""
+  try:
+    import libtpu  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise errors.UserError(f'--aot_topology={name} needs libtpu: pip install -e ".[aot]"') from None
+  if jax.default_backend() != "tpu":
+    # No TPU attached: tell libtpu it is one host (else it probes the Cloud TPU metadata server
+    # and warns on stderr) and let it load beside another process using it (its lockfile).
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_HOST_BOUNDS", "1,1,1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  try:
+    return tuple(topologies.get_topology_desc(name, "tpu").devices)
+  except (jax.errors.JaxRuntimeError, RuntimeError) as e:
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise errors.UserError(
+      f"--aot_topology={name}: libtpu cannot make this topology (names look like v5p:2x2x2, "
+      f"v5e:2x2, v4:2x2x1, v6e:2x2): {reason}"
+    ) from None
+
+
+def for_topology(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The config with mesh.num_devices set to the topology's device count (0 means "set it")."""
+  n = len(topology_devices(name))
+  declared = c.mesh.get("num_devices", 0)
+  if declared and declared != n:
+    raise errors.ConfigError(
+      f"mesh.num_devices={declared}: --aot_topology={name} has {n} devices; "
+      f"set mesh.num_devices={n} or 0"
+    )
+  c = c.copy_and_resolve_references()
+  c.mesh.num_devices = n
+  return c
 
 
 def _per_device_bytes(abstract_tree: Any, shardings: Any, axis_sizes: dict[str, int]) -> int:
@@ -45,16 +112,27 @@ def _per_device_bytes(abstract_tree: Any, shardings: Any, axis_sizes: dict[str, 
   return total
 
 
-def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Per-device memory (GiB) of params, optimiser state, teacher and activations."""
-  sizes = declared_mesh_shape(c)
-  n_devices = math.prod(sizes.values())
-  abstract_mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
+def _abstract(c: ml_collections.ConfigDict):
+  """(init, student params, teacher graphdef, teacher params, lr schedule), all abstract."""
   student_cfg = loading.arch_config(c.model)
-  teacher_cfg = None if c.teacher.source == "none" else loading.arch_config(c.teacher)
   tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
   graphdef, params = loading.abstract_params(student_cfg)
   init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size)
+  t_graphdef = t_params = None
+  if c.teacher.source != "none":
+    t_graphdef, t_params = loading.abstract_params(loading.arch_config(c.teacher))
+  return init, params, t_graphdef, t_params, schedule
+
+
+def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dict[str, Any]:
+  """Per-device memory (GiB) of params, optimiser state, teacher; compiled-step figures.
+
+  With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology).
+  """
+  sizes = declared_mesh_shape(c)
+  n_devices = math.prod(sizes.values())
+  abstract_mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
+  init, params, _, t_params, _ = _abstract(c)
   abstract = jax.eval_shape(init, params)
   shardings = shd.tree_shardings(abstract, abstract_mesh)
   out = {
@@ -69,23 +147,45 @@ def report(c: ml_collections.ConfigDict) -> dict[str, Any]:
       / _GIB,
     },
   }
-  t_graphdef = t_params = t_shardings = None
-  if teacher_cfg is not None:
-    t_graphdef, t_params = loading.abstract_params(teacher_cfg)
+  if t_params is not None:
     t_shardings = shd.tree_shardings(t_params, abstract_mesh)
     out["teacher_params_b"] = _count(t_params) / 1e9
     out["per_device_gib"]["teacher_params"] = _per_device_bytes(t_params, t_shardings, sizes) / _GIB
-  out["per_device_gib"]["activations"] = None
-  if n_devices <= jax.device_count():
-    out["per_device_gib"]["activations"] = _activation_gib(
-      c, sizes, init, params, t_graphdef, t_params, schedule
-    )
+  # XLA:CPU's figure does not predict TPU/GPU memory; it is kept for CPU runs and tests.
+  out["per_device_gib"]["xla_cpu_temp"] = None
+  if aot_topology:
+    devices = topology_devices(aot_topology)
+    if len(devices) != n_devices:
+      raise errors.ConfigError(
+        f"mesh.num_devices: the mesh has {n_devices} devices but --aot_topology={aot_topology} "
+        f"has {len(devices)}"
+      )
+    start = time.perf_counter()
+    try:
+      compiled = compile_step(c, devices)
+      out["aot"] = {"topology": aot_topology, **aot_figures(compiled, devices)}
+    except jax.errors.JaxRuntimeError as e:
+      # XLA:TPU refuses to compile a program larger than HBM; its message has the sizes.
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+      kind = devices[0].device_kind
+      out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
+      out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
+    out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
+  elif n_devices <= jax.device_count():
+    compiled = compile_step(c, jax.devices()[:n_devices])
+    out["per_device_gib"]["xla_cpu_temp"] = compiled.memory_analysis().temp_size_in_bytes / _GIB
   return out
 
 
-def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
-  """XLA's temporary-buffer size of the compiled step on a concrete mesh of the declared shape."""
-  mesh = shd.make_mesh(sizes, devices=jax.devices()[: math.prod(sizes.values())])
+def compile_step(
+  c: ml_collections.ConfigDict, devices: Sequence[jax.Device]
+) -> jax.stages.Compiled:
+  """The jitted train step lowered with abstract state, teacher and batch (with their shardings)
+  on the declared mesh over `devices` (local, or a TPU topology's), compiled."""
+  init, params, t_graphdef, t_params, schedule = _abstract(c)
+  mesh = shd.make_mesh(declared_mesh_shape(c), devices=list(devices))
   like, shardings = state_lib.abstract_state(init, params, mesh)
   t_sh = None if t_params is None else shd.tree_shardings(t_params, mesh)
   t_like = (
@@ -104,14 +204,71 @@ def _activation_gib(c, sizes, init, params, t_graphdef, t_params, schedule):
   settings = settings_lib.step_settings(c, t_graphdef, schedule)
   fn = step_lib.jit_train_step(settings, shardings, t_sh, b_sh)
   with jax.set_mesh(mesh):
-    compiled = fn.lower(like, t_like, batch).compile()
-  return compiled.memory_analysis().temp_size_in_bytes / _GIB
+    return fn.lower(like, t_like, batch).compile()
+
+
+def aot_figures(compiled: jax.stages.Compiled, devices: Sequence[jax.Device]) -> dict[str, Any]:
+  """XLA's memory (GiB per device) and cost analysis of a compiled step, and the verdict."""
+  m = compiled.memory_analysis()
+  sizes = {
+    "arguments": m.argument_size_in_bytes,
+    "outputs": m.output_size_in_bytes,
+    "aliased": m.alias_size_in_bytes,
+    "temp": m.temp_size_in_bytes,
+  }
+  # Everything live at once, less the donated inputs the outputs reuse (MaxText's "total"):
+  # XLA's own peak_memory_in_bytes can come out below temp alone (it misses buffers inside
+  # loops), so it is reported for reference but the verdict uses this upper bound.
+  peak = sizes["arguments"] + sizes["temp"] + sizes["outputs"] - sizes["aliased"]
+  kind = devices[0].device_kind
+  hbm = HBM_GIB.get(kind)
+  flops = float((compiled.cost_analysis() or {}).get("flops", 0.0))
+  return {
+    "device_kind": kind,
+    "devices": len(devices),
+    "per_device_gib": {
+      **{k: v / _GIB for k, v in sizes.items()},
+      "peak": peak / _GIB,
+      "xla_peak": getattr(m, "peak_memory_in_bytes", 0) / _GIB,
+      "hbm": hbm,
+    },
+    "hbm_utilisation": None if hbm is None else peak / _GIB / hbm,
+    "flops_per_device": flops,
+    "flops_total": flops * len(devices),
+    "fits": None if hbm is None else peak / _GIB <= FIT_FRACTION * hbm,
+  }
+
+
+def check_fits(r: dict[str, Any]) -> None:
+  """errors.UserError unless the AOT peak per device is within FIT_FRACTION of its HBM."""
+  aot = r.get("aot")
+  if aot is None or aot["fits"]:
+    return
+  if "xla_error" in aot:
+    raise errors.UserError(
+      f"--aot_topology={aot['topology']}: XLA:TPU could not fit the step on a "
+      f"{aot['device_kind']}: {aot['xla_error']}"
+    )
+  gib = aot["per_device_gib"]
+  if aot["fits"] is None:
+    raise errors.UserError(
+      f"--aot_topology={aot['topology']}: no HBM size known for device kind "
+      f"{aot['device_kind']!r}; peak {gib['peak']:.2f} GiB per device"
+    )
+  raise errors.UserError(
+    f"--aot_topology={aot['topology']}: peak {gib['peak']:.2f} GiB per device exceeds "
+    f"{FIT_FRACTION:.0%} of the {gib['hbm']} GiB HBM of a {aot['device_kind']} "
+    f"({aot['hbm_utilisation']:.0%} used)"
+  )
 
 
 def _count(tree) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def report_json(c: ml_collections.ConfigDict) -> str:
-  """The report as indented JSON (what `python -m rockjax.main --dry_run` prints)."""
-  return json.dumps(report(c), indent=1)
+def print_report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> None:
+  """What `python -m rockjax.main --dry_run [--aot_topology=T]` does: print the report as
+  indented JSON, then raise errors.UserError when the AOT peak does not fit (check_fits)."""
+  r = report(c, aot_topology)
+  print(json.dumps(r, indent=1), flush=True)
+  check_fits(r)

@@ -7,6 +7,7 @@ traceback comes too with --verbosity=1 or higher. Anything else is a bug and kee
 traceback. The whole config is validated before anything is created on disk.
 """
 
+import os
 import sys
 from typing import Any
 
@@ -33,6 +34,12 @@ _PROCESS_ID = flags.DEFINE_integer(
 )
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "build abstractly (no weights) and print per-device memory"
+)
+_AOT_TOPOLOGY = flags.DEFINE_string(
+  "aot_topology",
+  None,
+  "with --dry_run: compile the step for a TPU topology (e.g. v5p:2x2x2; needs libtpu, no TPU) "
+  "and report its memory per device; exits 2 when the peak exceeds 80% of HBM",
 )
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "allow_config_change", False, "run in a workdir whose recorded config differs from this one"
@@ -61,9 +68,16 @@ def _main() -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   workdir, dry_run = _WORKDIR.value, _DRY_RUN.value
+  if _AOT_TOPOLOGY.value and not dry_run:
+    raise errors.UserError(f"--aot_topology={_AOT_TOPOLOGY.value} needs --dry_run")
   if not dry_run and not workdir:
     raise errors.WorkdirError("--workdir is required (except with --dry_run)")
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
+
+  if _AOT_TOPOLOGY.value and not os.environ.get("JAX_PLATFORMS"):
+    # An AOT dry run needs no accelerator (libtpu compiles for the topology's abstract
+    # devices): leave any attached TPU/GPU alone.
+    jax.config.update("jax_platforms", "cpu")
 
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -73,8 +87,11 @@ def _main() -> None:
   if dry_run:
     from rockjax import config_check, dry_run as dry_run_lib  # pylint: disable=g-import-not-at-top
 
-    config_check.validate(_CONFIG.value, dry_run=True)
-    print(dry_run_lib.report_json(_CONFIG.value))
+    config, topology = _CONFIG.value, _AOT_TOPOLOGY.value
+    if topology:
+      config = dry_run_lib.for_topology(config, topology)  # mesh.num_devices from the topology
+    config_check.validate(config, dry_run=True)
+    dry_run_lib.print_report(config, topology)  # raises after printing when it does not fit
     return
   _run(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)  # validates before touching the disk
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
+import sys
 from typing import Any
 
 import jax
@@ -22,12 +24,34 @@ from rockjax import objective, rocks, sharding as shd, state as state_lib, step 
 from rockjax.models import ModelConfig
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # Every shipped config (configs/*.py), so a new one is covered by the config tests at once.
 CONFIG_NAMES = sorted(
   p.stem
   for p in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
   if p.stem != "__init__"
 )
+
+
+# ------------------------------------------------------------------ the command line
+def cli(*args, code=None, timeout=120):
+  """Runs the CLI (or `python -c code` with the same argv) from the repo root on the CPU."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "rockjax.main"] if code is None else [sys.executable, "-c", code]
+  return subprocess.run(
+    cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+  )
+
+
+def assert_one_line_error(proc, *needles):
+  """The run failed with exit 2 and one stderr line `rockjax: error: ...` holding `needles`."""
+  lines = proc.stderr.splitlines()
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(lines) == 1 and lines[0].startswith("rockjax: error: "), proc.stderr[-3000:]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
 
 
 # ---------------------------------------------------------------- float64 references

@@ -2,31 +2,10 @@
 workdir. Each case is a subprocess (parse-time cases < 1 s, validation cases import jax)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli(*args, code=None, timeout=120):
-  """Runs the CLI (or `python -c code` with the same argv) from the repo root on the CPU."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "rockjax.main"] if code is None else [sys.executable, "-c", code]
-  return subprocess.run(
-    cmd + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-  )
-
-
-def assert_one_line_error(proc, *needles):
-  lines = proc.stderr.splitlines()
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert len(lines) == 1 and lines[0].startswith("rockjax: error: "), proc.stderr[-3000:]
-  for needle in needles:
-    assert needle in lines[0], lines[0]
-  return lines[0]
+from fixtures import assert_one_line_error, cli
 
 
 def bad_config_file(tmp_path):

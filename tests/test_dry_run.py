@@ -1,0 +1,188 @@
+"""AOT dry run: the real train step compiled by libtpu for a TPU topology, with no TPU attached.
+
+The compile-only devices come from `jax.experimental.topologies`; the figures are XLA:TPU's
+memory and cost analysis. Tests needing libtpu skip without the `aot` extra.
+"""
+
+import importlib.metadata
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import tomllib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import qwen3_30b_a3b_to_4b, tiny
+from fixtures import REPO, assert_one_line_error, cli
+from rockjax import dry_run, errors, loading
+from rockjax import settings as settings_lib
+from rockjax import sharding as shd
+from rockjax import state as state_lib
+
+TOPOLOGY = "v5p:2x2x2"  # 8 TPU v5p chips (95 GiB HBM each)
+needs_libtpu = pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None, reason='needs the aot extra: pip install ".[aot]"'
+)
+
+
+def tiled_bytes(shape, dtype, sharding, layout) -> int:
+  """One device's shard in XLA:TPU's layout: dims in major-to-minor order, the minor ones
+  rounded up to the tile (a scalar is one element)."""
+  shard = sharding.shard_shape(shape)
+  dims = [shard[d] for d in layout.major_to_minor] or [1]
+  tile = layout.tiling[0]
+  for i, t in zip(range(len(dims) - len(tile), len(dims)), tile):
+    if i >= 0:
+      dims[i] = -(-dims[i] // t) * t
+  return math.prod(dims) * np.dtype(dtype).itemsize
+
+
+@pytest.fixture(scope="module")
+def tiny_aot():
+  """configs/tiny.py compiled for v5p:2x2x2 once: (config, devices, compiled, figures)."""
+  c = dry_run.for_topology(tiny.get_config(), TOPOLOGY)
+  devices = dry_run.topology_devices(TOPOLOGY)
+  compiled = dry_run.compile_step(c, devices)
+  return c, devices, compiled, dry_run.aot_figures(compiled, devices)
+
+
+@needs_libtpu
+def test_aot_arguments_are_state_teacher_and_batch_per_chip(tiny_aot):
+  """XLA's argument bytes per chip = the train state + teacher + batch shards counted here from
+  their shapes and shardings (padded to the TPU tiles XLA chose); the donated state is aliased."""
+  c, devices, compiled, fig = tiny_aot
+  mesh = shd.make_mesh(dry_run.declared_mesh_shape(c), devices=list(devices))
+  student = loading.arch_config(c.model)
+  tx, _ = state_lib.make_optimizer(c.opt, c.steps)
+  graphdef, params = loading.abstract_params(student)
+  init = state_lib.initializer(graphdef, tx, vocab_size=student.vocab_size)
+  state, _ = state_lib.abstract_state(init, params, mesh)
+  _, teacher = loading.abstract_params(loading.arch_config(c.teacher))
+  teacher_sh = shd.tree_shardings(teacher, mesh)
+  rows, length = settings_lib.batch_shape(c)
+  token_ids = jax.ShapeDtypeStruct((rows, length), jnp.int32)
+  leaves = (
+    [(a, a.sharding) for a in jax.tree.leaves(state)]
+    + list(zip(jax.tree.leaves(teacher), jax.tree.leaves(teacher_sh)))
+    + [(token_ids, shd.batch_sharding((rows, length), mesh))] * 3  # tokens and two masks
+  )
+  formats = jax.tree.leaves(compiled.input_formats[0], is_leaf=lambda x: hasattr(x, "layout"))
+  assert len(formats) == len(leaves)
+  per_leaf = [tiled_bytes(a.shape, a.dtype, sh, f.layout) for (a, sh), f in zip(leaves, formats)]
+  gib = fig["per_device_gib"]
+  assert gib["arguments"] * 2**30 == sum(per_leaf)
+  # Without sharding every chip would hold the full state: the count above is per chip.
+  assert sum(per_leaf) < sum(math.prod(a.shape) * a.dtype.itemsize for a, _ in leaves)
+  n_state = len(jax.tree.leaves(state))
+  assert gib["aliased"] * 2**30 == sum(per_leaf[:n_state])  # the new state reuses the old
+
+
+@needs_libtpu
+def test_aot_flops_and_verdict(tiny_aot):
+  """FLOPs per chip ~ (6 x student + 2 x teacher params) x tokens / 8 chips; total = x 8."""
+  c, _, _, fig = tiny_aot
+  assert fig["device_kind"] == "TPU v5" and fig["devices"] == 8
+  rows, length = settings_lib.batch_shape(c)
+  _, s_params = loading.abstract_params(loading.arch_config(c.model))
+  _, t_params = loading.abstract_params(loading.arch_config(c.teacher))
+  count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  estimate = (6 * count(s_params) + 2 * count(t_params)) * rows * length
+  assert fig["flops_per_device"] > 0
+  assert fig["flops_total"] == 8 * fig["flops_per_device"]
+  assert 0.5 < fig["flops_total"] / estimate < 2.0
+  gib = fig["per_device_gib"]
+  assert gib["peak"] == pytest.approx(
+    gib["arguments"] + gib["temp"] + gib["outputs"] - gib["aliased"]
+  )
+  assert gib["hbm"] == 95 and fig["hbm_utilisation"] == pytest.approx(gib["peak"] / 95)
+  assert fig["fits"] is True
+
+
+@needs_libtpu
+def test_aot_cli_prints_the_report_then_fails_when_it_does_not_fit():
+  """A student too big for four 16 GiB v5e chips: XLA:TPU refuses to compile it; the CLI
+  prints the report with XLA's reason, then one error line, and exits 2."""
+  proc = cli(
+    "--config=configs/tiny.py",
+    "--dry_run",
+    "--aot_topology=v5e:2x2",
+    "--config.model.arch.intermediate_size=33554432",  # 6.4e9 params: 18 GiB/chip with Adam
+    timeout=600,
+  )
+  line = assert_one_line_error(proc, "--aot_topology=v5e:2x2", "TPU v5 lite", "HBM")
+  report = json.loads(proc.stdout)
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}  # num_devices from the topology
+  assert report["per_device_gib"]["xla_cpu_temp"] is None
+  # The weights and Adam moments alone: 3 x 4 bytes x 6.4e9 params over 4 chips.
+  assert report["per_device_gib"]["params"] + report["per_device_gib"]["opt_state"] > 17
+  aot = report["aot"]
+  assert aot["fits"] is False and aot["hbm_gib"] == 16 and aot["device_kind"] == "TPU v5 lite"
+  assert aot["xla_error"] in line and "memory" in aot["xla_error"]
+
+
+def test_verdict_is_peak_within_80_percent_of_hbm():
+  """check_fits on hand-made reports: 76 GiB of a 95 GiB chip fits, 77 GiB does not."""
+
+  def aot(peak):
+    gib = {"peak": peak, "hbm": 95}
+    fits = peak <= 0.8 * 95
+    kind = {"topology": "v5p:2x2x2", "device_kind": "TPU v5", "per_device_gib": gib}
+    return {"aot": {**kind, "fits": fits, "hbm_utilisation": peak / 95}}
+
+  dry_run.check_fits(aot(76.0))
+  dry_run.check_fits({"mesh": {}})  # no AOT section: nothing to judge
+  with pytest.raises(errors.UserError, match=r"peak 77.00 GiB per device exceeds 80% of the 95"):
+    dry_run.check_fits(aot(77.0))
+
+
+@needs_libtpu
+def test_aot_topology_errors_name_the_culprit():
+  c = tiny.get_config()
+  c.mesh.num_devices = 64
+  with pytest.raises(errors.ConfigError, match=r"^mesh\.num_devices=64: .*v5p:2x2x2 has 8"):
+    dry_run.for_topology(c, TOPOLOGY)
+  with pytest.raises(
+    errors.UserError, match=r"^--aot_topology=v5q:2x2x2: libtpu cannot make this topology"
+  ):
+    dry_run.topology_devices("v5q:2x2x2")
+
+
+def test_missing_libtpu_says_how_to_install(monkeypatch):
+  dry_run.topology_devices.cache_clear()
+  monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` raises ImportError
+  try:
+    with pytest.raises(errors.UserError, match=r'needs libtpu: pip install -e "\.\[aot\]"'):
+      dry_run.topology_devices(TOPOLOGY)
+  finally:
+    dry_run.topology_devices.cache_clear()
+
+
+def test_aot_extra_pins_the_libtpu_of_jax_tpu():
+  """pyproject's `aot` extra is the libtpu that this jax's own `jax[tpu]` extra pins."""
+  pyproject = tomllib.loads(pathlib.Path(REPO, "pyproject.toml").read_text())
+  ours = pyproject["project"]["optional-dependencies"]["aot"]
+  jax_tpu = [
+    r.split(";")[0].strip()
+    for r in importlib.metadata.requires("jax")
+    if r.startswith("libtpu") and 'extra == "tpu"' in r
+  ]
+  assert ours == jax_tpu
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_paper_config_fits_a_v5p_2x2x2():
+  """The paper's Qwen3-30B-A3B -> Qwen3-4B OPD step on 8 v5p chips peaks <= 40 GiB per chip."""
+  c = dry_run.for_topology(qwen3_30b_a3b_to_4b.get_config(), TOPOLOGY)
+  aot = dry_run.report(c, TOPOLOGY)["aot"]
+  assert aot["per_device_gib"]["peak"] <= 40, aot
+
+
+def test_aot_topology_without_dry_run_is_one_line():
+  proc = cli("--config=configs/tiny.py", "--aot_topology=v5p:2x2x2")
+  assert_one_line_error(proc, "--aot_topology=v5p:2x2x2 needs --dry_run")
