@@ -18,8 +18,9 @@ from etils.epath import backend as epath_backend
 from flax import nnx
 
 from configs import tiny
-from fixtures import random_model
-from rockjax import errors, experiment, models, pipeline, train
+from fixtures import build, one_device_mesh, random_model
+from rockjax import checkpoint, errors, experiment, metrics, models, pipeline, train
+from rockjax.analysis import rock_table
 from rockjax.tasks import arithmetic
 
 
@@ -83,6 +84,7 @@ def record_batches(monkeypatch):
   return seen
 
 
+@pytest.mark.slow
 def test_training_in_a_bucket_writes_there_and_resumes_the_data_stream(bucket, monkeypatch):
   seen = record_batches(monkeypatch)
   first = train.run(cloud_run(stop_after=2), "gs://bkt/run")
@@ -113,6 +115,40 @@ def test_training_in_a_bucket_writes_there_and_resumes_the_data_stream(bucket, m
   assert (run / "task" / "tokenizer" / "tokenizer.json").is_file()
   assert sorted(os.listdir(run / "ckpt")) == ["2", "4"]
   assert json.loads((run / "ckpt" / "2" / "data" / "metadata").read_text())["next_batch"] == 2
+
+
+def test_checkpoint_in_a_bucket_restores_the_data_position(bucket):
+  _, state, _ = build(one_device_mesh(), rock_mode="off")
+  ckpt = checkpoint.Checkpointer("gs://bkt/run/ckpt", keep=2)
+  ckpt.save(1, state, {"next_batch": 3})
+  later = state.replace(step=state.step + 5)
+  ckpt.save(2, later, {"next_batch": 7})
+  like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored, data, step = ckpt.restore(like)
+  ckpt.close()
+  assert (step, data, int(restored.step)) == (2, {"next_batch": 7}, 5)
+  assert sorted(os.listdir(bucket / "bkt" / "run" / "ckpt")) == ["1", "2"]
+
+
+def test_metrics_and_rock_table_in_a_bucket_append_across_runs(bucket):
+  run = bucket / "bkt" / "run"
+  run.mkdir(parents=True)
+  (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "opd/loss": 0.5}) + "\n")
+  writer = metrics.MetricWriter("gs://bkt/run", upload_every_s=1e9)
+  writer.write(2, {"opd/loss": 0.25, "opd/kl": float("nan")})
+  assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # not uploaded yet
+  writer.flush()
+  writer.write(3, {"opd/loss": 0.125})
+  writer.close()
+  lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert lines == [
+    {"step": 1, "opd/loss": 0.5},
+    {"step": 2, "opd/loss": 0.25, "opd/kl": None},
+    {"step": 3, "opd/loss": 0.125},
+  ]
+  assert [f.startswith("events.out.tfevents") for f in os.listdir(run / "tb")] == [True]
+  assert rock_table.write_table("gs://bkt/run", {"rows": [1]}) == "gs://bkt/run/rocks.json"
+  assert json.loads((run / "rocks.json").read_text()) == {"rows": [1]}
 
 
 def test_hf_export_and_tokenizer_round_trip_through_a_bucket(bucket):
