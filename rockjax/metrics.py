@@ -87,6 +87,9 @@ class MetricWriter:
       return
     self._file.flush()
     self._tb.flush()
+    self._upload()
+
+  def _upload(self) -> None:
     if self._staging is not None:
       storage.copy_tree(self._staging.name, self.workdir)
       self._uploaded = time.monotonic()
@@ -95,6 +98,6 @@ class MetricWriter:
     if self.enabled:
       self._file.close()
       self._tb.close()
+      self._upload()
       if self._staging is not None:
-        storage.copy_tree(self._staging.name, self.workdir)
         self._staging.cleanup()

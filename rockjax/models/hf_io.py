@@ -142,7 +142,14 @@ def from_pretrained(
     return _from_local(local, dtype, mesh, param_dtype, rules, remat)
 
 
-def _from_local(path, dtype, mesh, param_dtype, rules, remat) -> Decoder:
+def _from_local(
+  path: str,
+  dtype: Any,
+  mesh: Mesh | None,
+  param_dtype: Any,
+  rules: shd.LogicalRules | None,
+  remat: bool,
+) -> Decoder:
   """from_pretrained of a local directory."""
   cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
@@ -215,7 +222,6 @@ def save_pretrained(
   weights are split into model-0000i-of-0000N.safetensors files plus an index. A gs:// or
   s3:// `path` is written to a local temporary directory first, then uploaded.
   """
-
   with storage.staged_dir(path) as local:
     _save_local(model, local, max_shard_size, dtype)
 
