@@ -20,6 +20,12 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   m.dtype = "float32"  # compute dtype of matmuls ('bfloat16' on TPU/GPU); norms/softmax: fp32
   m.param_dtype = "float32"  # stored parameter dtype
   m.remat = False  # rematerialise each decoder layer in the backward pass (saves activations)
+  # Attention over whole sequences (training, teacher scoring; decoding always uses 'einsum'):
+  # 'auto' = 'splash' on TPU (when the length is a multiple of attention_block), 'cudnn' on
+  # GPU with a 16-bit dtype, else 'blocked'. 'einsum' holds full [B, H, L, L] float32 scores
+  # (the reference; fine for short sequences); 'blocked' is memory-lean pure XLA (any device).
+  m.attention = "auto"  # auto | einsum | blocked | cudnn | splash
+  m.attention_block = 512  # query/key block of blocked and splash (splash: a multiple of 128)
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).
@@ -135,9 +141,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_len = 96  # off-policy: prompt + completion length
 
   c.mesh = ml_collections.ConfigDict()
+  # data/fsdp/tensor are the sizes within one TPU slice or GPU node (its fast links); each
+  # axis spans dcn_<axis> slices/nodes on top (the slower data-centre network), so the full
+  # axis is <axis> x dcn_<axis>. Slices are told apart by the devices' slice_index (TPU
+  # multislice), else nodes by process (one process per node, e.g. GPU clusters under Slurm).
   c.mesh.data = 1  # pure data parallelism (replicated params)
-  c.mesh.fsdp = -1  # -1: all remaining devices; shards params/optimizer and the batch
+  c.mesh.fsdp = -1  # -1: the rest of a slice's/node's devices; shards params, optimizer, batch
   c.mesh.tensor = 1  # tensor parallelism: heads, MLP, vocab, experts
+  c.mesh.dcn_data = 1  # slices/nodes along data: the usual multislice/multi-node choice
+  c.mesh.dcn_fsdp = 1  # slices/nodes along fsdp (params gathered over DCN every step)
+  c.mesh.dcn_tensor = 1  # slices/nodes along tensor (rarely useful: per-layer traffic)
   c.mesh.num_devices = 0  # dry runs only: the declared device count (0 = the local devices)
 
   c.ckpt = ml_collections.ConfigDict()

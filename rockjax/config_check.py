@@ -17,9 +17,10 @@ from typing import Any, Iterator
 import ml_collections
 
 from rockjax import errors, storage
+from rockjax import sharding as shd
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
-from rockjax.models import families
+from rockjax.models import attention, families
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -76,6 +77,9 @@ RANGES: dict[str, str] = {
   "data.max_prompt_len": ">= 1",
   "data.max_len": ">= 2",
   "mesh.num_devices": ">= 0",
+  "mesh.dcn_data": ">= 1",
+  "mesh.dcn_fsdp": ">= 1",
+  "mesh.dcn_tensor": ">= 1",
   "ckpt.every": ">= 0",
   "ckpt.keep": ">= 1",
   "eval.every": ">= 0",
@@ -91,10 +95,12 @@ for _g in _GROUPS:
       f"{_g}.dtype": tuple(DTYPES),
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
+      f"{_g}.attention": attention.IMPLEMENTATIONS,
     }
   )
   RANGES.update(
     {
+      f"{_g}.attention_block": ">= 1",
       f"{_g}.stage_steps": ">= 1",
       f"{_g}.stage_lr": ">= 0",
       f"{_g}.stage_kd_ratio": "[0, 1]",
@@ -127,7 +133,6 @@ PATHS = {
   "rock.list_path": "file",
   "ckpt.resume": "dir",
 }
-_MESH_AXES = ("data", "fsdp", "tensor")
 
 
 def validate(
@@ -227,6 +232,11 @@ def _arch(c, dry_run: bool) -> Iterator[str]:
   """Architecture consistency (rockjax.models.ModelConfig) and a shared vocabulary."""
   for g in _GROUPS:
     a = c[g].arch
+    if c[g].attention == "splash" and c[g].attention_block % attention.SPLASH_LANES:
+      yield (
+        f"{g}.attention_block={c[g].attention_block}: {g}.attention='splash' needs a "
+        f"multiple of {attention.SPLASH_LANES}"
+      )
     if a.num_heads % a.num_kv_heads:
       yield (
         f"{g}.arch.num_heads={a.num_heads}: expected a multiple of "
@@ -273,7 +283,7 @@ def _stages(c) -> Iterator[str]:
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
   """The mesh rockjax.sharding.make_mesh builds, and how the prompts split over it."""
-  sizes = {k: c.mesh[k] for k in _MESH_AXES}
+  sizes, dcn = shd.config_mesh_shapes(c.mesh)
   for k, v in sizes.items():
     if v == 0 or v < -1:
       yield f"mesh.{k}={v}: expected a size >= 1, or -1 (all remaining devices)"
@@ -287,15 +297,24 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
     if dry_run and c.mesh.num_devices
     else f"{total} devices are available"
   )
-  known = math.prod(v for v in sizes.values() if v != -1)
+  fields = {**sizes, **{f"dcn_{k}": v for k, v in dcn.items()}}
+  known = math.prod(v for v in fields.values() if v != -1)
   if total % known:
-    culprit = next(k for k, v in sizes.items() if v > 1)
-    shape = ", ".join(f"{k}={v}" for k, v in sizes.items())
+    culprit = next(k for k, v in fields.items() if v > 1)
+    shape = ", ".join(f"{k}={v}" for k, v in fields.items() if v != 1 or k in sizes)
     yield (
-      f"mesh.{culprit}={sizes[culprit]}: the mesh ({shape}) needs a device count "
+      f"mesh.{culprit}={fields[culprit]}: the mesh ({shape}) needs a device count "
       f"divisible by {known}, but {where}"
     )
-  resolved = {k: total // known if v == -1 else v for k, v in sizes.items()}
+    return
+  granules = math.prod(dcn.values())
+  if not dry_run and processes % granules:
+    culprit = next(k for k, v in fields.items() if k.startswith("dcn_") and v > 1)
+    yield (
+      f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
+      f"each run by its own process(es), but {processes} processes are running"
+    )
+  resolved = shd.resolve_mesh_shape(sizes, total, dcn)
   prompts = c.data.prompts_per_step
   if prompts % processes:
     yield (
@@ -308,7 +327,7 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
     # hosts feeding different rows cannot.
     yield (
       f"data.prompts_per_step={prompts}: with {processes} processes expected a "
-      f"multiple of mesh.data x mesh.fsdp = {batch_axes}"
+      f"multiple of the data x fsdp mesh axes = {batch_axes}"
     )
   if processes > 1 and c.eval.every and c.eval.num_prompts % processes:
     yield (

@@ -26,11 +26,10 @@ _GIB = 2**30
 
 
 def declared_mesh_shape(c: ml_collections.ConfigDict) -> dict[str, int]:
-  """Mesh axis sizes the config declares; -1 resolves against mesh.num_devices."""
-  sizes = {"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor}
-  total = c.mesh.get("num_devices", 0) or jax.device_count()
-  known = math.prod(s for s in sizes.values() if s != -1)
-  return {k: (total // known if v == -1 else v) for k, v in sizes.items()}
+  """Full mesh axis sizes the config declares (per slice x DCN); -1 resolves against
+  mesh.num_devices (or the local devices)."""
+  ici, dcn = shd.config_mesh_shapes(c.mesh)
+  return shd.resolve_mesh_shape(ici, c.mesh.get("num_devices", 0) or jax.device_count(), dcn)
 
 
 def _per_device_bytes(abstract_tree: Any, shardings: Any, axis_sizes: dict[str, int]) -> int:

@@ -177,7 +177,8 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         f"then load its export): run it with rockjax.pipeline.run, not build_experiment"
       )
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  mesh = shd.make_mesh({"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor})
+  ici, dcn = shd.config_mesh_shapes(c.mesh)
+  mesh = shd.make_mesh(ici, dcn=dcn)
   paths = task_files(c, workdir)
   tokenizer = models.load_tokenizer(paths["tokenizer"])
   student_cfg = loading.model_config(c.model, field="model")

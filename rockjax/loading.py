@@ -39,7 +39,13 @@ def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> Model
 
 def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
   """The ModelConfig fields that come from the run, not the checkpoint."""
-  return dict(dtype=dtype(m.dtype), param_dtype=dtype(m.param_dtype), remat=m.remat)
+  return dict(
+    dtype=dtype(m.dtype),
+    param_dtype=dtype(m.param_dtype),
+    remat=m.remat,
+    attention=m.attention,
+    attention_block=m.attention_block,
+  )
 
 
 def arch_config(m: ml_collections.ConfigDict) -> ModelConfig:
@@ -81,7 +87,13 @@ def load_params(
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
   if m.source == "hf":
     model = models.from_pretrained(
-      m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh, remat=cfg.remat
+      m.path,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      mesh=mesh,
+      remat=cfg.remat,
+      attention=cfg.attention,
+      attention_block=cfg.attention_block,
     )
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)

@@ -4,6 +4,11 @@ Parameters carry *logical* axis names (``'embed'``, ``'mlp'``, ``'heads'``, ...)
 ``out_sharding`` metadata; a rules table maps each logical name to zero or more mesh axes of
 the ``('data', 'fsdp', 'tensor')`` mesh. A dimension whose size is not divisible by its mesh
 axes is replicated instead, so tiny test models still shard on 8 fake devices.
+
+On several TPU slices or GPU nodes the mesh is hybrid: each axis is (its size within a slice
+or node, over the fast ICI/NVLink links) x (the number of slices or nodes along it, over the
+slower data-centre network, DCN); `make_mesh(shape, dcn=...)` lays the devices out so that an
+axis with a DCN part crosses slices only in its outer (slowest-varying) part.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import jax
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -40,39 +46,109 @@ DEFAULT_RULES: LogicalRules = (
 )
 
 
-def make_mesh(
-  shape: Mapping[str, int] | Sequence[int] | None = None,
-  devices: Sequence[jax.Device] | None = None,
-) -> Mesh:
-  """Builds a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 (fill with the rest)."""
-  devices = list(jax.devices() if devices is None else devices)
+def _sizes_in_axis_order(shape: Mapping[str, int] | Sequence[int] | None, what: str) -> list[int]:
+  """Per-axis sizes, in MESH_AXES order, from a {name: size} mapping or a 3-sequence."""
   if shape is None:
-    shape = {"fsdp": -1}
+    return [1] * len(MESH_AXES)
   if isinstance(shape, Mapping):
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
-      raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
-    sizes = [int(shape.get(name, 1)) for name in MESH_AXES]
-  else:
-    sizes = [int(s) for s in shape]
-    if len(sizes) != len(MESH_AXES):
-      raise ValueError(f"mesh shape {tuple(sizes)} must have {len(MESH_AXES)} entries {MESH_AXES}")
+      raise ValueError(f"unknown {what} axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+    return [int(shape.get(name, 1)) for name in MESH_AXES]
+  sizes = [int(s) for s in shape]
+  if len(sizes) != len(MESH_AXES):
+    raise ValueError(f"{what} shape {tuple(sizes)} must have {len(MESH_AXES)} entries {MESH_AXES}")
+  return sizes
+
+
+def config_mesh_shapes(mesh_config: Any) -> tuple[dict[str, int], dict[str, int]]:
+  """(ici, dcn) axis sizes from the config's `mesh` group: `data`/`fsdp`/`tensor` are the
+  sizes within one slice (TPU) or node (GPU), `dcn_data`/`dcn_fsdp`/`dcn_tensor` (default 1)
+  the number of slices or nodes along each axis."""
+  ici = {name: int(mesh_config[name]) for name in MESH_AXES}
+  dcn = {name: int(mesh_config.get(f"dcn_{name}", 1)) for name in MESH_AXES}
+  return ici, dcn
+
+
+def resolve_mesh_shape(
+  shape: Mapping[str, int] | Sequence[int] | None,
+  num_devices: int,
+  dcn: Mapping[str, int] | Sequence[int] | None = None,
+) -> dict[str, int]:
+  """Full mesh axis sizes (per-slice size x DCN size) for `num_devices` devices.
+
+  `shape` holds the sizes within one slice/node (one may be -1: the rest of the slice's
+  devices); `dcn` the number of slices/nodes along each axis (all >= 1).
+  """
+  sizes = _sizes_in_axis_order({"fsdp": -1} if shape is None else shape, "mesh")
+  outer = _sizes_in_axis_order(dcn, "dcn mesh")
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"mesh shape {dict(zip(MESH_AXES, sizes))}: sizes must be >= 1, one may be -1")
-  known = math.prod(s for s in sizes if s != -1)
-  if len(devices) % known:
+  if any(s < 1 for s in outer):
+    raise ValueError(f"dcn mesh shape {dict(zip(MESH_AXES, outer))}: sizes must be >= 1")
+  known = math.prod(s for s in sizes if s != -1) * math.prod(outer)
+  if num_devices % known:
+    dcn_part = f" x dcn {dict(zip(MESH_AXES, outer))}" if math.prod(outer) > 1 else ""
     raise ValueError(
-      f"mesh shape {dict(zip(MESH_AXES, sizes))} (product {known}) does not "
-      f"divide the {len(devices)} available devices"
+      f"mesh shape {dict(zip(MESH_AXES, sizes))}{dcn_part} (product {known}) does not "
+      f"divide the {num_devices} available devices"
     )
-  sizes = [len(devices) // known if s == -1 else s for s in sizes]
-  if math.prod(sizes) != len(devices):
-    # A mesh smaller than the device set is allowed: it uses the first devices.
-    devices = devices[: math.prod(sizes)]
-  # Auto axes: GSPMD propagates shardings through the model; only boundaries are declared.
-  return jax.make_mesh(
-    tuple(sizes), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  return {name: s * o for name, s, o in zip(MESH_AXES, sizes, outer)}
+
+
+def _process_is_granule(devices: Sequence[Any], count: int) -> bool:
+  """Whether the `count` DCN granules are processes (True) or TPU slices (False): slices when
+  the devices' `slice_index` splits them into `count` groups, else processes (one per node)."""
+  slices = {getattr(d, "slice_index", None) for d in devices}
+  if len(slices) == count and None not in slices:
+    return False
+  processes = {d.process_index for d in devices}
+  if len(processes) == count:
+    return True
+  raise ValueError(
+    f"the dcn mesh has {count} slices/nodes (the product of mesh.dcn_*), but the devices span "
+    f"{len(slices - {None}) or 1} TPU slice(s) and {len(processes)} process(es)"
   )
+
+
+def make_mesh(
+  shape: Mapping[str, int] | Sequence[int] | None = None,
+  devices: Sequence[jax.Device] | None = None,
+  dcn: Mapping[str, int] | Sequence[int] | None = None,
+) -> Mesh:
+  """Builds a ('data', 'fsdp', 'tensor') mesh; one axis of `shape` may be -1 (fill).
+
+  Without `dcn` (or with all DCN sizes 1) `shape` is the whole mesh and may use only the first
+  devices. With `dcn`, `shape` is the mesh within one granule -- a TPU slice (devices'
+  `slice_index`) or, where slices do not split the devices that way (GPU clusters), a process
+  (one per node) -- and axis i of the full mesh has size shape[i] x dcn[i], with the granule
+  as the slower-varying part (jax.experimental.mesh_utils.create_hybrid_device_mesh). Every
+  device is used.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  outer = _sizes_in_axis_order(dcn, "dcn mesh")
+  full = resolve_mesh_shape(shape, len(devices), outer)
+  inner = [full[name] // o for name, o in zip(MESH_AXES, outer)]
+  used = math.prod(full.values())
+  # Auto axes: GSPMD propagates shardings through the model; only boundaries are declared.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if math.prod(outer) == 1:
+    # A mesh smaller than the device set is allowed: it uses the first devices.
+    devices = devices[:used]
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    if len(slices) > 1:
+      raise ValueError(
+        f"the devices span {len(slices)} TPU slices: set mesh.dcn_data (or dcn_fsdp, "
+        "dcn_tensor) so that the DCN sizes multiply to the slice count"
+      )
+    return jax.make_mesh(tuple(inner), MESH_AXES, axis_types=auto, devices=devices)
+  if used != len(devices):
+    raise ValueError(f"mesh {full} (with dcn) must use all {len(devices)} devices")
+  array = mesh_utils.create_hybrid_device_mesh(
+    inner, outer, devices, process_is_granule=_process_is_granule(devices, math.prod(outer))
+  )
+  return Mesh(array, MESH_AXES, axis_types=auto)
 
 
 def _axis_sizes(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:

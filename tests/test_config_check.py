@@ -61,6 +61,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("opt.grad_accum", 0, "expected >= 1"),
   ("ckpt.keep", 0, "expected >= 1"),
   ("teacher.arch.num_layers", 0, "expected >= 1"),
+  ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
+  ("teacher.attention_block", 0, "expected >= 1"),
 ]
 
 
@@ -98,6 +100,7 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh.data"),
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
   ({"mesh.data": 0}, "mesh.data"),
+  ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
 ]
 
 
@@ -117,6 +120,31 @@ def test_dry_run_checks_the_declared_mesh():
     dry_run=True,
     device_count=1,
     process_count=1,
+  )
+
+
+def test_dcn_mesh_sizes_multiply_the_slice_sizes():
+  """mesh.dcn_* multiply the per-slice sizes: the device count, the process count and the
+  batch axes all see the full mesh (as rockjax.sharding.make_mesh builds it)."""
+  pod = {"mesh.fsdp": 4, "mesh.tensor": -1, "mesh.dcn_data": 2, "mesh.num_devices": 64}
+  config_check.validate(config(**pod), dry_run=True, device_count=8, process_count=1)
+  message = rejects(config(**{**pod, "mesh.num_devices": 60}), "mesh.fsdp", dry_run=True)
+  assert "dcn_data=2" in message and "divisible by 8" in message
+  rejects(config(**{"mesh.dcn_data": 0}), "mesh.dcn_data")
+  # 2 slices/nodes need their own processes: one process cannot drive both.
+  message = rejects(config(**{"mesh.dcn_fsdp": 2}), "mesh.dcn_fsdp")
+  assert "1 processes are running" in message
+  # Per slice data=1 x fsdp=2 would take 2 prompts, but 2 slices along data make 4 shards.
+  two_slices = {"mesh.fsdp": 2, "mesh.tensor": -1, "mesh.dcn_data": 2}
+  message = rejects(
+    config(**two_slices, **{"data.prompts_per_step": 2}),
+    "data.prompts_per_step",
+    device_count=16,
+    process_count=2,
+  )
+  assert "= 4" in message
+  config_check.validate(
+    config(**two_slices, **{"data.prompts_per_step": 4}), device_count=16, process_count=2
   )
 
 

@@ -1,6 +1,9 @@
 """rockjax.sharding: mesh construction, logical-axis rules, sharded == unsharded."""
 
+import dataclasses
+
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -31,6 +34,113 @@ def test_make_mesh_fills_one_axis(devices8):
 def test_make_mesh_errors(devices8, shape, message):
   with pytest.raises(ValueError, match=message):
     shd.make_mesh(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+  """What mesh_utils reads from a device: a TPU chip (coords) or a GPU (process = node)."""
+
+  id: int
+  process_index: int
+  platform: str = "tpu"
+  device_kind: str = "TPU test"  # no per-generation layout table: the generic torus path
+  coords: tuple[int, int, int] = (0, 0, 0)
+  core_on_chip: int = 0
+  slice_index: int | None = None
+
+
+def tpu_slices(num_slices, hosts_per_slice=1):
+  """Slices of 2x2x1 chips, listed interleaved across slices (so order alone proves nothing)."""
+  devs = [
+    FakeDevice(
+      id=s * 4 + y * 2 + x,
+      process_index=s * hosts_per_slice + y * hosts_per_slice // 2,
+      coords=(x, y, 0),
+      slice_index=s,
+    )
+    for y in range(2)
+    for x in range(2)
+    for s in range(num_slices)
+  ]
+  return devs[::-1]
+
+
+def where(mesh):
+  """(slice, x, y) of every device, in mesh order."""
+  return np.vectorize(lambda d: (d.slice_index, *d.coords[:2]), otypes=[object])(mesh.devices)
+
+
+def test_multislice_data_across_slices():
+  """data over 2 slices (DCN), fsdp x tensor inside each slice's 2x2 chips (ICI)."""
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": -1}, tpu_slices(2), dcn={"data": 2})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  # data index = slice; tensor walks x, fsdp walks y (each one physical ring of the slice).
+  want = [[[(s, x, y) for x in range(2)] for y in range(2)] for s in range(2)]
+  assert where(mesh).tolist() == want
+
+
+def test_multislice_fsdp_spans_slices_in_its_outer_part():
+  """fsdp = 2 slices x 2 chips: index f lies on slice f // 2, chip row f % 2."""
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 2}, tpu_slices(2, hosts_per_slice=2), dcn=(1, 2, 1))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  want = [[[(f // 2, x, f % 2) for x in range(2)] for f in range(4)]]
+  assert where(mesh).tolist() == want
+
+
+@pytest.mark.parametrize("slice_index", [None, 0])  # GPUs may report one slice or none
+def test_gpu_nodes_data_across_nodes(slice_index):
+  """2 nodes x 4 GPUs, one process per node: fsdp node-local, data across nodes."""
+  devs = [
+    FakeDevice(id=n * 4 + g, process_index=n, platform="gpu", slice_index=slice_index)
+    for g in (3, 1, 0, 2)
+    for n in (1, 0)
+  ]
+  mesh = shd.make_mesh({"fsdp": -1}, devs, dcn={"data": 2})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  ids = np.vectorize(lambda d: d.id)(mesh.devices)
+  np.testing.assert_array_equal(ids[..., 0], [[0, 1, 2, 3], [4, 5, 6, 7]])
+  procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
+  np.testing.assert_array_equal(procs[..., 0], [[0] * 4, [1] * 4])
+
+
+@pytest.mark.parametrize(
+  "devices, shape, dcn, message",
+  [
+    (tpu_slices(2), {"fsdp": -1}, {"data": 3}, "does not divide the 8"),
+    (tpu_slices(2), {"fsdp": 1}, {"data": 2}, "must use all 8 devices"),
+    (tpu_slices(2), {"fsdp": -1}, {"data": 4}, "has 4 slices/nodes .* span 2 TPU slice"),
+    (tpu_slices(2), {"fsdp": -1}, None, "span 2 TPU slices: set mesh.dcn_data"),
+    (tpu_slices(2), {"fsdp": -1}, {"data": 0}, "sizes must be >= 1"),
+    (tpu_slices(2), {"fsdp": -1}, {"pipeline": 2}, "unknown dcn mesh axes"),
+  ],
+)
+def test_hybrid_mesh_errors(devices, shape, dcn, message):
+  with pytest.raises(ValueError, match=message):
+    shd.make_mesh(shape, devices, dcn=dcn)
+
+
+def test_single_slice_dcn_of_ones_is_the_plain_mesh(devices8):
+  """All DCN sizes 1: the same mesh as without dcn; one CPU process cannot hold 2 granules."""
+  plain = shd.make_mesh({"data": 2, "fsdp": -1})
+  ones = shd.make_mesh({"data": 2, "fsdp": -1}, dcn={"data": 1, "fsdp": 1, "tensor": 1})
+  assert ones.devices.tolist() == plain.devices.tolist()
+  assert dict(ones.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  with pytest.raises(ValueError, match="1 process"):
+    shd.make_mesh({"fsdp": -1}, dcn={"data": 2})
+
+
+def test_resolve_mesh_shape_multiplies_ici_by_dcn():
+  assert shd.resolve_mesh_shape({"fsdp": -1, "tensor": 2}, 64, {"data": 4}) == {
+    "data": 4,
+    "fsdp": 8,
+    "tensor": 2,
+  }
+  assert shd.resolve_mesh_shape((1, 4, 1), 32, (2, 2, 1)) == {"data": 2, "fsdp": 8, "tensor": 1}
+  c = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_fsdp": 2})
+  assert shd.config_mesh_shapes(c) == (
+    {"data": 1, "fsdp": -1, "tensor": 1},
+    {"data": 1, "fsdp": 2, "tensor": 1},
+  )
 
 
 def test_logical_to_spec_rules(devices8):

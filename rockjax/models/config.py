@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from rockjax import storage
 from rockjax.models import families
+from rockjax.models.attention import IMPLEMENTATIONS
 
 # transformers `model_type` -> our family name (derived from the preset table).
 FAMILIES = dict(families.MODEL_TYPES)
@@ -60,6 +61,10 @@ class ModelConfig:
   dtype: Any = jnp.float32  # compute dtype of matmuls; norms and softmax always run in float32
   param_dtype: Any = jnp.float32
   remat: bool = False  # nnx.remat each decoder layer in the no-cache forward
+  # No-cache attention (training, scoring): auto | einsum | blocked | cudnn | splash, and the
+  # query/key block of blocked and splash (rockjax.models.attention). Decoding uses einsum.
+  attention: str = "auto"
+  attention_block: int = 512
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
   hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
@@ -69,6 +74,10 @@ class ModelConfig:
         f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
       )
     families.get(self.family)  # ValueError naming the known families
+    if self.attention not in IMPLEMENTATIONS:
+      raise ValueError(f"attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
+    if self.attention_block < 1:
+      raise ValueError(f"attention_block={self.attention_block}: expected >= 1")
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""

@@ -33,12 +33,13 @@ class DecoderLayer(nnx.Module):
     self,
     x_BxLxD: jax.Array,
     positions_BxL: jax.Array,
-    allowed_BxLxS: jax.Array,
+    mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """mask: the attention mask [B, L] without kv, allowed_BxLxS with it (layers.Attention)."""
     h_BxLxD, new_kv = self.self_attn(
-      self.input_layernorm(x_BxLxD), positions_BxL, allowed_BxLxS, kv, cache_index
+      self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index
     )
     x_BxLxD = x_BxLxD + h_BxLxD
     x_BxLxD = x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
@@ -144,9 +145,7 @@ class Decoder(nnx.Module):
     if cache is None:
       if positions_BxL is None:
         positions_BxL = _positions(mask_BxL)
-      causal_LxL = jnp.tril(jnp.ones((L, L), bool))
-      allowed_BxLxL = causal_LxL[None] & (mask_BxL[:, None, :] > 0)
-      x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, allowed_BxLxL)
+      x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, mask_BxL)
       new_cache = None
     else:
       x_BxLxD, new_cache = self._run_layers_cached(

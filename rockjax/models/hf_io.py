@@ -128,33 +128,30 @@ def from_pretrained(
   param_dtype: Any = None,
   rules: shd.LogicalRules | None = None,
   remat: bool = False,
+  attention: str = "auto",
+  attention_block: int = 512,
 ) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
-  rockjax.sharding.DEFAULT_RULES); without one, on the default device. A gs:// or s3://
-  directory is first copied whole to a local temporary directory (deleted after loading):
-  the local disk needs room for the weights.
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention and
+  attention_block are ModelConfig's run settings (attention: rockjax.models.attention). A gs://
+  or s3:// directory is first copied whole to a local temporary directory (deleted after
+  loading): the local disk needs room for the weights.
   """
   param_dtype = dtype if param_dtype is None else param_dtype
-  with storage.local_copy(path) as local:
-    return _from_local(local, dtype, mesh, param_dtype, rules, remat)
-
-
-def _from_local(
-  path: str,
-  dtype: Any,
-  mesh: Mesh | None,
-  param_dtype: Any,
-  rules: shd.LogicalRules | None,
-  remat: bool,
-) -> Decoder:
-  """from_pretrained of a local directory."""
-  cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, remat=remat)
+  cfg = ModelConfig.from_pretrained(
+    path,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    remat=remat,
+    attention=attention,
+    attention_block=attention_block,
+  )
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  with CheckpointReader(path) as reader:
+  with storage.local_copy(path) as local, CheckpointReader(local) as reader:
     layouts = {
       i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)
     }

@@ -16,11 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rockjax.models import attention
 from rockjax.models.config import ModelConfig, RopeConfig
 
-# Finite instead of -inf: a fully masked row (a left-pad query) then softmaxes to uniform
-# rather than NaN; its output is garbage but finite and is never read at real positions.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _INIT_STD = 0.02
 
 
@@ -157,22 +155,26 @@ class Attention(nnx.Module):
     self.q_norm = norm() if cfg.qk_norm else None
     self.k_norm = norm() if cfg.qk_norm else None
     self.inv_freq = tuple(float(f) for f in rope_inv_freq(E, cfg.rope))  # static, hashable
-    self.num_kv_heads = K
     self.scale = E**-0.5
     self.dtype = cfg.dtype
+    self.implementation = cfg.attention  # no-cache attention (rockjax.models.attention)
+    self.attention_block = cfg.attention_block
 
   def __call__(
     self,
     x_BxLxD: jax.Array,
     positions_BxL: jax.Array,
-    allowed_BxLxS: jax.Array,
+    mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | int | None = None,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """Attends L queries over S keys where `allowed_BxLxS`; with `kv`, writes L entries first.
+    """Self-attention of the L positions; with `kv`, over a KV cache after writing L entries.
 
-    kv: per-layer cache (k_BxKxSxE, v_BxKxSxE); this step's keys/values are written at slots
-    [cache_index, cache_index + L) and the queries attend over all S slots (masked by allowed).
+    Without kv, `mask` is the attention mask [B, L] (1 real, 0 padding), used as segment ids
+    by `attention.attend` with the configured implementation (cfg.attention).
+    With kv, `mask` is allowed_BxLxS and kv the per-layer cache (k_BxKxSxE, v_BxKxSxE): this
+    step's keys/values are written at slots [cache_index, cache_index + L) and the queries
+    attend over all S slots where allowed (dense einsum).
     """
     q_BxLxHxE = self.q_proj(x_BxLxD)
     k_BxLxKxE = self.k_proj(x_BxLxD)
@@ -183,33 +185,27 @@ class Attention(nnx.Module):
     q_BxLxHxE = apply_rope(q_BxLxHxE, positions_BxL, inv_freq)
     k_BxLxKxE = apply_rope(k_BxLxKxE, positions_BxL, inv_freq)
 
-    B, L, H, E = q_BxLxHxE.shape
-    K = self.num_kv_heads
-    # Heads-major attention: (B, K) are the batch dims of both matmuls, no cache transpose.
-    k_BxKxLxE = jnp.swapaxes(k_BxLxKxE, 1, 2)
-    v_BxKxLxE = jnp.swapaxes(v_BxLxKxE, 1, 2)
-    new_kv = None
-    if kv is not None:
-      k_cache, v_cache = kv
-      start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
-      k_cache = jax.lax.dynamic_update_slice(k_cache, k_BxKxLxE.astype(k_cache.dtype), start)
-      v_cache = jax.lax.dynamic_update_slice(v_cache, v_BxKxLxE.astype(v_cache.dtype), start)
-      new_kv = (k_cache, v_cache)
-      k_BxKxSxE, v_BxKxSxE = k_cache.astype(self.dtype), v_cache.astype(self.dtype)
-    else:
-      k_BxKxSxE, v_BxKxSxE = k_BxKxLxE, v_BxKxLxE
-
-    q_BxKxGxLxE = q_BxLxHxE.reshape(B, L, K, H // K, E).transpose(0, 2, 3, 1, 4)
-    # Scores and softmax in float32 whatever the compute dtype.
-    scores_BxKxGxLxS = (
-      jnp.einsum("bkgle,bkse->bkgls", q_BxKxGxLxE, k_BxKxSxE, preferred_element_type=jnp.float32)
-      * self.scale
+    if kv is None:
+      out_BxLxHxE = attention.attend(
+        q_BxLxHxE,
+        k_BxLxKxE,
+        v_BxLxKxE,
+        mask,
+        scale=self.scale,
+        implementation=self.implementation,
+        block_size=self.attention_block,
+      )
+      return self.o_proj(out_BxLxHxE), None
+    k_cache, v_cache = kv
+    start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
+    # The cache is heads-major [B, K, S, E].
+    for_cache = lambda x: jnp.swapaxes(x, 1, 2).astype(k_cache.dtype)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, for_cache(k_BxLxKxE), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, for_cache(v_BxLxKxE), start)
+    out_BxLxHxE = attention.masked_attention(
+      q_BxLxHxE, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask, self.scale
     )
-    scores_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None], scores_BxKxGxLxS, _MASK_VALUE)
-    probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(self.dtype)
-    out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs_BxKxGxLxS, v_BxKxSxE)
-    out_BxLxHxE = out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
-    return self.o_proj(out_BxLxHxE), new_kv
+    return self.o_proj(out_BxLxHxE), (k_cache, v_cache)
 
 
 class MLP(nnx.Module):

@@ -1,0 +1,232 @@
+"""Self-attention over a whole sequence (no KV cache), with the implementation chosen by name.
+
+`attend(q, k, v, segment_ids)`: query i attends key j iff j <= i (causal) and
+segment_ids[i] == segment_ids[j]. Decoders pass the attention mask as segment ids (1 real,
+0 padding), so real tokens never see padding and padded queries give finite values that
+nobody reads. Implementations (model.attention):
+
+- `einsum`: dense float32 scores `[B, H, L, S]` and softmax; the reference, and what the KV-cache
+  decode path always uses (`masked_attention`).
+- `blocked`: pure XLA online softmax over key blocks with a recomputing backward
+  (rockjax.models.attention_blocked); memory O(L). Any platform; the CPU default.
+- `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bfloat16/float16).
+- `splash`: the TPU Pallas splash-attention kernel under `jax.shard_map`.
+- `auto`: splash on TPU (blocked if L is not a multiple of the block), cudnn on GPU with a
+  16-bit compute dtype, blocked otherwise.
+
+Shape letters: B batch, L query positions, S key positions, H query heads, K key/value heads,
+G query heads per key/value head (H // K), E head_dim.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.sharding import PartitionSpec
+
+from rockjax import sharding as shd
+from rockjax.models.attention_blocked import MASK_VALUE, blocked_attention
+
+IMPLEMENTATIONS = ("auto", "einsum", "blocked", "cudnn", "splash")
+SPLASH_LANES = 128  # splash block sizes must be multiples of this
+
+
+def resolve(
+  implementation: str, *, length: int, block_size: int, dtype, platform: str | None = None
+) -> str:
+  """The implementation `auto` stands for on `platform` (default: jax's default backend)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention {implementation!r}; expected one of {IMPLEMENTATIONS}")
+  if implementation != "auto":
+    return implementation
+  platform = platform or jax.default_backend()
+  if platform == "tpu":
+    fits = block_size % SPLASH_LANES == 0 and length % block_size == 0
+    return "splash" if fits else "blocked"
+  if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
+    return "cudnn"
+  return "blocked"
+
+
+def attend(
+  q_BxLxHxE: jax.Array,
+  k_BxLxKxE: jax.Array,
+  v_BxLxKxE: jax.Array,
+  segment_ids_BxL: jax.Array,
+  *,
+  causal: bool = True,
+  scale: float | None = None,
+  implementation: str = "auto",
+  block_size: int = 512,
+  interpret: bool | None = None,
+) -> jax.Array:
+  """Masked softmax(q k^T * scale) v -> [B, L, H, E] in q's dtype (GQA: H a multiple of K).
+
+  scale defaults to E ** -0.5. block_size: key/query block of `blocked` and `splash`.
+  interpret: run splash through the Pallas interpreter (default: when not on a TPU).
+  """
+  B, L, H, E = q_BxLxHxE.shape
+  K = k_BxLxKxE.shape[2]
+  if H % K:
+    raise ValueError(f"query heads H={H} must be a multiple of key/value heads K={K}")
+  scale = E**-0.5 if scale is None else float(scale)
+  name = resolve(implementation, length=L, block_size=block_size, dtype=q_BxLxHxE.dtype)
+  args = (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_ids_BxL)
+  if name == "einsum":
+    return einsum_attention(*args, causal=causal, scale=scale)
+  if name == "blocked":
+    return blocked_attention(*args, causal=causal, scale=scale, block_size=block_size)
+  if name == "cudnn":
+    return cudnn_attention(*args, causal=causal, scale=scale)
+  return splash_attention(
+    *args, causal=causal, scale=scale, block_size=block_size, interpret=interpret
+  )
+
+
+def masked_attention(
+  q_BxLxHxE: jax.Array,
+  k_BxKxSxE: jax.Array,
+  v_BxKxSxE: jax.Array,
+  allowed_BxLxS: jax.Array,
+  scale: float,
+) -> jax.Array:
+  """Dense attention of L queries over S heads-major keys where `allowed_BxLxS` -> [B, L, H, E].
+
+  Scores and softmax in float32 whatever the compute dtype; the probabilities are cast to q's
+  dtype for the value matmul. A fully masked query softmaxes to uniform (finite garbage).
+  """
+  B, L, H, E = q_BxLxHxE.shape
+  K = k_BxKxSxE.shape[1]
+  # Heads-major: (B, K) are the batch dims of both matmuls (no transpose of a KV cache).
+  q_BxKxGxLxE = q_BxLxHxE.reshape(B, L, K, H // K, E).transpose(0, 2, 3, 1, 4)
+  scores_BxKxGxLxS = (
+    jnp.einsum("bkgle,bkse->bkgls", q_BxKxGxLxE, k_BxKxSxE, preferred_element_type=jnp.float32)
+    * scale
+  )
+  scores_BxKxGxLxS = jnp.where(allowed_BxLxS[:, None, None], scores_BxKxGxLxS, MASK_VALUE)
+  probs_BxKxGxLxS = jax.nn.softmax(scores_BxKxGxLxS, axis=-1).astype(q_BxLxHxE.dtype)
+  out_BxKxGxLxE = jnp.einsum("bkgls,bkse->bkgle", probs_BxKxGxLxS, v_BxKxSxE)
+  return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
+
+
+def segment_mask(segment_ids_BxL: jax.Array, causal: bool) -> jax.Array:
+  """allowed [B, L, L]: same segment and, when causal, key at or before the query."""
+  seg_BxL = jnp.asarray(segment_ids_BxL)
+  allowed_BxLxL = seg_BxL[:, :, None] == seg_BxL[:, None, :]
+  if causal:
+    L = seg_BxL.shape[1]
+    allowed_BxLxL = allowed_BxLxL & jnp.tril(jnp.ones((L, L), bool))[None]
+  return allowed_BxLxL
+
+
+def einsum_attention(
+  q_BxLxHxE: jax.Array,
+  k_BxLxKxE: jax.Array,
+  v_BxLxKxE: jax.Array,
+  segment_ids_BxL: jax.Array,
+  *,
+  causal: bool,
+  scale: float,
+) -> jax.Array:
+  """The reference: `masked_attention` with the dense segment mask."""
+  k_BxKxLxE, v_BxKxLxE = jnp.swapaxes(k_BxLxKxE, 1, 2), jnp.swapaxes(v_BxLxKxE, 1, 2)
+  allowed_BxLxL = segment_mask(segment_ids_BxL, causal)
+  return masked_attention(q_BxLxHxE, k_BxKxLxE, v_BxKxLxE, allowed_BxLxL, scale)
+
+
+def cudnn_attention(
+  q_BxLxHxE: jax.Array,
+  k_BxLxKxE: jax.Array,
+  v_BxLxKxE: jax.Array,
+  segment_ids_BxL: jax.Array,
+  *,
+  causal: bool,
+  scale: float,
+  implementation: str | None = "cudnn",
+) -> jax.Array:
+  """`jax.nn.dot_product_attention` with padding given as key lengths (every nonzero id is one
+  segment: the real tokens).
+
+  cuDNN's padding mask keeps the first n keys of a row, so each row's real tokens are first
+  moved to the front in order (a stable sort; left padding, right padding or holes alike),
+  attended with the causal mask and key length n, and moved back. Every query row stays
+  valid (padded ones see the real keys, or key 0 in an all-padding row: finite garbage).
+  `implementation` is passed through ('xla' or None run the same wrapper on any platform).
+  """
+  real_BxL = jnp.asarray(segment_ids_BxL) != 0
+  order_BxL = jnp.argsort(~real_BxL, axis=1, stable=True)
+  take = lambda x, idx: jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+  lengths_B = jnp.maximum(real_BxL.sum(axis=1), 1).astype(jnp.int32)
+  out_BxLxHxE = jax.nn.dot_product_attention(
+    take(q_BxLxHxE, order_BxL),
+    take(k_BxLxKxE, order_BxL),
+    take(v_BxLxKxE, order_BxL),
+    scale=scale,
+    is_causal=causal,
+    key_value_seq_lengths=lengths_B,
+    implementation=implementation,
+  )
+  return take(out_BxLxHxE, jnp.argsort(order_BxL, axis=1))
+
+
+def splash_attention(
+  q_BxLxHxE: jax.Array,
+  k_BxLxKxE: jax.Array,
+  v_BxLxKxE: jax.Array,
+  segment_ids_BxL: jax.Array,
+  *,
+  causal: bool,
+  scale: float,
+  block_size: int,
+  interpret: bool | None = None,
+) -> jax.Array:
+  """The TPU splash kernel (GQA, padding as segment ids), vmapped over rows.
+
+  Under a mesh (`jax.set_mesh`) it runs in `jax.shard_map`: rows over the 'batch' mesh axes and
+  heads over 'tensor' when the key/value heads divide it (rockjax.sharding's rules).
+  """
+  B, L, H, E = q_BxLxHxE.shape
+  if L % block_size or block_size % SPLASH_LANES:
+    raise ValueError(
+      f"splash attention needs the sequence length L={L} to be a multiple of the block size "
+      f"{block_size} (model.attention_block), itself a multiple of {SPLASH_LANES}; "
+      "use attention 'blocked' (or 'auto') for other lengths"
+    )
+  if interpret is None:
+    interpret = jax.default_backend() != "tpu"
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+  q_BxHxLxE = heads_major((q_BxLxHxE * scale).astype(q_BxLxHxE.dtype))
+  k_BxKxLxE, v_BxKxLxE = heads_major(k_BxLxKxE), heads_major(v_BxLxKxE)
+  seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+  sizes = splash.BlockSizes(
+    block_q=block_size,
+    block_kv=block_size,
+    block_kv_compute=block_size,
+    block_q_dkv=block_size,
+    block_kv_dkv=block_size,
+    block_kv_dkv_compute=block_size,
+    block_q_dq=block_size,
+    block_kv_dq=block_size,
+  )
+
+  def local(q_bxhxLxE, k_bxkxLxE, v_bxkxLxE, seg_bxL):
+    one = splash.CausalMask((L, L)) if causal else splash.FullMask((L, L))
+    mask = splash.MultiHeadMask([one] * q_bxhxLxE.shape[1])
+    kernel = splash.make_splash_mha(
+      mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+    )
+    row = lambda q, k, v, s: kernel(q, k, v, segment_ids=splash.SegmentIds(q=s, kv=s))
+    return jax.vmap(row)(q_bxhxLxE, k_bxkxLxE, v_bxkxLxE, seg_bxL)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    out_BxHxLxE = local(q_BxHxLxE, k_BxKxLxE, v_BxKxLxE, seg_BxL)
+  else:
+    # The kv heads decide: sharding them shards the query heads in whole groups.
+    spec = shd.logical_to_spec(("batch", "act_heads", "length", None), k_BxKxLxE.shape, mesh)
+    seg_spec = PartitionSpec(spec[0], None)
+    out_BxHxLxE = jax.shard_map(
+      local, in_specs=(spec, spec, spec, seg_spec), out_specs=spec, check_vma=False
+    )(q_BxHxLxE, k_BxKxLxE, v_BxKxLxE, seg_BxL)
+  return heads_major(out_BxHxLxE).astype(q_BxLxHxE.dtype)
