@@ -10,14 +10,13 @@ good checkpoints. The teacher is never saved here.
 """
 
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rockjax import errors
+from rockjax import errors, storage
 
 _log = logging.getLogger(__name__)
 
@@ -78,7 +77,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, keep: int = 3):
     # Remote paths (gs://...) go to orbax as they are; local ones are made absolute.
-    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    storage.check_checkpoint_dir(directory, field="checkpoint directory")
+    self.directory = str(storage.resolve(directory))
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
@@ -125,7 +125,7 @@ class Checkpointer:
         )
       try:
         items = {"state": ocp.args.StandardRestore(target)}
-        if with_data and os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        if with_data and (epath.Path(self.directory) / str(step) / "data").is_dir():
           items["data"] = ocp.args.JsonRestore()
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
       except Exception as err:  # pylint: disable=broad-except  (any unreadable file: fall back)

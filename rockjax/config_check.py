@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from rockjax import errors
+from rockjax import errors, storage
 from rockjax import sharding as shd
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
@@ -336,10 +336,15 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
 
 
 def _paths(c) -> Iterator[str]:
-  """Files and directories the run reads (not needed by a dry run)."""
+  """Files and directories the run reads (not needed by a dry run).
+
+  URLs (gs://, s3://) are not checked here (that needs the cloud extras and credentials);
+  reading them reports a missing file when the run gets there.
+  """
   for g in _GROUPS:
     m = c[g]
-    if m.source == "hf" and not (m.path and os.path.isfile(os.path.join(m.path, "config.json"))):
+    found = storage.is_remote(m.path) or os.path.isfile(os.path.join(m.path, "config.json"))
+    if m.source == "hf" and not (m.path and found):
       yield (
         f"{g}.path={m.path!r}: no config.json there ({g}.source='hf' needs a Hugging "
         "Face checkpoint directory)"
@@ -347,7 +352,7 @@ def _paths(c) -> Iterator[str]:
   for field, kind in PATHS.items():
     path = get(c, field)
     exists = os.path.isfile if kind == "file" else os.path.isdir
-    if path and "://" not in path and not exists(path):  # a URL (gs://...): not checked here
+    if path and not storage.is_remote(path) and not exists(path):
       yield f"{field}={path!r}: no such {'file' if kind == 'file' else 'directory'}"
   if c.rock.mode == "static" and not c.rock.list_path:
     yield (
@@ -368,7 +373,7 @@ def _paths(c) -> Iterator[str]:
       "source 'hf' (which tokenizer encodes the data?)"
     )
   for g in _GROUPS:
-    if c[g].source == "hf" and c.teacher.source != "none":
+    if c[g].source == "hf" and c.teacher.source != "none" and not storage.is_remote(c[g].path):
       yield from _hf_vocab(c, g)
 
 

@@ -6,12 +6,12 @@ Resume order: the run's own workdir checkpoint, then `ckpt.resume`, then init.
 
 import dataclasses
 import logging
-import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -94,17 +94,17 @@ def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   if not c.data.train_path:
     from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
 
-    task_dir = os.path.join(workdir, "task")
-    done = os.path.join(task_dir, "tokenizer", "tokenizer_config.json")
-    if jax.process_index() == 0 and not os.path.isfile(done):
+    task_dir = epath.Path(workdir) / "task"
+    done = task_dir / "tokenizer" / "tokenizer_config.json"
+    if jax.process_index() == 0 and not done.exists():
       arithmetic.prepare_demo(
         task_dir, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
       )
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote
       multihost_utils.sync_global_devices("rockjax:task_written")
-    paths["train"] = paths["train"] or os.path.join(task_dir, "train.jsonl")
-    paths["eval"] = paths["eval"] or os.path.join(task_dir, "eval.jsonl")
-    paths["tokenizer"] = paths["tokenizer"] or os.path.join(task_dir, "tokenizer")
+    paths["train"] = paths["train"] or str(task_dir / "train.jsonl")
+    paths["eval"] = paths["eval"] or str(task_dir / "eval.jsonl")
+    paths["tokenizer"] = paths["tokenizer"] or str(task_dir / "tokenizer")
   if not paths["tokenizer"]:
     for m in (c.teacher, c.model):
       if m.source == "hf":
@@ -176,7 +176,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
         f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
         f"then load its export): run it with rockjax.pipeline.run, not build_experiment"
       )
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ici, dcn = shd.config_mesh_shapes(c.mesh)
   mesh = shd.make_mesh(ici, dcn=dcn)
   paths = task_files(c, workdir)
@@ -203,7 +203,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
 
   train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "ckpt"), keep=c.ckpt.keep)
+  checkpointer = ckpt_lib.Checkpointer(str(epath.Path(workdir) / "ckpt"), keep=c.ckpt.keep)
   restored = checkpointer.restore(like)
   if restored is None and c.ckpt.resume:
     restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(like)

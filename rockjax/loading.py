@@ -1,11 +1,11 @@
 """Build the student and teacher a config asks for: random init or a Hugging Face directory."""
 
-import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -26,7 +26,7 @@ def dtype(name: str) -> Any:
 def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> ModelConfig:
   """ModelConfig for a model sub-config: the checkpoint's config.json, else `arch`."""
   if m.source == "hf":
-    if not os.path.isfile(os.path.join(m.path, "config.json")):
+    if not (m.path and (epath.Path(m.path) / "config.json").exists()):
       raise FileNotFoundError(
         f"{field}.path={m.path!r}: no config.json there "
         f"({field}.source='hf' needs a Hugging Face checkpoint directory)"

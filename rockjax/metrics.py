@@ -3,11 +3,16 @@
 import json
 import math
 import os
+import tempfile
+import time
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from tensorboardX import SummaryWriter
+
+from rockjax import storage
 
 
 def host_value(x: Any) -> np.ndarray:
@@ -36,17 +41,33 @@ def accumulate(total: dict[str, list[float]], metrics: dict[str, tuple[float, fl
 
 
 class MetricWriter:
-  """Appends `{"step": n, key: value, ...}` lines to workdir/metrics.jsonl and to TensorBoard."""
+  """Appends `{"step": n, key: value, ...}` lines to workdir/metrics.jsonl and to TensorBoard.
 
-  def __init__(self, workdir: str, *, enabled: bool = True):
+  A cloud workdir (gs://, s3://) cannot be appended to: the file and the TensorBoard events
+  are written to a local temporary directory (metrics.jsonl starting from the workdir's copy,
+  so a resumed run keeps its earlier lines) and uploaded whole by `flush` -- at most every
+  `upload_every_s` seconds from `write`, and always on `flush()` and `close()`.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, upload_every_s: float = 60.0):
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self.workdir = epath.Path(workdir)
+    self.path = self.workdir / "metrics.jsonl"
+    self._staging = None
+    local = os.fspath(workdir)
+    if storage.is_remote(workdir):
+      self._staging = tempfile.TemporaryDirectory(prefix="rockjax-metrics-")
+      local = self._staging.name
+      if self.path.exists():
+        self.path.copy(os.path.join(local, "metrics.jsonl"))
+    os.makedirs(local, exist_ok=True)
+    self._file = open(os.path.join(local, "metrics.jsonl"), "a", encoding="utf-8")
+    self._tb = SummaryWriter(os.path.join(local, "tb"))
+    self._upload_every_s = upload_every_s
+    self._uploaded = time.monotonic()
 
   def write(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
@@ -57,8 +78,26 @@ class MetricWriter:
     for k, v in values.items():
       if np.isfinite(v):
         self._tb.add_scalar(k, v, step)
+    if self._staging is not None and time.monotonic() - self._uploaded >= self._upload_every_s:
+      self.flush()
+
+  def flush(self) -> None:
+    """Make everything written so far visible in the workdir (an upload for a cloud one)."""
+    if not self.enabled:
+      return
+    self._file.flush()
+    self._tb.flush()
+    self._upload()
+
+  def _upload(self) -> None:
+    if self._staging is not None:
+      storage.copy_tree(self._staging.name, self.workdir)
+      self._uploaded = time.monotonic()
 
   def close(self) -> None:
     if self.enabled:
       self._file.close()
       self._tb.close()
+      self._upload()
+      if self._staging is not None:
+        self._staging.cleanup()

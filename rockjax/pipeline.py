@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import config_check, errors, evaluation, settings, train
+from rockjax import config_check, errors, evaluation, settings, storage, train
 from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
 from rockjax.experiment import task_files
 
@@ -123,6 +123,7 @@ def prepare_workdir(
   config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
 ) -> epath.Path:
   """Check the workdir against the config it records, then create it and record this one."""
+  storage.check_checkpoint_dir(workdir)
   root = epath.Path(workdir)
   if root.exists() and not root.is_dir():
     raise errors.WorkdirError(f"--workdir={workdir} is a file; it must be a directory")
@@ -143,7 +144,12 @@ def prepare_workdir(
 
 
 def _export(stage: Stage, result: dict[str, Any]) -> None:
-  """Write the stage's trained model and tokenizer as a HF directory, atomically."""
+  """Write the stage's trained model and tokenizer as a HF directory (hf.tmp renamed to hf).
+
+  The rename is atomic on a local disk only; on gs:// it is a copy then a delete. Either way
+  the stage counts as complete only once stage.json is written, after this returns: a run
+  stopped in between exports again from the stage's last checkpoint.
+  """
   from rockjax import models  # pylint: disable=g-import-not-at-top
 
   # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
@@ -153,8 +159,9 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
     for d in (tmp, stage.export):
       if d.exists():
         d.rmtree()
-    models.save_pretrained(nnx.merge(result["state"].graphdef, params), str(tmp))
-    result["experiment"].tokenizer.save_pretrained(str(tmp))
+    with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
+      models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
+      result["experiment"].tokenizer.save_pretrained(local)
     tmp.rename(stage.export)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")

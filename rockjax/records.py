@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import threading
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 from rockjax import errors
 
@@ -41,7 +41,7 @@ def _field(
   raise errors.InputError(f"{where}: field {field!r} must be {kind}, got {type(value).__name__}")
 
 
-def _read_rows(path: pathlib.Path) -> list[tuple[str, Any]]:
+def _read_rows(path: epath.Path) -> list[tuple[str, Any]]:
   """(location, parsed row) pairs of a JSONL or Parquet file; location is 'file:line'."""
   if path.suffix == ".parquet":
     try:
@@ -50,7 +50,9 @@ def _read_rows(path: pathlib.Path) -> list[tuple[str, Any]]:
       raise ImportError(
         f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert the file to JSONL"
       ) from None
-    return [(f"{path}:row {i}", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+    with path.open("rb") as f:
+      rows = pq.read_table(f).to_pylist()
+    return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]
   rows = []
   with path.open(encoding="utf-8") as f:
     for line_no, line in enumerate(f, start=1):
@@ -73,7 +75,7 @@ def load_records(
   completion_field: str | None = None,
 ) -> list[dict[str, Any]]:
   """JSONL/Parquet rows -> [{prompt, answer[, completion]}]; ValueError names file:line:field."""
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # local, or a URL (gs://...)
   if not path.is_file():
     raise errors.InputError(f"{path}: no such file")
   records = []

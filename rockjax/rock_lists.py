@@ -12,6 +12,7 @@ import pathlib
 import re
 
 import numpy as np
+from etils import epath
 
 from rockjax import errors
 
@@ -27,7 +28,7 @@ _INT32_MAX = np.iinfo(np.int32).max
 def load_id_list(path: str | os.PathLike, *, vocab_size: int | None = None) -> np.ndarray:
   """Reads ids (file order kept) as int32 `[N]`; a bad entry raises a one-line ValueError."""
   ids, first_line = [], {}
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open(encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
       for token in line.split("#", 1)[0].split():
         where = f"{os.fspath(path)}:{lineno}: id list entry {token!r}"
@@ -51,7 +52,7 @@ def save_id_list(path: str | os.PathLike, ids, *, header: str = "") -> None:
   """Writes ids one per line (rank order kept) after an optional `#` comment header."""
   lines = [f"# {h}".rstrip() for h in header.splitlines()]
   lines += [str(int(i)) for i in np.asarray(ids).reshape(-1)]
-  pathlib.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+  epath.Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def ids_to_mask(ids, vocab_size: int) -> np.ndarray:

@@ -176,6 +176,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             finish(*pending)  # verify the state to be saved is finite first
             pending = None
           exp.checkpointer.save(done, state, exp.train_data.get_state())
+          writer.flush()  # a cloud workdir's metrics are uploaded at least this often
         if stop:
           break
       if pending is not None:

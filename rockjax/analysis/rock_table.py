@@ -1,10 +1,10 @@
 """The rock table: ids ranked by Rock Score with their token text, frequency and mean loss."""
 
 import json
-import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from rockjax import losses, rocks
 from rockjax.metrics import host_value
@@ -94,8 +94,7 @@ def format_table(table: dict[str, Any], limit: int = 15) -> str:
 
 
 def write_table(workdir: str, table: dict[str, Any]) -> str:
-  """Write workdir/rocks.json; returns its path."""
-  path = os.path.join(workdir, "rocks.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(table, f, indent=1)
-  return path
+  """Write workdir/rocks.json (local or a cloud URL); returns its path."""
+  path = epath.Path(workdir) / "rocks.json"
+  path.write_text(json.dumps(table, indent=1))
+  return str(path)

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from rockjax import storage
 from rockjax.models import families
 from rockjax.models.attention import IMPLEMENTATIONS
 
@@ -143,10 +144,12 @@ class ModelConfig:
 
   @classmethod
   def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "ModelConfig":
-    """Reads `path/config.json` with transformers.AutoConfig (local files only)."""
+    """Reads `path/config.json` with transformers.AutoConfig (never downloads; a gs:// or
+    s3:// directory's config.json is copied to a local temporary directory first)."""
     import transformers  # local import: keeps `import rockjax.models` light
 
-    hf = transformers.AutoConfig.from_pretrained(os.fspath(path), local_files_only=True)
+    with storage.local_copy(path, include=("config.json",)) as local:
+      hf = transformers.AutoConfig.from_pretrained(local, local_files_only=True)
     return cls.from_hf(hf, **overrides)
 
   def check_hf_representable(self) -> None:

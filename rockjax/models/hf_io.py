@@ -24,6 +24,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 
 from rockjax import sharding as shd
+from rockjax import storage
 from rockjax.models.config import ModelConfig
 from rockjax.models.decoder import Decoder
 from rockjax.models.hf_names import Box, Source, moe_layout, param_sources, read_box, to_hf
@@ -52,6 +53,11 @@ class CheckpointReader:
 
   def __init__(self, path: str | os.PathLike):
     self.path = os.fspath(path)
+    if storage.is_remote(self.path):  # safetensors memory-maps local files only
+      raise ValueError(
+        f"{self.path}: safetensors reads local files only; copy the directory first "
+        "(rockjax.storage.local_copy, as from_pretrained does)"
+      )
     index_path = os.path.join(self.path, _INDEX)
     if os.path.exists(index_path):
       with open(index_path) as f:
@@ -130,7 +136,9 @@ def from_pretrained(
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
   rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention and
-  attention_block are ModelConfig's run settings (attention: rockjax.models.attention).
+  attention_block are ModelConfig's run settings (attention: rockjax.models.attention). A gs://
+  or s3:// directory is first copied whole to a local temporary directory (deleted after
+  loading): the local disk needs room for the weights.
   """
   param_dtype = dtype if param_dtype is None else param_dtype
   cfg = ModelConfig.from_pretrained(
@@ -143,7 +151,7 @@ def from_pretrained(
   )
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
-  with CheckpointReader(path) as reader:
+  with storage.local_copy(path) as local, CheckpointReader(local) as reader:
     layouts = {
       i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)
     }
@@ -208,13 +216,18 @@ def save_pretrained(
   """Writes config.json + safetensors (HF names, hub per-expert layout) for transformers.
 
   Tensors are written in the parameter dtype (or `dtype`); above max_shard_size bytes the
-  weights are split into model-0000i-of-0000N.safetensors files plus an index.
+  weights are split into model-0000i-of-0000N.safetensors files plus an index. A gs:// or
+  s3:// `path` is written to a local temporary directory first, then uploaded.
   """
+  with storage.staged_dir(path) as local:
+    _save_local(model, local, max_shard_size, dtype)
+
+
+def _save_local(model: Decoder, path: str, max_shard_size: int, dtype: Any) -> None:
+  """save_pretrained into an existing local directory."""
   import transformers  # local import: only export needs it
   from safetensors.numpy import save_file
 
-  path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
   cfg: ModelConfig = model.cfg
   out_dtype = np.dtype(cfg.param_dtype if dtype is None else dtype)
   params = {_path_name(p): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}

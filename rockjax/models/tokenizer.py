@@ -5,18 +5,22 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rockjax import errors
+from rockjax import errors, storage
 from rockjax.models import families
 from rockjax.models.config import ModelConfig
 
+# Files of a HF directory a tokenizer never reads (not copied from a cloud directory).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.msgpack", "*.h5")
 _SPECIAL = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
-  """transformers.AutoTokenizer from a local directory (never downloads)."""
+  """transformers.AutoTokenizer from a directory (never downloads; a gs:// or s3:// one is
+  copied to a local temporary directory first, its weight files left out)."""
   import transformers
 
-  return transformers.AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
+  with storage.local_copy(path, exclude=WEIGHT_FILES) as local:
+    return transformers.AutoTokenizer.from_pretrained(local, local_files_only=True)
 
 
 def eos_ids(tokenizer: Any, family: str | None = None) -> tuple[int, ...]:

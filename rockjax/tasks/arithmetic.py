@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import string
 from typing import Any, Collection, Iterable
 
 import numpy as np
+from etils import epath
+
+from rockjax import storage
 
 # Per difficulty: operand count range (inclusive), operations, operand range, multiplier range.
 # 'single_digit' (the CPU demo's) is 'easy' with operands 1-9: 6041 distinct prompts in all.
@@ -156,9 +158,9 @@ def make_problems(
   return problems
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> pathlib.Path:
-  """Writes one JSON object per line (parent directories created); returns the path."""
-  path = pathlib.Path(path)
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> epath.Path:
+  """Writes one JSON object per line (parent directories created; a URL works); the path."""
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   with path.open("w", encoding="utf-8") as f:
     for record in records:
@@ -173,7 +175,7 @@ def vocabulary() -> list[str]:
 
 
 def make_tokenizer(out_dir: str | os.PathLike) -> Any:
-  """Builds the task tokenizer, saves it to out_dir (AutoTokenizer-loadable) and returns it."""
+  """Builds the task tokenizer, saves it to out_dir (AutoTokenizer-loadable; a URL works)."""
   import tokenizers
   import transformers
   from tokenizers import decoders, models, pre_tokenizers
@@ -200,7 +202,8 @@ def make_tokenizer(out_dir: str | os.PathLike) -> Any:
     additional_special_tokens=list(SPECIAL_TOKENS[4:]),
   )
   tokenizer.chat_template = CHAT_TEMPLATE
-  tokenizer.save_pretrained(os.fspath(out_dir))
+  with storage.staged_dir(out_dir) as local:
+    tokenizer.save_pretrained(local)
   return tokenizer
 
 
@@ -211,9 +214,9 @@ def prepare_demo(
   n_eval: int = 200,
   seed: int = 0,
   difficulty: str = "medium",
-) -> dict[str, pathlib.Path]:
-  """Writes train.jsonl, eval.jsonl (disjoint prompts) and tokenizer/ under out_dir."""
-  out_dir = pathlib.Path(out_dir)
+) -> dict[str, epath.Path]:
+  """Writes train.jsonl, eval.jsonl (disjoint prompts) and tokenizer/ under out_dir (or a URL)."""
+  out_dir = epath.Path(out_dir)
   train = make_problems(n_train, seed=seed, difficulty=difficulty)
   evals = make_problems(
     n_eval, seed=seed + 1, difficulty=difficulty, exclude={r["prompt"] for r in train}
