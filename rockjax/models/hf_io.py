@@ -124,13 +124,15 @@ def from_pretrained(
   remat: bool = False,
   attention: str = "auto",
   attention_block: int = 512,
+  mlp_chunk: int = 0,
 ) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
-  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention and
-  attention_block are ModelConfig's run settings (attention: rockjax.models.attention).
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention,
+  attention_block and mlp_chunk are ModelConfig's run settings (attention:
+  rockjax.models.attention; mlp_chunk: rockjax.models.layers.token_chunked).
   """
   param_dtype = dtype if param_dtype is None else param_dtype
   cfg = ModelConfig.from_pretrained(
@@ -140,6 +142,7 @@ def from_pretrained(
     remat=remat,
     attention=attention,
     attention_block=attention_block,
+    mlp_chunk=mlp_chunk,
   )
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
