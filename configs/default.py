@@ -26,6 +26,12 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   # (the reference; fine for short sequences); 'blocked' is memory-lean pure XLA (any device).
   m.attention = "auto"  # auto | einsum | blocked | cudnn | splash
   m.attention_block = 512  # query/key block of blocked and splash (splash: a multiple of 128)
+  # Token-chunked ("tiled") MLP for long sequences: the MLP (dense SwiGLU or MoE experts) runs
+  # over this many positions of each row at a time, each chunk rematerialised in the backward
+  # pass, so the [B, L, F] intermediates never exist whole; costs one extra MLP forward. At
+  # Qwen3-4B shape, L=9216 (one float32 layer, forward+backward): MLP temp 3.0 GiB unchunked,
+  # 1.0 GiB at 2048, 0.55 GiB at 1024. 0 = off (the whole sequence at once).
+  m.mlp_chunk = 0
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).

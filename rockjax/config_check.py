@@ -101,6 +101,7 @@ for _g in _GROUPS:
   RANGES.update(
     {
       f"{_g}.attention_block": ">= 1",
+      f"{_g}.mlp_chunk": ">= 0",
       f"{_g}.stage_steps": ">= 1",
       f"{_g}.stage_lr": ">= 0",
       f"{_g}.stage_kd_ratio": "[0, 1]",

@@ -45,6 +45,7 @@ def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
     remat=m.remat,
     attention=m.attention,
     attention_block=m.attention_block,
+    mlp_chunk=m.mlp_chunk,
   )
 
 
@@ -94,6 +95,7 @@ def load_params(
       remat=cfg.remat,
       attention=cfg.attention,
       attention_block=cfg.attention_block,
+      mlp_chunk=cfg.mlp_chunk,
     )
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)

@@ -30,8 +30,17 @@ CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"  # written when a stage has completed (and been exported)
 SUMMARY_FILE = "summary.json"
 # Fields that may change between runs in one workdir: they do not change what is computed
-# (the attention implementations agree to float rounding; prefixes cover attention_block).
-RESUMABLE_FIELDS = ("stop_after", "log_every", "mesh.", "model.attention", "teacher.attention")
+# (the attention implementations agree to float rounding; prefixes cover attention_block;
+# mlp_chunk only changes how the MLP is tiled).
+RESUMABLE_FIELDS = (
+  "stop_after",
+  "log_every",
+  "mesh.",
+  "model.attention",
+  "teacher.attention",
+  "model.mlp_chunk",
+  "teacher.mlp_chunk",
+)
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
 

@@ -9,6 +9,8 @@ from flax import nnx
 import rockjax.models as rm
 from fixtures import left_padded_batch, make_tokenizer
 from fixtures import forward, random_model
+from rockjax.models.layers import MLP
+from rockjax.models.moe import MoE
 
 DENSE = rm.ModelConfig(
   family="qwen3",
@@ -105,6 +107,24 @@ def test_remat_gives_same_loss_and_grads():
   (l0, g0), (l1, g1) = loss_and_grads(DENSE), loss_and_grads(DENSE.replace(remat=True))
   np.testing.assert_allclose(l0, l1, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+
+
+@pytest.mark.parametrize("block", [MLP, MoE], ids=["dense", "moe"])
+def test_mlp_chunk_gives_same_values_and_grads(block):
+  """Token-chunked MLP / MoE (L = 10, not a multiple of the chunk 4) == the whole sequence,
+  value and gradients w.r.t. the weights and the input."""
+  cfg = MOE.replace(hidden_size=16, intermediate_size=24, moe_intermediate_size=8)
+  graphdef, state = nnx.split(block(cfg, rngs=nnx.Rngs(0)))
+  chunked_graphdef, _ = nnx.split(block(cfg.replace(mlp_chunk=4), rngs=nnx.Rngs(0)))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 10, 16)), jnp.float32)
+
+  def value_and_grads(graphdef):
+    loss = lambda state, x: jnp.sum(jnp.sin(nnx.merge(graphdef, state)(x)))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(state, x)
+
+  (l0, g0), (l1, g1) = value_and_grads(graphdef), value_and_grads(chunked_graphdef)
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7), g0, g1)
 
 
 def test_bfloat16_compute_stays_close_to_float32():

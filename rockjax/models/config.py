@@ -65,6 +65,8 @@ class ModelConfig:
   # query/key block of blocked and splash (rockjax.models.attention). Decoding uses einsum.
   attention: str = "auto"
   attention_block: int = 512
+  # Positions per chunk of the token-chunked MLP (layers.token_chunked); 0 = whole sequence.
+  mlp_chunk: int = 0
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
   hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
@@ -78,6 +80,8 @@ class ModelConfig:
       raise ValueError(f"attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
     if self.attention_block < 1:
       raise ValueError(f"attention_block={self.attention_block}: expected >= 1")
+    if self.mlp_chunk < 0:
+      raise ValueError(f"mlp_chunk={self.mlp_chunk}: expected >= 0")
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""

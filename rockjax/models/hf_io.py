@@ -130,15 +130,17 @@ def from_pretrained(
   remat: bool = False,
   attention: str = "auto",
   attention_block: int = 512,
+  mlp_chunk: int = 0,
 ) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
-  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention and
-  attention_block are ModelConfig's run settings (attention: rockjax.models.attention). A gs://
-  or s3:// directory is first copied whole to a local temporary directory (deleted after
-  loading): the local disk needs room for the weights.
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention,
+  attention_block and mlp_chunk are ModelConfig's run settings (attention:
+  rockjax.models.attention; mlp_chunk: rockjax.models.layers.token_chunked). A gs:// or s3://
+  directory is first copied whole to a local temporary directory (deleted after loading): the
+  local disk needs room for the weights.
   """
   param_dtype = dtype if param_dtype is None else param_dtype
   cfg = ModelConfig.from_pretrained(
@@ -148,6 +150,7 @@ def from_pretrained(
     remat=remat,
     attention=attention,
     attention_block=attention_block,
+    mlp_chunk=mlp_chunk,
   )
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)

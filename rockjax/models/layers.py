@@ -2,13 +2,13 @@
 
 Shape letters: B batch, L query positions, S key positions (cache slots, or L without a cache),
 D hidden size, H query heads, K key/value heads, G query heads per key/value head (H // K),
-E head_dim, F MLP width.
+E head_dim, F MLP width, C chunks of P positions (token-chunked MLP).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -208,8 +208,29 @@ class Attention(nnx.Module):
     return self.o_proj(out_BxLxHxE), (k_cache, v_cache)
 
 
+def token_chunked(
+  fn: Callable[[jax.Array], jax.Array], x_BxLxD: jax.Array, chunk: int
+) -> jax.Array:
+  """fn (position-wise, [B, P, D] -> [B, P, D]) applied P = `chunk` positions at a time.
+
+  A lax.map over the C chunks with jax.checkpoint on each, so fn's intermediates (the MLP's
+  [B, P, F]) exist one chunk at a time in the forward pass and are recomputed per chunk in the
+  backward pass. The batch axis is kept whole (and sharded as before); L is padded with zeros
+  to a multiple of `chunk` and the padding dropped. chunk == 0 or L <= chunk: fn(x) as is.
+  """
+  B, L, D = x_BxLxD.shape
+  if chunk <= 0 or L <= chunk:
+    return fn(x_BxLxD)
+  C = -(-L // chunk)
+  x_BxCPxD = jnp.pad(x_BxLxD, ((0, 0), (0, C * chunk - L), (0, 0)))
+  x_CxBxPxD = jnp.swapaxes(x_BxCPxD.reshape(B, C, chunk, D), 0, 1)
+  y_CxBxPxD = jax.lax.map(jax.checkpoint(fn), x_CxBxPxD)
+  y_BxCPxD = jnp.swapaxes(y_CxBxPxD, 0, 1).reshape(B, C * chunk, y_CxBxPxD.shape[-1])
+  return y_BxCPxD[:, :L]
+
+
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), over cfg.mlp_chunk positions at a time."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     D, F = cfg.hidden_size, cfg.intermediate_size
@@ -217,6 +238,11 @@ class MLP(nnx.Module):
     self.gate_proj = Linear("bld,df->blf", (D, F), ("embed", "mlp"), **kw)
     self.up_proj = Linear("bld,df->blf", (D, F), ("embed", "mlp"), **kw)
     self.down_proj = Linear("blf,fd->bld", (F, D), ("mlp", "embed"), **kw)
+    self.chunk = cfg.mlp_chunk
+
+  def swiglu(self, x_BxLxD: jax.Array) -> jax.Array:
+    """The unchunked SwiGLU (holds [B, L, F] intermediates)."""
+    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x_BxLxD)) * self.up_proj(x_BxLxD))
+    return token_chunked(self.swiglu, x_BxLxD, self.chunk)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rockjax.models.config import ModelConfig
-from rockjax.models.layers import param
+from rockjax.models.layers import param, token_chunked
 
 
 class MoE(nnx.Module):
@@ -26,6 +26,7 @@ class MoE(nnx.Module):
     self.top_k = cfg.num_experts_per_tok
     self.norm_topk_prob = cfg.norm_topk_prob
     self.dtype = cfg.dtype
+    self.chunk = cfg.mlp_chunk
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Top-k expert weights [N, K] (float32) and ids [N, K] from a float32 softmax router."""
@@ -39,6 +40,11 @@ class MoE(nnx.Module):
     return weights_NxK, experts_NxK
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    """The routed experts over cfg.mlp_chunk positions at a time (layers.token_chunked)."""
+    return token_chunked(self.experts, x_BxLxD, self.chunk)
+
+  def experts(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Routing and experts of all B*L tokens at once (holds [B*L*K, F] intermediates)."""
     B, L, D = x_BxLxD.shape
     X = self.gate_proj.shape[0]
     x_NxD = x_BxLxD.reshape(B * L, D).astype(self.dtype)
