@@ -135,17 +135,15 @@ def validate(
   *,
   dry_run: bool = False,
   device_count: int | None = None,
-  process_count: int | None = None,
 ) -> None:
   """Raises errors.ConfigError (one line) at the first problem; None when the config is usable.
 
-  `device_count` / `process_count` default to jax's (tests pass them to simulate a pod).
+  `device_count` defaults to jax's (tests pass it to simulate a pod).
   """
-  if device_count is None or process_count is None:
+  if device_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 
-    device_count = jax.device_count() if device_count is None else device_count
-    process_count = jax.process_count() if process_count is None else process_count
+    device_count = jax.device_count()
   c = config
   for field, allowed in ENUMS.items():
     value = get(c, field)
@@ -159,7 +157,7 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
-    _mesh_and_batch(c, dry_run, device_count, process_count),
+    _mesh_and_batch(c, dry_run, device_count),
   ]
   if not dry_run:
     checks.append(_paths(c))
@@ -271,8 +269,12 @@ def _stages(c) -> Iterator[str]:
     )
 
 
-def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
-  """The mesh rockjax.sharding.make_mesh builds, and how the prompts split over it."""
+def _mesh_and_batch(c, dry_run: bool, devices: int) -> Iterator[str]:
+  """The mesh rockjax.sharding.make_mesh builds.
+
+  Any data.prompts_per_step works on any number of hosts: rockjax.data.host_share has every
+  host read the whole batch when the mesh cannot split it across them.
+  """
   sizes = {k: c.mesh[k] for k in _MESH_AXES}
   for k, v in sizes.items():
     if v == 0 or v < -1:
@@ -294,25 +296,6 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
     yield (
       f"mesh.{culprit}={sizes[culprit]}: the mesh ({shape}) needs a device count "
       f"divisible by {known}, but {where}"
-    )
-  resolved = {k: total // known if v == -1 else v for k, v in sizes.items()}
-  prompts = c.data.prompts_per_step
-  if prompts % processes:
-    yield (
-      f"data.prompts_per_step={prompts}: expected a multiple of the {processes} "
-      "processes (each host feeds an equal share)"
-    )
-  batch_axes = resolved["data"] * resolved["fsdp"]
-  if processes > 1 and prompts % batch_axes:
-    # rockjax.sharding replicates an indivisible batch, which one host can do but several
-    # hosts feeding different rows cannot.
-    yield (
-      f"data.prompts_per_step={prompts}: with {processes} processes expected a "
-      f"multiple of mesh.data x mesh.fsdp = {batch_axes}"
-    )
-  if processes > 1 and c.eval.every and c.eval.num_prompts % processes:
-    yield (
-      f"eval.num_prompts={c.eval.num_prompts}: expected a multiple of the {processes} processes"
     )
 
 
