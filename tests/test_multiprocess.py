@@ -57,10 +57,16 @@ def metrics(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
-def test_two_processes_train_and_checkpoint(tmp_path, mode):
-  """8 prompts on 2 x 4 devices: each host reads its own 4."""
-  finish(start_run(tmp_path, "--config.steps=3", f"--config.opd.mode={mode}"))
+@pytest.mark.parametrize("mode, prompts", [("on_policy", 8), ("off_policy", 2)])
+def test_two_processes_train_and_checkpoint(tmp_path, mode, prompts):
+  """On 2 x 4 devices (fsdp=8): 8 prompts split, each host reads its own 4; 2 rows the mesh
+  cannot split (off-policy): both hosts read both."""
+  flags = [
+    "--config.steps=3",
+    f"--config.opd.mode={mode}",
+    f"--config.data.prompts_per_step={prompts}",
+  ]
+  finish(start_run(tmp_path, *flags))
   lines = metrics(tmp_path)
   assert sorted(lines) == [1, 2, 3]
   assert all(np.isfinite(l["opd/loss"]) for l in lines.values())
@@ -82,18 +88,19 @@ def test_one_prompt_on_two_hosts_stopped_and_resumed_equals_one_host(tmp_path):
   finish(start_run(two, *flags))
   finish(reference)
 
+  # Same rollouts and data; float32 sums reduced across processes in another order (rtol).
   want, got = metrics(one), metrics(two)
   assert sorted(want) == sorted(got) == [1, 2, 3, 4, 5, 6]
   for step in want:
     for key in ("opd/loss", "opd/kl", "rock/share_tokens"):
       if key in want[step]:
-        np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(got[step][key], want[step][key], rtol=1e-4, err_msg=key)
   rocks = [json.loads((d / "rocks.json").read_text()) for d in (one, two)]
   table = [{r["id"]: (r["freq"], r["mean_kl"], r["selected"]) for r in t["ids"]} for t in rocks]
   assert table[0].keys() == table[1].keys() and len(table[0]) > 5
   for i, (freq, mean_kl, selected) in table[0].items():
     assert table[1][i][0] == freq and table[1][i][2] == selected, i
-    np.testing.assert_allclose(table[1][i][1], mean_kl, rtol=1e-5)
+    np.testing.assert_allclose(table[1][i][1], mean_kl, rtol=1e-4)
   (alone,) = [json.loads((one / "ckpt/6/data/process_0-of-1.json").read_text())]
   assert alone["next_batch"] == 6
   for i in (0, 1):  # same position and same fingerprint (the same record stream)
