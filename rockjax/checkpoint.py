@@ -1,5 +1,8 @@
 """Orbax checkpoints of the train state and the data-iterator position, in one step directory.
 
+The data position is saved with grain's orbax handler: every host writes its own iterator
+state (`<step>/data/process_<i>-of-<n>.json`) and restores its own on resume.
+
 Writes are atomic (orbax finalises a step directory only once everything is on disk), so a
 crash mid-save leaves the previous checkpoint as the latest complete one. Restore tells two
 failures apart: a checkpoint that cannot be read (truncated or corrupt files) is skipped with
@@ -12,6 +15,7 @@ good checkpoints. The teacher is never saved here.
 import logging
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
@@ -86,11 +90,11 @@ class Checkpointer:
     """Complete checkpoints on disk, oldest first."""
     return sorted(self._mngr.all_steps())
 
-  def save(self, step: int, state, data_state: dict[str, Any] | None = None) -> None:
-    """Save and block until it is durable (so a following crash cannot lose it)."""
+  def save(self, step: int, state, data_iterator: grain.DatasetIterator | None = None) -> None:
+    """Save (with every host's data position) and block until it is durable."""
     items = {"state": ocp.args.StandardSave(_savable(state))}
-    if data_state is not None:
-      items["data"] = ocp.args.JsonSave(data_state)
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
     self._mngr.wait_until_finished()
 
@@ -104,11 +108,29 @@ class Checkpointer:
     except Exception:  # pylint: disable=broad-except  (unreadable metadata = a broken save)
       return None
 
-  def restore(self, like_state, *, with_data: bool = True):
+  def _data_file(self, step: int) -> epath.Path | None:
+    """This host's saved data position in checkpoint `step`; None when it saved none.
+
+    CheckpointMismatch when it saved positions for another number of hosts.
+    """
+    data_dir = epath.Path(self.directory) / str(step) / "data"
+    if not data_dir.is_dir():
+      return None
+    mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not mine.exists():
+      saved = sorted(p.name for p in data_dir.glob("process_*.json"))
+      raise errors.CheckpointMismatch(
+        f"checkpoint {self.directory}/{step} holds data positions {saved or 'of an older format'}"
+        f", none for {mine.name}: resume with the number of processes that saved it"
+      )
+    return mine
+
+  def restore(self, like_state, *, data_iterator: grain.DatasetIterator | None = None):
     """(state, data_state, step) from the newest readable checkpoint, or None if there is none.
 
     `like_state` is an abstract (or concrete) TrainState whose shapes, dtypes and shardings the
-    restored arrays take. A checkpoint that fails to read is skipped with a warning and the
+    restored arrays take. `data_iterator` (if given) is moved to this host's saved position;
+    data_state is then its state, else None. A checkpoint that fails to read is skipped with a warning and the
     next older one is tried: a broken latest save does not lose the run. A readable one that
     does not match `like_state` raises errors.CheckpointMismatch naming the keys, and so does
     a directory whose checkpoints are all unreadable: never silently start from scratch.
@@ -123,11 +145,13 @@ class Checkpointer:
           f"checkpoint {self.directory}/{step} does not match the state this config builds "
           f"({diff}); use the config that wrote it, or a new --workdir"
         )
+      items = {"state": ocp.args.StandardRestore(target)}
+      if data_iterator is not None and self._data_file(step) is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
-        items = {"state": ocp.args.StandardRestore(target)}
-        if with_data and (epath.Path(self.directory) / str(step) / "data").is_dir():
-          items["data"] = ocp.args.JsonRestore()
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
+      except errors.CheckpointMismatch:
+        raise  # a readable data position of a pipeline with other settings
       except Exception as err:  # pylint: disable=broad-except  (any unreadable file: fall back)
         _log.warning(
           "checkpoint %s/%d unreadable (%s: %s); trying the previous one",
@@ -138,7 +162,8 @@ class Checkpointer:
         )
         continue
       state = like_state.replace(**restored["state"])
-      return state, restored.get("data") if with_data else None, step
+      data_state = data_iterator.get_state() if "data" in items else None
+      return state, data_state, step
     if steps:
       raise errors.WorkdirError(
         f"no checkpoint in {self.directory} is readable (steps {steps}); move the directory "

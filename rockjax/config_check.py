@@ -283,7 +283,11 @@ def _stages(c) -> Iterator[str]:
 
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
-  """The mesh rockjax.sharding.make_mesh builds, and how the prompts split over it."""
+  """The mesh rockjax.sharding.make_mesh builds.
+
+  Any data.prompts_per_step works on any number of hosts: rockjax.data.host_share has every
+  host read the whole batch when the mesh cannot split it across them.
+  """
   sizes, dcn = shd.config_mesh_shapes(c.mesh)
   for k, v in sizes.items():
     if v == 0 or v < -1:
@@ -314,25 +318,6 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
     yield (
       f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
       f"each run by its own process(es), but {processes} processes are running"
-    )
-  resolved = shd.resolve_mesh_shape(sizes, total, dcn)
-  prompts = c.data.prompts_per_step
-  if prompts % processes:
-    yield (
-      f"data.prompts_per_step={prompts}: expected a multiple of the {processes} "
-      "processes (each host feeds an equal share)"
-    )
-  batch_axes = resolved["data"] * resolved["fsdp"]
-  if processes > 1 and prompts % batch_axes:
-    # rockjax.sharding replicates an indivisible batch, which one host can do but several
-    # hosts feeding different rows cannot.
-    yield (
-      f"data.prompts_per_step={prompts}: with {processes} processes expected a "
-      f"multiple of the data x fsdp mesh axes = {batch_axes}"
-    )
-  if processes > 1 and c.eval.every and c.eval.num_prompts % processes:
-    yield (
-      f"eval.num_prompts={c.eval.num_prompts}: expected a multiple of the {processes} processes"
     )
 
 

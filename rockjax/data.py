@@ -10,18 +10,22 @@ Two pipelines share one recipe (grain MapDataset over record indices):
   train step serves both: columns [0, P) hold the left-padded prompt, columns [P, L) the
   completion + eos, right-padded. `response_mask_BxL` is 1 exactly on completion + eos.
 
+Many hosts: `host_share` is the one rule for which rows of a global batch a host reads (its
+own disjoint shard, or the whole batch when the batch cannot be split across the hosts); pass
+its rows / shard / shards as a pipeline's batch_size / process_index / process_count.
+
 Resuming: each pipeline's `iterator` is a grain `DatasetIterator` whose state is
-{'next_batch': batches consumed, 'fingerprint': hash of data + settings}. Save it in the same
-orbax checkpoint as the train state, either as JSON (`ocp.args.JsonSave(pipeline.get_state())`,
-restore with `pipeline.set_state(...)`) or with grain's handler
-(`grain.checkpoint.CheckpointSave(pipeline.iterator)` / `CheckpointRestore(pipeline.iterator)`,
-one file per host). Both are right on many hosts: shards are equal-sized, so every host has
-consumed the same batches and holds the same state. Build the pipeline with the same settings
-before restoring; a mismatch raises instead of silently replaying or skipping data.
+{'next_batch': batches consumed, 'fingerprint': hash of data + settings}. rockjax.checkpoint
+saves it in the same orbax checkpoint as the train state with grain's handler
+(`grain.checkpoint.CheckpointSave(pipeline.iterator)` / `CheckpointRestore(...)`): every host
+writes and reads back its own file, `data/process_<i>-of-<n>.json`. `get_state()` /
+`set_state()` give the same state as JSON. Build the pipeline with the same settings before
+restoring; a mismatch raises instead of silently replaying or skipping data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any, Callable, Sequence
@@ -35,14 +39,43 @@ from rockjax import records as records_lib
 FILLER_INDEX = -1  # index_B of padding rows (only when drop_remainder=False): ignore them
 
 
-def per_host_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
-  """global_batch_size / process_count; ValueError unless it divides evenly."""
+@dataclasses.dataclass(frozen=True)
+class HostShare:
+  """The part of every global batch one host reads (rockjax.data.host_share decides)."""
+
+  rows: int  # rows of each global batch this host reads (its pipeline's batch_size)
+  shard: int  # which record shard it reads (its pipeline's process_index)
+  shards: int  # into how many disjoint record shards the records split (process_count)
+
+
+def host_share(
+  global_batch: int,
+  *,
+  batch_shards: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> HostShare:
+  """Which rows of a `global_batch`-row batch this host reads; the one multi-host data rule.
+
+  `batch_shards` is how many row blocks the mesh splits the batch into
+  (rockjax.sharding.batch_shards). When that is a multiple of the process count, every
+  host's devices hold rows of their own: host i reads record shard i (disjoint from the
+  others), global_batch / process_count rows per batch. Otherwise (fewer prompts than hosts,
+  such as one prompt per step on two hosts, or a batch the mesh replicates) every host reads
+  the whole global batch, the same records in the same order, and
+  rockjax.sharding.host_to_global keeps on each device the rows it holds; on-policy, the
+  rollout's rows (prompts x samples) are then split across devices by the sampler.
+  """
+  if process_index is None:
+    import jax
+
+    process_index = jax.process_index()
   process_count = _process_count(process_count)
-  if global_batch_size % process_count:
-    raise ValueError(
-      f"global batch size {global_batch_size} is not divisible by the {process_count} processes"
-    )
-  return global_batch_size // process_count
+  if global_batch < 1 or batch_shards < 1 or global_batch % batch_shards:
+    raise ValueError(f"batch_shards={batch_shards} does not split a batch of {global_batch} rows")
+  if batch_shards % process_count:
+    return HostShare(rows=global_batch, shard=0, shards=1)
+  return HostShare(rows=global_batch // process_count, shard=process_index, shards=process_count)
 
 
 def _process_count(process_count: int | None) -> int:
@@ -200,8 +233,8 @@ class _Pipeline:
       process_count=process_count,
       drop_remainder=drop_remainder,
     )
-    # Everything that decides which batch comes n-th, but not process_index: the states of all
-    # hosts are then identical, so saving the primary host's copy (orbax JsonSave) is enough.
+    # Everything that decides which batch comes n-th, except which shard (process_index): every
+    # host checks its own saved state against this.
     settings = dict(
       settings,
       num_records=len(self.records),

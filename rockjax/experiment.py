@@ -52,7 +52,7 @@ class Experiment:
   ) -> tuple[dict[str, float], np.ndarray | None]:
     """(pass@1 metrics, per-prompt correctness [P, N]) of the student on the held-out prompts.
 
-    Rows come in a fixed order (host-major), so two evaluations pair up prompt by prompt.
+    Rows come in a fixed order (record shard-major), so two evaluations pair up prompt by prompt.
     """
     if self.eval_prompts is None:
       return {}, None
@@ -60,7 +60,7 @@ class Experiment:
 
     e = self.config.eval
     student = nnx.merge(state.graphdef, state.params)
-    prompts = shd.host_to_global(self.eval_prompts, self.mesh)
+    prompts = shd.host_to_global(self.eval_prompts, self.mesh, global_rows=len(self.eval_answers))
     out = sampling.generate(
       student,
       prompts["ids"],
@@ -123,11 +123,18 @@ def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
   return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab), vocab)
 
 
-def _pipelines(c, paths, tokenizer):
-  """(train pipeline, eval prompt batch, eval answers), host-local."""
-  per_host = data_lib.per_host_batch_size(c.data.prompts_per_step)
+def _host_share(rows: int, mesh) -> data_lib.HostShare:
+  """Which of a global batch's `rows` rows this host reads (rockjax.data.host_share)."""
+  return data_lib.host_share(rows, batch_shards=shd.batch_shards(rows, mesh))
+
+
+def _pipelines(c, paths, tokenizer, mesh):
+  """(train pipeline, eval prompt batch, eval answers), host-local (see rockjax.data.host_share)."""
+  share = _host_share(c.data.prompts_per_step, mesh)
   common = dict(
-    batch_size=per_host,
+    batch_size=share.rows,
+    process_index=share.shard,
+    process_count=share.shards,
     max_prompt_len=c.data.max_prompt_len,
     seed=c.seed,
     use_chat_template=c.data.use_chat_template,
@@ -150,7 +157,8 @@ def _pipelines(c, paths, tokenizer):
   evals = records_lib.load_records(
     paths["eval"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
   )[: c.eval.num_prompts]
-  mine = evals[jax.process_index() :: jax.process_count()]
+  eval_share = _host_share(len(evals), mesh)
+  mine = evals[eval_share.shard :: eval_share.shards]
   rows = [
     records_lib.left_pad(
       records_lib.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
@@ -160,10 +168,8 @@ def _pipelines(c, paths, tokenizer):
     for r in mine
   ]
   prompts = {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows])}
-  # Rows come back from process_allgather host-major: order the answers the same way.
-  answers = [
-    r["answer"] for p in range(jax.process_count()) for r in evals[p :: jax.process_count()]
-  ]
+  # Rows come back from process_allgather shard-major: order the answers the same way.
+  answers = [r["answer"] for s in range(eval_share.shards) for r in evals[s :: eval_share.shards]]
   return train, prompts, answers
 
 
@@ -202,15 +208,16 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   )
   like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
 
-  train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer)
+  train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer, mesh)
   checkpointer = ckpt_lib.Checkpointer(str(epath.Path(workdir) / "ckpt"), keep=c.ckpt.keep)
-  restored = checkpointer.restore(like)
+  # Each host restores its own data position into train_data.iterator.
+  restored = checkpointer.restore(like, data_iterator=train_data.iterator)
   if restored is None and c.ckpt.resume:
-    restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(like)
+    restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(
+      like, data_iterator=train_data.iterator
+    )
   if restored is not None:
-    state, data_state, start = restored
-    if data_state is not None:
-      train_data.set_state(data_state)
+    state, _, start = restored
     _log.info("resumed from step %d", start)
   else:
     _, params = loading.load_params(c.model, student_cfg, mesh, c.seed)

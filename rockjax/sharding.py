@@ -244,12 +244,30 @@ def batch_sharding(
   return logical_sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh, rules)
 
 
+def batch_shards(rows: int, mesh: Mesh, rules: LogicalRules | None = None) -> int:
+  """Into how many row blocks batch_sharding splits a batch of `rows` rows (1: replicated)."""
+  spec = logical_to_spec(("batch",), (rows,), mesh, rules)[0]
+  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+  return math.prod(_axis_sizes(mesh)[a] for a in axes)
+
+
 def host_to_global(
-  host_batch: Mapping[str, Any], mesh: Mesh, rules: LogicalRules | None = None
+  host_batch: Mapping[str, Any],
+  mesh: Mesh,
+  rules: LogicalRules | None = None,
+  *,
+  global_rows: int,
 ) -> dict[str, jax.Array]:
-  """Host-local rows [b, ...] -> global arrays [b * process_count, ...] on 'batch'."""
+  """Host rows -> global arrays [global_rows, ...] sharded on 'batch'.
+
+  Each host passes what rockjax.data.host_share told it to read: either its own
+  global_rows / process_count rows (hosts read disjoint rows), or all global_rows rows, the
+  same on every host (then each device keeps the rows it holds).
+  """
   out = {}
   for k, v in host_batch.items():
-    global_shape = (v.shape[0] * jax.process_count(),) + tuple(v.shape[1:])
-    out[k] = jax.make_array_from_process_local_data(batch_sharding(global_shape, mesh, rules), v)
+    global_shape = (global_rows,) + tuple(v.shape[1:])
+    out[k] = jax.make_array_from_process_local_data(
+      batch_sharding(global_shape, mesh, rules), v, global_shape
+    )
   return out

@@ -1,7 +1,8 @@
 """Host loop: mesh, models, data, rollout -> train_step, evaluation, checkpoints, metrics.
 
-Every host runs this same program (jax.distributed on pods); each host feeds its shard of the
-batch and XLA collectives do the rest.
+Every host runs this same program (jax.distributed on pods); each host feeds the rows
+rockjax.data.host_share gives it (its shard of the batch, or all of it when the batch cannot be
+split across hosts) and XLA collectives do the rest.
 """
 
 import logging
@@ -34,7 +35,9 @@ def _rollout(
   student = nnx.merge(state.graphdef, state.params)
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
   g = shd.host_to_global(
-    {"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]}, exp.mesh
+    {"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]},
+    exp.mesh,
+    global_rows=exp.config.data.prompts_per_step,
   )
   out = sampling.generate(
     student,
@@ -59,7 +62,9 @@ def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
   host = next(exp.train_data)
   if exp.config.opd.mode == "off_policy":
     keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
-    return shd.host_to_global({k: host[k] for k in keys}, exp.mesh)
+    return shd.host_to_global(
+      {k: host[k] for k in keys}, exp.mesh, global_rows=exp.config.data.prompts_per_step
+    )
   return _rollout(exp, state, host, step)
 
 
@@ -175,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           if pending is not None:
             finish(*pending)  # verify the state to be saved is finite first
             pending = None
-          exp.checkpointer.save(done, state, exp.train_data.get_state())
+          exp.checkpointer.save(done, state, exp.train_data.iterator)  # each host its own
           writer.flush()  # a cloud workdir's metrics are uploaded at least this often
         if stop:
           break

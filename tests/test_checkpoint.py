@@ -1,13 +1,15 @@
 """Checkpoints: atomic saves, the data position travels with the state, broken latest -> previous."""
 
 import glob
+import json
 import os
 
+import grain
 import jax
 import numpy as np
 import pytest
 
-from rockjax import checkpoint, errors
+from rockjax import checkpoint, data, errors
 from fixtures import STUDENT, build, one_device_mesh
 
 
@@ -15,26 +17,42 @@ def abstract(state):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+def batches(consumed: int = 0, fingerprint: str = "f") -> data.BatchIterator:
+  """A data iterator over batches of 2 of range(40) that has yielded `consumed` batches."""
+  it = data.BatchIterator(
+    grain.MapDataset.range(40).batch(2), fingerprint, grain.ReadOptions(num_threads=0)
+  )
+  for _ in range(consumed):
+    next(it)
+  return it
+
+
+def position(n: int) -> dict:
+  return {"next_batch": n, "fingerprint": "f"}
+
+
 def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):
   mesh = one_device_mesh()
   _, state, _ = build(mesh, rock_mode="off")
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
-  ckpt.save(1, state, {"next_batch": 1})
+  ckpt.save(1, state, batches(1))
   later = state.replace(step=state.step + 5, rock_mask=~state.rock_mask)
-  ckpt.save(2, later, {"next_batch": 2})
+  ckpt.save(2, later, batches(2))
   assert ckpt.steps() == [1, 2]
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
-  restored, data, step = ckpt.restore(like)
-  assert (step, data, int(restored.step)) == (2, {"next_batch": 2}, 5)
+  it = batches()
+  restored, data_state, step = ckpt.restore(like, data_iterator=it)
+  assert (step, data_state, int(restored.step)) == (2, position(2), 5)
+  np.testing.assert_array_equal(next(it), [4, 5])  # the restored iterator continues there
   np.testing.assert_array_equal(restored.rock_mask, ~np.asarray(state.rock_mask))
 
   for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True):
     if os.path.isfile(f):
       with open(f, "wb") as fh:
         fh.write(b"garbage")
-  restored, data, step = ckpt.restore(like)
-  assert (step, data, int(restored.step)) == (1, {"next_batch": 1}, 0)
+  restored, data_state, step = ckpt.restore(like, data_iterator=batches())
+  assert (step, data_state, int(restored.step)) == (1, position(1), 0)
   for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   ckpt.close()
@@ -43,8 +61,8 @@ def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):
 def test_truncated_newest_checkpoint_falls_back_with_a_warning_naming_it(tmp_path, caplog):
   _, state, _ = build(one_device_mesh(), rock_mode="off")
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=3)
-  ckpt.save(1, state, {"next_batch": 1})
-  ckpt.save(2, state.replace(step=state.step + 1), {"next_batch": 2})
+  ckpt.save(1, state, batches(1))
+  ckpt.save(2, state.replace(step=state.step + 1), batches(2))
   data_files = [
     f
     for f in glob.glob(str(tmp_path / "2" / "state" / "**" / "*"), recursive=True)
@@ -52,8 +70,10 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning_naming_it(tmp_pat
   ]
   for f in data_files:  # a save cut short: every array file loses its second half
     os.truncate(f, os.path.getsize(f) // 2)
-  restored, data, step = checkpoint.Checkpointer(str(tmp_path)).restore(abstract(state))
-  assert (step, data) == (1, {"next_batch": 1})
+  restored, data_state, step = checkpoint.Checkpointer(str(tmp_path)).restore(
+    abstract(state), data_iterator=batches()
+  )
+  assert (step, data_state) == (1, position(1))
   assert any(f"{tmp_path}/2 unreadable" in r.getMessage() for r in caplog.records)
 
 
@@ -89,3 +109,27 @@ def test_every_checkpoint_unreadable_raises_instead_of_starting_over(tmp_path):
       os.truncate(f, 0)
   with pytest.raises(errors.WorkdirError, match=r"no checkpoint in .* is readable \(steps \[1\]\)"):
     checkpoint.Checkpointer(str(tmp_path)).restore(abstract(state))
+
+
+def test_each_host_saves_its_own_data_position(tmp_path):
+  """One file per process; a data position of other settings or another process count is an
+  error naming it, never a silent fall back to an older checkpoint."""
+  _, state, _ = build(one_device_mesh(), rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path))
+  ckpt.save(1, state, batches(3))
+  ckpt.save(2, state, batches(5))
+  data_dir = tmp_path / "2" / "data"
+  assert [f for f in os.listdir(data_dir) if f.endswith(".json")] == ["process_0-of-1.json"]
+  assert json.loads((data_dir / "process_0-of-1.json").read_text()) == position(5)
+  with pytest.raises(errors.CheckpointMismatch, match="other settings"):
+    ckpt.restore(abstract(state), data_iterator=batches(fingerprint="g"))
+  for i in range(2):
+    (data_dir / f"process_{i}-of-2.json").write_text(json.dumps(position(5)))
+  (data_dir / "process_0-of-1.json").unlink()
+  with pytest.raises(
+    errors.CheckpointMismatch,
+    match=r"/2 holds data positions \['process_0-of-2.json', 'process_1-of-2.json'\], none "
+    r"for process_0-of-1.json",
+  ):
+    ckpt.restore(abstract(state), data_iterator=batches())
+  ckpt.close()

@@ -330,7 +330,83 @@ def test_completion_pipeline_layout(tok):
     )
 
 
-def test_per_host_batch_size():
-  assert data.per_host_batch_size(8, 2) == 4
-  with pytest.raises(ValueError, match="not divisible"):
-    data.per_host_batch_size(8, 3)
+# Meshes on the 8 fake devices and, by hand, how many row blocks each splits a G-row batch
+# into: 'batch' maps to data x fsdp; axes are dropped from the minor end until G divides.
+BATCH_SHARDS = {
+  "fsdp8": ({"fsdp": 8}, {1: 1, 2: 1, 3: 1, 4: 1, 8: 8}),
+  "data2_fsdp2_tensor2": ({"data": 2, "fsdp": 2, "tensor": 2}, {1: 1, 2: 2, 3: 1, 4: 4, 8: 4}),
+}
+
+# (mesh, prompts_per_step G, process count N) -> per host, the record indices of its first
+# batch (16 records, no shuffle). Hosts read disjoint strided shards when the mesh splits the
+# batch into a multiple of N blocks, else all read the whole batch: records 0..G-1.
+HOST_ROWS = {
+  **{(m, g, 1): [list(range(g))] for m in BATCH_SHARDS for g in (1, 2, 3, 4, 8)},
+  ("fsdp8", 1, 2): [[0], [0]],
+  ("fsdp8", 2, 2): [[0, 1], [0, 1]],
+  ("fsdp8", 3, 2): [[0, 1, 2], [0, 1, 2]],
+  ("fsdp8", 4, 2): [[0, 1, 2, 3], [0, 1, 2, 3]],
+  ("fsdp8", 8, 2): [[0, 2, 4, 6], [1, 3, 5, 7]],
+  ("fsdp8", 1, 4): [[0]] * 4,
+  ("fsdp8", 2, 4): [[0, 1]] * 4,
+  ("fsdp8", 3, 4): [[0, 1, 2]] * 4,
+  ("fsdp8", 4, 4): [[0, 1, 2, 3]] * 4,
+  ("fsdp8", 8, 4): [[0, 4], [1, 5], [2, 6], [3, 7]],
+  ("data2_fsdp2_tensor2", 1, 2): [[0], [0]],
+  ("data2_fsdp2_tensor2", 2, 2): [[0], [1]],
+  ("data2_fsdp2_tensor2", 3, 2): [[0, 1, 2], [0, 1, 2]],
+  ("data2_fsdp2_tensor2", 4, 2): [[0, 2], [1, 3]],
+  ("data2_fsdp2_tensor2", 8, 2): [[0, 2, 4, 6], [1, 3, 5, 7]],
+  ("data2_fsdp2_tensor2", 1, 4): [[0]] * 4,
+  ("data2_fsdp2_tensor2", 2, 4): [[0, 1]] * 4,
+  ("data2_fsdp2_tensor2", 3, 4): [[0, 1, 2]] * 4,
+  ("data2_fsdp2_tensor2", 4, 4): [[0], [1], [2], [3]],
+  ("data2_fsdp2_tensor2", 8, 4): [[0, 4], [1, 5], [2, 6], [3, 7]],
+}
+
+
+def _host_batches(g, n, shards, *, shuffle, batches=1):
+  """Per host: record indices of its first `batches` batches, as host_share says it reads."""
+  out = []
+  for host in range(n):
+    share = data.host_share(g, batch_shards=shards, process_index=host, process_count=n)
+    ds = data.build_dataset(
+      16,
+      lambda i: {},
+      batch_size=share.rows,
+      seed=3,
+      shuffle=shuffle,
+      process_index=share.shard,
+      process_count=share.shards,
+    )
+    out.append([ds[b]["index_B"].tolist() for b in range(batches)])
+  return out
+
+
+@pytest.mark.parametrize("mesh_name", sorted(BATCH_SHARDS))
+def test_batch_shards_hand_counted(mesh_name):
+  from rockjax import sharding
+
+  shape, want = BATCH_SHARDS[mesh_name]
+  mesh = sharding.make_mesh(shape)
+  assert {g: sharding.batch_shards(g, mesh) for g in want} == want
+
+
+@pytest.mark.parametrize("key", sorted(HOST_ROWS))
+def test_host_share_rows_hand_made(key):
+  mesh_name, g, n = key
+  got = _host_batches(g, n, BATCH_SHARDS[mesh_name][1][g], shuffle=False)
+  assert [b[0] for b in got] == HOST_ROWS[key]
+
+
+def test_hosts_reading_the_whole_batch_read_what_one_host_reads():
+  """One prompt per step on 4 hosts: every host's shuffled stream is the 1-host stream."""
+  (alone,) = _host_batches(1, 1, 1, shuffle=True, batches=20)
+  assert sorted(sum(alone[:16], [])) == list(range(16))  # a real shuffle, not the identity
+  assert sum(alone[:16], []) != list(range(16))
+  assert _host_batches(1, 4, 1, shuffle=True, batches=20) == [alone] * 4
+
+
+def test_host_share_rejects_shards_that_do_not_split_the_batch():
+  with pytest.raises(ValueError, match="batch_shards=2 does not split a batch of 3 rows"):
+    data.host_share(3, batch_shards=2, process_index=0, process_count=1)
