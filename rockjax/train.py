@@ -16,6 +16,7 @@ import tqdm
 from flax import nnx
 
 from rockjax import metrics as metrics_lib
+from rockjax import objective
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -59,8 +60,10 @@ def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
   host = next(exp.train_data)
   if exp.config.opd.mode == "off_policy":
     keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
-    return shd.host_to_global({k: host[k] for k in keys}, exp.mesh)
-  return _rollout(exp, state, host, step)
+    batch = shd.host_to_global({k: host[k] for k in keys}, exp.mesh)
+  else:
+    batch = _rollout(exp, state, host, step)
+  return objective.pad_batch(batch, exp.config.data.pad_to_multiple)  # settings.batch_shape
 
 
 def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
