@@ -241,9 +241,14 @@ def test_four_micro_batches_equal_one_batch(loss_kw):
     for key in a:
       np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-6, err_msg=key)
   assert int(s4.step) == 2
-  for name in ("params", "opt_state", "rock", "rock_mask"):
+  for name in ("opt_state", "rock", "rock_mask"):  # AdamW moments: the gradients themselves
     for x, y in zip(jax.tree.leaves(getattr(s4, name)), jax.tree.leaves(getattr(s1, name))):
       np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6, err_msg=name)
+  # AdamW divides by sqrt(v): where an entry's gradient is a near-cancelling sum, float32
+  # round-off (summation order) becomes up to ~2e-6 of a 1e-2 step; a wrong normaliser or
+  # schedule moves every entry by a large fraction of the step.
+  for x, y in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-5, err_msg="params")
   moved = max(float(np.abs(x - y).max()) for x, y in zip(p0, jax.tree.leaves(s4.params)))
   assert moved > 1e-3  # the updates really moved the parameters
 
@@ -291,9 +296,10 @@ def test_padding_changes_nothing(chunked):
     )
     padded = objective.pad_batch(batch, multiple)
     assert padded["tokens"].shape == (8, 10 if multiple == 1 else 16)
+    p0 = jax.device_get(state.params)  # before the step: it donates `state`
     with jax.set_mesh(one_device_mesh()):
       new_state, m = fn(state, t_params, padded)
-    results.append((jax.device_get(state.params), jax.device_get(new_state), jax.device_get(m)))
+    results.append((p0, jax.device_get(new_state), jax.device_get(m)))
   (p0, s1, m1), (_, s16, m16) = results
   assert m16.keys() == m1.keys()
   for key in m1:
