@@ -150,12 +150,15 @@ def test_mode_off_gradient_is_plain_opd_gradient():
   assert diff > 1e-5  # and freezing really changes the update
 
 
-@pytest.mark.parametrize("chunked", [True, False])
-def test_sharded_equals_unsharded_over_three_steps(devices8, chunked):
+@pytest.mark.parametrize("chunked,micro_batches", [(True, 1), (False, 1), (True, 2)])
+def test_sharded_equals_unsharded_over_three_steps(devices8, chunked, micro_batches):
+  """8 devices (with micro-batches of 4 rows on the 4-way batch axes) == 1 device, 1 batch."""
   mesh8 = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   results = []
-  for mesh in (one_device_mesh(), mesh8):
-    fn, state, t_params = build(mesh, rock_mode="dynamic", lam=0.0, chunked=chunked)
+  for mesh, k in ((one_device_mesh(), 1), (mesh8, micro_batches)):
+    fn, state, t_params = build(
+      mesh, rock_mode="dynamic", lam=0.0, chunked=chunked, micro_batches=k
+    )
     losses = []
     with jax.set_mesh(mesh):
       for i in range(3):
