@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   """The documented default."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, data order and rollout keys all derive from it
-  c.steps = 50  # total train_step calls (micro-batches when opt.grad_accum > 1)
+  c.steps = 50  # optimiser updates (one train_step call each, whatever opt.micro_batches)
   c.log_every = 1  # steps between metric lines (JSONL + TensorBoard + progress bar)
   c.stop_after = 0  # end (with a checkpoint) after this step, keeping c.steps' schedule; 0 = off
 
@@ -122,13 +122,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.opt = ml_collections.ConfigDict()
   c.opt.lr = 1e-3  # peak learning rate (paper OPD: 2e-6 on Qwen3-4B)
   c.opt.end_lr = 1e-5  # cosine floor (paper: 1e-8)
-  c.opt.warmup_frac = 0.05  # linear warm-up share of c.steps (paper: 5%)
+  # Linear warm-up share of c.steps (paper: 5%), then cosine decay to end_lr. Update n (from 1)
+  # uses the curve at n: the first update already moves (lr / warm-up updates), update
+  # round(warmup_frac * steps) is the first at the peak and the last update ends at end_lr.
+  c.opt.warmup_frac = 0.05
   c.opt.b1 = 0.9
   c.opt.b2 = 0.98  # paper: (0.9, 0.98)
   c.opt.eps = 1e-8
   c.opt.weight_decay = 0.0  # paper: 0
   c.opt.clip = 1.0  # global-norm clipping (paper: 1.0); 0 = off
-  c.opt.grad_accum = 1  # micro-batches per optimiser update (optax.MultiSteps)
+  # Micro-batches per update: the jitted step splits the batch rows into this many groups
+  # (rows i, i+k, ...) and scans over them, accumulating float32 gradients, so activation
+  # memory shrinks k-fold while the loss stays the whole batch's token mean and each step is
+  # still one update (the schedule counts updates). Must divide the batch rows
+  # (data.prompts_per_step x opd.samples_per_prompt on-policy, data.prompts_per_step off-policy).
+  c.opt.micro_batches = 1
 
   c.data = ml_collections.ConfigDict()
   c.data.task = "arithmetic"  # built-in synthetic task used when train_path is empty
@@ -145,6 +153,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
   c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
   c.data.max_len = 96  # off-policy: prompt + completion length
+  # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
+  # of this: padded columns are masked out (no change to loss, metrics or rock statistics) and
+  # give shapes attention blocks and sequence shards divide. 1 = no padding (CPU runs).
+  c.data.pad_to_multiple = 1
 
   c.mesh = ml_collections.ConfigDict()
   # data/fsdp/tensor are the sizes within one TPU slice or GPU node (its fast links); each

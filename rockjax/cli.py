@@ -113,8 +113,12 @@ def _check_overrides(config, argv: list[str]) -> None:
       raise errors.ConfigError(f"unknown config field {m.group(1)!r}" + _suggest(m.group(1), names))
 
 
+# Fields that were renamed: an old name gets the new one as its suggestion.
+RENAMED = {"opt.grad_accum": "opt.micro_batches"}
+
+
 def _suggest(field: str, names: list[str]) -> str:
-  close = difflib.get_close_matches(field, names, n=1)
+  close = [RENAMED[field]] if field in RENAMED else difflib.get_close_matches(field, names, n=1)
   if not close:  # e.g. `lamda` for `rock.lam`: compare the last parts
     tails: dict[str, str] = {}
     for name in names:

@@ -71,11 +71,12 @@ RANGES: dict[str, str] = {
   "opt.eps": "> 0",
   "opt.weight_decay": ">= 0",
   "opt.clip": ">= 0",
-  "opt.grad_accum": ">= 1",
+  "opt.micro_batches": ">= 1",
   "data.task_size": ">= 1",
   "data.prompts_per_step": ">= 1",
   "data.max_prompt_len": ">= 1",
   "data.max_len": ">= 2",
+  "data.pad_to_multiple": ">= 1",
   "mesh.num_devices": ">= 0",
   "mesh.dcn_data": ">= 1",
   "mesh.dcn_fsdp": ">= 1",
@@ -165,6 +166,7 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
+    _micro_batches(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
   ]
   if not dry_run:
@@ -280,6 +282,20 @@ def _stages(c) -> Iterator[str]:
       f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
       f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
     )
+
+
+def _micro_batches(c) -> Iterator[str]:
+  """opt.micro_batches splits the rows of every batch the run trains on (rockjax.step)."""
+  k, prompts = c.opt.micro_batches, c.data.prompts_per_step
+  batches = []  # (where the rows come from, how many)
+  if c.opd.mode == "on_policy":
+    rollouts = prompts * c.opd.samples_per_prompt
+    batches.append((f"data.prompts_per_step x opd.samples_per_prompt = {rollouts}", rollouts))
+  if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
+    batches.append((f"data.prompts_per_step = {prompts} (off-policy rows)", prompts))
+  for where, rows in batches:
+    if rows % k:
+      yield f"opt.micro_batches={k}: expected a divisor of the batch rows, {where}"
 
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:

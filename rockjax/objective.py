@@ -1,10 +1,13 @@
 """The OPD / KD loss factory: per-token losses of a batch, weighted by the masking function.
 
 Separate from the train step so users can jit and reuse the loss alone. Shape letters: B batch,
-L sequence length, T = L - 1 predicted positions, D hidden width, V vocabulary.
+L sequence length (padded, see `pad_batch`), D hidden width, V vocabulary.
 
-Alignment: the model's output at position t predicts token t+1, so every per-token quantity
-here is `[B, T]` and refers to the *emitted* id `targets_BxT = tokens_BxL[:, 1:]`.
+Alignment: the models run on all L positions and their output at position t predicts token
+t+1, so every per-token quantity here is `[B, L]` and column t refers to the *emitted* id
+`targets_BxL[:, t] = tokens_BxL[:, t + 1]`; the last column has no target (id 0, loss mask 0).
+Keeping the full length (rather than L - 1) keeps shapes that kernel blocks and sequence
+shards divide.
 """
 
 import dataclasses
@@ -26,7 +29,7 @@ class LossSettings:
   jsd_beta: float = 0.5  # teacher weight in the JSD mixture
   skew_alpha: float = 0.9  # teacher weight in the skew_reverse_kl mixture (1 = reverse_kl)
   temperature: float = 1.0
-  chunked: bool = True  # memory-lean loss from hidden states (never builds [B, T, V])
+  chunked: bool = True  # memory-lean loss from hidden states (never builds [B, L, V])
   chunk_size: int = 8192  # vocabulary columns per chunk (chunked CE / head-gradient updates)
   block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
@@ -78,30 +81,54 @@ class LossSettings:
 class Shifted(NamedTuple):
   """A token batch aligned for next-token prediction (output t predicts token t+1)."""
 
-  inputs_BxT: jax.Array
-  input_mask_BxT: jax.Array
-  targets_BxT: jax.Array
-  loss_mask_BxT: jax.Array  # 1 on response targets inside the attention mask
+  inputs_BxL: jax.Array  # the tokens themselves: the models see every position
+  input_mask_BxL: jax.Array  # the attention mask
+  targets_BxL: jax.Array  # tokens shifted left by one; the last column is 0
+  loss_mask_BxL: jax.Array  # 1 on response targets inside the attention mask; last column 0
+
+
+def _shift_left(x_BxL: jax.Array) -> jax.Array:
+  """x[:, t + 1] at column t, 0 in the last column (same shape)."""
+  return jnp.pad(x_BxL[:, 1:], ((0, 0), (0, 1)))
 
 
 def shift(batch: dict[str, jax.Array]) -> Shifted:
   """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
   tokens_BxL = batch["tokens"]
   attn_BxL = batch["attention_mask"].astype(jnp.int32)
-  loss_mask_BxT = batch["response_mask"][:, 1:].astype(jnp.int32) * attn_BxL[:, 1:]
-  return Shifted(tokens_BxL[:, :-1], attn_BxL[:, :-1], tokens_BxL[:, 1:], loss_mask_BxT)
+  loss_mask_BxL = _shift_left(batch["response_mask"].astype(jnp.int32) * attn_BxL)
+  return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
+
+
+def padded_length(length: int, multiple: int) -> int:
+  """`length` rounded up to a multiple of `multiple` (config field data.pad_to_multiple)."""
+  return -(-length // multiple) * multiple
+
+
+def pad_batch(batch: dict[str, jax.Array], multiple: int) -> dict[str, jax.Array]:
+  """Right-pads every `[B, L]` array of a token batch with zeros to a multiple of `multiple`.
+
+  Zeros are right for every field: token 0, attention mask 0 and response mask 0, so padded
+  columns are never attended to and never scored; the loss, the metrics and the rock
+  statistics do not change. A batch already of that length is returned as it is.
+  """
+  length = next(iter(batch.values())).shape[1]
+  extra = padded_length(length, multiple) - length
+  if extra == 0:
+    return batch
+  return {k: jnp.pad(v, ((0, 0), (0, extra))) for k, v in batch.items()}
 
 
 def teacher_outputs(
-  teacher: Any, inputs_BxT: jax.Array, mask_BxT: jax.Array, settings: LossSettings
+  teacher: Any, inputs_BxL: jax.Array, mask_BxL: jax.Array, settings: LossSettings
 ) -> tuple[jax.Array, jax.Array] | None:
   """Teacher (hidden, head) or (logits, None), as constants of the step (no gradient)."""
   if teacher is None or not settings.needs_teacher:
     return None
   if settings.chunked:
-    out = (teacher.hidden_states(inputs_BxT, mask_BxT), teacher.lm_head_weight())
+    out = (teacher.hidden_states(inputs_BxL, mask_BxL), teacher.lm_head_weight())
   else:
-    out = (teacher(inputs_BxT, mask_BxT), None)
+    out = (teacher(inputs_BxL, mask_BxL), None)
   return jax.lax.stop_gradient(out)
 
 
@@ -111,40 +138,40 @@ class LossTerms:
 
   total: jax.Array  # sum over tokens of weight * per-token loss (the differentiable part)
   count: jax.Array  # the normaliser: loss = total / count
-  kl_BxT: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
-  grad_norm_BxT: jax.Array | None  # per-token |d kl / d student logits| when free, else None
+  kl_BxL: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
+  grad_norm_BxL: jax.Array | None  # per-token |d kl / d student logits| when free, else None
   student_out: Any  # (hidden, head) or (logits, None), for diagnostics
 
 
 def loss_terms(
   student: Any,
-  inputs_BxT: jax.Array,
-  mask_BxT: jax.Array,
-  targets_BxT: jax.Array,
-  loss_mask_BxT: jax.Array,
-  w_BxT: jax.Array,
+  inputs_BxL: jax.Array,
+  mask_BxL: jax.Array,
+  targets_BxL: jax.Array,
+  loss_mask_BxL: jax.Array,
+  w_BxL: jax.Array,
   teacher_out,
   settings: LossSettings,
 ) -> LossTerms:
   """The weighted loss of a batch and the per-token divergence.
 
-  kl_BxT is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
+  kl_BxL is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
   there is no teacher). The chunked path forms the divergence's gradient in the forward pass
   (`losses.fused_divergence`: the weights are known here, they never depend on the
   parameters); the other path reduces full logits.
   """
   s = settings
   kind, ce_share = s.divergence_kind, s.ce_share
-  count = losses.count(loss_mask_BxT, w_BxT, normalizer=s.normalizer)
+  count = losses.count(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
   if s.chunked:
-    student_out = (student.hidden_states(inputs_BxT, mask_BxT), student.lm_head_weight())
-    total, kl_BxT, grad_norm_BxT = jnp.float32(0), None, None
+    student_out = (student.hidden_states(inputs_BxL, mask_BxL), student.lm_head_weight())
+    total, kl_BxL, grad_norm_BxL = jnp.float32(0), None, None
     if s.needs_teacher:
-      div_w_BxT = jnp.where(loss_mask_BxT > 0, w_BxT, 0.0) * (1.0 - ce_share)
+      div_w_BxL = jnp.where(loss_mask_BxL > 0, w_BxL, 0.0) * (1.0 - ce_share)
       fused = losses.fused_divergence(
         *student_out,
         *teacher_out,
-        div_w_BxT,
+        div_w_BxL,
         kind=kind,
         beta=s.jsd_beta,
         alpha=s.skew_alpha,
@@ -152,18 +179,18 @@ def loss_terms(
         block_size=s.block_size,
         chunk_size=s.chunk_size,
       )
-      total, kl_BxT, grad_norm_BxT = fused.weighted_sum, fused.per_token, fused.grad_norm
+      total, kl_BxL, grad_norm_BxL = fused.weighted_sum, fused.per_token, fused.grad_norm
     if ce_share > 0:
-      ce_BxT = losses.chunked_cross_entropy(*student_out, targets_BxT, chunk_size=s.chunk_size)
-      total = total + ce_share * losses.reduce(ce_BxT, loss_mask_BxT, w_BxT)[0]
-      kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
-    return LossTerms(total, count, kl_BxT, grad_norm_BxT, student_out)
+      ce_BxL = losses.chunked_cross_entropy(*student_out, targets_BxL, chunk_size=s.chunk_size)
+      total = total + ce_share * losses.reduce(ce_BxL, loss_mask_BxL, w_BxL)[0]
+      kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
+    return LossTerms(total, count, kl_BxL, grad_norm_BxL, student_out)
 
-  student_out = (student(inputs_BxT, mask_BxT), None)
+  student_out = (student(inputs_BxL, mask_BxL), None)
   logits = student_out[0]
-  kl_BxT = None
+  kl_BxL = None
   if s.needs_teacher:
-    kl_BxT = losses.divergence(
+    kl_BxL = losses.divergence(
       logits,
       teacher_out[0],
       kind=kind,
@@ -171,49 +198,73 @@ def loss_terms(
       alpha=s.skew_alpha,
       temperature=s.temperature,
     )
-  loss_BxT = kl_BxT
+  loss_BxL = kl_BxL
   if ce_share > 0:
-    ce_BxT = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxT[..., None], axis=-1)[
+    ce_BxL = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxL[..., None], axis=-1)[
       ..., 0
     ]
-    loss_BxT = ce_BxT if kl_BxT is None else (1.0 - ce_share) * kl_BxT + ce_share * ce_BxT
-    kl_BxT = ce_BxT if kl_BxT is None else kl_BxT
-  total = losses.reduce(loss_BxT, loss_mask_BxT, w_BxT)[0]
-  return LossTerms(total, count, kl_BxT, None, student_out)
+    loss_BxL = ce_BxL if kl_BxL is None else (1.0 - ce_share) * kl_BxL + ce_share * ce_BxL
+    kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
+  total = losses.reduce(loss_BxL, loss_mask_BxL, w_BxL)[0]
+  return LossTerms(total, count, kl_BxL, None, student_out)
 
 
 def loss_weights(
-  rock_mask_V: jax.Array, targets_BxT: jax.Array, loss_mask_BxT: jax.Array, settings: LossSettings
+  rock_mask_V: jax.Array, targets_BxL: jax.Array, loss_mask_BxL: jax.Array, settings: LossSettings
 ) -> jax.Array:
   """The masking function: lam on rock positions, 1 elsewhere, 0 off the response."""
   if settings.rock_mode == "off":
-    return loss_mask_BxT.astype(jnp.float32)
-  return rocks.token_weights(rock_mask_V, targets_BxT, loss_mask_BxT, lam=settings.lam)
+    return loss_mask_BxL.astype(jnp.float32)
+  return rocks.token_weights(rock_mask_V, targets_BxL, loss_mask_BxL, lam=settings.lam)
+
+
+def batch_count(rock_mask_V: jax.Array, shifted: Shifted, settings: LossSettings) -> jax.Array:
+  """The loss normaliser of a whole batch (`count` of losses.reduce under opd.normalizer).
+
+  It depends only on the rock mask, the targets and the loss mask, never on the parameters,
+  so a step that splits its batch into micro-batches computes it once, before the split, and
+  passes it to every micro-batch's `loss_fn(..., count=...)`: the summed loss is then exactly
+  the whole batch's.
+  """
+  w_BxL = loss_weights(rock_mask_V, shifted.targets_BxL, shifted.loss_mask_BxL, settings)
+  return losses.count(shifted.loss_mask_BxL, w_BxL, normalizer=settings.normalizer)
 
 
 def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
-  """`loss_fn(params, teacher_out, shifted, rock_mask_V) -> (loss, aux)`, ready for jax.grad.
+  """`loss_fn(params, teacher_out, shifted, rock_mask_V, *, count=None) -> (loss, aux)`, ready
+  for jax.grad.
 
   `shifted` is `shift(batch)` (the step shifts once and shares it with the teacher forward).
+  The loss is the weighted sum over `shifted`'s tokens divided by `count`; by default that is
+  the normaliser of `shifted` itself, and a micro-batch passes its whole batch's
+  (`batch_count`) so that the micro-batches' losses (and gradients) add up to the batch's.
 
   aux holds the per-token divergence, the weights, the (sum, count) of the loss, the per-token
   logit-gradient norm when it came for free, and the student's own outputs (hidden+head or
   logits) for diagnostics.
   """
 
-  def loss_fn(params: nnx.State, teacher_out, shifted: Shifted, rock_mask_V: jax.Array):
+  def loss_fn(
+    params: nnx.State,
+    teacher_out,
+    shifted: Shifted,
+    rock_mask_V: jax.Array,
+    *,
+    count: jax.Array | None = None,
+  ):
     student = nnx.merge(graphdef, params)
     inputs, in_mask, targets, loss_mask = shifted
-    w_BxT = loss_weights(rock_mask_V, targets, loss_mask, settings)
-    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxT, teacher_out, settings)
+    w_BxL = loss_weights(rock_mask_V, targets, loss_mask, settings)
+    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxL, teacher_out, settings)
+    count = terms.count if count is None else jnp.asarray(count, jnp.float32)
     # A batch whose weights are all zero has loss 0, not nan.
-    loss = terms.total / jnp.where(terms.count > 0, terms.count, 1.0)
+    loss = terms.total / jnp.where(count > 0, count, 1.0)
     aux = {
-      "kl_BxT": terms.kl_BxT,
-      "w_BxT": w_BxT,
+      "kl_BxL": terms.kl_BxL,
+      "w_BxL": w_BxL,
       "sum": terms.total,
-      "count": terms.count,
-      "grad_norm_BxT": terms.grad_norm_BxT,
+      "count": count,
+      "grad_norm_BxL": terms.grad_norm_BxL,
       "student_out": terms.student_out,
     }
     return loss, aux

@@ -71,14 +71,16 @@ def step_settings(
     schedule=schedule,
     selection=rock_selection(c),
     rock_schedule=rock_schedule(c),
+    micro_batches=c.opt.micro_batches,
   )
 
 
 def batch_shape(c: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(rows, length) of a global train batch: rollouts on-policy, given completions off-policy."""
+  """(rows, length) of a global train batch: rollouts on-policy, given completions off-policy;
+  the length rounded up to a multiple of data.pad_to_multiple (objective.pad_batch)."""
   if loss_settings(c).mode == "on_policy":
-    return (
-      c.data.prompts_per_step * c.opd.samples_per_prompt,
-      c.data.max_prompt_len + c.opd.max_new_tokens,
-    )
-  return c.data.prompts_per_step, c.data.max_len
+    rows = c.data.prompts_per_step * c.opd.samples_per_prompt
+    length = c.data.max_prompt_len + c.opd.max_new_tokens
+  else:
+    rows, length = c.data.prompts_per_step, c.data.max_len
+  return rows, objective.padded_length(length, c.data.pad_to_multiple)

@@ -30,24 +30,30 @@ class TrainState:
 def make_optimizer(
   opt: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
-  """AdamW with linear warm-up then cosine decay and global-norm clipping (the paper's recipe)."""
+  """AdamW with linear warm-up then cosine decay and global-norm clipping (the paper's recipe).
+
+  Returns (tx, schedule) where `schedule(n)` is the learning rate of update n + 1 (n = the
+  optimiser's update count, = TrainState.step): the warm-up curve is read at n + 1, so the
+  first update already moves (lr / warmup), update `warmup` is the first at the peak and update
+  `total_steps` ends at `end_lr`. Micro-batches (opt.micro_batches) live inside the train step,
+  so every call is one update and one tick of this schedule.
+  """
   warmup = max(1, int(round(opt.warmup_frac * total_steps)))
-  schedule = optax.warmup_cosine_decay_schedule(
+  curve = optax.warmup_cosine_decay_schedule(
     init_value=0.0,
     peak_value=opt.lr,
     warmup_steps=warmup,
     decay_steps=max(total_steps, warmup + 1),
     end_value=opt.end_lr,
   )
+
+  def schedule(count):
+    return curve(count + 1)
+
   tx = optax.chain(
     optax.clip_by_global_norm(opt.clip) if opt.clip > 0 else optax.identity(),
     optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay),
   )
-  if opt.grad_accum > 1:
-    # Every call is one micro-batch; the inner update (and the schedule) advances every k calls.
-    tx = optax.MultiSteps(tx, every_k_schedule=opt.grad_accum)
-    inner = schedule
-    schedule = lambda count: inner(count // opt.grad_accum)
   return tx, schedule
 
 

@@ -1,6 +1,7 @@
 """The pure train step and the one place it is jitted.
 
-Shape letters: B batch (sequences), L sequence length, T = L - 1 predicted positions, V vocab.
+Shape letters: B batch (sequences), L sequence length (padded, objective.pad_batch), V vocab,
+K micro-batches (opt.micro_batches), M = B / K rows per micro-batch.
 A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask` [B, L] and
 `response_mask` [B, L] (1 on tokens the loss covers: generated or given completions).
 """
@@ -26,9 +27,14 @@ class StepSettings:
 
   loss: objective.LossSettings
   teacher_graphdef: nnx.GraphDef | None
-  schedule: Callable[[Any], jax.Array]  # learning rate per optimiser step (for the metric)
+  schedule: Callable[[Any], jax.Array]  # learning rate of the update at this step (the metric)
   selection: rocks.RockSelection = rocks.RockSelection()  # modes 'off' and 'dynamic'
   rock_schedule: rocks.RockSchedule = rocks.RockSchedule()
+  micro_batches: int = 1  # K: the batch rows are scanned in K groups (activation memory / K)
+
+  def __post_init__(self):
+    if self.micro_batches < 1:
+      raise ValueError(f"opt.micro_batches must be >= 1, got {self.micro_batches}")
 
 
 def _next_rock_mask(
@@ -44,28 +50,50 @@ def _next_rock_mask(
   return jnp.where(s.rock_schedule.due(new_step), s.selection.select(rock), old_mask_V)
 
 
-def _grad_norm_share(
-  aux, teacher_out, targets_BxT, loss_mask_BxT, rock_mask_V, s: StepSettings
-) -> Metrics:
-  """Share of the per-token logit-gradient norm on rock positions (docs/method.md, gradients)."""
+def _token_grad_norm(aux, teacher_out, s: StepSettings) -> jax.Array | None:
+  """Per-token |d divergence / d student logits| [M, L] for the rock/share_grad_norm metric.
+
+  Free on the chunked (fused) path; the full-logit path derives it from the logits here, per
+  micro-batch, so [B, L, V] logits are never kept for the whole batch.
+  """
   ls = s.loss
   if not ls.grad_norm_metric or teacher_out is None:
-    return {}
-  gnorm_BxT = aux["grad_norm_BxT"]  # free on the chunked (fused) path
-  if gnorm_BxT is None:
-    logits = jax.lax.stop_gradient(aux["student_out"][0])
-    gnorm_BxT = losses.logit_gradient_norm(
-      logits,
+    return None
+  gnorm_MxL = aux["grad_norm_BxL"]
+  if gnorm_MxL is None:
+    gnorm_MxL = losses.logit_gradient_norm(
+      jax.lax.stop_gradient(aux["student_out"][0]),
       teacher_out[0],
       kind=ls.divergence_kind,
       temperature=ls.temperature,
       beta=ls.jsd_beta,
       alpha=ls.skew_alpha,
     )
-  on = loss_mask_BxT > 0
-  gnorm_BxT = jnp.where(on, jax.lax.stop_gradient(gnorm_BxT), 0.0)
-  is_rock = rocks.is_rock_BxL(rock_mask_V, targets_BxT) & on
-  return {"rock/share_grad_norm": (jnp.sum(jnp.where(is_rock, gnorm_BxT, 0.0)), jnp.sum(gnorm_BxT))}
+  return jax.lax.stop_gradient(gnorm_MxL)
+
+
+def _grad_norm_share(gnorm_BxL, targets_BxL, loss_mask_BxL, rock_mask_V) -> Metrics:
+  """Share of the per-token logit-gradient norm on rock positions (docs/method.md, gradients)."""
+  if gnorm_BxL is None:
+    return {}
+  on = loss_mask_BxL > 0
+  gnorm_BxL = jnp.where(on, gnorm_BxL, 0.0)
+  is_rock = rocks.is_rock_BxL(rock_mask_V, targets_BxL) & on
+  return {"rock/share_grad_norm": (jnp.sum(jnp.where(is_rock, gnorm_BxL, 0.0)), jnp.sum(gnorm_BxL))}
+
+
+def _split(x_BxL: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [K, M, ...], strided: micro-batch i holds rows i, i + K, i + 2K, ...
+
+  Strided rather than contiguous so that every micro-batch keeps the batch's sharding: each
+  device's contiguous block of rows contributes B / (K * devices) rows to every micro-batch.
+  """
+  return x_BxL.reshape(x_BxL.shape[0] // k, k, *x_BxL.shape[1:]).swapaxes(0, 1)
+
+
+def _unsplit(x_KxMxL: jax.Array) -> jax.Array:
+  """The inverse of `_split`: [K, M, ...] -> [B, ...] in the batch's row order."""
+  return x_KxMxL.swapaxes(0, 1).reshape(-1, *x_KxMxL.shape[2:])
 
 
 def train_step(
@@ -75,24 +103,46 @@ def train_step(
   *,
   settings: StepSettings,
 ) -> tuple[TrainState, Metrics]:
-  """One OPD/KD update: teacher forward (constant), student loss + grads, rock stats, optax."""
-  s = settings
+  """One OPD/KD update: per micro-batch a teacher forward (constant) and the student's loss and
+  gradients, accumulated in float32; then the rock statistics and ONE optax update."""
+  s, k = settings, settings.micro_batches
   shifted = objective.shift(batch)
-  inputs, in_mask, targets, loss_mask = shifted
-  teacher = None if teacher_params is None else nnx.merge(s.teacher_graphdef, teacher_params)
-  teacher_out = objective.teacher_outputs(teacher, inputs, in_mask, s.loss)
-
+  rows = shifted.inputs_BxL.shape[0]
+  if rows % k:
+    raise ValueError(f"opt.micro_batches={k}: the batch has {rows} rows, not a multiple of it")
+  # The normaliser of the whole batch, once: the micro-batches' losses then add up to the
+  # batch's token mean (or weight mean), exactly as with one micro-batch.
+  count = objective.batch_count(state.rock_mask, shifted, s.loss)
   loss_fn = objective.make_loss_fn(state.graphdef, s.loss)
-  (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, teacher_out, shifted, state.rock_mask
-  )
+
+  def micro_step(carry, mb: objective.Shifted):
+    grads_acc, total = carry
+    teacher = None if teacher_params is None else nnx.merge(s.teacher_graphdef, teacher_params)
+    teacher_out = objective.teacher_outputs(teacher, mb.inputs_BxL, mb.input_mask_BxL, s.loss)
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params, teacher_out, mb, state.rock_mask, count=count
+    )
+    grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
+    per_token = {
+      "kl": jax.lax.stop_gradient(aux["kl_BxL"]),
+      "grad_norm": _token_grad_norm(aux, teacher_out, s),
+    }
+    return (grads_acc, total + aux["sum"]), per_token
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+  micro = objective.Shifted(*(_split(x, k) for x in shifted))
+  (grads_f32, total), per_token = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), micro)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads_f32, state.params)
+  kl_BxL = _unsplit(per_token["kl"])
+  gnorm_BxL = None if per_token["grad_norm"] is None else _unsplit(per_token["grad_norm"])
+
   # The masking function was applied inside the loss (weights), i.e. before this update.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  kl_BxT = jax.lax.stop_gradient(aux["kl_BxT"])
+  _, _, targets, loss_mask = shifted
   new_step = state.step + 1
-  rock = rocks.update(state.rock, targets, kl_BxT, loss_mask, decay=s.rock_schedule.decay)
+  rock = rocks.update(state.rock, targets, kl_BxL, loss_mask, decay=s.rock_schedule.decay)
   if s.rock_schedule.snapshot_step > 0:
     rock = jax.lax.cond(
       new_step == s.rock_schedule.snapshot_step, rocks.snapshot, lambda r: r, rock
@@ -100,14 +150,14 @@ def train_step(
   rock_mask = _next_rock_mask(rock, state.rock_mask, new_step, s)
 
   metrics: Metrics = {
-    "opd/loss": (aux["sum"], aux["count"]),
-    "opd/kl": losses.reduce(kl_BxT, loss_mask),
+    "opd/loss": (total, count),
+    "opd/kl": losses.reduce(kl_BxL, loss_mask),
     "opd/response_tokens": (jnp.sum(loss_mask, dtype=jnp.float32), jnp.float32(1)),
     "opt/grad_norm": (optax.global_norm(grads), jnp.float32(1)),
     "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
     "rock/num_selected": (jnp.sum(state.rock_mask, dtype=jnp.float32), jnp.float32(1)),
-    **rocks.rock_shares(state.rock_mask, targets, kl_BxT, loss_mask),
-    **_grad_norm_share(aux, teacher_out, targets, loss_mask, state.rock_mask, s),
+    **rocks.rock_shares(state.rock_mask, targets, kl_BxL, loss_mask),
+    **_grad_norm_share(gnorm_BxL, targets, loss_mask, state.rock_mask),
   }
   new_state = state.replace(
     step=new_step, params=params, opt_state=opt_state, rock=rock, rock_mask=rock_mask

@@ -17,6 +17,7 @@ import tqdm
 from flax import nnx
 
 from rockjax import metrics as metrics_lib
+from rockjax import objective
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -62,10 +63,12 @@ def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
   host = next(exp.train_data)
   if exp.config.opd.mode == "off_policy":
     keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
-    return shd.host_to_global(
+    batch = shd.host_to_global(
       {k: host[k] for k in keys}, exp.mesh, global_rows=exp.config.data.prompts_per_step
     )
-  return _rollout(exp, state, host, step)
+  else:
+    batch = _rollout(exp, state, host, step)
+  return objective.pad_batch(batch, exp.config.data.pad_to_multiple)  # settings.batch_shape
 
 
 def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

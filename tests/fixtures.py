@@ -123,9 +123,11 @@ def build(
   normalizer="tokens",
   chunked=True,
   dynamic_k=4,
+  micro_batches=1,
+  schedule=None,
   **loss_kw,
 ):
-  """(jitted step, state, teacher params) on `mesh`."""
+  """(jitted step, state, teacher params) on `mesh`; `schedule` only feeds the opt/lr metric."""
   tx = tx or optax.adamw(1e-2)
   graphdef, params = nnx.split(random_model(student_cfg or STUDENT, seed=0))
   t_graphdef, t_params = nnx.split(random_model(TEACHER, seed=1))
@@ -141,9 +143,10 @@ def build(
       rock_mode=rock_mode, lam=lam, normalizer=normalizer, chunked=chunked, chunk_size=16, **loss_kw
     ),
     teacher_graphdef=t_graphdef,
-    schedule=lambda n: 1e-2,
+    schedule=schedule or (lambda n: 1e-2),
     selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
     rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1),
+    micro_batches=micro_batches,
   )
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
   return fn, state, t_params

@@ -22,6 +22,10 @@ CASES = {  # name -> (extra args (WORKDIR / TMP substituted), substrings of the 
     ["--config=configs/tiny.py", "--config.rock.lamda=0"],
     ["unknown config field 'rock.lamda' (did you mean 'rock.lam'?)"],
   ),
+  "renamed_field": (
+    ["--config=configs/tiny.py", "--config.opt.grad_accum=2"],
+    ["unknown config field 'opt.grad_accum' (did you mean 'opt.micro_batches'?)"],
+  ),
   "bad_type": (
     ["--config=configs/tiny.py", "--config.steps=ten"],
     ["config field 'steps'", "'ten'", "int"],

@@ -57,7 +57,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("rock.decay", 0.0, "in (0, 1]"),
   ("opt.warmup_frac", 1.0, "in [0, 1)"),
   ("eval.temperature", -0.1, "expected >= 0"),
-  ("opt.grad_accum", 0, "expected >= 1"),
+  ("opt.micro_batches", 0, "expected >= 1"),
+  ("data.pad_to_multiple", 0, "expected >= 1"),
   ("ckpt.keep", 0, "expected >= 1"),
   ("teacher.arch.num_layers", 0, "expected >= 1"),
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
@@ -95,6 +96,8 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"teacher.arch.vocab_size": 256}, "teacher.arch.vocab_size"),
   ({"opd.mode": "off_policy", "data.max_len": 24}, "data.max_len"),  # = max_prompt_len
   ({"model.source": "kd", "data.max_len": 10}, "data.max_len"),  # the KD stage is off-policy
+  ({"opt.micro_batches": 3}, "opt.micro_batches"),  # 8 prompts x 2 samples = 16 rows
+  ({"opt.micro_batches": 16, "model.source": "kd"}, "opt.micro_batches"),  # KD stage: 8 rows
   ({"mesh.data": 3}, "mesh.data"),  # 3 does not divide 8 devices
   ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh.data"),
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already

@@ -6,7 +6,7 @@ import pytest
 
 from fixtures import CONFIG_NAMES
 from rockjax import dry_run
-from rockjax.settings import step_settings
+from rockjax.settings import batch_shape, step_settings
 
 
 def load(name):
@@ -52,6 +52,8 @@ def test_paper_configs_dry_run(name):
   assert gib["opt_state"] == pytest.approx(2 * gib["params"], rel=0.01)
   assert gib["teacher_params"] == pytest.approx(teacher * 2 / 64 / 2**30, rel=0.02)
   assert r["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
+  # 1 prompt x 4 samples; 1024 prompt + 8000 (freeze runs: 1024) new tokens padded to 512s.
+  assert batch_shape(c) == (4, 2048 if name.endswith("freeze") else 9216)
 
 
 def test_dry_run_declares_the_hybrid_mesh():

@@ -1,7 +1,10 @@
 """The pure train step against direct computations: masking, rock statistics, sharding, overfit."""
 
+import math
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -18,7 +21,7 @@ from fixtures import (
   one_device_mesh,
   random_model,
 )
-from rockjax import sharding as shd, state as state_lib
+from rockjax import objective, sharding as shd, state as state_lib
 
 
 def reference_logits(batch):
@@ -147,12 +150,15 @@ def test_mode_off_gradient_is_plain_opd_gradient():
   assert diff > 1e-5  # and freezing really changes the update
 
 
-@pytest.mark.parametrize("chunked", [True, False])
-def test_sharded_equals_unsharded_over_three_steps(devices8, chunked):
+@pytest.mark.parametrize("chunked,micro_batches", [(True, 1), (False, 1), (True, 2)])
+def test_sharded_equals_unsharded_over_three_steps(devices8, chunked, micro_batches):
+  """8 devices (with micro-batches of 4 rows on the 4-way batch axes) == 1 device, 1 batch."""
   mesh8 = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   results = []
-  for mesh in (one_device_mesh(), mesh8):
-    fn, state, t_params = build(mesh, rock_mode="dynamic", lam=0.0, chunked=chunked)
+  for mesh, k in ((one_device_mesh(), 1), (mesh8, micro_batches)):
+    fn, state, t_params = build(
+      mesh, rock_mode="dynamic", lam=0.0, chunked=chunked, micro_batches=k
+    )
     losses = []
     with jax.set_mesh(mesh):
       for i in range(3):
@@ -182,39 +188,145 @@ def test_overfits_a_fixed_batch_on_8_devices(devices8):
   assert np.mean(np.diff(losses) < 0) > 0.8, losses  # falling nearly every step
 
 
-def test_gradient_accumulation_matches_one_big_step():
-  """opt.grad_accum=2 over the same micro-batch twice == one update on it (optax.MultiSteps)."""
-  import ml_collections
-
+def paper_optimizer(steps=8):
+  """make_optimizer on the paper's recipe (AdamW, warm-up + cosine, clipping) at a visible lr."""
   opt = ml_collections.ConfigDict(
     dict(
       lr=1e-2,
-      end_lr=0.0,
-      warmup_frac=0.0,
+      end_lr=1e-3,
+      warmup_frac=0.25,
       b1=0.9,
       b2=0.98,
       eps=1e-8,
       weight_decay=0.0,
       clip=1.0,
-      grad_accum=1,
     )
   )
-  tx1, _ = state_lib.make_optimizer(opt, 10)
-  opt.grad_accum = 2
-  tx2, _ = state_lib.make_optimizer(opt, 10)
-  batch, mesh = make_batch(), one_device_mesh()
-  fn1, s1, t_params = build(mesh, tx=tx1, rock_mode="off")
-  fn2, s2, _ = build(mesh, tx=tx2, rock_mode="off")
-  with jax.set_mesh(mesh):
-    s1, _ = fn1(s1, t_params, batch)
-    s2_half, _ = fn2(s2, t_params, batch)
-    unchanged = jax.device_get(s2_half.params)
-    s2, _ = fn2(s2_half, t_params, batch)
-  p0 = jax.device_get(build(mesh, rock_mode="off")[1].params)
-  for a, b in zip(jax.tree.leaves(unchanged), jax.tree.leaves(p0)):
-    np.testing.assert_array_equal(a, b)  # the first micro-batch only accumulates
-  for a, b in zip(jax.tree.leaves(s2.params), jax.tree.leaves(s1.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  return state_lib.make_optimizer(opt, steps)
+
+
+def hand_lr(n, steps=8, warmup=2, peak=1e-2, end=1e-3):
+  """Learning rate of update n (from 1): linear warm-up reaching the peak at update `warmup`,
+  then cosine decay reaching `end` at update `steps`."""
+  if n <= warmup:
+    return peak * n / warmup
+  return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * (n - warmup) / (steps - warmup)))
+
+
+@pytest.mark.parametrize(
+  "loss_kw",
+  [
+    dict(mode="on_policy", chunked=True, normalizer="tokens"),
+    dict(mode="on_policy", chunked=False, normalizer="weights"),
+    dict(mode="off_policy", chunked=True, normalizer="tokens", kd_ratio=0.5, block_size=7),
+  ],
+  ids=["opd_fused", "opd_full_logits_weights", "kd"],
+)
+def test_four_micro_batches_equal_one_batch(loss_kw):
+  """opt.micro_batches=4 == 1 after two updates at a nonzero lr from the first update:
+  params, optimiser state, rock statistics and selection, every metric (the loss included)."""
+  mesh, results = one_device_mesh(), []
+  for k in (1, 4):
+    tx, schedule = paper_optimizer()
+    fn, state, t_params = build(
+      mesh, tx=tx, schedule=schedule, micro_batches=k, rock_mode="dynamic", lam=0.3, **loss_kw
+    )
+    metrics, p0 = [], jax.tree.leaves(jax.device_get(state.params))
+    with jax.set_mesh(mesh):
+      for seed in (0, 1):
+        state, m = fn(state, t_params, make_batch(seed=seed))
+        metrics.append(jax.device_get(m))
+    results.append((jax.device_get(state), metrics))
+  (s1, m1), (s4, m4) = results
+  assert m1[0]["opt/lr"][0] == pytest.approx(hand_lr(1)) and hand_lr(1) > 0
+  for a, b in zip(m1, m4):
+    assert a.keys() == b.keys() and "rock/share_kl" in a
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-6, err_msg=key)
+  assert int(s4.step) == 2
+  for name in ("opt_state", "rock", "rock_mask"):  # AdamW moments: the gradients themselves
+    for x, y in zip(jax.tree.leaves(getattr(s4, name)), jax.tree.leaves(getattr(s1, name))):
+      np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6, err_msg=name)
+  # AdamW divides by sqrt(v): where an entry's gradient is a near-cancelling sum, float32
+  # round-off (summation order) becomes up to ~2e-6 of a 1e-2 step; a wrong normaliser or
+  # schedule moves every entry by a large fraction of the step.
+  for x, y in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-5, err_msg="params")
+  moved = max(float(np.abs(x - y).max()) for x, y in zip(p0, jax.tree.leaves(s4.params)))
+  assert moved > 1e-3  # the updates really moved the parameters
+
+
+def test_lr_follows_hand_computed_warmup_cosine_with_micro_batches():
+  """8 updates of 4 micro-batches: update n uses the warm-up/cosine value at n (2 warm-up
+  updates, the first at half the peak), one schedule tick and one AdamW count per update."""
+  tx, schedule = paper_optimizer()
+  fn, state, t_params = build(
+    one_device_mesh(), tx=tx, schedule=schedule, micro_batches=4, rock_mode="off"
+  )
+  p0 = jax.device_get(state.params)
+  lrs = []
+  with jax.set_mesh(one_device_mesh()):
+    for n in range(1, 9):
+      state, m = fn(state, t_params, make_batch(seed=n))
+      lrs.append(float(m["opt/lr"][0]))
+      if n == 1:  # AdamW's first update is lr * g / (|g| + eps): about lr on every moved entry
+        first = max(
+          float(np.abs(a - b).max())
+          for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(jax.device_get(state.params)))
+        )
+  want = [hand_lr(n) for n in range(1, 9)]
+  np.testing.assert_allclose(lrs, want, rtol=1e-6)
+  np.testing.assert_allclose(lrs[-1], 1e-3, rtol=1e-6)  # the last update ends at end_lr
+  np.testing.assert_allclose(first, hand_lr(1), rtol=1e-3)
+  counts = [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(state.opt_state, "count")]
+  assert counts and all(c == 8 for c in counts), counts
+
+
+def test_micro_batches_must_divide_the_rows():
+  fn, state, t_params = build(one_device_mesh(), micro_batches=3)
+  with jax.set_mesh(one_device_mesh()), pytest.raises(ValueError, match="opt.micro_batches=3"):
+    fn(state, t_params, make_batch())
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_padding_changes_nothing(chunked):
+  """The same batch right-padded from 10 to 16 columns (objective.pad_batch): same loss,
+  gradient (SGD with lr 1), rock statistics and metrics."""
+  batch, results = make_batch(), []
+  for multiple in (1, 8):
+    fn, state, t_params = build(
+      one_device_mesh(), tx=optax.sgd(1.0), rock_mode="dynamic", chunked=chunked, block_size=7
+    )
+    padded = objective.pad_batch(batch, multiple)
+    assert padded["tokens"].shape == (8, 10 if multiple == 1 else 16)
+    p0 = jax.device_get(state.params)  # before the step: it donates `state`
+    with jax.set_mesh(one_device_mesh()):
+      new_state, m = fn(state, t_params, padded)
+    results.append((p0, jax.device_get(new_state), jax.device_get(m)))
+  (p0, s1, m1), (_, s16, m16) = results
+  assert m16.keys() == m1.keys()
+  for key in m1:
+    np.testing.assert_allclose(m16[key], m1[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  for a, b, c in zip(*(jax.tree.leaves(x) for x in (p0, s1.params, s16.params))):
+    np.testing.assert_allclose(a - c, a - b, rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(s16.rock.count_V, s1.rock.count_V)
+  np.testing.assert_allclose(s16.rock.kl_sum_V, s1.rock.kl_sum_V, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(s16.rock_mask, s1.rock_mask)
+
+
+def test_shift_keeps_the_full_length():
+  """Hand-made 1-row batch: inputs are all L tokens, targets and loss mask shift left by one."""
+  batch = {
+    "tokens": np.array([[5, 6, 7, 8, 9]]),
+    "attention_mask": np.array([[0, 1, 1, 1, 0]]),
+    "response_mask": np.array([[0, 0, 1, 1, 0]]),
+  }
+  shifted = jax.device_get(objective.shift(batch))
+  np.testing.assert_array_equal(shifted.inputs_BxL, [[5, 6, 7, 8, 9]])
+  np.testing.assert_array_equal(shifted.input_mask_BxL, [[0, 1, 1, 1, 0]])
+  np.testing.assert_array_equal(shifted.targets_BxL, [[6, 7, 8, 9, 0]])
+  np.testing.assert_array_equal(shifted.loss_mask_BxL, [[0, 1, 1, 0, 0]])
+  assert objective.padded_length(9024, 512) == 9216 and objective.padded_length(16, 8) == 16
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rockjax import train
+from rockjax import settings, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,16 +43,22 @@ def test_cli_trains_tiny_config_on_8_devices(tmp_path):
   assert sorted(os.listdir(tmp_path / "ckpt"))[-1] == "3"
 
 
-@pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
-def test_resume_equals_uninterrupted(tmp_path, mode):
+@pytest.mark.parametrize(
+  "mode,extra",
+  [("on_policy", {"opt.micro_batches": 2, "data.pad_to_multiple": 16}), ("off_policy", {})],
+)
+def test_resume_equals_uninterrupted(tmp_path, mode, extra):
   """Train 4, stop, resume, train 4 more == train 8 (params, moments, rock stats, data).
 
-  On-policy this also checks the rollouts replay: their keys derive from (rng, step).
+  On-policy this also checks the rollouts replay: their keys derive from (rng, step), and
+  runs them in 2 micro-batches, padded from 24 + 12 to 48 columns.
   """
-  whole = train.run(small_run(mode), str(tmp_path / "whole"))
-  first = train.run(small_run(mode, **{"stop_after": 4}), str(tmp_path / "split"))
+  if extra:
+    assert settings.batch_shape(small_run(mode, **extra)) == (16, 48)
+  whole = train.run(small_run(mode, **extra), str(tmp_path / "whole"))
+  first = train.run(small_run(mode, **extra, **{"stop_after": 4}), str(tmp_path / "split"))
   assert int(first["state"].step) == 4
-  second = train.run(small_run(mode), str(tmp_path / "split"))
+  second = train.run(small_run(mode, **extra), str(tmp_path / "split"))
   a, b = jax.device_get(whole["state"]), jax.device_get(second["state"])
   assert int(a.step) == int(b.step) == 8
   for name in ("params", "opt_state", "rock", "rock_mask"):
