@@ -39,7 +39,12 @@ def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> Model
 
 def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
   """The ModelConfig fields that come from the run, not the checkpoint."""
-  return dict(dtype=dtype(m.dtype), param_dtype=dtype(m.param_dtype), remat=m.remat)
+  return dict(
+    dtype=dtype(m.dtype),
+    param_dtype=dtype(m.param_dtype),
+    remat=m.remat,
+    scan_layers=m.scan_layers,
+  )
 
 
 def arch_config(m: ml_collections.ConfigDict) -> ModelConfig:
@@ -81,7 +86,12 @@ def load_params(
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
   if m.source == "hf":
     model = models.from_pretrained(
-      m.path, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh, remat=cfg.remat
+      m.path,
+      dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
+      mesh=mesh,
+      remat=cfg.remat,
+      scan_layers=cfg.scan_layers,
     )
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)

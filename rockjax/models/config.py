@@ -9,7 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from rockjax.models import families
+from rockjax.models import families, remat as remat_lib
 
 # transformers `model_type` -> our family name (derived from the preset table).
 FAMILIES = dict(families.MODEL_TYPES)
@@ -58,7 +58,13 @@ class ModelConfig:
   # Numerics and memory (not part of the checkpoint).
   dtype: Any = jnp.float32  # compute dtype of matmuls; norms and softmax always run in float32
   param_dtype: Any = jnp.float32
-  remat: bool = False  # nnx.remat each decoder layer in the no-cache forward
+  # Remat policy of each decoder layer in the no-cache forward (rockjax.models.remat.POLICIES;
+  # the legacy booleans True / False mean 'full' / 'none').
+  remat: str = "none"
+  # Parameters of all layers stacked on a leading 'layers' axis and applied with nnx.scan (one
+  # compiled layer instead of num_layers). Used only when every layer has the same structure
+  # (see `scans_layers`); otherwise the layers stay an unrolled list.
+  scan_layers: bool = False
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
   hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
@@ -68,6 +74,17 @@ class ModelConfig:
         f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
       )
     families.get(self.family)  # ValueError naming the known families
+    object.__setattr__(self, "remat", remat_lib.policy_name(self.remat))
+
+  @property
+  def scans_layers(self) -> bool:
+    """Whether the layers are stacked and scanned: scan_layers and all layers alike.
+
+    Qwen3-MoE configs whose mlp_only_layers / decoder_sparse_step make some layers dense have
+    two layer structures and run unrolled.
+    """
+    kinds = {self.is_moe_layer(i) for i in range(self.num_layers)}
+    return self.scan_layers and len(kinds) == 1
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""
