@@ -61,6 +61,7 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("opt.grad_accum", 0, "expected >= 1"),
   ("ckpt.keep", 0, "expected >= 1"),
   ("teacher.arch.num_layers", 0, "expected >= 1"),
+  ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
 ]
 
 
@@ -99,6 +100,11 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
   ({"mesh.data": 0}, "mesh.data"),
 ]
+
+
+def test_remat_accepts_the_legacy_booleans_as_given_on_the_command_line():
+  for value in ("True", "False", "offload"):
+    config_check.validate(config(**{"teacher.remat": value}), device_count=8, process_count=1)
 
 
 @pytest.mark.parametrize("overrides,field", CROSS_FIELD)

@@ -39,13 +39,21 @@ def _logits(model: rm.Decoder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return np.asarray(forward(model, ids, mask))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_logits_match_transformers_with_left_padding(checkpoints, variant):
+# Scanned layers (scan_layers=True) for every variant but the fused one, whose dense and MoE
+# layers alternate and so stay unrolled (rockjax.models.ModelConfig.scans_layers).
+SCANNED = ["qwen3", "qwen3_moe", "qwen2", "llama"]
+
+
+@pytest.mark.parametrize(
+  "variant,scan", [(v, False) for v in VARIANTS] + [(v, True) for v in SCANNED]
+)
+def test_logits_match_transformers_with_left_padding(checkpoints, variant, scan):
   path, hf_model = checkpoints[variant]
   if variant.endswith("_fused"):
     keys = json.dumps(sorted(_keys(path)))
     assert "experts.gate_up_proj" in keys, "fixture did not write the fused expert layout"
-  model = rm.from_pretrained(path)
+  model = rm.from_pretrained(path, scan_layers=scan)
+  assert model.cfg.scans_layers == scan
   ids, mask = left_padded_batch(CONFIGS[variant.removesuffix("_fused")]["vocab_size"])
   # One compiled call gives the logits and what the vocab-chunked loss consumes.
   ours, hidden, head = nnx.jit(
@@ -71,13 +79,18 @@ def _keys(path: str) -> list[str]:
     return list(f.keys())
 
 
-@pytest.mark.parametrize("variant", ["qwen3", "qwen3_moe_fused", "qwen2", "llama"])
-def test_export_loads_in_transformers_with_same_logits(checkpoints, variant, tmp_path):
+@pytest.mark.parametrize(
+  "variant,scan",
+  [("qwen3", False), ("qwen3_moe_fused", False), ("qwen2", False), ("llama", False)]
+  + [("qwen3", True), ("qwen3_moe", True)],
+)
+def test_export_loads_in_transformers_with_same_logits(checkpoints, variant, scan, tmp_path):
   import transformers
 
   path, hf_model = checkpoints[variant]
-  model = rm.from_pretrained(path)
-  rm.save_pretrained(model, tmp_path)
+  model = rm.from_pretrained(path, scan_layers=scan)
+  # Scanned: a small shard size splits the stacked parameters' layers across files.
+  rm.save_pretrained(model, tmp_path, max_shard_size=40_000 if scan else 5 * 2**30)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
     tmp_path, attn_implementation="eager"
   ).eval()
@@ -88,7 +101,7 @@ def test_export_loads_in_transformers_with_same_logits(checkpoints, variant, tmp
     hf_logits(reloaded, ids, mask)[real], hf_logits(hf_model, ids, mask)[real], atol=1e-5, rtol=0
   )
   # And rockjax -> rockjax: export keeps every parameter bit-exact in float32.
-  again = rm.from_pretrained(tmp_path)
+  again = rm.from_pretrained(tmp_path, scan_layers=scan)
   for (p, a), (_, b) in zip(
     nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(again))
   ):
@@ -134,6 +147,12 @@ def test_sharded_index_load_on_mesh(checkpoints, tmp_path, devices8):
     out = forward(state, jax.device_put(ids, batch_sharding), jax.device_put(mask, batch_sharding))
   assert out.sharding.spec[-1] == "tensor"  # logits stay vocab-sharded
   np.testing.assert_allclose(np.asarray(out), _logits(plain, ids, mask), atol=1e-5)
+  # Scanned: the stacked [N, ...] parameters are sharded like one layer's, 'layers' replicated.
+  scanned = rm.from_pretrained(path, mesh=mesh, scan_layers=True)
+  stacked = scanned.layers.self_attn.q_proj.kernel[...]
+  assert stacked.shape[0] == 2 and stacked.sharding.spec == P(None, "fsdp", "tensor", None)
+  np.testing.assert_array_equal(np.asarray(stacked[1]), np.asarray(attn.q_proj.kernel[...]))
+  np.testing.assert_allclose(_logits(scanned, ids, mask), np.asarray(out), atol=1e-5)
 
 
 def test_missing_and_misshaped_tensors_name_file_and_key(checkpoints, tmp_path):
