@@ -191,7 +191,7 @@ class Decoder(nnx.Module):
         x_BxLxD = block(layer, x_BxLxD, positions_BxL, mask)
       return x_BxLxD
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, transform_metadata=_LAYER_AXIS)
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
     def scan(layer: DecoderLayer, x_BxLxD: jax.Array) -> jax.Array:
       return block(layer, x_BxLxD, positions_BxL, mask)
 
@@ -231,7 +231,7 @@ class Decoder(nnx.Module):
         block,
         in_axes=(0, nnx.Carry, 0, 0),
         out_axes=(nnx.Carry, 0, 0),
-        transform_metadata=_LAYER_AXIS,
+        graph_updates=False,
       )
       x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE = scan(self.layers, x_BxLxD, cache.k, cache.v)
     else:
@@ -243,8 +243,11 @@ class Decoder(nnx.Module):
     return x_BxLxD, new_cache
 
 
-# nnx.vmap / nnx.scan metadata: the stacked axis is named 'layers' in the parameters' logical
-# axes (rockjax.sharding maps it to no mesh axis: every device holds all layers of its shard).
+# nnx.vmap metadata: the stacked axis is named 'layers' in the parameters' logical axes
+# (rockjax.sharding maps it to no mesh axis: every device holds all layers of its shard).
+# The scans use nnx's tree mode (graph_updates=False): the layers are read-only there, and it
+# also works when the model is called inside a plain jax loop (the sampler's while_loop),
+# where graph mode refuses modules from the enclosing trace.
 _LAYER_AXIS = {nnx.PARTITION_NAME: "layers"}
 
 
