@@ -23,7 +23,13 @@ def get_config():
   c.log_every = 1
   # Student: Qwen3-4B-Instruct-2507 after stage-1 KD (arch used by dry runs; the HF dir wins).
   c.model.source, c.model.path = "hf", "/path/to/Qwen3-4B-stage1"
-  c.model.dtype, c.model.param_dtype, c.model.remat = "bfloat16", "float32", True
+  c.model.dtype, c.model.param_dtype = "bfloat16", "float32"
+  # Remat 'full' keeps one [B, L, 2560] bf16 input per layer (36 layers x 4 rows x 9k tokens
+  # ~ 6.6 GB, split over the batch's devices) and recomputes each layer once in the backward
+  # pass (~1/3 more student compute). 'dots_saveable' skips most of that recompute but also
+  # keeps every projection output (q/k/v/o, gate/up/down: ~12x the layer input, ~80 GB here),
+  # which does not fit next to the 30B teacher at 8k-token rollouts; use it for short ones.
+  c.model.remat = "full"
   # model.mlp_chunk stays 0 (off): 1024 saves ~2 GiB per 9k-token row in a layer's backward
   # pass but costs one extra MLP forward per layer; set it if that backward is your peak.
   c.model.arch.update(

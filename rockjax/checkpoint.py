@@ -13,6 +13,7 @@ good checkpoints. The teacher is never saved here.
 """
 
 import logging
+import re
 from typing import Any
 
 import grain
@@ -74,6 +75,21 @@ def structure_mismatch(
       more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
       parts.append(f"{label}: {', '.join(shown)}{more}")
   return "; ".join(parts) or None
+
+
+_UNROLLED = re.compile(r"(^|/)layers/\d+/")  # params/layers/3/self_attn/... (an nnx.List)
+_STACKED = re.compile(r"(^|/)layers/(?!\d+/)")  # params/layers/self_attn/... (scan_layers)
+
+
+def layers_hint(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str | None:
+  """The fix when the mismatch is only the decoder's layer layout (unrolled vs scanned)."""
+  is_unrolled = lambda specs: any(_UNROLLED.search(k) for k in specs)
+  is_stacked = lambda specs: any(_STACKED.search(k) for k in specs)
+  if is_unrolled(saved) and is_stacked(wanted):
+    return "it holds unrolled layers (layers/0/...): resume with --config.model.scan_layers=False"
+  if is_stacked(saved) and is_unrolled(wanted):
+    return "it holds scanned layers (layers/...): resume with --config.model.scan_layers=True"
+  return None
 
 
 class Checkpointer:
@@ -141,9 +157,12 @@ class Checkpointer:
     for step in reversed(steps):
       saved = self._saved_specs(step)
       if saved is not None and (diff := structure_mismatch(saved, wanted)):
+        fix = (
+          layers_hint(saved, wanted)
+          or f"({diff}); use the config that wrote it, or a new --workdir"
+        )
         raise errors.CheckpointMismatch(
-          f"checkpoint {self.directory}/{step} does not match the state this config builds "
-          f"({diff}); use the config that wrote it, or a new --workdir"
+          f"checkpoint {self.directory}/{step} does not match the state this config builds: {fix}"
         )
       items = {"state": ocp.args.StandardRestore(target)}
       if data_iterator is not None and self._data_file(step) is not None:

@@ -20,7 +20,7 @@ from rockjax import errors, storage
 from rockjax import sharding as shd
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
-from rockjax.models import attention, families
+from rockjax.models import attention, families, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -39,6 +39,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
   "data.task_difficulty": tuple(DIFFICULTIES),
 }
+# field -> how a value is read before the checks (legacy spellings of an enum).
+CANONICAL: dict[str, Any] = {}
 # field -> allowed range: '>= x', '> x' or an interval '[a, b]', '(a, b]', '[a, b)', ...
 RANGES: dict[str, str] = {
   "steps": ">= 1",
@@ -97,8 +99,10 @@ for _g in _GROUPS:
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
       f"{_g}.attention": attention.IMPLEMENTATIONS,
+      f"{_g}.remat": remat.POLICIES,
     }
   )
+  CANONICAL[f"{_g}.remat"] = remat.canonical
   RANGES.update(
     {
       f"{_g}.attention_block": ">= 1",
@@ -155,7 +159,7 @@ def validate(
     process_count = jax.process_count() if process_count is None else process_count
   c = config
   for field, allowed in ENUMS.items():
-    value = get(c, field)
+    value = CANONICAL.get(field, lambda v: v)(get(c, field))
     if value not in allowed:
       _fail(field, value, "expected one of " + ", ".join(repr(a) for a in allowed))
   for field, spec in RANGES.items():

@@ -46,6 +46,7 @@ def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
     attention=m.attention,
     attention_block=m.attention_block,
     mlp_chunk=m.mlp_chunk,
+    scan_layers=m.scan_layers,
   )
 
 
@@ -87,16 +88,7 @@ def load_params(
 ) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
   if m.source == "hf":
-    model = models.from_pretrained(
-      m.path,
-      dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype,
-      mesh=mesh,
-      remat=cfg.remat,
-      attention=cfg.attention,
-      attention_block=cfg.attention_block,
-      mlp_chunk=cfg.mlp_chunk,
-    )
+    model = models.from_pretrained(m.path, mesh=mesh, **numerics(m))
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)
   init = lambda: nnx.split(model_factory(cfg)(nnx.Rngs(seed)))[1]

@@ -31,7 +31,6 @@ from jax.sharding import Mesh
 
 from rockjax import logit_processors as lp
 from rockjax import sharding as shd
-from rockjax.models.cache import KV_AXES, MASK_AXES, KVCache
 
 LogitProcessor = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_NxV, step) -> logits_NxV
 
@@ -129,13 +128,7 @@ def decode(
 
   # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
   rep = lambda x: jnp.repeat(x, n, axis=0) if n > 1 else x
-  kv = lambda xs: tuple(shd.constrain(rep(x), KV_AXES) for x in xs)
-  cache = KVCache(
-    k=kv(cache.k),
-    v=kv(cache.v),
-    mask_BxS=shd.constrain(rep(cache.mask_BxS), MASK_AXES),
-    index=cache.index,
-  )
+  cache = cache.repeat_rows(n)
   first_logits_NxV = rep(first_logits_BxV)
   row_keys_N = batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
   temperature = jnp.asarray(temperature, jnp.float32)

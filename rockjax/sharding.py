@@ -43,6 +43,7 @@ DEFAULT_RULES: LogicalRules = (
   ("experts", "tensor"),
   ("head_dim", None),
   ("norm", None),
+  ("layers", None),  # the stacked-layer axis of scanned decoders (rockjax.models.decoder)
 )
 
 

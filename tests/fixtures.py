@@ -78,6 +78,29 @@ def random_model(cfg: rm.ModelConfig, seed: int = 0) -> rm.Decoder:
   return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
+def stacked_copy(model: rm.Decoder, **changes: Any) -> rm.Decoder:
+  """The scanned (scan_layers=True) Decoder with the same weights as an unrolled `model`
+  (other ModelConfig `changes` too, e.g. remat).
+
+  Independent of rockjax's own mappings: each stacked parameter 'layers.<rest>' is np.stack of
+  the unrolled 'layers.<i>.<rest>' over i.
+  """
+  cfg = model.cfg.replace(scan_layers=True, **changes)
+  assert cfg.scans_layers and not model.cfg.scans_layers
+  unrolled = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: rm.Decoder(cfg, rngs=nnx.Rngs(0))))
+  filled = []
+  for path, var in nnx.to_flat_state(abstract):
+    if path[0] == "layers":
+      layers = range(cfg.num_layers)
+      value = np.stack([np.asarray(unrolled[("layers", i, *path[1:])]) for i in layers])
+    else:
+      value = np.asarray(unrolled[path])
+    assert value.shape == var.get_value().shape, path
+    filled.append((path, var.replace(jnp.asarray(value))))
+  return nnx.merge(graphdef, nnx.from_flat_state(filled))
+
+
 # Jitted full forward (eager NNX calls dispatch op by op: seconds per call on a busy CPU).
 forward = nnx.jit(lambda model, ids, mask: model(ids, mask))
 

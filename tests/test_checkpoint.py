@@ -133,3 +133,21 @@ def test_each_host_saves_its_own_data_position(tmp_path):
   ):
     ckpt.restore(abstract(state), data_iterator=batches())
   ckpt.close()
+
+
+def test_resuming_unrolled_layers_with_scan_layers_names_the_flag(tmp_path):
+  _, state, _ = build(one_device_mesh(), rock_mode="off")  # fixtures' STUDENT: unrolled
+  checkpoint.Checkpointer(str(tmp_path)).save(1, state)
+  _, scanned, _ = build(
+    one_device_mesh(), student_cfg=STUDENT.replace(scan_layers=True), rock_mode="off"
+  )
+  with pytest.raises(errors.CheckpointMismatch) as info:
+    checkpoint.Checkpointer(str(tmp_path)).restore(abstract(scanned))
+  msg = str(info.value)
+  assert "unrolled layers" in msg and "--config.model.scan_layers=False" in msg
+  assert "\n" not in msg
+  # And the other way round: a scanned checkpoint, an unrolled config.
+  other = tmp_path / "scanned"
+  checkpoint.Checkpointer(str(other)).save(1, scanned)
+  with pytest.raises(errors.CheckpointMismatch, match=r"--config.model.scan_layers=True$"):
+    checkpoint.Checkpointer(str(other)).restore(abstract(state))

@@ -63,6 +63,7 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("teacher.arch.num_layers", 0, "expected >= 1"),
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
   ("teacher.attention_block", 0, "expected >= 1"),
+  ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
 ]
 
 
@@ -104,6 +105,11 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.data": 0}, "mesh.data"),
   ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
 ]
+
+
+def test_remat_accepts_the_legacy_booleans_as_given_on_the_command_line():
+  for value in ("True", "False", "offload"):
+    config_check.validate(config(**{"teacher.remat": value}), device_count=8, process_count=1)
 
 
 @pytest.mark.parametrize("overrides,field", CROSS_FIELD)

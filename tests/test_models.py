@@ -19,8 +19,15 @@ pytestmark = pytest.mark.parity
 
 # 'qwen3_moe_fused' is a second MoE model (no top-k renormalisation, MoE on odd layers only
 # via decoder_sparse_step=2) saved in transformers' in-memory fused 3-D expert layout.
-VARIANTS = ["qwen3", "qwen3_moe", "qwen3_moe_fused", "qwen2", "llama"]
+# 'qwen3_moe_uniform' has MoE on every layer (the other two have a dense layer), so it is the
+# MoE variant a scanned decoder stacks.
+VARIANTS = ["qwen3", "qwen3_moe", "qwen3_moe_fused", "qwen3_moe_uniform", "qwen2", "llama"]
 _FUSED = dict(norm_topk_prob=False, decoder_sparse_step=2, mlp_only_layers=[])
+_EXTRA = {"qwen3_moe_fused": _FUSED, "qwen3_moe_uniform": dict(mlp_only_layers=[])}
+
+
+def _family(variant: str) -> str:
+  return variant.removesuffix("_fused").removesuffix("_uniform")
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +35,8 @@ def checkpoints(tmp_path_factory):
   """variant -> (checkpoint dir, the transformers model that wrote it)."""
   out = {}
   for variant in VARIANTS:
-    fused = variant.endswith("_fused")
-    model = make_hf_model(variant.removesuffix("_fused"), **(_FUSED if fused else {}))
-    kwargs = {"save_original_format": False} if fused else {}
+    model = make_hf_model(_family(variant), **_EXTRA.get(variant, {}))
+    kwargs = {"save_original_format": False} if variant.endswith("_fused") else {}
     out[variant] = (save_hf_checkpoint(model, tmp_path_factory.mktemp(variant), **kwargs), model)
   return out
 
@@ -39,14 +45,22 @@ def _logits(model: rm.Decoder, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return np.asarray(forward(model, ids, mask))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_logits_match_transformers_with_left_padding(checkpoints, variant):
+# Scanned layers (scan_layers=True) for the variants whose layers are all alike (the other MoE
+# ones mix dense and MoE layers and stay unrolled: rockjax.models.ModelConfig.scans_layers).
+SCANNED = ["qwen3", "qwen3_moe_uniform", "qwen2", "llama"]
+
+
+@pytest.mark.parametrize(
+  "variant,scan", [(v, False) for v in VARIANTS] + [(v, True) for v in SCANNED]
+)
+def test_logits_match_transformers_with_left_padding(checkpoints, variant, scan):
   path, hf_model = checkpoints[variant]
   if variant.endswith("_fused"):
     keys = json.dumps(sorted(_keys(path)))
     assert "experts.gate_up_proj" in keys, "fixture did not write the fused expert layout"
-  model = rm.from_pretrained(path)
-  ids, mask = left_padded_batch(CONFIGS[variant.removesuffix("_fused")]["vocab_size"])
+  model = rm.from_pretrained(path, scan_layers=scan)
+  assert model.cfg.scans_layers == scan
+  ids, mask = left_padded_batch(CONFIGS[_family(variant)]["vocab_size"])
   # One compiled call gives the logits and what the vocab-chunked loss consumes.
   ours, hidden, head = nnx.jit(
     lambda m, i, k: (m(i, k), m.hidden_states(i, k), m.lm_head_weight())
@@ -71,24 +85,29 @@ def _keys(path: str) -> list[str]:
     return list(f.keys())
 
 
-@pytest.mark.parametrize("variant", ["qwen3", "qwen3_moe_fused", "qwen2", "llama"])
-def test_export_loads_in_transformers_with_same_logits(checkpoints, variant, tmp_path):
+@pytest.mark.parametrize(
+  "variant,scan",
+  [("qwen3", False), ("qwen3_moe_fused", False), ("qwen2", False), ("llama", False)]
+  + [("qwen3", True), ("qwen3_moe_uniform", True)],
+)
+def test_export_loads_in_transformers_with_same_logits(checkpoints, variant, scan, tmp_path):
   import transformers
 
   path, hf_model = checkpoints[variant]
-  model = rm.from_pretrained(path)
-  rm.save_pretrained(model, tmp_path)
+  model = rm.from_pretrained(path, scan_layers=scan)
+  # Scanned: a small shard size splits the stacked parameters' layers across files.
+  rm.save_pretrained(model, tmp_path, max_shard_size=40_000 if scan else 5 * 2**30)
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
     tmp_path, attn_implementation="eager"
   ).eval()
-  family = variant.removesuffix("_fused")
+  family = _family(variant)
   ids, mask = left_padded_batch(CONFIGS[family]["vocab_size"], seed=1)
   real = mask > 0
   np.testing.assert_allclose(
     hf_logits(reloaded, ids, mask)[real], hf_logits(hf_model, ids, mask)[real], atol=1e-5, rtol=0
   )
   # And rockjax -> rockjax: export keeps every parameter bit-exact in float32.
-  again = rm.from_pretrained(tmp_path)
+  again = rm.from_pretrained(tmp_path, scan_layers=scan)
   for (p, a), (_, b) in zip(
     nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(again))
   ):
@@ -134,6 +153,21 @@ def test_sharded_index_load_on_mesh(checkpoints, tmp_path, devices8):
     out = forward(state, jax.device_put(ids, batch_sharding), jax.device_put(mask, batch_sharding))
   assert out.sharding.spec[-1] == "tensor"  # logits stay vocab-sharded
   np.testing.assert_allclose(np.asarray(out), _logits(plain, ids, mask), atol=1e-5)
+  # Scanned (every layer MoE): stacked [N, ...] parameters shard like one layer's, 'layers'
+  # replicated, and are read shard by shard from the per-layer (and per-expert) HF tensors.
+  _, uniform = checkpoints["qwen3_moe_uniform"]
+  path = save_hf_checkpoint(uniform, tmp_path / "uniform", max_shard_size="40KB")
+  scanned = rm.from_pretrained(path, mesh=mesh, scan_layers=True)
+  unrolled = rm.from_pretrained(path, mesh=mesh)
+  stacked_q = scanned.layers.self_attn.q_proj.kernel[...]
+  stacked_experts = scanned.layers.mlp.gate_proj[...]
+  assert stacked_q.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert stacked_experts.sharding.spec == P(None, "tensor", "fsdp", None)
+  for i in range(2):
+    want = unrolled.layers[i]
+    np.testing.assert_array_equal(stacked_q[i], want.self_attn.q_proj.kernel[...])
+    np.testing.assert_array_equal(stacked_experts[i], want.mlp.gate_proj[...])
+  np.testing.assert_allclose(_logits(scanned, ids, mask), _logits(unrolled, ids, mask), atol=1e-5)
 
 
 def test_missing_and_misshaped_tensors_name_file_and_key(checkpoints, tmp_path):

@@ -10,7 +10,7 @@ from rockjax import logit_processors as lp
 from rockjax import sampling
 from rockjax import sharding as shd
 from fixtures import left_padded_batch
-from fixtures import forward, random_model
+from fixtures import forward, random_model, stacked_copy
 
 CFG = rm.ModelConfig(
   family="qwen3",
@@ -216,6 +216,17 @@ def test_sharded_equals_unsharded(setup, devices8):
     np.testing.assert_array_equal(np.asarray(getattr(mine, name)), getattr(plain, name), name)
   np.testing.assert_allclose(np.asarray(mine.logprobs), plain.logprobs, atol=1e-5)
   np.testing.assert_allclose(np.asarray(mine.sample_logprobs), plain.sample_logprobs, atol=1e-5)
+
+
+def test_scanned_layers_sample_like_unrolled(setup, devices8):
+  model, ids, mask, ref = setup
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  scanned = shd.shard_model(stacked_copy(model), mesh)  # stacked KV cache, n rows per prompt
+  np.testing.assert_array_equal(_gen(scanned, ids, mask, greedy=True).tokens, ref)
+  mine = sampling.generate(scanned, ids, mask, key=KEY, max_new_tokens=T, mesh=mesh, **SAMPLED)
+  plain = _gen(model, ids, mask, **SAMPLED)
+  np.testing.assert_array_equal(np.asarray(mine.tokens), plain.tokens)
+  np.testing.assert_allclose(np.asarray(mine.logprobs), plain.logprobs, atol=1e-5)
 
 
 @pytest.mark.parametrize("top_p", [0.05, 0.5, 0.93])

@@ -182,5 +182,5 @@ def test_shard_model_keeps_logits(devices8):
   assert kernel.sharding.spec == P("fsdp", "tensor")
   assert len(kernel.addressable_shards) == 8
   cache = model.init_cache(2, 8)
-  assert cache.shardings(mesh).k[0].spec == P("data", "tensor", None, None)
+  assert cache.shardings(mesh).k.spec == P(None, "data", "tensor", None, None)
   np.testing.assert_allclose(np.asarray(forward(model, ids, mask)), ref, atol=1e-5)

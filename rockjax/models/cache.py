@@ -1,9 +1,10 @@
-"""KVCache: the decoding state of a Decoder (per-layer keys/values plus slot validity).
+"""KVCache: the decoding state of a Decoder (all layers' keys/values plus slot validity).
 
-Shape letters: B batch, T tokens written by one call, S cache slots, K key/value heads,
-E head_dim. Buffers are heads-major, [B, K, S, E]: a decode step's attention is then a plain
-batched matmul over (B, K) with no transpose of the cache (on CPU the old [B, S, K, E] layout
-cost a copy of every layer's cache per step).
+Shape letters: N decoder layers, B batch, T tokens written by one call, S cache slots,
+K key/value heads, E head_dim. Keys and values are one stacked buffer each, [N, B, K, S, E]
+(layer i is `k[i]`), so a scanned decoder scans over the cache together with its stacked
+layers. Per layer the buffers are heads-major, [B, K, S, E]: a decode step's attention is then
+a plain batched matmul over (B, K) with no transpose of the cache.
 
 Calling convention (see `Decoder.__call__`): slots are written strictly left to right. A call
 with T new tokens writes them at slots [cache_index, cache_index + T), marks those slots valid
@@ -23,16 +24,16 @@ from jax.sharding import Mesh
 
 from rockjax import sharding as shd
 
-# Logical axes of one per-layer k or v buffer, and of the slot mask.
-KV_AXES = ("batch", "kv_heads", "cache_length", "head_dim")
+# Logical axes of the stacked k or v buffer, and of the slot mask.
+KV_AXES = ("layers", "batch", "kv_heads", "cache_length", "head_dim")
 MASK_AXES = ("batch", "cache_length")
 
 
 class KVCache(NamedTuple):
-  """Pytree: k, v = per-layer tuples of [B, K, S, E]; mask_BxS (int32, 1 = valid); index ()."""
+  """Pytree: k, v = [N, B, K, S, E]; mask_BxS (int32, 1 = valid); index ()."""
 
-  k: tuple[jax.Array, ...]
-  v: tuple[jax.Array, ...]
+  k: jax.Array
+  v: jax.Array
   mask_BxS: jax.Array
   index: jax.Array
 
@@ -47,11 +48,10 @@ class KVCache(NamedTuple):
     dtype: Any = jnp.float32,
   ) -> "KVCache":
     """An empty cache: all slots invalid, index 0."""
-    shape = (batch, num_kv_heads, max_len, head_dim)
-    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+    shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
     return cls(
-      k=zeros(),
-      v=zeros(),
+      k=jnp.zeros(shape, dtype),
+      v=jnp.zeros(shape, dtype),
       mask_BxS=jnp.zeros((batch, max_len), jnp.int32),
       index=jnp.zeros((), jnp.int32),
     )
@@ -61,9 +61,19 @@ class KVCache(NamedTuple):
     """Number of slots S."""
     return self.mask_BxS.shape[1]
 
+  def repeat_rows(self, n: int) -> "KVCache":
+    """Each batch row repeated n times in place (row i*n + j <- row i), sharding constrained."""
+    rep = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
+    return KVCache(
+      k=shd.constrain(rep(self.k, 1), KV_AXES),
+      v=shd.constrain(rep(self.v, 1), KV_AXES),
+      mask_BxS=shd.constrain(rep(self.mask_BxS, 0), MASK_AXES),
+      index=self.index,
+    )
+
   def shardings(self, mesh: Mesh, rules: shd.LogicalRules | None = None) -> "KVCache":
     """NamedShardings for every leaf (batch on 'batch', kv heads on 'kv_heads')."""
-    kv = lambda xs: tuple(shd.logical_sharding(KV_AXES, x.shape, mesh, rules) for x in xs)
+    kv = lambda x: shd.logical_sharding(KV_AXES, x.shape, mesh, rules)
     return KVCache(
       k=kv(self.k),
       v=kv(self.v),

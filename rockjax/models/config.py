@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from rockjax import storage
 from rockjax.models import families
+from rockjax.models import remat as remat_lib
 from rockjax.models.attention import IMPLEMENTATIONS
 
 # transformers `model_type` -> our family name (derived from the preset table).
@@ -60,7 +61,13 @@ class ModelConfig:
   # Numerics and memory (not part of the checkpoint).
   dtype: Any = jnp.float32  # compute dtype of matmuls; norms and softmax always run in float32
   param_dtype: Any = jnp.float32
-  remat: bool = False  # nnx.remat each decoder layer in the no-cache forward
+  # Remat policy of each decoder layer in the no-cache forward (rockjax.models.remat.POLICIES;
+  # the legacy booleans True / False mean 'full' / 'none').
+  remat: str = "none"
+  # Parameters of all layers stacked on a leading 'layers' axis and applied with nnx.scan (one
+  # compiled layer instead of num_layers). Used only when every layer has the same structure
+  # (see `scans_layers`); otherwise the layers stay an unrolled list.
+  scan_layers: bool = False
   # No-cache attention (training, scoring): auto | einsum | blocked | cudnn | splash, and the
   # query/key block of blocked and splash (rockjax.models.attention). Decoding uses einsum.
   attention: str = "auto"
@@ -82,6 +89,17 @@ class ModelConfig:
       raise ValueError(f"attention_block={self.attention_block}: expected >= 1")
     if self.mlp_chunk < 0:
       raise ValueError(f"mlp_chunk={self.mlp_chunk}: expected >= 0")
+    object.__setattr__(self, "remat", remat_lib.policy_name(self.remat))
+
+  @property
+  def scans_layers(self) -> bool:
+    """Whether the layers are stacked and scanned: scan_layers and all layers alike.
+
+    Qwen3-MoE configs whose mlp_only_layers / decoder_sparse_step make some layers dense have
+    two layer structures and run unrolled.
+    """
+    kinds = {self.is_moe_layer(i) for i in range(self.num_layers)}
+    return self.scan_layers and len(kinds) == 1
 
   def is_moe_layer(self, layer: int) -> bool:
     """Whether decoder layer `layer` uses the sparse MoE block (HF Qwen3-MoE rule)."""

@@ -1,7 +1,13 @@
 """Decoder: the decoder-only language model (Qwen3, Qwen3-MoE, Qwen2, Llama 3) as an NNX module.
 
-Shape letters: B batch, L positions of this call (T in the cache docs: new tokens per decode
-call), S cache slots, D hidden size, V vocabulary.
+Shape letters: N decoder layers, B batch, L positions of this call (T in the cache docs: new
+tokens per decode call), S cache slots, K key/value heads, E head_dim, D hidden size,
+V vocabulary.
+
+Layer stack: with `cfg.scans_layers` the layers are one DecoderLayer whose parameters carry a
+leading [N] axis (logical axis 'layers'), built with nnx.vmap and applied with nnx.scan, so
+XLA compiles one layer instead of N. Otherwise `layers` is an nnx.List of N DecoderLayers run
+in a Python loop. Both apply the same remat policy (rockjax.models.remat) to each layer.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax.ad_checkpoint import checkpoint_name
+
 from rockjax import sharding as shd
+from rockjax.models import remat as remat_lib
 from rockjax.models.cache import KVCache
 from rockjax.models.config import ModelConfig
 from rockjax.models.layers import MLP, Attention, RMSNorm, param
@@ -41,8 +50,10 @@ class DecoderLayer(nnx.Module):
     h_BxLxD, new_kv = self.self_attn(
       self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index
     )
-    x_BxLxD = x_BxLxD + h_BxLxD
-    x_BxLxD = x_BxLxD + self.mlp(self.post_attention_layernorm(x_BxLxD))
+    # Named for the 'save_names' / 'offload' remat policies (identity otherwise).
+    x_BxLxD = x_BxLxD + checkpoint_name(h_BxLxD, remat_lib.ATTN_OUT)
+    mlp_in_BxLxD = checkpoint_name(self.post_attention_layernorm(x_BxLxD), remat_lib.MLP_IN)
+    x_BxLxD = x_BxLxD + self.mlp(mlp_in_BxLxD)
     return x_BxLxD, new_kv
 
 
@@ -74,7 +85,7 @@ class Decoder(nnx.Module):
     self.embed_tokens = param(
       rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg.param_dtype
     )
-    self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+    self.layers = _make_layers(cfg, rngs)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
     self.lm_head = (
       None
@@ -156,19 +167,34 @@ class Decoder(nnx.Module):
     out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD)
     return out if new_cache is None else (out, new_cache)
 
-  def _run_layers(
-    self, x_BxLxD: jax.Array, positions_BxL: jax.Array, allowed_BxLxL: jax.Array
-  ) -> jax.Array:
-    """The no-cache stack; each layer rematerialised in the backward pass when cfg.remat."""
+  def _block(self):
+    """(layer, x_BxLxD, positions_BxL, mask) -> x_BxLxD, wrapped in the config's remat policy."""
 
-    def block(layer: DecoderLayer, x, positions, allowed):
-      return layer(x, positions, allowed)[0]
+    def block(layer: DecoderLayer, x_BxLxD, positions_BxL, mask):
+      return layer(x_BxLxD, positions_BxL, mask)[0]
 
-    if self.cfg.remat:
-      block = nnx.remat(block)
-    for layer in self.layers:
-      x_BxLxD = block(layer, x_BxLxD, positions_BxL, allowed_BxLxL)
-    return x_BxLxD
+    if self.cfg.remat == "none":
+      return block
+    # Inside a scan the loop already keeps XLA from merging recomputation into the forward.
+    return nnx.remat(
+      block,
+      policy=remat_lib.checkpoint_policy(self.cfg.remat),
+      prevent_cse=not self.cfg.scans_layers,
+    )
+
+  def _run_layers(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask: jax.Array) -> jax.Array:
+    """The no-cache stack (scanned or unrolled); `mask` is passed to every layer unchanged."""
+    block = self._block()
+    if not self.cfg.scans_layers:
+      for layer in self.layers:
+        x_BxLxD = block(layer, x_BxLxD, positions_BxL, mask)
+      return x_BxLxD
+
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
+    def scan(layer: DecoderLayer, x_BxLxD: jax.Array) -> jax.Array:
+      return block(layer, x_BxLxD, positions_BxL, mask)
+
+    return scan(self.layers, x_BxLxD)
 
   def _run_layers_cached(
     self,
@@ -194,11 +220,44 @@ class Decoder(nnx.Module):
     allowed_BxLxS = (slots_S[None, None, :] <= query_slots_L[None, :, None]) & (
       valid_BxS[:, None, :] > 0
     )
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      x_BxLxD, (k, v) = layer(
-        x_BxLxD, positions_BxL, allowed_BxLxS, (cache.k[i], cache.v[i]), index
+
+    def block(layer: DecoderLayer, x_BxLxD, k_BxKxSxE, v_BxKxSxE):
+      x_BxLxD, kv = layer(x_BxLxD, positions_BxL, allowed_BxLxS, (k_BxKxSxE, v_BxKxSxE), index)
+      return (x_BxLxD, *kv)
+
+    if self.cfg.scans_layers:
+      scan = nnx.scan(
+        block,
+        in_axes=(0, nnx.Carry, 0, 0),
+        out_axes=(nnx.Carry, 0, 0),
+        graph_updates=False,
       )
-      new_k.append(k)
-      new_v.append(v)
-    return x_BxLxD, KVCache(k=tuple(new_k), v=tuple(new_v), mask_BxS=mask_BxS, index=index + L)
+      x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE = scan(self.layers, x_BxLxD, cache.k, cache.v)
+    else:
+      k_NxBxKxSxE, v_NxBxKxSxE = cache.k, cache.v
+      for i, layer in enumerate(self.layers):
+        x_BxLxD, k, v = block(layer, x_BxLxD, k_NxBxKxSxE[i], v_NxBxKxSxE[i])
+        k_NxBxKxSxE, v_NxBxKxSxE = k_NxBxKxSxE.at[i].set(k), v_NxBxKxSxE.at[i].set(v)
+    new_cache = KVCache(k=k_NxBxKxSxE, v=v_NxBxKxSxE, mask_BxS=mask_BxS, index=index + L)
+    return x_BxLxD, new_cache
+
+
+# nnx.vmap metadata: the stacked axis is named 'layers' in the parameters' logical axes
+# (rockjax.sharding maps it to no mesh axis: every device holds all layers of its shard).
+# The scans use nnx's tree mode (graph_updates=False): the layers are read-only there, and it
+# also works when the model is called inside a plain jax loop (the sampler's while_loop),
+# where graph mode refuses modules from the enclosing trace.
+_LAYER_AXIS = {nnx.PARTITION_NAME: "layers"}
+
+
+def _make_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+  """One DecoderLayer with [N]-stacked parameters (scanned), or an nnx.List of N layers."""
+  if not cfg.scans_layers:
+    return nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=_LAYER_AXIS)
+  def make(rngs: nnx.Rngs) -> DecoderLayer:
+    return DecoderLayer(cfg, 0, rngs=rngs)  # all layers alike: layer 0 stands for every one
+
+  return make(rngs)

@@ -27,7 +27,7 @@ from rockjax import sharding as shd
 from rockjax import storage
 from rockjax.models.config import ModelConfig
 from rockjax.models.decoder import Decoder
-from rockjax.models.hf_names import Box, Source, moe_layout, param_sources, read_box, to_hf
+from rockjax.models.hf_names import Box, Mapping, Source, moe_layout, param_sources, read_box, to_hf
 
 _log = logging.getLogger(__name__)
 _SINGLE = "model.safetensors"
@@ -92,9 +92,10 @@ class CheckpointReader:
       )
     return self._files[fname].get_slice(key)
 
-  def check(self, source: Source, needed_for: str) -> None:
-    """Raises a one-line error if a tensor of `source` is missing or mis-shaped."""
-    for key in source.keys:
+  def check(self, mapping: Mapping, needed_for: str) -> None:
+    """Raises a one-line error if an HF tensor of `mapping` is missing or mis-shaped."""
+    for _, source in mapping.leaves:
+      key = source.key
       shape = tuple(self._slice(key, needed_for).get_shape())
       if shape != source.hf_shape:
         raise ValueError(
@@ -127,31 +128,21 @@ def from_pretrained(
   mesh: Mesh | None = None,
   param_dtype: Any = None,
   rules: shd.LogicalRules | None = None,
-  remat: bool = False,
-  attention: str = "auto",
-  attention_block: int = 512,
-  mlp_chunk: int = 0,
+  **run_settings: Any,
 ) -> Decoder:
   """Loads a HF checkpoint directory (a family in rockjax.models.families) as a Decoder.
 
   dtype is the compute dtype; param_dtype (default: dtype) the stored parameter dtype. With a
   mesh, every parameter is placed by its logical axes and `rules` (default
-  rockjax.sharding.DEFAULT_RULES); without one, on the default device. remat, attention,
-  attention_block and mlp_chunk are ModelConfig's run settings (attention:
-  rockjax.models.attention; mlp_chunk: rockjax.models.layers.token_chunked). A gs:// or s3://
-  directory is first copied whole to a local temporary directory (deleted after loading): the
-  local disk needs room for the weights.
+  rockjax.sharding.DEFAULT_RULES); without one, on the default device. `run_settings` are
+  ModelConfig's fields that come from the run, not the checkpoint (remat, scan_layers,
+  attention, attention_block, mlp_chunk; rockjax.loading.numerics builds them from a config);
+  with scan_layers the per-layer HF tensors are stacked on load. A gs:// or s3:// directory is
+  first copied whole to a local temporary directory (deleted after loading): the local disk
+  needs room for the weights.
   """
   param_dtype = dtype if param_dtype is None else param_dtype
-  cfg = ModelConfig.from_pretrained(
-    path,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    remat=remat,
-    attention=attention,
-    attention_block=attention_block,
-    mlp_chunk=mlp_chunk,
-  )
+  cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, **run_settings)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state = nnx.split(abstract)
   with storage.local_copy(path) as local, CheckpointReader(local) as reader:
@@ -175,7 +166,7 @@ def from_pretrained(
 def _load_param(
   reader: CheckpointReader,
   name: str,
-  source: Source,
+  source: Mapping,
   var: nnx.Variable,
   mesh: Mesh | None,
   rules: shd.LogicalRules | None,
@@ -201,9 +192,9 @@ def _load_param(
   return jax.make_array_from_callback(shape, sharding, callback)
 
 
-def _warn_unused(reader: CheckpointReader, sources: dict[str, Source], lm_head: str) -> None:
+def _warn_unused(reader: CheckpointReader, sources: dict[str, Mapping], lm_head: str) -> None:
   """Logs checkpoint tensors no parameter used (a tied lm_head copy is expected)."""
-  used = {k for s in sources.values() for k in s.keys}
+  used = {leaf.key for s in sources.values() for _, leaf in s.leaves}
   unused = [
     k
     for k in reader.weight_map
@@ -240,24 +231,28 @@ def _save_local(model: Decoder, path: str, max_shard_size: int, dtype: Any) -> N
     raise ValueError(f"model parameters and HF mapping differ: {missing[:5]}")
 
   # Plan files by size first (names must carry the final count), then write file by file so
-  # only one file's tensors are on the host at a time.
-  groups: list[list[str]] = [[]]
+  # only one file's tensors are on the host at a time. Planned per HF tensor: a layer-stacked
+  # parameter is split across files like the per-layer tensors of an unrolled model.
+  leaves = [(name, idx, leaf) for name, m in sources.items() for idx, leaf in m.leaves]
+  groups: list[list[tuple[str, tuple[int, ...], Source]]] = [[]]
   size = 0
-  for name in sources:
-    nbytes = math.prod(params[name].get_value().shape) * out_dtype.itemsize
+  for name, idx, leaf in leaves:
+    nbytes = math.prod(leaf.hf_shape) * out_dtype.itemsize
     if groups[-1] and size + nbytes > max_shard_size:
       groups.append([])
       size = 0
-    groups[-1].append(name)
+    groups[-1].append((name, idx, leaf))
     size += nbytes
   weight_map: dict[str, str] = {}
   total = 0
-  for i, names in enumerate(groups):
+  for i, group in enumerate(groups):
     fname = _SINGLE if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
     tensors: dict[str, np.ndarray] = {}
-    for name in names:
-      host = np.asarray(jax.device_get(params[name].get_value())).astype(out_dtype)
-      tensors.update(to_hf(sources[name], host))
+    host: dict[str, np.ndarray] = {}  # each parameter fetched once per file
+    for name, idx, leaf in group:
+      if name not in host:
+        host[name] = np.asarray(jax.device_get(params[name].get_value())).astype(out_dtype)
+      tensors.update(to_hf(leaf, host[name][idx]))
     for key, t in tensors.items():
       weight_map[key] = fname
       total += t.nbytes
