@@ -21,7 +21,7 @@
 #   ACCELERATOR_TYPE  with QUEUED=1: e.g. v5p-64
 #   RUNTIME_VERSION   with QUEUED=1: the TPU VM image, e.g. v2-alpha-tpuv5
 #   MAX_RESTARTS      with QUEUED=1: re-creations after preemptions before giving up (default 10)
-#   AOT_TOPOLOGY      e.g. v5p-64: first compile the train step here for that topology
+#   AOT_TOPOLOGY      e.g. v5p:4x4x2 (= v5p-64, 32 chips): first compile the train step here for that topology
 #                     (python -m rockjax.main --dry_run --aot_topology=...) and stop on failure
 #   PYTHON            python for that local dry run (default python3)
 #   ENV_VARS          extra environment for the workers, e.g. "LIBTPU_INIT_ARGS=--xla_foo=1"

@@ -22,7 +22,7 @@
 #                     the code with the pinned `tpu` extra before it runs
 #   DOCKER_IMAGE      instead: a ready image holding the code and its dependencies in its
 #                     working directory (nothing is installed at start)
-#   AOT_TOPOLOGY      e.g. v5p-64: first compile the train step here for that topology
+#   AOT_TOPOLOGY      e.g. v5p:4x4x2 (= v5p-64, 32 chips): first compile the train step here for that topology
 #                     (python -m rockjax.main --dry_run --aot_topology=...) and stop on failure
 #   PYTHON            python for that local dry run (default python3)
 #   ENV_VARS          extra container environment, e.g. "LIBTPU_INIT_ARGS=--xla_foo=1"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,7 @@ import optax
 from flax import nnx
 
 import rockjax.models as rm
-from rockjax import objective, rocks, sharding as shd, state as state_lib, step as step_lib
+from rockjax import data, objective, rocks, sharding as shd, state as state_lib, step as step_lib
 from rockjax.models import ModelConfig
 
 
@@ -297,3 +298,17 @@ def make_tokenizer(path: str | os.PathLike, tokens: list[str], **special: str) -
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, **specials)
   tok.save_pretrained(os.fspath(path))
   return os.fspath(path)
+
+
+def batches(consumed: int = 0, fingerprint: str = "f") -> data.BatchIterator:
+  """A data iterator over batches of 2 of range(40) that has yielded `consumed` batches."""
+  it = data.BatchIterator(
+    grain.MapDataset.range(40).batch(2), fingerprint, grain.ReadOptions(num_threads=0)
+  )
+  for _ in range(consumed):
+    next(it)
+  return it
+
+
+def position(n: int) -> dict:
+  return {"next_batch": n, "fingerprint": "f"}

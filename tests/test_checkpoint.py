@@ -4,31 +4,16 @@ import glob
 import json
 import os
 
-import grain
 import jax
 import numpy as np
 import pytest
 
-from rockjax import checkpoint, data, errors
-from fixtures import STUDENT, build, one_device_mesh
+from rockjax import checkpoint, errors
+from fixtures import STUDENT, batches, build, one_device_mesh, position
 
 
 def abstract(state):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
-
-def batches(consumed: int = 0, fingerprint: str = "f") -> data.BatchIterator:
-  """A data iterator over batches of 2 of range(40) that has yielded `consumed` batches."""
-  it = data.BatchIterator(
-    grain.MapDataset.range(40).batch(2), fingerprint, grain.ReadOptions(num_threads=0)
-  )
-  for _ in range(consumed):
-    next(it)
-  return it
-
-
-def position(n: int) -> dict:
-  return {"next_batch": n, "fingerprint": "f"}
 
 
 def test_broken_latest_checkpoint_falls_back_to_previous(tmp_path):

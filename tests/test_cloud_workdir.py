@@ -18,7 +18,7 @@ from etils.epath import backend as epath_backend
 from flax import nnx
 
 from configs import tiny
-from fixtures import build, one_device_mesh, random_model
+from fixtures import batches, build, one_device_mesh, position, random_model
 from rockjax import checkpoint, errors, experiment, metrics, models, pipeline, train
 from rockjax.analysis import rock_table
 from rockjax.tasks import arithmetic
@@ -120,13 +120,15 @@ def test_training_in_a_bucket_writes_there_and_resumes_the_data_stream(bucket, m
 def test_checkpoint_in_a_bucket_restores_the_data_position(bucket):
   _, state, _ = build(one_device_mesh(), rock_mode="off")
   ckpt = checkpoint.Checkpointer("gs://bkt/run/ckpt", keep=2)
-  ckpt.save(1, state, {"next_batch": 3})
+  ckpt.save(1, state, batches(3))
   later = state.replace(step=state.step + 5)
-  ckpt.save(2, later, {"next_batch": 7})
+  ckpt.save(2, later, batches(7))
   like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  restored, data, step = ckpt.restore(like)
+  resumed = batches(0)
+  restored, _, step = ckpt.restore(like, data_iterator=resumed)
   ckpt.close()
-  assert (step, data, int(restored.step)) == (2, {"next_batch": 7}, 5)
+  assert (step, int(restored.step)) == (2, 5)
+  assert resumed.get_state() == position(7)
   assert sorted(os.listdir(bucket / "bkt" / "run" / "ckpt")) == ["1", "2"]
 
 

@@ -124,7 +124,7 @@ def test_tpu_pod_spot_queued_resource_restarts_after_preemption():
     SPOT="1",
     ACCELERATOR_TYPE="v5p-16",
     RUNTIME_VERSION="v2-alpha-tpuv5",
-    AOT_TOPOLOGY="v5p-16",
+    AOT_TOPOLOGY="v5p:2x2x2",
     DRY_RUN_STATES="NONE WAITING_FOR_RESOURCES ACTIVE SUSPENDED SUSPENDED ACTIVE",
     DRY_RUN_FAIL_ATTEMPTS="1",
   )
@@ -135,7 +135,7 @@ def test_tpu_pod_spot_queued_resource_restarts_after_preemption():
     "-m",
     "rockjax.main",
     "--dry_run",
-    "--aot_topology=v5p-16",
+    "--aot_topology=v5p:2x2x2",
     f"--config={CONFIG}",
   ]
   create = [
