@@ -6,6 +6,21 @@
 
 DRY_RUN=${DRY_RUN:-0}
 
+# parse_args "$@": the scripts' command line, [--dry-run] CONFIG WORKDIR [--config.x=y ...];
+# sets DRY_RUN, config, workdir and the array overrides.
+parse_args() {
+  if [ "${1:-}" = "--dry-run" ]; then
+    DRY_RUN=1
+    shift
+  fi
+  if [ $# -lt 2 ]; then
+    echo "usage: $0 [--dry-run] CONFIG WORKDIR [--config.field=value ...]" >&2
+    exit 2
+  fi
+  config=$1 workdir=$2
+  overrides=("${@:3}")
+}
+
 die() {
   echo "$(basename "$0"): error: $*" >&2
   exit 2

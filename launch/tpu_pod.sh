@@ -33,16 +33,7 @@
 # processes holding the TPU, then runs `python -m rockjax.main --distributed` on all workers.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [ "${1:-}" = "--dry-run" ]; then
-  DRY_RUN=1
-  shift
-fi
-if [ $# -lt 2 ]; then
-  echo "usage: $0 [--dry-run] CONFIG WORKDIR [--config.field=value ...]" >&2
-  exit 2
-fi
-config=$1 workdir=$2
-shift 2
+parse_args "$@"
 require TPU_NAME ZONE
 NUM_SLICES=${NUM_SLICES:-1} QUEUED=${QUEUED:-0} SPOT=${SPOT:-0} MAX_RESTARTS=${MAX_RESTARTS:-10}
 [ "$QUEUED" = 1 ] && require ACCELERATOR_TYPE RUNTIME_VERSION
@@ -59,7 +50,7 @@ tarball=${TMPDIR:-/tmp}/rockjax-$version.tar.gz
 
 mesh=()
 [ "$NUM_SLICES" -gt 1 ] && mesh=(--config.mesh.dcn_data="$NUM_SLICES")
-main_args=(--config="$config" --workdir="$workdir" "${mesh[@]}" "$@")
+main_args=(--config="$config" --workdir="$workdir" "${mesh[@]}" "${overrides[@]}")
 
 node() { # slice index -> TPU VM name
   if [ "$NUM_SLICES" -gt 1 ]; then echo "$TPU_NAME-$1"; else echo "$TPU_NAME"; fi
@@ -166,7 +157,7 @@ launch_all() { # ships the code, starts every worker, waits; non-zero if any wor
   return "$rc"
 }
 
-aot_check "$config" "${mesh[@]}" "$@"
+aot_check "$config" "${mesh[@]}" "${overrides[@]}"
 if [ "$DRY_RUN" = 1 ]; then
   echo "# each worker runs (the --command of the ssh lines below):"
   sed 's/^/|   /' <<<"$remote"

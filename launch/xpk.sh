@@ -31,16 +31,7 @@
 # Follow the run with `xpk workload list --cluster CLUSTER` and the GKE logs of its pods.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if [ "${1:-}" = "--dry-run" ]; then
-  DRY_RUN=1
-  shift
-fi
-if [ $# -lt 2 ]; then
-  echo "usage: $0 [--dry-run] CONFIG WORKDIR [--config.field=value ...]" >&2
-  exit 2
-fi
-config=$1 workdir=$2
-shift 2
+parse_args "$@"
 require CLUSTER TPU_TYPE
 NUM_SLICES=${NUM_SLICES:-1}
 WORKLOAD=${WORKLOAD:-rockjax-$(date +%m%d-%H%M%S)}
@@ -53,7 +44,7 @@ version=$(git -C "$repo" rev-parse --short=12 HEAD) ||
 mesh=()
 [ "$NUM_SLICES" -gt 1 ] && mesh=(--config.mesh.dcn_data="$NUM_SLICES")
 main="python -m rockjax.main --distributed$(quote --config="$config" --workdir="$workdir" \
-  "${mesh[@]}" "$@")"
+  "${mesh[@]}" "${overrides[@]}")"
 create=(xpk workload create --cluster="$CLUSTER" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE"
   --num-slices="$NUM_SLICES" --max-restarts="${MAX_RESTARTS:-10}"
   --termination-grace-period-seconds="${GRACE_SECONDS:-300}")
@@ -63,7 +54,7 @@ for kv in ${ENV_VARS:-}; do
   create+=(--env="$kv")
 done
 
-aot_check "$config" "${mesh[@]}" "$@"
+aot_check "$config" "${mesh[@]}" "${overrides[@]}"
 if [ -n "${DOCKER_IMAGE:-}" ]; then
   create+=(--docker-image="$DOCKER_IMAGE" --command="$main")
 else
