@@ -221,3 +221,16 @@ def test_step_model_flops_count_the_passes():
   passes = 3 + (loading.arch_config(c.model).remat != "none")
   got = dry_run.step_model_flops(c)
   assert got["total"] == pytest.approx(rows * length * (passes * s + t))
+
+
+@needs_libtpu
+def test_auto_attention_follows_the_mesh_platform():
+  """Compiling for a TPU topology on this CPU machine picks splash (not CPU's blocked) under
+  `auto`, and compiles the kernel for real (not the interpreter)."""
+  from rockjax.models import attention  # pylint: disable=g-import-not-at-top
+
+  mesh = jax.sharding.Mesh(np.array(dry_run.topology_devices(TOPOLOGY)), ("fsdp",))
+  pick = lambda: attention.resolve("auto", length=1024, block_size=512, dtype=jnp.bfloat16)
+  with jax.set_mesh(mesh):
+    assert attention.current_platform() == "tpu" and pick() == "splash"
+  assert attention.current_platform() == "cpu" and pick() == "blocked"

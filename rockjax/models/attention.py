@@ -32,15 +32,23 @@ IMPLEMENTATIONS = ("auto", "einsum", "blocked", "cudnn", "splash")
 SPLASH_LANES = 128  # splash block sizes must be multiples of this
 
 
+def current_platform() -> str:
+  """The platform the step is compiled for: that of the mesh set with jax.set_mesh (e.g. the
+  TPU devices of an ahead-of-time topology on a CPU machine), else jax's default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  platform = getattr(device, "platform", None)
+  return platform or jax.default_backend()
+
+
 def resolve(
   implementation: str, *, length: int, block_size: int, dtype, platform: str | None = None
 ) -> str:
-  """The implementation `auto` stands for on `platform` (default: jax's default backend)."""
+  """The implementation `auto` stands for on `platform` (default: current_platform())."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention {implementation!r}; expected one of {IMPLEMENTATIONS}")
   if implementation != "auto":
     return implementation
-  platform = platform or jax.default_backend()
+  platform = platform or current_platform()
   if platform == "tpu":
     fits = block_size % SPLASH_LANES == 0 and length % block_size == 0
     return "splash" if fits else "blocked"
@@ -194,7 +202,7 @@ def splash_attention(
       "use attention 'blocked' (or 'auto') for other lengths"
     )
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = current_platform() != "tpu"
   heads_major = lambda x: jnp.swapaxes(x, 1, 2)
   q_BxHxLxE = heads_major((q_BxLxHxE * scale).astype(q_BxLxHxE.dtype))
   k_BxKxLxE, v_BxKxLxE = heads_major(k_BxLxKxE), heads_major(v_BxLxKxE)
