@@ -12,15 +12,13 @@ on-policy (its own rollouts, reverse KL) for 250 steps while the per-id rock sta
 tracked every step; (5) the run ends with the rock table: ids ranked by Rock Score
 (Freq x mean KL). Every stage ends with a greedy pass@1 on the same 200 held-out prompts.
 
-Expected (seen here, seed 0, fresh clone on an idle 2-core CPU): pass@1 teacher 0.935, student
-0.39 after stage 1, 0.775 after the 250 OPD steps (0.375 at step 125: OPD first costs a
-little). The summary prints the OPD effect, +0.385 with a paired-bootstrap 95% interval of
-[+0.31, +0.46] over the 200 prompts, and says OPD closed 71% of the teacher-student gap.
-opd/kl falls from ~0.35 to ~0.07. Wall time about 4 minutes: teacher 1m24s, stage 1 0m48s,
-OPD 1m08s, plus start-up and evaluations (5m14s including the pip install). With
---config.seed=1 (another task split) the three pass@1 are 0.935 / 0.42 / 0.845. The rock
-table is the ten digits (~84% of the reverse KL on ~23% of the response tokens); the paper
-also finds digits among its rock tokens.
+Expected (seen here, seed 0, 2-core CPU): pass@1 teacher 0.935, student 0.335 after stage 1,
+0.79 after the 250 OPD steps (0.455 at step 125). The summary prints the OPD effect, +0.455
+with a paired-bootstrap 95% interval of [+0.37, +0.535] over the 200 prompts, and says OPD
+closed 76% of the teacher-student gap. opd/kl falls from ~0.4 to ~0.05. Wall time about 4.5
+minutes: teacher 1m38s, stage 1 1m04s, OPD 1m45s, plus start-up and evaluations. The rock
+table is the ten digits and '$' (the digits carry ~79% of the reverse KL on ~22% of the
+response tokens); the paper also finds digits among its rock tokens.
 """
 
 from configs import default
