@@ -95,7 +95,8 @@ def test_training_in_a_bucket_writes_there_and_resumes_the_data_stream(bucket, m
   # The uninterrupted stream: a fresh pipeline over the same (bucket) task files.
   c = cloud_run()
   paths = experiment.task_files(c, "gs://bkt/run")
-  fresh, _, _ = experiment._pipelines(c, paths, models.load_tokenizer(paths["tokenizer"]))
+  tokenizer = models.load_tokenizer(paths["tokenizer"])
+  fresh, _, _ = experiment._pipelines(c, paths, tokenizer, second["experiment"].mesh)
   stream = [next(fresh)["tokens_BxL"] for _ in range(4)]
   fresh.close()
   assert len(seen) == 4  # steps 0, 1, then (resumed) 2, 3
@@ -114,7 +115,8 @@ def test_training_in_a_bucket_writes_there_and_resumes_the_data_stream(bucket, m
   assert (run / "task" / "train.jsonl").is_file()
   assert (run / "task" / "tokenizer" / "tokenizer.json").is_file()
   assert sorted(os.listdir(run / "ckpt")) == ["2", "4"]
-  assert json.loads((run / "ckpt" / "2" / "data" / "metadata").read_text())["next_batch"] == 2
+  position = json.loads((run / "ckpt" / "2" / "data" / "process_0-of-1.json").read_text())
+  assert position["next_batch"] == 2
 
 
 def test_checkpoint_in_a_bucket_restores_the_data_position(bucket):
