@@ -2,7 +2,7 @@
 
 `validate(config)` raises `errors.ConfigError` with one line naming the culprit field, its value
 and what is expected, e.g. `rock.mode='dynamc': expected one of 'off', 'static', 'dynamic'`.
-The checks are tables (allowed values, ranges) plus a short list of cross-field rules that
+The checks are the tables of rockjax.config_fields (allowed values, ranges) plus a short list of cross-field rules that
 mirror what the code requires (rockjax.sharding, rockjax.data, rockjax.experiment).
 
 A dry run (`dry_run=True`) reads no file (it builds `arch` abstractly, rockjax.dry_run), so the
@@ -18,127 +18,10 @@ import ml_collections
 
 from rockjax import errors, storage
 from rockjax import sharding as shd
-from rockjax.losses import KINDS
-from rockjax.loading import DTYPES
-from rockjax.models import attention, families, remat
-from rockjax.models.config import FAMILIES
-from rockjax.rocks import SELECTORS, WINDOWS
-from rockjax.tasks.arithmetic import DIFFICULTIES
+from rockjax.config_fields import CANONICAL, ENUMS, PATHS, RANGES
+from rockjax.models import attention, families
 
-SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
 _GROUPS = ("model", "teacher")
-
-# field -> allowed values.
-ENUMS: dict[str, tuple[str, ...]] = {
-  "opd.mode": ("on_policy", "off_policy"),
-  "opd.divergence": KINDS,
-  "opd.normalizer": ("tokens", "weights"),
-  "rock.mode": ("off", "static", "dynamic"),
-  "rock.selector": SELECTORS,
-  "rock.window": WINDOWS,
-  "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
-  "data.task_difficulty": tuple(DIFFICULTIES),
-}
-# field -> how a value is read before the checks (legacy spellings of an enum).
-CANONICAL: dict[str, Any] = {}
-# field -> allowed range: '>= x', '> x' or an interval '[a, b]', '(a, b]', '[a, b)', ...
-RANGES: dict[str, str] = {
-  "steps": ">= 1",
-  "log_every": ">= 1",
-  "stop_after": ">= 0",
-  "opd.jsd_beta": "[0, 1]",
-  "opd.temperature": "> 0",
-  "opd.kd_ratio": "[0, 1]",
-  "opd.skew_alpha": "[0, 1]",
-  "opd.chunk_size": ">= 1",
-  "opd.block_size": ">= 1",
-  "opd.samples_per_prompt": ">= 1",
-  "opd.max_new_tokens": ">= 1",
-  "opd.sample_temperature": "> 0",
-  "opd.top_p": "(0, 1]",
-  "opd.top_k": ">= 0",
-  "rock.lam": ">= 0",
-  "rock.k": ">= 1",
-  "rock.min_freq": ">= 0",
-  "rock.exclude_top_freq": ">= 0",
-  "rock.decay": "(0, 1]",
-  "rock.warmup_steps": ">= 0",
-  "rock.select_every": ">= 1",
-  "rock.snapshot_step": ">= 0",
-  "opt.lr": ">= 0",
-  "opt.end_lr": ">= 0",
-  "opt.warmup_frac": "[0, 1)",
-  "opt.b1": "[0, 1)",
-  "opt.b2": "[0, 1)",
-  "opt.eps": "> 0",
-  "opt.weight_decay": ">= 0",
-  "opt.clip": ">= 0",
-  "opt.micro_batches": ">= 1",
-  "data.task_size": ">= 1",
-  "data.prompts_per_step": ">= 1",
-  "data.max_prompt_len": ">= 1",
-  "data.max_len": ">= 2",
-  "data.pad_to_multiple": ">= 1",
-  "mesh.num_devices": ">= 0",
-  "mesh.dcn_data": ">= 1",
-  "mesh.dcn_fsdp": ">= 1",
-  "mesh.dcn_tensor": ">= 1",
-  "ckpt.every": ">= 0",
-  "ckpt.keep": ">= 1",
-  "eval.every": ">= 0",
-  "eval.num_prompts": ">= 1",
-  "eval.num_samples": ">= 1",
-  "eval.temperature": ">= 0",
-  "eval.max_new_tokens": ">= 1",
-}
-for _g in _GROUPS:
-  ENUMS.update(
-    {
-      f"{_g}.source": SOURCES[_g],
-      f"{_g}.dtype": tuple(DTYPES),
-      f"{_g}.param_dtype": tuple(DTYPES),
-      f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
-      f"{_g}.attention": attention.IMPLEMENTATIONS,
-      f"{_g}.remat": remat.POLICIES,
-    }
-  )
-  CANONICAL[f"{_g}.remat"] = remat.canonical
-  RANGES.update(
-    {
-      f"{_g}.attention_block": ">= 1",
-      f"{_g}.mlp_chunk": ">= 0",
-      f"{_g}.stage_steps": ">= 1",
-      f"{_g}.stage_lr": ">= 0",
-      f"{_g}.stage_kd_ratio": "[0, 1]",
-      f"{_g}.arch.rope_theta": "> 0",
-      f"{_g}.arch.rms_norm_eps": "> 0",
-      f"{_g}.arch.num_experts": ">= 0",
-      f"{_g}.arch.num_experts_per_tok": ">= 0",
-      f"{_g}.arch.moe_intermediate_size": ">= 0",
-    }
-  )
-  RANGES.update(
-    {
-      f"{_g}.arch.{k}": ">= 1"
-      for k in (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "head_dim",
-      )
-    }
-  )
-# Fields holding a file or directory that must exist when set (skipped by dry runs).
-PATHS = {
-  "data.train_path": "file",
-  "data.eval_path": "file",
-  "data.tokenizer_path": "dir",
-  "rock.list_path": "file",
-  "ckpt.resume": "dir",
-}
 
 
 def validate(
