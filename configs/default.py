@@ -193,5 +193,32 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 1  # samples per prompt (pass@1 is averaged over them)
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
+
+  # Rock analysis (python -m rockjax.analyze, and the pipeline's last stage): the student
+  # decodes the evaluation set, the teacher scores it teacher-forced, rocks are selected with
+  # the rock.* settings, and WORKDIR/analysis/ gets report.md, report.json, PNGs,
+  # corpus.parquet and rock_ids.txt (docs/running.md, "Rock analysis").
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.enabled = True  # run the analysis as the pipeline's last stage
+  c.analysis.num_prompts = 500  # evaluation prompts decoded (paper: 500); clipped to the set
+  c.analysis.max_new_tokens = 0  # decode length (paper: 8000); 0 = eval.max_new_tokens
+  c.analysis.greedy = True  # greedy decoding (paper); False samples at analysis.temperature
+  c.analysis.temperature = 0.6  # sampling temperature when greedy is False
+  c.analysis.batch_size = 32  # prompts decoded and scored per batch (one Parquet row group)
+  c.analysis.k_grid = "10,20,50,100,200"  # K values of the coverage and Jaccard curves
+  # Sub-corpus sizes (sequences) of the Jaccard stability test; read as shares of the paper's
+  # 500 problems and scaled when the corpus is smaller than the largest
+  c.analysis.subcorpus_sizes = "50,100,200,300,400"
+  c.analysis.subcorpus_repeats = 5  # random sub-corpora drawn per size
+  c.analysis.seed = 0  # sub-corpus draws and (greedy=False) decoding
+  c.analysis.num_random = 200  # geometry: random non-rock ids in the control group (paper: 200)
+  c.analysis.control_seed = 0  # seed of the frequency-matched random control list
+  c.analysis.knockout_candidates = 20  # ids banned one at a time in the knockout census
+  c.analysis.knockout_eps = 0.01  # |delta accuracy| threshold of Pillar / Stumbling Block
+  c.analysis.bootstrap_resamples = 10000  # paired bootstrap resamples (paper: 10,000)
+  c.analysis.alpha = 0.05  # significance level of the knockout and persistence tests
+  # Persistence: the early checkpoint compared with the final one ('' = the stage-1 export
+  # when the pipeline made one, else the earliest kept checkpoint)
+  c.analysis.early_checkpoint = ""
   c.lock()
   return c

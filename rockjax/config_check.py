@@ -18,7 +18,7 @@ import ml_collections
 
 from rockjax import errors, storage
 from rockjax import sharding as shd
-from rockjax.config_fields import CANONICAL, ENUMS, PATHS, RANGES
+from rockjax.config_fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
 from rockjax.models import attention, families
 
 _GROUPS = ("model", "teacher")
@@ -55,6 +55,7 @@ def validate(
     _stages(c),
     _micro_batches(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
+    _int_lists(c),
   ]
   if not dry_run:
     checks.append(_paths(c))
@@ -222,6 +223,16 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
       f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
       f"each run by its own process(es), but {processes} processes are running"
     )
+
+
+def _int_lists(c) -> Iterator[str]:
+  """Comma-separated integer lists (analysis.k_grid, analysis.subcorpus_sizes)."""
+  for field in INT_LISTS:
+    value = get(c, field)
+    try:
+      int_list(value)
+    except ValueError:
+      yield f"{field}={value!r}: expected comma-separated integers >= 1, e.g. '10,20,50'"
 
 
 def _paths(c) -> Iterator[str]:

@@ -79,6 +79,16 @@ RANGES: dict[str, str] = {
   "eval.num_samples": ">= 1",
   "eval.temperature": ">= 0",
   "eval.max_new_tokens": ">= 1",
+  "analysis.num_prompts": ">= 1",
+  "analysis.max_new_tokens": ">= 0",
+  "analysis.temperature": "> 0",
+  "analysis.batch_size": ">= 1",
+  "analysis.subcorpus_repeats": ">= 1",
+  "analysis.num_random": ">= 1",
+  "analysis.knockout_candidates": ">= 1",
+  "analysis.knockout_eps": ">= 0",
+  "analysis.bootstrap_resamples": ">= 1",
+  "analysis.alpha": "(0, 1)",
 }
 for _g in _GROUPS:
   ENUMS.update(
@@ -120,6 +130,18 @@ for _g in _GROUPS:
       )
     }
   )
+# Comma-separated lists of positive integers ("10,20,50").
+INT_LISTS = ("analysis.k_grid", "analysis.subcorpus_sizes")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+  """The ints of a comma-separated list field; ValueError unless all are integers >= 1."""
+  values = tuple(int(t) for t in str(text).replace(" ", "").split(",") if t)
+  if not values or min(values) < 1:
+    raise ValueError(f"expected comma-separated integers >= 1, got {text!r}")
+  return values
+
+
 # Fields holding a file or directory that must exist when set (skipped by dry runs).
 PATHS = {
   "data.train_path": "file",
@@ -127,4 +149,5 @@ PATHS = {
   "data.tokenizer_path": "dir",
   "rock.list_path": "file",
   "ckpt.resume": "dir",
+  "analysis.early_checkpoint": "dir",
 }
