@@ -72,4 +72,5 @@ def get_config():
   c.eval.num_prompts = 200  # the whole held-out split
   c.eval.temperature = 0.0  # greedy: a deterministic pass@1 on the CPU
   c.eval.max_new_tokens = 40
+  c.analysis.num_prompts = 200  # the rock analysis decodes the same 200 held-out prompts
   return c

@@ -64,6 +64,10 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
   ("teacher.attention_block", 0, "expected >= 1"),
   ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
+  ("analysis.k_grid", "10,x", "expected comma-separated integers >= 1"),
+  ("analysis.subcorpus_sizes", "0,50", "expected comma-separated integers >= 1"),
+  ("analysis.alpha", 1.0, "expected a value in (0, 1)"),
+  ("analysis.batch_size", 0, "expected >= 1"),
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window (headless machines)
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
@@ -27,9 +28,10 @@ def _r(x: float) -> float:
 
 
 def _save(fig: MplFigure, out_dir: str, name: str) -> str:
-  """Save a figure as PNG into out_dir (local or cloud); its file name."""
-  with (epath.Path(out_dir) / name).open("wb") as f:
-    fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+  """Save a figure as PNG into out_dir (local or cloud; process 0 writes); its file name."""
+  if jax.process_index() == 0:
+    with (epath.Path(out_dir) / name).open("wb") as f:
+      fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
   return name
 
 
