@@ -196,3 +196,6 @@ def test_report_markdown_numbers_equal_the_json(planted, tmp_path):
     kl_sum[PLANTED].sum() / kl_sum.sum(), abs=1e-4
   )
   assert f"carry {data['rocks']['coverage_at_k']} of the corpus KL" in md
+  assert data["stability"]["selected"] == [len(_np_topk(freq, kl_sum, k)) for k in (1, 3, 10)]
+  edges = data["rocks"]["density_hist_edges"]
+  assert sum(data["rocks"]["density_hist_counts"]) == 40 and edges[-1] <= 1.0

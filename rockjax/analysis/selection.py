@@ -142,6 +142,10 @@ def analyze_selection(
     "kl_sum_V": np.asarray(kl_sum_V),
     "k_grid": k_grid,
     "coverage": coverage_vs_k(freq_V, kl_sum_V, selection, k_grid),
+    # Fewer than K ids are eligible on small vocabularies or corpora (then coverage is 1).
+    "selected": [
+      len(ranked_ids(freq_V, kl_sum_V, dataclasses.replace(selection, k=k))) for k in k_grid
+    ],
     "sizes": sizes,
     "jaccard_NxKxR": jac,
     "density_S": rock_density(seqs, rock_ids),

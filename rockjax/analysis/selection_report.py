@@ -65,7 +65,9 @@ def selection_numbers(result: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
   jac = result["jaccard_NxKxR"]
   k_grid, sizes = result["k_grid"], result["sizes"]
   density = result["density_S"]
-  counts, edges = np.histogram(density, bins=20, range=(0.0, 1.0))
+  # Bins over [0, the largest density]: densities cluster well below 1.
+  top = float(density.max()) if density.size and density.max() > 0 else 1.0
+  counts, edges = np.histogram(density, bins=20, range=(0.0, top))
   rocks_on = float(result["freq_V"][result["rock_ids"]].sum())
   ki = k_grid.index(sel.k)
   return {
@@ -82,6 +84,7 @@ def selection_numbers(result: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     "token_share": _r(rocks_on / max(result["num_tokens"], 1)),
     "k_grid": list(k_grid),
     "coverage": [_r(c) for c in result["coverage"]],
+    "selected": [int(n) for n in result["selected"]],
     "sizes": list(sizes),
     "repeats": int(jac.shape[2]),
     "jaccard_mean": [[_r(v) for v in row] for row in jac.mean(axis=2)],
@@ -149,7 +152,7 @@ def _coverage_jaccard(numbers, out_dir) -> Figure:
   name = _save(fig, out_dir, "coverage_jaccard_vs_k.png")
   return Figure(
     name,
-    "Left: KL coverage of the top-K ids vs K. Right: Jaccard of the top K on random "
+    "Left: KL coverage of the top-K ids vs K (fewer ids when fewer are eligible). Right: Jaccard of the top K on random "
     "sub-corpora of n sequences vs the full corpus (mean over repeats), vs K.",
   )
 
@@ -192,14 +195,17 @@ def selection_sections(result: dict[str, Any], out_dir: str, tokenizer: Any) -> 
     "rock density: mean {density_mean}, median {density_median}, 90th percentile "
     f"{{density_p90}}.\n\nTop {shown} of the selection (the list is rock_ids.txt):\n\n{table}"
   )
-  cov_rows = [[f"{{k_grid[{j}]}}", f"{{coverage[{j}]}}"] for j in range(len(n["k_grid"]))]
+  cov_rows = [
+    [f"{{k_grid[{j}]}}", f"{{selected[{j}]}}", f"{{coverage[{j}]}}"]
+    for j in range(len(n["k_grid"]))
+  ]
   jac_rows = [
     [f"{{sizes[{i}]}}"] + [f"{{jaccard_mean[{i}][{j}]}}" for j in range(len(n["k_grid"]))]
     for i in range(len(n["sizes"]))
   ]
   stab_text = (
     "KL coverage of the top K:\n\n"
-    + _table(["K", "coverage"], cov_rows)
+    + _table(["K", "ids selected", "coverage"], cov_rows)
     + "\n\nJaccard of the top K on {repeats} random sub-corpora of n sequences vs the full "
     "corpus (mean; rows n, columns K):\n\n"
     + _table(["n"] + [f"K={{k_grid[{j}]}}" for j in range(len(n["k_grid"]))], jac_rows)
@@ -211,7 +217,8 @@ def selection_sections(result: dict[str, Any], out_dir: str, tokenizer: Any) -> 
     figures=(_funnel(result, n, out_dir), _density(result, n, out_dir)),
     text=rocks_text,
   )
-  stab_numbers = {k: n[k] for k in ("k", "k_grid", "coverage", "sizes", "repeats", "num_sequences")}
+  stab_numbers = {k: n[k] for k in ("k", "k_grid", "coverage", "selected", "sizes", "repeats")}
+  stab_numbers["num_sequences"] = n["num_sequences"]
   stab_numbers |= {k: n[k] for k in ("jaccard_mean", "jaccard_min", "jaccard_at_k")}
   stab_sec = Section(
     title="Coverage and stability",
