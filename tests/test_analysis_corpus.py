@@ -16,7 +16,7 @@ from fixtures import (
   np_log_softmax,
   random_model,
 )
-from rockjax import rock_lists
+from rockjax import rock_lists, sampling
 from rockjax.analysis import corpus
 
 EOS = 5
@@ -37,9 +37,21 @@ def test_corpus_rows_are_the_greedy_decode_scored_in_float64(tmp_path):
   student, teacher = random_model(STUDENT, seed=1), random_model(TEACHER, seed=2)
   ids, mask = _prompts(STUDENT.vocab_size)
   path = str(tmp_path / "corpus.parquet")
+  compiled = sampling.decode_jit._cache_size(), corpus._score._cache_size()
   built = corpus.build_corpus(
-    student, teacher, ids, mask, path, batch_size=2, max_new_tokens=T, eos_ids=(EOS,)
+    student,
+    teacher,
+    ids,
+    mask,
+    path,
+    batch_size=2,
+    max_new_tokens=T,
+    eos_ids=(EOS,),
+    spec=corpus.ScoreSpec(block_size=5),  # blocks straddle rows; the last one is padded
   )
+  # Three batches (the last padded with a filler row): one sampler and one scorer program.
+  assert sampling.decode_jit._cache_size() - compiled[0] == 1
+  assert corpus._score._cache_size() - compiled[1] == 1
   meta = corpus.read_metadata(path)
   assert meta["greedy"] is True and meta["divergence"] == "reverse_kl"
   assert meta["num_sequences"] == 5 and built["num_tokens"] > 0

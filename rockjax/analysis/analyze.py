@@ -140,7 +140,9 @@ def run_analysis(
   ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
 
   loss = settings.loss_settings(c)
-  spec = corpus.ScoreSpec(loss.divergence, loss.temperature, loss.jsd_beta, loss.skew_alpha)
+  spec = corpus.ScoreSpec(
+    loss.divergence, loss.temperature, loss.jsd_beta, loss.skew_alpha, loss.block_size
+  )
   corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
   built = corpus.build_corpus(
     student_model,

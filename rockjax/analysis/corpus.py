@@ -66,32 +66,55 @@ class ScoreSpec:
   temperature: float = 1.0  # divergence temperature (config opd.temperature)
   beta: float = 0.5  # jsd teacher weight (config opd.jsd_beta)
   alpha: float = 0.9  # skew_reverse_kl teacher weight (config opd.skew_alpha)
+  block_size: int = 512  # positions whose logits exist at once (config opd.block_size)
 
 
-def _entropy(logits_BxLxV: jax.Array, temperature: float) -> jax.Array:
-  """Entropy `[B, L]` (nats) of softmax(logits / temperature), float32."""
-  logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32) / temperature, axis=-1)
+def _entropy(logits_CxV: jax.Array, temperature: float) -> jax.Array:
+  """Entropy `[C]` (nats) of softmax(logits / temperature), float32."""
+  logp = jax.nn.log_softmax(logits_CxV.astype(jnp.float32) / temperature, axis=-1)
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("s_graphdef", "t_graphdef", "spec"))
 def _score(s_graphdef, s_state, t_graphdef, t_state, tokens_BxL, attn_BxL, resp_BxL, spec):
-  """(targets, loss mask, kl, student entropy, teacher entropy), all `[B, L]` (column t: id t+1)."""
+  """(targets, loss mask, kl, student entropy, teacher entropy), all `[B, L]` (column t: id t+1).
+
+  Logits are formed `spec.block_size` positions at a time from the hidden states (a lax.map
+  over position blocks), so memory holds `block_size x V` logits per model, never `B x L x V`.
+  """
   shifted = objective.shift(
     {"tokens": tokens_BxL, "attention_mask": attn_BxL, "response_mask": resp_BxL}
   )
-  s_logits = nnx.merge(s_graphdef, s_state)(shifted.inputs_BxL, shifted.input_mask_BxL)
-  t_logits = nnx.merge(t_graphdef, t_state)(shifted.inputs_BxL, shifted.input_mask_BxL)
-  kl_BxL = losses.divergence(
-    s_logits,
-    t_logits,
-    kind=spec.kind,
-    temperature=spec.temperature,
-    beta=spec.beta,
-    alpha=spec.alpha,
-  )
-  ent_s = _entropy(s_logits, spec.temperature)
-  ent_t = _entropy(t_logits, spec.temperature)
+  student, teacher = nnx.merge(s_graphdef, s_state), nnx.merge(t_graphdef, t_state)
+  B, L = tokens_BxL.shape
+  N = B * L
+  C = min(spec.block_size, N)
+  M = -(-N // C)
+
+  def blocks(model):
+    """(hidden [M, C, D], head [D, V]) of one model; the tail block is zero-padded."""
+    h_NxD = model.hidden_states(shifted.inputs_BxL, shifted.input_mask_BxL).reshape(N, -1)
+    h_NxD = jnp.pad(h_NxD, ((0, M * C - N), (0, 0)))
+    return h_NxD.reshape(M, C, -1), model.lm_head_weight().astype(model.cfg.dtype)
+
+  (hs_MxCxD, ws_DxV), (ht_MxCxD, wt_DxV) = blocks(student), blocks(teacher)
+
+  def block(h):
+    """kl, student entropy, teacher entropy `[C]` of one block of positions (Decoder.logits)."""
+    zs_CxV = jnp.einsum("cd,dv->cv", h[0], ws_DxV, preferred_element_type=jnp.float32)
+    zt_CxV = jnp.einsum("cd,dv->cv", h[1], wt_DxV, preferred_element_type=jnp.float32)
+    kl_C = losses.divergence(
+      zs_CxV,
+      zt_CxV,
+      kind=spec.kind,
+      temperature=spec.temperature,
+      beta=spec.beta,
+      alpha=spec.alpha,
+    )
+    return kl_C, _entropy(zs_CxV, spec.temperature), _entropy(zt_CxV, spec.temperature)
+
+  out = jax.lax.map(block, (hs_MxCxD, ht_MxCxD))
+  kl_BxL, ent_s, ent_t = (x.reshape(M * C)[:N].reshape(B, L) for x in out)
   return shifted.targets_BxL, shifted.loss_mask_BxL, kl_BxL, ent_s, ent_t
 
 
