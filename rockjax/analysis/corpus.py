@@ -144,6 +144,7 @@ def score_rollout(
 def _batch_table(cols: dict[str, np.ndarray], seq_ids_B: np.ndarray, prompt_len: int) -> pa.Table:
   """The response rows of one scored batch (padding rows carry seq_id -1 and are dropped)."""
   keep_BxL = (cols["mask"] > 0) & (seq_ids_B[:, None] >= 0)
+  # Row-major nonzero: rows come sequence by sequence, positions ascending.
   rows, cols_t = np.nonzero(keep_BxL)
   return pa.table(
     {
@@ -204,6 +205,7 @@ def build_corpus(
     **(metadata or {}),
   }
   schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings).encode()})
+  # Every process runs the same programs (global arrays); only process 0 touches the file.
   write = jax.process_index() == 0
   t0, tokens = time.perf_counter(), 0
   key = jax.random.PRNGKey(seed)
@@ -265,6 +267,7 @@ def iter_row_groups(path: str, columns: Sequence[str]) -> Iterator[dict[str, np.
 
 def id_sums(path: str, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(freq_V int64, kl_sum_V float64) over the whole corpus, streamed."""
+  # float64 accumulation: 4M float32 rows summed in float32 would lose ~3 digits.
   freq_V = np.zeros(vocab_size, np.int64)
   kl_sum_V = np.zeros(vocab_size, np.float64)
   for g in iter_row_groups(path, ("token_id", "kl")):

@@ -36,6 +36,7 @@ class Section:
 
 def _json_safe(x: Any) -> Any:
   """NaN/inf become None (strict JSON); numpy scalars and arrays become Python values."""
+  # numpy values first: float64 scalars and arrays serialise as Python numbers and lists.
   if hasattr(x, "tolist"):
     x = x.tolist()
   if isinstance(x, float):
@@ -49,6 +50,7 @@ def _json_safe(x: Any) -> Any:
 
 def render_section(section: Section) -> str:
   """One section's Markdown: title, text with its numbers filled in, then its figures."""
+  # format_map fills `{name}`, `{rows[0][id]}`... from the JSON-safe numbers the JSON gets.
   lines = [f"## {section.title}", "", section.text.format_map(_json_safe(section.numbers)), ""]
   for fig in section.figures:
     lines += [f"![{fig.caption}]({fig.filename})", "", f"*{fig.caption}*", ""]
@@ -66,6 +68,7 @@ def write_report(out_dir: str, sections: Sequence[Section], meta: dict[str, Any]
     raise ValueError(f"report sections need distinct keys other than 'meta', got {keys}")
   root = epath.Path(out_dir)
   root.mkdir(parents=True, exist_ok=True)
+  # The figures are already in out_dir (each section saved its own); only the text is left.
   head = ["# Rock Token analysis", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [""]
   md = "\n".join(head + [render_section(s) for s in sections])
   payload = {"meta": _json_safe(meta), **{s.key: _json_safe(s.numbers) for s in sections}}

@@ -25,6 +25,7 @@ PAPER_CORPUS_SIZE = 500
 def stats_from_sums(freq_V: np.ndarray, kl_sum_V: np.ndarray) -> rocks.RockStats:
   """A RockStats whose cumulative window holds the corpus sums (the other windows are zero)."""
   stats = rocks.RockStats.init(len(freq_V))
+  # int32 counts and float32 sums, as the trainer keeps them: selection ties break alike.
   return stats.replace(
     count_V=jnp.asarray(freq_V, jnp.int32), kl_sum_V=jnp.asarray(kl_sum_V, jnp.float32)
   )
@@ -45,6 +46,7 @@ def ranked_ids(
   """The ids `rocks.select` picks, int64, in rank order (key descending, then lower id)."""
   mask_V = np.asarray(selection.select(stats_from_sums(freq_V, kl_sum_V)))
   ids = np.nonzero(mask_V)[0]
+  # The mask is unordered; rank on host in float64 with the trainer's tie rule (lower id).
   key = selector_key(freq_V, kl_sum_V, selection.selector)[ids]
   return ids[np.lexsort((ids, -key))].astype(np.int64)
 
@@ -67,6 +69,7 @@ def scaled_sizes(sizes: Sequence[int], num_seqs: int) -> list[int]:
   Sizes are used as given when they all fit; otherwise they are read as shares of the paper's
   500-problem corpus and scaled to this one (demo, 200 prompts: 50..400 -> 20..160).
   """
+  # A sub-corpus as large as the corpus is the corpus itself (Jaccard 1 by construction).
   if max(sizes, default=0) >= num_seqs:
     sizes = [round(n * num_seqs / PAPER_CORPUS_SIZE) for n in sizes]
   return sorted({int(n) for n in sizes if 1 <= n < num_seqs})
@@ -90,11 +93,13 @@ def jaccard_grid(
   full_V = seqs.subset(np.arange(num_seqs))
   full_stats = stats_from_sums(*full_V)
   full_masks = [dataclasses.replace(selection, k=k).select(full_stats) for k in k_grid]
+  # One Generator for the whole grid: the draws depend only on the seed, sizes and repeats.
   rng = np.random.default_rng(seed)
   out_NxKxR = np.zeros((len(sizes), len(k_grid), repeats))
   for i, n in enumerate(sizes):
     for r in range(repeats):
       rows = np.sort(rng.choice(num_seqs, size=n, replace=False))
+      # Sub-corpus sums are row sums of the sparse per-sequence matrices: no re-read.
       stats = stats_from_sums(*seqs.subset(rows))
       for j, k in enumerate(k_grid):
         mask_V = dataclasses.replace(selection, k=k).select(stats)
@@ -131,6 +136,7 @@ def analyze_selection(
 ) -> dict[str, Any]:
   """Everything the selection sections report, as numpy/python values (see `selection_numbers`)."""
   rock_ids = ranked_ids(freq_V, kl_sum_V, selection)
+  # rock.k joins the grid so that the headline coverage and Jaccard are on the curves.
   sizes = scaled_sizes(subcorpus_sizes, len(seqs.seq_ids))
   k_grid = sorted(set(int(k) for k in k_grid) | {selection.k})
   jac = jaccard_grid(seqs, selection, k_grid, sizes, repeats=subcorpus_repeats, seed=seed)
