@@ -28,7 +28,7 @@ def test_planted_rocks_get_distinct_frequency_matched_non_rock_ids():
   top5 = by_freq[:5]
   # Rocks spread over frequent ids (ranks 20-800), as Rock Score rankings are.
   rocks = rng.choice(by_freq[20:800], 100, replace=False)
-  ctrl = controls.frequency_matched(freq, rocks, seed=1, exclude=top5, min_freq=2)
+  ctrl = controls.frequency_matched(freq, rocks, seed=1, exclude_top_freq=5, min_freq=2)
   assert ctrl.shape == (100,) and np.unique(ctrl).size == 100
   assert not set(ctrl) & set(rocks) and not set(ctrl) & set(top5)
   assert freq[ctrl].min() >= 2
@@ -100,6 +100,19 @@ def test_ties_are_broken_by_the_seed_only():
     assert log_cost(freq, rocks, list(p)) == 0.0
 
 
+def test_exclude_and_exclude_top_freq_remove_candidates():
+  # Equal top frequencies: the lower id counts as more frequent (rocks.select's tie rule).
+  freq = np.array([9.0, 50.0, 50.0, 40.0, 10.0, 8.0])
+  rocks = np.array([0])
+  assert controls.frequency_matched(freq, rocks).tolist() == [4]
+  assert controls.frequency_matched(freq, rocks, exclude=[4]).tolist() == [5]
+  assert controls.frequency_matched(freq, rocks, exclude=[4, 5]).tolist() == [3]
+  # Top 2 by frequency are ids 1 and 2; with 4 and 5 excluded, 3 is the only one left.
+  assert controls.frequency_matched(freq, rocks, exclude=[4, 5], exclude_top_freq=2).tolist() == [3]
+  with pytest.raises(ValueError, match="exclude_top_freq=3"):
+    controls.frequency_matched(freq, rocks, exclude=[4, 5], exclude_top_freq=3)
+
+
 def test_too_few_candidates_is_one_line():
   with pytest.raises(ValueError, match="only 1 candidate ids"):
     controls.frequency_matched(np.array([5.0, 4.0, 3.0, 0.0]), [0, 1])  # id 3 unseen
@@ -112,7 +125,7 @@ def test_control_list_is_loaded_by_the_random_freeze_config(tmp_path):
   rocks = np.argsort(-freq, kind="stable")[5:105]
   rock_path = tmp_path / "rock_ids.txt"
   rock_lists.save_id_list(rock_path, rocks)
-  ctrl = controls.frequency_matched(freq, rocks, exclude=np.argsort(-freq)[:5], min_freq=2)
+  ctrl = controls.frequency_matched(freq, rocks, exclude_top_freq=5, min_freq=2)
   path = controls.write_control_list(
     controls.control_list_path(rock_path), ctrl, header="frequency-matched control\nseed 0"
   )

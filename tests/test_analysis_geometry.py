@@ -7,6 +7,7 @@ import scipy.stats
 
 import fixtures
 from rockjax import objective
+from rockjax import sharding as shd
 from rockjax.analysis import geometry, groups
 
 V = 24
@@ -132,3 +133,24 @@ def test_models_wrapper_compiles_once_and_matches_the_logit_path(tmp_path):
 def test_overlapping_groups_are_refused():
   with pytest.raises(ValueError, match="overlap"):
     geometry.segment_map({"rocks": [1, 2], "high_kl": [2], "random": [3]}, V)
+
+
+@pytest.mark.slow  # ~25 s on 2 busy CPU cores: two model pairs compiled
+def test_sharded_models_give_the_unsharded_sums():
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  student = fixtures.random_model(fixtures.STUDENT, seed=0)
+  teacher = fixtures.random_model(fixtures.TEACHER, seed=1)
+  batches = [fixtures.make_batch(seed=s, b=4, l=11) for s in (0, 1)]
+  ids = {"rocks": fixtures.ROCK_IDS, "high_kl": np.array([0, 5]), "random": np.array([30])}
+  ref = geometry.gradient_sums(student, teacher, batches, ids, vocab_size=fixtures.V)
+  got = geometry.gradient_sums(
+    shd.shard_model(student, mesh),
+    shd.shard_model(teacher, mesh),
+    batches,
+    ids,
+    vocab_size=fixtures.V,
+    mesh=mesh,
+  )
+  np.testing.assert_allclose(got.g_sum_SxV, ref.g_sum_SxV, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(got.count_S, ref.count_S)
+  np.testing.assert_allclose(got.norm_sum_S, ref.norm_sum_S, rtol=1e-5)

@@ -29,12 +29,14 @@ FIGURE = "control_frequencies.png"
 
 
 def _candidates(
-  freq_V: np.ndarray, rock_ids: np.ndarray, exclude: Any, min_freq: float
+  freq_V: np.ndarray, rock_ids: np.ndarray, exclude: Any, min_freq: float, exclude_top_freq: int
 ) -> np.ndarray:
   """Ids seen >= min_freq times (and at least once) that are neither rocks nor excluded."""
   ok_V = (freq_V > 0) & (freq_V >= min_freq)
   ok_V[rock_ids] = False
   ok_V[np.asarray(list(exclude), np.int64)] = False
+  # The most frequent ids, ties to the lower id: the rule of rockjax.rocks.select.
+  ok_V[np.argsort(-freq_V, kind="stable")[:exclude_top_freq]] = False
   return np.nonzero(ok_V)[0]
 
 
@@ -45,11 +47,12 @@ def frequency_matched(
   seed: int = 0,
   exclude: Any = (),
   min_freq: float = 1,
+  exclude_top_freq: int = 0,
 ) -> np.ndarray:
   """Control ids int64 `[K]`, `out[i]` matched to `rock_ids[i]` at minimum total |log ratio|.
 
-  Candidates are ids seen >= min_freq times that are not rocks and not in `exclude` (pass
-  the exclude_top_freq most frequent ids to keep them out as well). Among candidates of equal
+  Candidates are ids seen >= min_freq times that are not rocks, not in `exclude` and not
+  among the `exclude_top_freq` most frequent ids (the selection removed those before ranking). Among candidates of equal
   frequency the choice is a seeded draw: the candidates are permuted with `seed` before the
   assignment, which breaks ties in order and leaves the optimal cost unchanged.
   """
@@ -59,11 +62,11 @@ def frequency_matched(
     raise ValueError(f"rock_ids holds duplicates: {rock_K.tolist()[:10]}")
   if rock_K.size and freq_V[rock_K].min() <= 0:
     raise ValueError("rock_ids holds an id with frequency 0 (no log frequency to match)")
-  cand_C = _candidates(freq_V, rock_K, exclude, min_freq)
+  cand_C = _candidates(freq_V, rock_K, exclude, min_freq, exclude_top_freq)
   if cand_C.size < rock_K.size:
     raise ValueError(
-      f"only {cand_C.size} candidate ids (seen >= min_freq={min_freq}, not rocks, not excluded) "
-      f"for {rock_K.size} rocks"
+      f"only {cand_C.size} candidate ids (seen >= min_freq={min_freq}, not rocks, not excluded, "
+      f"not in the exclude_top_freq={exclude_top_freq} most frequent) for {rock_K.size} rocks"
     )
   rng = np.random.default_rng(seed)
   cand_C = cand_C[rng.permutation(cand_C.size)]

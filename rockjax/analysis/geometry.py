@@ -15,6 +15,7 @@ Shape letters: B batch, L sequence length, V vocabulary size, G group ids, S = G
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +30,7 @@ from flax import nnx
 from matplotlib.figure import Figure
 
 from rockjax import losses, objective
+from rockjax import sharding as shd
 from rockjax.analysis import groups as groups_lib
 from rockjax.metrics import host_value
 
@@ -127,22 +129,37 @@ def gradient_sums(
   vocab_size: int,
   kind: str = "reverse_kl",
   temperature: float = 1.0,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> GradientSums:
   """Sums over token batches ({'tokens', 'attention_mask', 'response_mask'} `[B, L]`, one shape).
 
   Both models see every token; position t's logits are scored against the emitted id t + 1
-  on response positions (rockjax.objective.shift, as in training).
+  on response positions (rockjax.objective.shift, as in training). With a `mesh` (models
+  placed by rockjax.sharding.shard_model) batch rows are split over it and the sums replicated.
   """
   ids_G, segment_V = segment_map(group_ids, vocab_size)
   s_graph, s_state = nnx.split(student)
   t_graph, t_state = nnx.split(teacher)
   sums = GradientSums.init(ids_G.size, vocab_size)
   segment_V = jnp.asarray(segment_V)
-  for batch in tqdm.tqdm(batches, desc="gradient geometry", disable=None, leave=False):
-    batch = {k: jnp.asarray(batch[k]) for k in ("tokens", "attention_mask", "response_mask")}
-    sums = _add_batch(
-      sums, s_graph, s_state, t_graph, t_state, batch, segment_V, kind=kind, temperature=temperature
-    )
+  put = lambda x: jnp.asarray(x)  # noqa: E731
+  if mesh is not None:
+    put = lambda x: jax.device_put(x, shd.batch_sharding(np.shape(x), mesh))  # noqa: E731
+    sums = jax.device_put(sums, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+    for batch in tqdm.tqdm(batches, desc="gradient geometry", disable=None, leave=False):
+      batch = {k: put(batch[k]) for k in ("tokens", "attention_mask", "response_mask")}
+      sums = _add_batch(
+        sums,
+        s_graph,
+        s_state,
+        t_graph,
+        t_state,
+        batch,
+        segment_V,
+        kind=kind,
+        temperature=temperature,
+      )
   return sums
 
 
