@@ -94,6 +94,7 @@ def add_logits(
   )
 
 
+# The sums are donated: each batch updates the [S, V] accumulator in place.
 add_logits_jit = jax.jit(add_logits, static_argnames=("kind", "temperature"), donate_argnums=0)
 
 
@@ -101,7 +102,16 @@ add_logits_jit = jax.jit(add_logits, static_argnames=("kind", "temperature"), do
   jax.jit, static_argnames=("s_graph", "t_graph", "kind", "temperature"), donate_argnums=0
 )
 def _add_batch(
-  sums, s_graph, s_state, t_graph, t_state, batch, segment_V, *, kind, temperature
+  sums: GradientSums,
+  s_graph: nnx.GraphDef,
+  s_state: nnx.State,
+  t_graph: nnx.GraphDef,
+  t_state: nnx.State,
+  batch: dict[str, jax.Array],
+  segment_V: jax.Array,
+  *,
+  kind: str,
+  temperature: float,
 ) -> GradientSums:
   """Both forwards on one token batch, then `add_logits` (one compile per batch shape)."""
   shifted = objective.shift(batch)
