@@ -50,6 +50,8 @@ def knockout_class(delta: float, p_value: float, *, eps: float = 0.01, alpha: fl
 def _condition_rows(num_problems: int, candidate_ids: Sequence[int], batch_rows: int):
   """Problem index and banned id (-1: baseline or padding) per row, padded to whole batches."""
   bans_X = np.array([-1, *candidate_ids], np.int32)
+  # Condition-major (the baseline's B rows, then each candidate's): batches may mix conditions;
+  # all of them have one shape, which is what keeps the census at one compiled program.
   rows = len(bans_X) * num_problems
   padded = math.ceil(rows / batch_rows) * batch_rows
   problem_R = np.zeros(padded, np.int64)  # padding rows decode problem 0 unbanned; dropped
@@ -117,13 +119,14 @@ def _classify(
   seed: int,
 ) -> dict[str, Any]:
   """Per-candidate Delta, interval, p-value and class; the sign test and corrected p-values."""
-  baseline_B = acc_XxB[0]
+  baseline_B = acc_XxB[0]  # one baseline run, paired with every candidate problem by problem
   entries = []
   for x, v in enumerate(candidates, start=1):
     test = evaluation.paired_bootstrap(
       acc_XxB[x], baseline_B, n_resamples=resamples, alpha=alpha, seed=seed
     )
     entries.append(dict(id=v, accuracy=float(acc_XxB[x].mean()), **test))
+  # The corrections adjust the very p-values the classes use: both answer the same test.
   adjusted = evaluation.multiple_testing([e["p_value"] for e in entries])
   for e, p_bonf, p_bh in zip(entries, adjusted["bonferroni"], adjusted["bh"]):
     e.update(p_bonferroni=float(p_bonf), p_bh=float(p_bh))
@@ -190,6 +193,7 @@ def census(
   candidates = [int(v) for v in candidate_ids]
   if len(answers) != B or B == 0:
     raise ValueError(f"census: {len(answers)} answers for {B} prompts; need one per prompt")
+  # A duplicate id would be tested twice and inflate the number of tests the corrections use.
   if C == 0 or len(set(candidates)) != C or any(not 0 <= v < vocab for v in candidates):
     raise ValueError(f"census: candidate ids must be distinct and in [0, {vocab}): {candidates}")
   if batch_rows < 1:
@@ -280,6 +284,7 @@ def delta_figure(result: dict[str, Any]):
   ax.set_title(
     f"Knockout census: {len(entries)} ids, baseline accuracy {result['baseline_accuracy']:.3f}"
   )
+  # Every class in the legend, present or not, so figures of different runs read alike.
   ax.legend(
     handles=[patches.Patch(color=COLOURS[c], label=c.replace("_", " ")) for c in CLASSES]
     + [lines.Line2D([], [], color="black", linestyle="--", label=f"+/- eps {eps}")],
@@ -300,6 +305,7 @@ def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
   `{name}` placeholders only; numbers are rounded here so the Markdown and the JSON agree.
   """
   s, st = result["settings"], result["sign_test"]
+  # Rounded once, here: the JSON then holds exactly what the Markdown prints.
   sig = lambda p: float(f"{p:.4g}")
   numbers: dict[str, Any] = dict(
     num_candidates=len(result["candidates"]),
