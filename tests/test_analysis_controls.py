@@ -146,8 +146,8 @@ def test_section_numbers_and_figure(tmp_path):
   rocks = np.array([0, 1])
   ctrl = controls.frequency_matched(freq, rocks)
   sec = controls.section(controls.control_result(freq, rocks, ctrl), str(tmp_path))
-  assert sec["numbers"]["num_pairs"] == 2
+  assert sec.numbers["num_pairs"] == 2
   ratio = np.abs(np.log(freq[rocks] / freq[ctrl]))
-  assert sec["numbers"]["max_abs_log_ratio"] == pytest.approx(ratio.max(), rel=1e-3)
-  assert (tmp_path / sec["figures"][0][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  sec["text"].format(**sec["numbers"])  # every placeholder has a number
+  assert sec.numbers["max_abs_log_ratio"] == pytest.approx(ratio.max(), rel=1e-3)
+  assert (tmp_path / sec.figures[0].filename).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  sec.text.format(**sec.numbers)  # every placeholder has a number

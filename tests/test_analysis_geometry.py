@@ -125,9 +125,9 @@ def test_models_wrapper_compiles_once_and_matches_the_logit_path(tmp_path):
   np.testing.assert_array_equal(sums.count_S, ref.count_S)
   res = geometry.geometry(sums, ids)
   sec = geometry.section(res, str(tmp_path))
-  sec["text"].format(**sec["numbers"])  # every placeholder has a number
-  assert sec["numbers"]["rocks_n"] == res["groups"]["rocks"]["n"] == 4
-  assert (tmp_path / sec["figures"][0][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  sec.text.format(**sec.numbers)  # every placeholder has a number
+  assert sec.numbers["rocks_n"] == res["groups"]["rocks"]["n"] == 4
+  assert (tmp_path / sec.figures[0].filename).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_overlapping_groups_are_refused():

@@ -82,9 +82,9 @@ def test_from_rock_stats_reads_the_snapshot_and_the_updates_after_it():
 def test_section_fills_every_placeholder_and_saves_the_scatter(tmp_path):
   res = persistence.persistence(*planted(), np.arange(100))
   sec = persistence.section(res, str(tmp_path))
-  assert sec["key"] == "persistence"
-  text = sec["text"].format(**sec["numbers"])
-  assert f"| rocks | 100 | {sec['numbers']['rocks_median_early']} |" in text
-  assert sec["numbers"]["high_kl_median_drop"] == pytest.approx(0.6, abs=0.02)
-  png = tmp_path / sec["figures"][0][0]
+  assert sec.key == "persistence"
+  text = sec.text.format(**sec.numbers)
+  assert f"| rocks | 100 | {sec.numbers['rocks_median_early']} |" in text
+  assert sec.numbers["high_kl_median_drop"] == pytest.approx(0.6, abs=0.02)
+  png = tmp_path / sec.figures[0].filename
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

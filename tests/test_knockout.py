@@ -199,11 +199,11 @@ def test_epsilon_rule(delta, p, expected):
 
 def test_section_numbers_fill_the_text_and_the_figure_shows_the_deltas(result, tmp_path):
   sec = knockout.section(result, str(tmp_path))
-  assert sec["key"] == "knockout"
-  text = sec["text"].format(**sec["numbers"])  # every placeholder has a number
+  assert sec.key == "knockout"
+  text = sec.text.format(**sec.numbers)  # every placeholder has a number
   assert f"| {A} | t{A} | 27 | {round(1 / 40 - 28 / 40, 4)} |" in text
-  assert sec["numbers"][f"id{A}_class"] == "strong_pillar"
-  png = (tmp_path / sec["figures"][0]["filename"]).read_bytes()
+  assert sec.numbers[f"id{A}_class"] == "strong_pillar"
+  png = (tmp_path / sec.figures[0].filename).read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and pystruct.unpack(">II", png[16:24])[0] > 300
   # The bars are the Deltas in candidate order, coloured by class.
   ax = knockout.delta_figure(result).axes[0]

@@ -10,9 +10,7 @@ WORKDIR/analysis/ (or `out`): corpus.parquet, rock_ids.txt, report.md, report.js
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,43 +19,16 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from rockjax import checkpoint as ckpt_lib
 from rockjax import errors, loading, models, records, settings, storage
 from rockjax import sharding as shd
-from rockjax import state as state_lib
-from rockjax.analysis import corpus, selection, selection_report
-from rockjax.analysis.report import Section, write_report
+from rockjax.analysis import corpus, selection, selection_report, studies
+from rockjax.analysis.context import AnalysisContext, load_student
+from rockjax.analysis.report import write_report
 from rockjax.config_fields import int_list
 
 ANALYSIS_DIR = "analysis"
 CORPUS_FILE = "corpus.parquet"
 ROCK_IDS_FILE = "rock_ids.txt"
-
-
-@dataclasses.dataclass
-class AnalysisContext:
-  """What the analyses after selection get: models, prompts, the corpus and the rocks."""
-
-  config: ml_collections.ConfigDict  # the main stage's config (teacher/model paths resolved)
-  workdir: str
-  out_dir: str
-  mesh: Any
-  tokenizer: Any
-  eos_ids: tuple[int, ...]
-  student: nnx.Module
-  teacher: nnx.Module
-  student_source: str  # where the student came from (checkpoint step, HF directory)
-  prompt_ids_SxP: np.ndarray  # left-padded evaluation prompts
-  prompt_mask_SxP: np.ndarray
-  answers: list[str]  # reference answers, row-aligned with the prompts
-  corpus_path: str
-  rock_ids_path: str
-  selection: dict[str, Any]  # selection.analyze_selection's result (rock_ids, freq_V, ...)
-
-
-# Hooks for the other analyses: each gets the context and returns report Sections (in order).
-# The lead registers controls / persistence / geometry / knockout here.
-SECTION_HOOKS: list[tuple[str, Callable[[AnalysisContext], list[Section]]]] = []
 
 
 def main_stage_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -66,35 +37,6 @@ def main_stage_config(config: ml_collections.ConfigDict, workdir: str) -> ml_col
   from rockjax.experiment import task_files  # pylint: disable=g-import-not-at-top
 
   return pipeline.plan(config, workdir, task_files(config, workdir))[-1].config
-
-
-def _restore_student(c: ml_collections.ConfigDict, ckpt_dir: str, mesh) -> tuple[nnx.Module, str]:
-  """The student of the newest checkpoint in `ckpt_dir` (a TrainState saved by training)."""
-  cfg = loading.model_config(c.model, field="model")
-  graphdef, abstract = loading.abstract_params(cfg, c.seed)
-  tx, _ = state_lib.make_optimizer(c.opt, c.steps)
-  init = state_lib.initializer(graphdef, tx, vocab_size=cfg.vocab_size, seed=c.seed)
-  like, _ = state_lib.abstract_state(init, abstract, mesh)
-  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=c.ckpt.keep)
-  try:
-    restored = checkpointer.restore(like)
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise errors.WorkdirError(
-      f"no checkpoint in {ckpt_dir}: train first, or pass --student=HF_DIR_OR_CKPT"
-    )
-  state, _, step = restored
-  return nnx.merge(state.graphdef, state.params), f"checkpoint {ckpt_dir} step {step}"
-
-
-def load_student(
-  c: ml_collections.ConfigDict, workdir: str, student: str, mesh
-) -> tuple[nnx.Module, str]:
-  """(student, its description): `student` (HF dir or checkpoint dir), else WORKDIR/ckpt."""
-  if student and (epath.Path(student) / "config.json").exists():
-    return models.from_pretrained(student, mesh=mesh, **loading.numerics(c.model)), student
-  return _restore_student(c, student or str(epath.Path(workdir) / "ckpt"), mesh)
 
 
 def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
@@ -144,12 +86,7 @@ def run_analysis(
     loss.divergence, loss.temperature, loss.jsd_beta, loss.skew_alpha, loss.block_size
   )
   corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
-  built = corpus.build_corpus(
-    student_model,
-    teacher,
-    ids,
-    mask,
-    corpus_path,
+  corpus_kwargs = dict(
     batch_size=min(a.batch_size, len(ids)),
     max_new_tokens=a.max_new_tokens or c.eval.max_new_tokens,
     eos_ids=eos_ids,
@@ -157,8 +94,16 @@ def run_analysis(
     temperature=a.temperature,
     seed=a.seed,
     spec=spec,
-    metadata={"student": source, "teacher": c.teacher.path or c.teacher.source},
     mesh=mesh,
+  )
+  built = corpus.build_corpus(
+    student_model,
+    teacher,
+    ids,
+    mask,
+    corpus_path,
+    metadata={"student": source, "teacher": c.teacher.path or c.teacher.source},
+    **corpus_kwargs,
   )
   vocab = student_model.cfg.vocab_size
   freq_V, kl_sum_V = corpus.id_sums(corpus_path, vocab)
@@ -199,10 +144,11 @@ def run_analysis(
     corpus_path=corpus_path,
     rock_ids_path=rock_ids_path,
     selection=chosen,
+    corpus_kwargs=corpus_kwargs,
   )
   sections = selection_report.selection_sections(chosen, out_dir, tokenizer)
-  for _, hook in SECTION_HOOKS:
-    sections += hook(ctx)
+  for _, study in studies.SECTIONS:
+    sections += study(ctx)
   meta = {**provenance, "corpus_seconds": round(built["seconds"], 1)}
   paths = write_report(out_dir, sections, meta) if jax.process_index() == 0 else {}
   return {

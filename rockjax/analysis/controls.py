@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from rockjax import rock_lists
 from rockjax.analysis.groups import rounded
+from rockjax.analysis import report
 
 CONTROL_LIST_NAME = "random_control_ids.txt"  # written beside the rock list
 # The stated match tolerance: a control id within a factor of 2 of its rock's frequency.
@@ -163,8 +164,8 @@ def _pairs_plot(result: dict[str, Any], path: epath.Path) -> None:
     fig.savefig(f, format="png", dpi=120)
 
 
-def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
-  """The report section (plain dict: title, key, numbers, figures, text); saves the pair plot."""
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The report section; saves the pair plot."""
   q = result["quality"]
   numbers = {k: (v if k == "num_pairs" else rounded(v)) for k, v in q.items()}
   numbers["tolerance_factor"] = rounded(math.exp(q["tolerance"]))
@@ -181,10 +182,10 @@ def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
     "Frequency of each rock (x) and of its matched control id (y), log axes; the grey band "
     "is the stated tolerance around equal frequency."
   )
-  return {
-    "title": "Frequency-matched random control",
-    "key": "controls",
-    "numbers": numbers,
-    "figures": [(FIGURE, caption)] if q["num_pairs"] else [],
-    "text": text,
-  }
+  return report.Section(
+    title="Frequency-matched random control",
+    key="controls",
+    numbers=numbers,
+    figures=(report.Figure(FIGURE, caption),) if q["num_pairs"] else (),
+    text=text,
+  )

@@ -317,3 +317,20 @@ def sequence_sums(path: str, vocab_size: int) -> SequenceSums:
   count = scipy.sparse.vstack(counts, format="csr")[order]
   kl = scipy.sparse.vstack(kls, format="csr")[order]
   return SequenceSums(seq_ids[order], scipy.sparse.csr_array(count), scipy.sparse.csr_array(kl))
+
+
+def decoded_tokens(
+  path: str, prompt_ids_SxP: np.ndarray, *, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens_SxL, response_mask_SxL) of the corpus decodes, L = P + max_new_tokens: prompt
+  `seq_id` followed by its response tokens (pad after them), as the sampler produced them."""
+  num_seqs, prompt_len = prompt_ids_SxP.shape
+  length = prompt_len + int(read_metadata(path)["max_new_tokens"])
+  tokens_SxL = np.full((num_seqs, length), pad_id, np.int32)
+  tokens_SxL[:, :prompt_len] = prompt_ids_SxP
+  resp_SxL = np.zeros((num_seqs, length), np.int32)
+  for g in iter_row_groups(path, ("seq_id", "position", "token_id")):
+    cols = prompt_len + g["position"]
+    tokens_SxL[g["seq_id"], cols] = g["token_id"]
+    resp_SxL[g["seq_id"], cols] = 1
+  return tokens_SxL, resp_SxL

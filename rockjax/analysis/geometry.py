@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from rockjax import losses, objective
 from rockjax import sharding as shd
 from rockjax.analysis import groups as groups_lib
+from rockjax.analysis import report
 from rockjax.metrics import host_value
 
 FIGURE = "geometry_boxplots.png"
@@ -253,8 +254,8 @@ def _boxplots(result: dict[str, Any], path: epath.Path) -> None:
     fig.savefig(f, format="png", dpi=120)
 
 
-def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
-  """The report section (plain dict: title, key, numbers, figures, text); saves the box plots."""
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The report section; saves the box plots."""
   r = groups_lib.rounded
   numbers = {
     "rock_grad_norm_share": r(result["rock_grad_norm_share"]),
@@ -291,10 +292,10 @@ def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
     "Left: norm of each id's mean logit gradient (log axis); right: its cosine with the "
     "balanced direction G_balanced. One box per group: rocks, high-KL ids, random ids."
   )
-  return {
-    "title": "Gradient geometry",
-    "key": "geometry",
-    "numbers": numbers,
-    "figures": [(FIGURE, caption)],
-    "text": text,
-  }
+  return report.Section(
+    title="Gradient geometry",
+    key="geometry",
+    numbers=numbers,
+    figures=(report.Figure(FIGURE, caption),),
+    text=text,
+  )

@@ -34,6 +34,7 @@ from matplotlib import figure, lines, patches  # Figure without pyplot: Agg, no 
 from tqdm import tqdm
 
 from rockjax import evaluation, sampling
+from rockjax.analysis import report
 
 CLASSES = ("strong_pillar", "neutral", "strong_stumbling_block")
 
@@ -298,8 +299,8 @@ def _cell(text: str) -> str:
   return repr(text)[1:-1].replace("|", "\\|")
 
 
-def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
-  """The census as a report section: fields of `rockjax.analysis.report.Section` as a dict.
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The census as a report section: a `rockjax.analysis.report.Section`.
 
   Writes `knockout_delta.png` into out_dir (local or cloud). `text` refers to `numbers` by
   `{name}` placeholders only; numbers are rounded here so the Markdown and the JSON agree.
@@ -379,10 +380,10 @@ def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
     "Knockout: accuracy change (Delta) when each candidate id is banned, with paired-bootstrap"
     " intervals; red Strong Pillar, green Strong Stumbling Block, grey Neutral; dashed: +/- eps."
   )
-  return dict(
+  return report.Section(
     title="Knockout census",
     key="knockout",
     numbers=numbers,
-    figures=(dict(filename="knockout_delta.png", caption=caption),),
+    figures=(report.Figure("knockout_delta.png", caption),),
     text=text,
   )

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from rockjax import rocks
 from rockjax.analysis import groups as groups_lib
+from rockjax.analysis import report
 from rockjax.metrics import host_value
 
 FIGURE = "persistence_scatter.png"
@@ -134,8 +135,8 @@ def _scatter(result: dict[str, Any], path: epath.Path) -> None:
     fig.savefig(f, format="png", dpi=120)
 
 
-def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
-  """The report section (plain dict: title, key, numbers, figures, text); saves the scatter."""
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The report section; saves the scatter."""
   r = groups_lib.rounded
   numbers = {}
   for name in groups_lib.GROUPS:
@@ -163,10 +164,10 @@ def section(result: dict[str, Any], out_dir: str) -> dict[str, Any]:
     "Per-id mean KL, early (x) vs late (y) checkpoint, log axes; points below the y = x line "
     "fell. Rocks in red, high-KL ids in blue, random ids in grey."
   )
-  return {
-    "title": "Persistence",
-    "key": "persistence",
-    "numbers": numbers,
-    "figures": [(FIGURE, caption)],
-    "text": text,
-  }
+  return report.Section(
+    title="Persistence",
+    key="persistence",
+    numbers=numbers,
+    figures=(report.Figure(FIGURE, caption),),
+    text=text,
+  )
