@@ -43,6 +43,10 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   # Qwen3-4B shape, L=9216 (one float32 layer, forward+backward): MLP temp 3.0 GiB unchunked,
   # 1.0 GiB at 2048, 0.55 GiB at 1024. 0 = off (the whole sequence at once).
   m.mlp_chunk = 0
+  # Grouped matmul of MoE experts (Qwen3-MoE): 'auto' = 'megablox' (the Pallas TPU kernel) on
+  # TPU, 'ragged_dot' (jax.lax.ragged_dot) elsewhere. Under a mesh each device routes only its
+  # own tokens (jax.shard_map), whichever backend.
+  m.moe_impl = "auto"  # auto | ragged_dot | megablox
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).

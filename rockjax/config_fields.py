@@ -9,7 +9,7 @@ from typing import Any
 
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
-from rockjax.models import attention, remat
+from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.tasks.arithmetic import DIFFICULTIES
@@ -88,6 +88,7 @@ for _g in _GROUPS:
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
       f"{_g}.attention": attention.IMPLEMENTATIONS,
+      f"{_g}.moe_impl": grouped_matmul.IMPLEMENTATIONS,
       f"{_g}.remat": remat.POLICIES,
     }
   )

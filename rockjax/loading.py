@@ -46,6 +46,7 @@ def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
     attention=m.attention,
     attention_block=m.attention_block,
     mlp_chunk=m.mlp_chunk,
+    moe_impl=m.moe_impl,
     scan_layers=m.scan_layers,
   )
 
