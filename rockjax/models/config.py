@@ -78,6 +78,9 @@ class ModelConfig:
   # Grouped matmul of the routed experts: auto | ragged_dot | megablox (auto: megablox on TPU,
   # ragged_dot elsewhere; rockjax.models.grouped_matmul).
   moe_impl: str = "auto"
+  # Under a mesh: '' = every device holds all experts (gathered like any FSDP weight); a mesh
+  # axis name = the experts split over that axis, routed rows exchanged by all_to_all.
+  moe_experts_axis: str = ""
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
   hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
