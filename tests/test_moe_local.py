@@ -1,6 +1,7 @@
 """MoE routed per device under shard_map (rockjax.models.moe) and the grouped-matmul backends
 (rockjax.models.grouped_matmul), against a float64 numpy MoE and the unsharded MoE."""
 
+import importlib.util
 import re
 
 import jax
@@ -257,3 +258,31 @@ def test_experts_axis_must_divide_the_experts(devices8):
   mesh = shd.make_mesh(MESHES["fsdp8"], devices8)
   with jax.set_mesh(mesh), pytest.raises(ValueError, match="moe_experts_axis='fsdp'.*6 experts"):
     jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, _x())
+
+
+@pytest.mark.skipif(
+  importlib.util.find_spec("libtpu") is None, reason='needs the aot extra: pip install ".[aot]"'
+)
+def test_auto_moe_compiles_megablox_per_device_for_a_tpu_topology():
+  """Compiled for v5p:2x2x2 from this CPU machine, `auto` picks megablox (the Mosaic kernel,
+  not the interpreter), and each chip sorts only its own routed rows."""
+  from rockjax import dry_run  # pylint: disable=g-import-not-at-top
+
+  cfg = CFG.replace(hidden_size=256, moe_intermediate_size=128, dtype=jnp.bfloat16)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: MoE(cfg, rngs=nnx.Rngs(0))))
+  devices = dry_run.topology_devices("v5p:2x2x2")
+  mesh = shd.make_mesh({"fsdp": 8}, devices)
+  x = jax.ShapeDtypeStruct((8, 64, 256), jnp.bfloat16)
+  with jax.set_mesh(mesh):
+    assert gm.resolve("auto") == "megablox"
+    shardings = shd.tree_shardings(state, mesh)
+    state = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state, shardings
+    )
+    x = jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=shd.logical_sharding(("batch", "length", None), x.shape, mesh)
+    )
+    loss = lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x).astype(jnp.float32))
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(state, x).compile().as_text()
+  assert "tpu_custom_call" in hlo  # the megablox kernels (forward and backward)
+  assert (64 * K,) in _sort_shapes(hlo)  # one row of 64 tokens, K routed rows each, per chip
