@@ -202,6 +202,9 @@ def test_moe_impl_auto_resolves_by_platform():
   assert gm.resolve("megablox", "cpu") == "megablox"
   with pytest.raises(ValueError, match="moe_impl"):
     gm.resolve("sorted")
+  # The paper teacher's shapes (D 2048, F 768): whole tiles that divide each dim; rows by 8.
+  assert gm.megablox_tiling(294912, 2048, 768) == (512, 512, 384)
+  assert gm.megablox_tiling(37, 16, 24) == (40, 16, 24)
   with pytest.raises(ValueError, match="moe_impl='sorted'"):
     CFG.replace(moe_impl="sorted")
 

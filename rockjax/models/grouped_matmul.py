@@ -38,10 +38,17 @@ def resolve(implementation: str, platform: str | None = None) -> str:
   return "megablox" if (platform or current_platform()) == "tpu" else "ragged_dot"
 
 
-def _megablox_tiling(m: int, i: int, o: int) -> tuple[int, int, int]:
-  """(row, contraction, output) tiles: whole small dims, else the 128-multiple defaults."""
-  tile_m = min(_TILE_M, -(-m // 8) * 8)
-  return tile_m, min(_TILE_IO, i), min(_TILE_IO, o)
+def _lane_tile(dim: int) -> int:
+  """A contraction/output tile: the whole dim if small, else a 128-multiple that divides it
+  (Mosaic masks a ragged last tile, but whole tiles waste nothing)."""
+  if dim <= _TILE_IO:
+    return dim
+  return next((t for t in range(_TILE_IO, 0, -128) if dim % t == 0), _TILE_IO)
+
+
+def megablox_tiling(m: int, i: int, o: int) -> tuple[int, int, int]:
+  """(row, contraction, output) tiles of megablox gmm for an [m, i] x [i, o] problem."""
+  return min(_TILE_M, -(-m // 8) * 8), _lane_tile(i), _lane_tile(o)
 
 
 def grouped_matmul(
@@ -60,7 +67,7 @@ def grouped_matmul(
   if impl == "ragged_dot":
     return jax.lax.ragged_dot(rows_MxI, weights_XxIxO, group_sizes_X)
   M, I = rows_MxI.shape
-  tiling = _megablox_tiling(M, I, weights_XxIxO.shape[2])
+  tiling = megablox_tiling(M, I, weights_XxIxO.shape[2])
   padded = -(-M // tiling[0]) * tiling[0]
   # The padding rows belong to no group; whatever megablox leaves there is dropped.
   rows_PxI = jnp.pad(rows_MxI, ((0, padded - M), (0, 0)))
