@@ -43,6 +43,15 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   # Qwen3-4B shape, L=9216 (one float32 layer, forward+backward): MLP temp 3.0 GiB unchunked,
   # 1.0 GiB at 2048, 0.55 GiB at 1024. 0 = off (the whole sequence at once).
   m.mlp_chunk = 0
+  # Grouped matmul of MoE experts (Qwen3-MoE): 'auto' = 'megablox' (the Pallas TPU kernel) on
+  # TPU, 'ragged_dot' (jax.lax.ragged_dot) elsewhere. Under a mesh each device routes only its
+  # own tokens (jax.shard_map), whichever backend.
+  m.moe_impl = "auto"  # auto | ragged_dot | megablox
+  # Expert parallelism: '' (off) keeps every expert on every device (gathered per layer like any
+  # FSDP weight); a mesh axis name ('fsdp', 'data', 'tensor') splits the experts over that axis
+  # (num_experts a multiple of its size) and sends each routed token to its expert's device and
+  # back (all_to_all; the send buffers hold axis size x the routed rows, capacity-free).
+  m.moe_experts_axis = ""  # '' | data | fsdp | tensor
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).

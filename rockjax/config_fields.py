@@ -9,9 +9,10 @@ from typing import Any
 
 from rockjax.losses import KINDS
 from rockjax.loading import DTYPES
-from rockjax.models import attention, remat
+from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
+from rockjax.sharding import MESH_AXES
 from rockjax.tasks.arithmetic import DIFFICULTIES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
@@ -98,6 +99,8 @@ for _g in _GROUPS:
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
       f"{_g}.attention": attention.IMPLEMENTATIONS,
+      f"{_g}.moe_impl": grouped_matmul.IMPLEMENTATIONS,
+      f"{_g}.moe_experts_axis": ("",) + MESH_AXES,
       f"{_g}.remat": remat.POLICIES,
     }
   )

@@ -63,6 +63,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("teacher.arch.num_layers", 0, "expected >= 1"),
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
   ("teacher.attention_block", 0, "expected >= 1"),
+  ("teacher.moe_impl", "sorted", "'ragged_dot', 'megablox'"),
+  ("teacher.moe_experts_axis", "experts", "'fsdp'"),  # rockjax.sharding.MESH_AXES
   ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
   ("analysis.k_grid", "10,x", "expected comma-separated integers >= 1"),
   ("analysis.subcorpus_sizes", "0,50", "expected comma-separated integers >= 1"),
