@@ -121,8 +121,12 @@ def _int_list(raw: str | None) -> list[int]:
 def dot_flops(module: Module, instr: Instr) -> float:
   """2 x output elements x lhs contracting size (dot and ragged-dot)."""
   lhs = _operand_array(module, instr, 0)
-  contracted = math.prod(lhs.dims[d] for d in _int_list(instr.attr("lhs_contracting_dims")))
-  return 2.0 * instr.arrays[0].size * contracted
+  contracting = _int_list(instr.attr("lhs_contracting_dims"))
+  flops = 2.0 * instr.arrays[0].size * math.prod(lhs.dims[d] for d in contracting)
+  if set(_int_list(instr.attr("lhs_ragged_dims"))) & set(contracting):
+    # Ragged contraction ([K, M] x [M, N] -> [G, K, N]): each group sums its own rows only.
+    flops /= _operand_array(module, instr, 2).size
+  return flops
 
 
 def _valid_positions(n_in: int, n_kernel: int, n_out: int, win: dict[str, int]) -> int:

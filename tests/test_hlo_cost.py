@@ -161,6 +161,26 @@ ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[4,2] {
   assert hlo_cost.matmul_flops(text).flops == 2 * 4 * 8 * 2
 
 
+def test_ragged_dot_in_both_modes():
+  """HLO's ragged-dot (as XLA prints it; XLA:CPU lowers jax's ragged_dot to dense dots):
+  rows split in 4 groups [64, 32] x [4, 32, 16] is 2 x 64 x 32 x 16; the weight-gradient form
+  [32, 64] x [64, 16] -> [4, 32, 16] (ragged contraction) is 2 x 32 x 64 x 16, not 4 times it."""
+  text = """HloModule m
+
+ENTRY %main (x: f32[64,32], w: f32[4,32,16], g: s32[4], xt: f32[32,64], dy: f32[64,16]) -> f32[64,16] {
+  %x = f32[64,32]{1,0} parameter(0)
+  %w = f32[4,32,16]{2,1,0} parameter(1)
+  %g = s32[4]{0} parameter(2)
+  %xt = f32[32,64]{1,0} parameter(3)
+  %dy = f32[64,16]{1,0} parameter(4)
+  %dw = f32[4,32,16]{2,1,0} ragged-dot(%xt, %dy, %g), lhs_contracting_dims={1}, rhs_contracting_dims={0}, lhs_ragged_dims={1}
+  ROOT %y = f32[64,16]{1,0} ragged-dot(%x, %w, %g), lhs_contracting_dims={1}, rhs_contracting_dims={1}, lhs_ragged_dims={0}, rhs_group_dims={0}
+}
+"""
+  got = hlo_cost.matmul_flops(text)
+  assert got.by_kind == {"ragged-dot": 2 * 64 * 32 * 16 * 2}
+
+
 def test_collectives_are_listed_with_shapes_and_loops(devices8):
   """An all-gather outside any loop and a psum inside a scan of 3 (on 8 devices)."""
   mesh = jax.make_mesh((8,), ("x",), devices=devices8)
