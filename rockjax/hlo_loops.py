@@ -32,7 +32,7 @@ def _scalar(module: Module, comp: str, name: str, env: dict[str, object]):
     source = module.computations[comp].instrs.get(instr.operands[0])
     index = int(instr.attr("index"))
     if source is not None and source.opcode == "parameter" and env.get("loop"):
-      return ("iv", 0) if index == env["index"] else None
+      return ("iv", 0) if index == env["index"] else env["invariant"].get(index)
     if source is not None and source.opcode == "tuple":
       return _scalar(module, comp, source.operands[index], env)
     return None
@@ -66,6 +66,23 @@ def _compare(module: Module, comp: str, name: str, env) -> tuple[str, object, ob
   return instr.attr("direction"), a, b
 
 
+def _invariant_constants(module: Module, comp: str, init: Instr, body: str) -> dict[int, int]:
+  """Loop tuple elements that start as a constant and the body passes on unchanged (XLA can
+  hoist a loop's bound into its tuple): {index: value}."""
+  root = module.computations[body].instrs[module.computations[body].root]
+  out = {}
+  for index, name in enumerate(root.operands):
+    passed = module.computations[body].instrs.get(name)
+    if passed is None or passed.opcode != "get-tuple-element" or passed.attr("index") != str(index):
+      continue
+    if module.computations[body].instrs[passed.operands[0]].opcode != "parameter":
+      continue
+    value = _scalar(module, comp, init.operands[index], {})
+    if isinstance(value, int):
+      out[index] = value
+  return out
+
+
 def trip_count(module: Module, comp: str, loop: Instr) -> tuple[int | None, str]:
   """(trips, source) of a while instruction in computation `comp`; (None, 'unknown') when
   neither XLA's known_trip_count nor the condition's constant bound gives it."""
@@ -78,8 +95,9 @@ def trip_count(module: Module, comp: str, loop: Instr) -> tuple[int | None, str]
   body_root = module.computations[body].instrs[module.computations[body].root]
   if init is None or init.opcode != "tuple" or body_root.opcode != "tuple":
     return None, "unknown"
+  invariant = _invariant_constants(module, comp, init, body)
   for index in range(len(init.operands)):
-    env = {"loop": True, "index": index}
+    env = {"loop": True, "index": index, "invariant": invariant}
     cmp = _compare(module, cond, module.computations[cond].root, env)
     if cmp is None:
       continue

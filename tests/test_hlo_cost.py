@@ -331,3 +331,40 @@ def test_tiny_tpu_step_matches_the_analytic_count():
   full_square += attention_flops(teacher, rows * length, length)
   want = dry_run.step_model_flops(c)["total"] + full_square
   assert got.flops * 8 == pytest.approx(want, rel=0.02)
+
+
+def test_loop_bound_carried_in_the_tuple():
+  """A bound XLA hoisted into the loop tuple (a constant 6 the body passes on unchanged) and
+  a counter starting at 1 stepping by 2: 1, 3, 5 -> 3 trips of an 8 x 8 x 8 dot."""
+  text = """HloModule m
+
+%body (p: (s32[], f32[8,8], s32[])) -> (s32[], f32[8,8], s32[]) {
+  %p = (s32[], f32[8,8]{1,0}, s32[]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8,8]{1,0} get-tuple-element(%p), index=1
+  %n = s32[] get-tuple-element(%p), index=2
+  %two = s32[] constant(2)
+  %next = s32[] add(%i, %two)
+  %y = f32[8,8]{1,0} dot(%x, %x), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %t = (s32[], f32[8,8]{1,0}, s32[]) tuple(%next, %y, %n)
+}
+
+%cond (q: (s32[], f32[8,8], s32[])) -> pred[] {
+  %q = (s32[], f32[8,8]{1,0}, s32[]) parameter(0)
+  %j = s32[] get-tuple-element(%q), index=0
+  %m = s32[] get-tuple-element(%q), index=2
+  ROOT %lt = pred[] compare(%j, %m), direction=LT
+}
+
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8]{1,0} parameter(0)
+  %one = s32[] constant(1)
+  %six = s32[] constant(6)
+  %init = (s32[], f32[8,8]{1,0}, s32[]) tuple(%one, %a, %six)
+  %w = (s32[], f32[8,8]{1,0}, s32[]) while(%init), condition=%cond, body=%body
+  ROOT %out = f32[8,8]{1,0} get-tuple-element(%w), index=1
+}
+"""
+  got = hlo_cost.matmul_flops(text)
+  assert [(loop.trips, loop.source) for loop in got.loops] == [(3, "condition")]
+  assert got.flops == 3 * 2 * 8 * 8 * 8
