@@ -12,6 +12,8 @@ from rockjax.loading import DTYPES
 from rockjax.models import attention, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
+from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
+from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
 from rockjax.tasks.arithmetic import DIFFICULTIES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
@@ -22,6 +24,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
   "opd.normalizer": ("tokens", "weights"),
+  "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
+  "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,

@@ -64,6 +64,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
   ("teacher.attention_block", 0, "expected >= 1"),
   ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
+  ("opd.rollout_dtype", "float16", "expected one of 'float32', 'bfloat16'"),
+  ("opd.rollout_sharding", "fsdp", "expected one of 'replicated', 'tensor', 'train'"),
 ]
 
 
@@ -104,6 +106,7 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
   ({"mesh.data": 0}, "mesh.data"),
   ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
+  ({"opd.rollout_sharding": "train", "opd.rollout_dtype": "bfloat16"}, "opd.rollout_dtype"),
 ]
 
 
