@@ -219,3 +219,43 @@ def test_copy_is_deleted_on_leaving_and_train_params_are_kept(setup):
   np.testing.assert_array_equal(
     np.asarray(jax.tree.leaves(local)[0]), np.asarray(jax.tree.leaves(params)[0])
   )
+
+
+@pytest.mark.slow
+def test_training_frees_the_copy_before_each_update(tmp_path, monkeypatch, devices8):
+  """train.run on configs/tiny.py: the rollout's copy is deleted when the train step runs, and
+  the evaluation after the last step samples from a copy of its own."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from rockjax import train  # pylint: disable=g-import-not-at-top
+
+  c = tiny.get_config()
+  c.update_from_flattened_dict({"steps": 2, "eval.every": 2, "eval.num_prompts": 4})
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  c.opd.rollout_dtype = "bfloat16"
+  copies, seen_at_step = [], []
+  build = train.build_experiment
+
+  def instrumented(*args, **kwargs):
+    exp = build(*args, **kwargs)
+    copier, step = exp.sampling_copy, exp.train_step
+
+    def copy(params):
+      made = copier(params)
+      copies.append(jax.tree.leaves(made))
+      return made
+
+    def train_step(*a):
+      seen_at_step.append([x.is_deleted() for leaves in copies for x in leaves])
+      return step(*a)
+
+    exp.sampling_copy, exp.train_step = copy, train_step
+    return exp
+
+  monkeypatch.setattr(train, "build_experiment", instrumented)
+  out = train.run(c, str(tmp_path))
+  assert out["completed"] and len(copies) == 3  # 2 rollouts, then the final evaluation
+  n = len(copies[0])
+  # At step s the s rollout copies made so far are all deleted already.
+  assert [len(s) for s in seen_at_step] == [n, 2 * n] and all(all(s) for s in seen_at_step)
+  assert all(x.is_deleted() and x.dtype == jnp.bfloat16 for leaves in copies for x in leaves)
+  assert not any(x.is_deleted() for x in jax.tree.leaves(out["state"].params))
