@@ -120,6 +120,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)
   c.opd.top_p = 1.0
   c.opd.top_k = 0  # 0 = off
+  # Rollouts (and eval.*) sample from a copy of the student made once per step and freed before
+  # the update: its dtype ('float32': the same tokens as the train params; 'bfloat16': half
+  # the memory and bandwidth, tokens may differ) and its layout: 'replicated' (whole model on
+  # every device, no weight collective while decoding), 'tensor' (heads/MLP/vocab over the
+  # 'tensor' axis, replicated over the others) or 'train' (no copy: the FSDP-sharded train
+  # params, re-gathered at every decode step; float32 only).
+  c.opd.rollout_dtype = "float32"  # 'float32' | 'bfloat16'
+  c.opd.rollout_sharding = "replicated"  # 'replicated' | 'tensor' | 'train'
 
   c.rock = ml_collections.ConfigDict()
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |

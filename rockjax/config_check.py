@@ -54,6 +54,7 @@ def validate(
     _arch(c, dry_run),
     _stages(c),
     _micro_batches(c),
+    _rollout_copy(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
     _int_lists(c),
   ]
@@ -169,6 +170,15 @@ def _stages(c) -> Iterator[str]:
     yield (
       f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
       f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
+    )
+
+
+def _rollout_copy(c) -> Iterator[str]:
+  """opd.rollout_sharding='train' samples the train params themselves (rockjax.rollout_params)."""
+  if c.opd.rollout_sharding == "train" and c.opd.rollout_dtype != "float32":
+    yield (
+      f"opd.rollout_dtype={c.opd.rollout_dtype!r}: opd.rollout_sharding='train' samples the "
+      "train params as they are (no copy); use 'replicated' or 'tensor' for a cast copy"
     )
 
 

@@ -13,6 +13,8 @@ from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.sharding import MESH_AXES
+from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
+from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
 from rockjax.tasks.arithmetic import DIFFICULTIES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
@@ -23,6 +25,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
   "opd.normalizer": ("tokens", "weights"),
+  "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
+  "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, hlo_cost, loading
+from rockjax import errors, hlo_cost, loading, rollout_params
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -151,6 +151,14 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
       / _GIB,
     },
   }
+  # The sampling copy (rockjax.rollout_params) is live only while rolling out: it is freed
+  # before the train step, so it is not part of the compiled step's peak below.
+  out["per_device_gib"]["rollout_copy"] = (
+    rollout_params.bytes_per_device(
+      params, abstract_mesh, dtype=c.opd.rollout_dtype, layout=c.opd.rollout_sharding
+    )
+    / _GIB
+  )
   out["model_flops"] = step_model_flops(c)
   if t_params is not None:
     t_shardings = shd.tree_shardings(t_params, abstract_mesh)

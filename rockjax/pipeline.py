@@ -31,7 +31,8 @@ STAGE_FILE = "stage.json"  # written when a stage has completed (and been export
 SUMMARY_FILE = "summary.json"
 # Fields that may change between runs in one workdir: they do not change what is computed
 # (the attention implementations agree to float rounding; prefixes cover attention_block;
-# mlp_chunk only changes how the MLP is tiled).
+# mlp_chunk only changes how the MLP is tiled; rollout_sharding only where the sampling copy
+# lives).
 RESUMABLE_FIELDS = (
   "stop_after",
   "log_every",
@@ -41,6 +42,7 @@ RESUMABLE_FIELDS = (
   "model.mlp_chunk",
   "teacher.mlp_chunk",
   "analysis.",  # the analysis reads the trained models; it changes nothing they compute
+  "opd.rollout_sharding",
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
