@@ -38,7 +38,9 @@ DEFAULT_RULES: LogicalRules = (
   ("act_heads", "tensor"),
   ("cache_length", None),
   # Parameters.
-  ("embed", "fsdp"),
+  # Context shards hold different tokens but the same weights: shard the weights over it too
+  # (FSDP-style, gathered per layer), else parameters and moments double per chip.
+  ("embed", ("fsdp", "context")),
   ("mlp", "tensor"),
   ("heads", "tensor"),
   ("kv_heads", "tensor"),
