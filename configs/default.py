@@ -187,15 +187,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.pad_to_multiple = 1
 
   c.mesh = ml_collections.ConfigDict()
-  # data/fsdp/tensor are the sizes within one TPU slice or GPU node (its fast links); each
+  # data/fsdp/context/tensor are the sizes within one TPU slice or GPU node (fast links); each
   # axis spans dcn_<axis> slices/nodes on top (the slower data-centre network), so the full
   # axis is <axis> x dcn_<axis>. Slices are told apart by the devices' slice_index (TPU
   # multislice), else nodes by process (one process per node, e.g. GPU clusters under Slurm).
   c.mesh.data = 1  # pure data parallelism (replicated params)
   c.mesh.fsdp = -1  # -1: the rest of a slice's/node's devices; shards params, optimizer, batch
+  # Sequence (context) parallelism: the train step's activations are split along the padded
+  # length, K/V gathered inside attention. Use it when the batch rows per micro-batch cannot
+  # fill data x fsdp (e.g. 4 rollouts on 8 chips); the padded length must divide by it.
+  c.mesh.context = 1
   c.mesh.tensor = 1  # tensor parallelism: heads, MLP, vocab, experts
   c.mesh.dcn_data = 1  # slices/nodes along data: the usual multislice/multi-node choice
   c.mesh.dcn_fsdp = 1  # slices/nodes along fsdp (params gathered over DCN every step)
+  c.mesh.dcn_context = 1  # slices/nodes along context (K/V gathered over DCN every layer)
   c.mesh.dcn_tensor = 1  # slices/nodes along tensor (rarely useful: per-layer traffic)
   c.mesh.num_devices = 0  # dry runs only: the declared device count (0 = the local devices)
 

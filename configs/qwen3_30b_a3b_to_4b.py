@@ -76,7 +76,9 @@ def get_config():
   c.data.prompts_per_step = 1
   c.data.max_prompt_len = 1024
   c.data.pad_to_multiple = 512  # 1024 + 8000 = 9024 tokens -> 9216 = 18 x 512
-  c.mesh.update(data=1, fsdp=-1, tensor=1, num_devices=8)
+  # 4 rows cannot fill 8 chips: rows over fsdp 4 and the 9216 tokens over context 2 (sequence
+  # sharding, K/V gathered in attention), so no chip repeats another's work.
+  c.mesh.update(data=1, fsdp=4, context=2, tensor=1, num_devices=8)
   c.ckpt.every = 50
   c.eval.every = 0  # AIME/HMMT evaluation runs separately on the exported student
   return c

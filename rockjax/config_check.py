@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from rockjax import errors, storage
+from rockjax import errors, objective, storage
 from rockjax import sharding as shd
 from rockjax.config_fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
 from rockjax.models import attention, families
@@ -197,10 +197,11 @@ def _micro_batches(c) -> Iterator[str]:
 
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
-  """The mesh rockjax.sharding.make_mesh builds.
+  """The mesh rockjax.sharding.make_mesh builds, and the train step's activations on it.
 
   Any data.prompts_per_step works on any number of hosts: rockjax.data.host_share has every
-  host read the whole batch when the mesh cannot split it across them.
+  host read the whole batch when the mesh cannot split it across them; the rollout rows per
+  micro-batch must still divide data x fsdp (_activation_shards).
   """
   sizes, dcn = shd.config_mesh_shapes(c.mesh)
   for k, v in sizes.items():
@@ -233,6 +234,66 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
       f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
       f"each run by its own process(es), but {processes} processes are running"
     )
+  yield from _activation_shards(c, shd.resolve_mesh_shape(sizes, total, dcn), sizes, dry_run)
+
+
+def _train_batches(c) -> list[tuple[str, int, int]]:
+  """(where the rows come from, rows per micro-batch, padded length) of every batch the run
+  trains on (rockjax.settings.batch_shape; off-policy stages included)."""
+  k, prompts = c.opt.micro_batches, c.data.prompts_per_step
+  pad = lambda n: objective.padded_length(n, c.data.pad_to_multiple)
+  out = []
+  if c.opd.mode == "on_policy":
+    rows = prompts * c.opd.samples_per_prompt
+    length = pad(c.data.max_prompt_len + c.opd.max_new_tokens)
+    where = f"data.prompts_per_step x opd.samples_per_prompt = {rows}"
+    out.append((where, rows // k, length))
+  if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
+    out.append(
+      (f"data.prompts_per_step = {prompts} (off-policy rows)", prompts // k, pad(c.data.max_len))
+    )
+  return out
+
+
+def _activation_shards(
+  c, full: dict[str, int], sizes: dict[str, int], dry_run: bool
+) -> Iterator[str]:
+  """The train step's activations shard evenly (rockjax.sharding.constrain is strict): rows
+  per micro-batch over data x fsdp, the padded length over context, heads over tensor.
+  An indivisible one would be computed whole on every device of its axes."""
+  batch = full["data"] * full["fsdp"]
+  for where, rows, length in _train_batches(c):
+    if rows % batch:
+      culprit = "fsdp" if full["fsdp"] > 1 else "data"
+      fit = math.gcd(rows, batch)
+      yield (
+        f"mesh.{culprit}={sizes[culprit]}: the batch rows per micro-batch ({where} / "
+        f"opt.micro_batches={c.opt.micro_batches} = {rows}) are not divisible by the batch "
+        f"axes data x fsdp = {full['data']} x {full['fsdp']} = {batch}; shard them over "
+        f"{fit} devices (e.g. mesh.data x mesh.fsdp = {fit}) and give the other "
+        f"{batch // fit} to mesh.context (sequence sharding), or use more prompts per step"
+      )
+      return
+    if length % full["context"]:
+      yield (
+        f"mesh.context={sizes['context']}: the padded sequence length {length} ({where} rows; "
+        f"data.pad_to_multiple={c.data.pad_to_multiple}) is not divisible by the context axis "
+        f"size {full['context']}; set data.pad_to_multiple to a multiple of {full['context']}"
+      )
+      return
+  tensor = full["tensor"]
+  for g in _GROUPS:
+    a = c[g].arch
+    # An 'hf' model's heads are in its config.json (dry runs use `arch`).
+    if tensor == 1 or c[g].source == "none" or (c[g].source == "hf" and not dry_run):
+      continue
+    for field in ("num_heads", "num_kv_heads"):
+      if a[field] % tensor:
+        yield (
+          f"{g}.arch.{field}={a[field]}: not divisible by the tensor axis size {tensor} "
+          "(mesh.tensor x mesh.dcn_tensor; attention heads are sharded over it)"
+        )
+        return
 
 
 def _int_lists(c) -> Iterator[str]:

@@ -76,6 +76,7 @@ RANGES: dict[str, str] = {
   "mesh.num_devices": ">= 0",
   "mesh.dcn_data": ">= 1",
   "mesh.dcn_fsdp": ">= 1",
+  "mesh.dcn_context": ">= 1",
   "mesh.dcn_tensor": ">= 1",
   "ckpt.every": ">= 0",
   "ckpt.keep": ">= 1",

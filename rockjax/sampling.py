@@ -125,12 +125,12 @@ def decode(
   n, T = cfg.num_samples, cfg.max_new_tokens
   N, S = B * n, P + T - 1  # the last token is never fed back
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
-  batch = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+  batch = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1), strict=False)
 
   # Prefill the B distinct prompts once; only the last position's logits are needed.
   cache = model.init_cache(B, S, cfg.cache_dtype)
   hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
-  first_logits_BxV = model.logits(hidden_BxPxD[:, -1:])[:, 0]
+  first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
 
   # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
   rep = lambda x: jnp.repeat(x, n, axis=0) if n > 1 else x

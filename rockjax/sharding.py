@@ -2,8 +2,11 @@
 
 Parameters carry *logical* axis names (``'embed'``, ``'mlp'``, ``'heads'``, ...) as NNX
 ``out_sharding`` metadata; a rules table maps each logical name to zero or more mesh axes of
-the ``('data', 'fsdp', 'tensor')`` mesh. A dimension whose size is not divisible by its mesh
-axes is replicated instead, so tiny test models still shard on 8 fake devices.
+the ``('data', 'fsdp', 'context', 'tensor')`` mesh ('context' splits the sequence of the train
+step's activations). A parameter dimension whose size is not divisible by its mesh axes is
+replicated instead, so tiny test models still shard on 8 fake devices; an activation dimension
+(`constrain`) that its mesh axes cannot divide is an error, not a silent replication (every
+device would redo the whole computation).
 
 On several TPU slices or GPU nodes the mesh is hybrid: each axis is (its size within a slice
 or node, over the fast ICI/NVLink links) x (the number of slices or nodes along it, over the
@@ -22,20 +25,22 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")  # tensor innermost (fastest links)
 
 # Logical name -> mesh axis (or axes, major to minor, or None for replicated).
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 DEFAULT_RULES: LogicalRules = (
   # Activations.
   ("batch", ("data", "fsdp")),
-  ("length", None),
+  ("length", "context"),  # sequence sharding; attention gathers K/V over it
   ("act_embed", None),
   ("act_vocab", "tensor"),  # logits stay vocab-sharded (never gather [B, L, V])
   ("act_heads", "tensor"),
   ("cache_length", None),
   # Parameters.
-  ("embed", "fsdp"),
+  # Context shards hold different tokens but the same weights: shard the weights over it too
+  # (FSDP-style, gathered per layer), else parameters and moments double per chip.
+  ("embed", ("fsdp", "context")),
   ("mlp", "tensor"),
   ("heads", "tensor"),
   ("kv_heads", "tensor"),
@@ -48,7 +53,7 @@ DEFAULT_RULES: LogicalRules = (
 
 
 def _sizes_in_axis_order(shape: Mapping[str, int] | Sequence[int] | None, what: str) -> list[int]:
-  """Per-axis sizes, in MESH_AXES order, from a {name: size} mapping or a 3-sequence."""
+  """Per-axis sizes, in MESH_AXES order, from a {name: size} mapping or a 4-sequence."""
   if shape is None:
     return [1] * len(MESH_AXES)
   if isinstance(shape, Mapping):
@@ -63,10 +68,10 @@ def _sizes_in_axis_order(shape: Mapping[str, int] | Sequence[int] | None, what: 
 
 
 def config_mesh_shapes(mesh_config: Any) -> tuple[dict[str, int], dict[str, int]]:
-  """(ici, dcn) axis sizes from the config's `mesh` group: `data`/`fsdp`/`tensor` are the
-  sizes within one slice (TPU) or node (GPU), `dcn_data`/`dcn_fsdp`/`dcn_tensor` (default 1)
-  the number of slices or nodes along each axis."""
-  ici = {name: int(mesh_config[name]) for name in MESH_AXES}
+  """(ici, dcn) axis sizes from the config's `mesh` group: `data`/`fsdp`/`context`/`tensor` are
+  the sizes within one slice (TPU) or node (GPU), `dcn_<axis>` (default 1) the number of
+  slices or nodes along each axis. A config without `context` (older ones) gets 1."""
+  ici = {name: int(mesh_config.get(name, 1)) for name in MESH_AXES}
   dcn = {name: int(mesh_config.get(f"dcn_{name}", 1)) for name in MESH_AXES}
   return ici, dcn
 
@@ -118,7 +123,7 @@ def make_mesh(
   devices: Sequence[jax.Device] | None = None,
   dcn: Mapping[str, int] | Sequence[int] | None = None,
 ) -> Mesh:
-  """Builds a ('data', 'fsdp', 'tensor') mesh; one axis of `shape` may be -1 (fill).
+  """Builds a ('data', 'fsdp', 'context', 'tensor') mesh; one axis of `shape` may be -1 (fill).
 
   Without `dcn` (or with all DCN sizes 1) `shape` is the whole mesh and may use only the first
   devices. With `dcn`, `shape` is the mesh within one granule -- a TPU slice (devices'
@@ -141,7 +146,7 @@ def make_mesh(
     if len(slices) > 1:
       raise ValueError(
         f"the devices span {len(slices)} TPU slices: set mesh.dcn_data (or dcn_fsdp, "
-        "dcn_tensor) so that the DCN sizes multiply to the slice count"
+        "dcn_context, dcn_tensor) so that the DCN sizes multiply to the slice count"
       )
     return jax.make_mesh(tuple(inner), MESH_AXES, axis_types=auto, devices=devices)
   if used != len(devices):
@@ -162,12 +167,15 @@ def logical_to_spec(
   shape: Sequence[int],
   mesh: Mesh | jax.sharding.AbstractMesh,
   rules: LogicalRules | None = None,
+  *,
+  strict: bool = False,
 ) -> PartitionSpec:
   """Maps per-dimension logical names to a PartitionSpec valid for `shape` on `mesh`.
 
   Mesh axes absent from the mesh, of size 1, or already used by an earlier dimension are
-  dropped; trailing axes are dropped until the dimension size is divisible (so an indivisible
-  dimension ends up replicated).
+  dropped. A dimension its mesh axes do not divide: with `strict`, a ValueError naming the
+  logical name, mesh axis, dimension and sizes; else trailing axes are dropped until the size
+  divides (so an indivisible parameter dimension ends up replicated).
   """
   if len(logical_axes) != len(shape):
     raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
@@ -175,10 +183,17 @@ def logical_to_spec(
   sizes = _axis_sizes(mesh)
   used: set[str] = set()
   spec: list[Any] = []
-  for name, dim in zip(logical_axes, shape):
+  for i, (name, dim) in enumerate(zip(logical_axes, shape)):
     target = table.get(name) if name is not None else None
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     axes = [a for a in axes if sizes.get(a, 1) > 1 and a not in used]
+    if strict and dim % math.prod(sizes[a] for a in axes):
+      over = " x ".join(f"{a}={sizes[a]}" for a in axes)
+      raise ValueError(
+        f"activation dimension {i} ({name!r}) of shape {tuple(shape)} has size {dim}, not "
+        f"divisible by mesh axes {over} ({math.prod(sizes[a] for a in axes)} shards); change "
+        "the mesh or the batch/sequence shape instead of replicating the work on every device"
+      )
     while axes and dim % math.prod(sizes[a] for a in axes):
       axes.pop()
     used.update(axes)
@@ -229,13 +244,23 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules | None = None
 
 
 def constrain(
-  x: jax.Array, logical_axes: Sequence[str | None], rules: LogicalRules | None = None
+  x: jax.Array,
+  logical_axes: Sequence[str | None],
+  rules: LogicalRules | None = None,
+  *,
+  strict: bool = True,
 ) -> jax.Array:
-  """with_sharding_constraint by logical names; a no-op when no mesh is set (jax.set_mesh)."""
+  """with_sharding_constraint by logical names; a no-op when no mesh is set (jax.set_mesh).
+
+  strict (activations of the train step): a dimension its mesh axes cannot divide raises a
+  ValueError instead of being replicated (logical_to_spec). The sampler passes strict=False:
+  it may hold fewer rows (one prompt) than devices.
+  """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))
+  spec = logical_to_spec(logical_axes, x.shape, mesh, rules, strict=strict)
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def batch_sharding(

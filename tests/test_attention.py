@@ -214,3 +214,44 @@ def test_decoder_layer_memory_at_qwen3_4b_shape():
 
   temp = _temp_bytes(loss, params, jax.ShapeDtypeStruct((1, LONG, 2560), jnp.float32))
   assert temp <= 2 * GIB, f"{temp / GIB:.2f} GiB"
+
+
+CONTEXT_MESHES = {
+  "fsdp2-context2-tensor2": {"fsdp": 2, "context": 2, "tensor": 2},
+  "context8": {"fsdp": 1, "context": 8},
+}
+# (name, L, block): blocked with shards shorter than / not a multiple of the block.
+CONTEXT_CASES = [
+  (name, L, block, mesh)
+  for name, L, block in [
+    ("blocked", 40, 8),
+    ("einsum", 40, 0),
+    ("cudnn", 40, 0),
+    ("splash", 256, 128),
+  ]
+  for mesh in CONTEXT_MESHES
+  if not (name == "splash" and mesh == "context8")  # 1024 tokens interpreted: test_context
+]
+
+
+@pytest.mark.parametrize("name,L,block,mesh_name", CONTEXT_CASES)
+def test_context_sharded_matches_unsharded_einsum(name, L, block, mesh_name, devices8, monkeypatch):
+  """Queries split over 'context' (K/V gathered, global causal positions) give the unsharded
+  einsum's output and q/k/v gradients; the cudnn path runs with jax's XLA implementation."""
+  monkeypatch.setattr(attention, "_CUDNN_CONTEXT_IMPLEMENTATION", None)
+  q, k, v, ct = qkv(L)
+  seg = jnp.asarray(segments(L))
+  ref = functools.partial(
+    attention.attend, segment_ids_BxL=seg, causal=True, implementation="einsum"
+  )
+  fn = lambda q, k, v: attention.attend(
+    q, k, v, seg, implementation=name, block_size=block or 512, interpret=True
+  )
+  want, want_grads = value_and_grads(ref, q, k, v, ct, seg)
+  with jax.set_mesh(shd.make_mesh(CONTEXT_MESHES[mesh_name], devices8)):
+    got, got_grads = value_and_grads(fn, q, k, v, ct, seg)
+  real = np.asarray(seg) > 0
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+  for g, w, what in zip(got_grads, want_grads, "qkv"):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5, err_msg=what)
+  assert np.isfinite(np.asarray(got)).all()

@@ -118,4 +118,5 @@ def test_valid_override_runs(tmp_path):
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stderr == ""
-  assert json.loads(proc.stdout)["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+  want = {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}
+  assert json.loads(proc.stdout)["mesh"] == want

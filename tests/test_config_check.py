@@ -133,7 +133,7 @@ def test_dry_run_checks_the_declared_mesh():
   assert "mesh.num_devices=6" in message
   # 8 declared devices on a 1-device machine: fine for a dry run (sizes only).
   config_check.validate(
-    config(**{"mesh.num_devices": 8, "mesh.tensor": 4}),
+    config(**{"mesh.num_devices": 8, "mesh.tensor": 2}),
     dry_run=True,
     device_count=1,
   )
@@ -142,21 +142,54 @@ def test_dry_run_checks_the_declared_mesh():
 def test_dcn_mesh_sizes_multiply_the_slice_sizes():
   """mesh.dcn_* multiply the per-slice sizes: the device count and the process count see the
   full mesh (as rockjax.sharding.make_mesh builds it)."""
-  pod = {"mesh.fsdp": 4, "mesh.tensor": -1, "mesh.dcn_data": 2, "mesh.num_devices": 64}
+  pod = {
+    "mesh.fsdp": 4,
+    "mesh.context": -1,
+    "mesh.tensor": 2,
+    "mesh.dcn_data": 2,
+    "mesh.num_devices": 64,
+  }
   config_check.validate(config(**pod), dry_run=True, device_count=8, process_count=1)
   message = rejects(config(**{**pod, "mesh.num_devices": 60}), "mesh.fsdp", dry_run=True)
-  assert "dcn_data=2" in message and "divisible by 8" in message
+  assert "dcn_data=2" in message and "divisible by 16" in message
   rejects(config(**{"mesh.dcn_data": 0}), "mesh.dcn_data")
   # 2 slices/nodes need their own processes: one process cannot drive both.
   message = rejects(config(**{"mesh.dcn_fsdp": 2}), "mesh.dcn_fsdp")
   assert "1 processes are running" in message
 
 
-def test_any_prompt_count_is_valid():
-  """rockjax.sharding replicates a batch the mesh does not divide (the paper config has 4
-  rows on 8 devices), and rockjax.data.host_share has every host read such a batch whole."""
-  for prompts in (1, 3, 4):
-    config_check.validate(config(**{"data.prompts_per_step": prompts}), device_count=8)
+def test_any_prompt_count_is_valid_on_a_mesh_that_divides_it():
+  """rockjax.data.host_share has every host read a batch the hosts cannot split; the rows per
+  micro-batch must divide data x fsdp, the rest of the devices go to context."""
+  for prompts, fsdp, context in ((1, 2, 4), (3, 2, 4), (4, -1, 1)):
+    c = config(**{"data.prompts_per_step": prompts, "mesh.fsdp": fsdp, "mesh.context": context})
+    config_check.validate(c, device_count=8, process_count=1)
+
+
+def test_indivisible_activations_name_the_axis_and_dimension():
+  """Rows, padded length and heads that their mesh axes cannot divide are config errors
+  (rockjax.sharding.constrain would raise inside the step; replication would redo the work
+  on every device). tiny: 8 prompts x 2 samples = 16 rows of 24 + 12 = 36 tokens."""
+  # 1 prompt x 2 samples = 2 rows on fsdp = 8: the paper config's situation.
+  message = rejects(config(**{"data.prompts_per_step": 1}), "mesh.fsdp")
+  assert "= 2) are not divisible by the batch axes data x fsdp = 1 x 8 = 8" in message
+  assert "mesh.context" in message
+  # 16 rows / 4 micro-batches = 4 per micro-batch over data 2 x fsdp 4.
+  message = rejects(config(**{"opt.micro_batches": 4, "mesh.data": 2}), "mesh.fsdp")
+  assert "opt.micro_batches=4 = 4)" in message and "2 x 4 = 8" in message
+  # 36 tokens over context 8.
+  message = rejects(config(**{"mesh.fsdp": 1, "mesh.context": 8}), "mesh.context")
+  assert "padded sequence length 36" in message and "multiple of 8" in message
+  # data.pad_to_multiple fixes it: 40 tokens.
+  ok = config(**{"mesh.fsdp": 1, "mesh.context": 8, "data.pad_to_multiple": 8})
+  config_check.validate(ok, device_count=8, process_count=1)
+  # 2 kv heads over tensor 4 (and over a DCN part of tensor).
+  message = rejects(config(**{"mesh.tensor": 4}), "model.arch.num_kv_heads")
+  assert "tensor axis size 4" in message
+  rejects(
+    config(**{"teacher.arch.num_heads": 3, "teacher.arch.num_kv_heads": 1, "mesh.tensor": 2}),
+    "teacher.arch.num_heads",
+  )
 
 
 @pytest.fixture

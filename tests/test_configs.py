@@ -40,20 +40,22 @@ def qwen3_params(a, *, moe=False):
 @pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n.startswith("qwen3")])
 def test_paper_configs_dry_run(name):
   c = load(name)
-  c.mesh.num_devices = 64  # larger than the 8 local devices: sizes only, no compile
+  # 64 devices, more than the 8 local ones: sizes only, no compile (fsdp 32 x context 2).
+  c.mesh.update(fsdp=-1, num_devices=64)
   r = dry_run.report(c)
   student, teacher = qwen3_params(c.model.arch), qwen3_params(c.teacher.arch, moe=True)
   assert r["student_params_b"] == pytest.approx(student / 1e9)
   assert r["teacher_params_b"] == pytest.approx(teacher / 1e9)
   assert 4.0 < r["student_params_b"] < 4.1 and 30.4 < r["teacher_params_b"] < 30.6
   gib = r["per_device_gib"]
-  # fsdp over 64 devices shards every big matrix: float32 params / 64, AdamW keeps 2 moments.
+  # fsdp x context over 64 devices shards every big matrix: float32 params / 64, AdamW keeps
+  # 2 moments.
   assert gib["params"] == pytest.approx(student * 4 / 64 / 2**30, rel=0.02)
   assert gib["opt_state"] == pytest.approx(2 * gib["params"], rel=0.01)
   assert gib["teacher_params"] == pytest.approx(teacher * 2 / 64 / 2**30, rel=0.02)
   # Rollouts sample from a whole bfloat16 copy on every device (freed before the update).
   assert gib["rollout_copy"] == pytest.approx(student * 2 / 2**30)
-  assert r["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
+  assert r["mesh"] == {"data": 1, "fsdp": 32, "context": 2, "tensor": 1}
   # 1 prompt x 4 samples; 1024 prompt + 8000 (freeze runs: 1024) new tokens padded to 512s.
   assert batch_shape(c) == (4, 2048 if name.endswith("freeze") else 9216)
 
@@ -62,9 +64,10 @@ def test_dry_run_declares_the_hybrid_mesh():
   """4 slices along data x 16 chips each (fsdp 8 x tensor 2): the abstract mesh is 4 x 8 x 2
   and the parameters shard over fsdp x tensor = 16 devices, not over the 64."""
   c = load("qwen3_30b_a3b_to_4b")
-  c.mesh.update(data=1, fsdp=-1, tensor=2, dcn_data=4, num_devices=64)
-  assert dry_run.declared_mesh_shape(c) == {"data": 4, "fsdp": 8, "tensor": 2}
+  c.mesh.update(data=1, fsdp=-1, context=1, tensor=2, dcn_data=4, num_devices=64)
+  want = {"data": 4, "fsdp": 8, "context": 1, "tensor": 2}
+  assert dry_run.declared_mesh_shape(c) == want
   r = dry_run.report(c)
-  assert r["mesh"] == {"data": 4, "fsdp": 8, "tensor": 2}
+  assert r["mesh"] == want
   student = qwen3_params(c.model.arch)
   assert r["per_device_gib"]["params"] == pytest.approx(student * 4 / 16 / 2**30, rel=0.05)

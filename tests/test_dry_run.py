@@ -123,7 +123,8 @@ def test_aot_cli_prints_the_report_then_fails_when_it_does_not_fit():
   )
   line = assert_one_line_error(proc, "--aot_topology=v5e:2x2", "TPU v5 lite", "HBM")
   report = json.loads(proc.stdout)
-  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}  # num_devices from the topology
+  # num_devices from the topology
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "context": 1, "tensor": 1}
   assert report["per_device_gib"]["xla_cpu_temp"] is None
   # The weights and Adam moments alone: 3 x 4 bytes x 6.4e9 params over 4 chips.
   assert report["per_device_gib"]["params"] + report["per_device_gib"]["opt_state"] > 17

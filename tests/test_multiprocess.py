@@ -57,14 +57,19 @@ def metrics(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, prompts", [("on_policy", 8), ("off_policy", 2)])
-def test_two_processes_train_and_checkpoint(tmp_path, mode, prompts):
-  """On 2 x 4 devices (fsdp=8): 8 prompts split, each host reads its own 4; 2 rows the mesh
-  cannot split (off-policy): both hosts read both."""
+@pytest.mark.parametrize(
+  "mode, prompts, mesh",
+  [("on_policy", 8, ("-1", "1")), ("off_policy", 2, ("1", "-1"))],
+)
+def test_two_processes_train_and_checkpoint(tmp_path, mode, prompts, mesh):
+  """On 2 x 4 devices: 8 prompts split over fsdp=8, each host reads its own 4; 2 rows on
+  fsdp=1 x context=8 (the 64 tokens split, the rows not: off-policy): both hosts read both."""
   flags = [
     "--config.steps=3",
     f"--config.opd.mode={mode}",
     f"--config.data.prompts_per_step={prompts}",
+    f"--config.mesh.fsdp={mesh[0]}",
+    f"--config.mesh.context={mesh[1]}",
   ]
   finish(start_run(tmp_path, *flags))
   lines = metrics(tmp_path)
@@ -75,11 +80,12 @@ def test_two_processes_train_and_checkpoint(tmp_path, mode, prompts):
 
 @pytest.mark.slow
 def test_one_prompt_on_two_hosts_stopped_and_resumed_equals_one_host(tmp_path):
-  """The paper's one prompt per step on 2 hosts: both read it, the rollout's rows split over
-  the 8 devices. Stopped after 3 steps and resumed to 6 (each host restoring its own data
-  position), the losses, RockStats and data position equal one 8-device process's 6 steps."""
+  """The paper's one prompt per step on 2 hosts: both read it, the rollout's 2 rows split over
+  fsdp=2 and their 36 tokens over context=4. Stopped after 3 steps and resumed to 6 (each host
+  restoring its own data position), the losses, RockStats and data position equal one
+  8-device process's 6 steps."""
   one, two = tmp_path / "one", tmp_path / "two"
-  flags = ["--config.data.prompts_per_step=1"]
+  flags = ["--config.data.prompts_per_step=1", "--config.mesh.fsdp=2", "--config.mesh.context=4"]
   reference = start_run(one, *flags, processes=1, devices=8)
   finish(start_run(two, *flags, "--config.stop_after=3"))
   assert sorted(metrics(two)) == [1, 2, 3]

@@ -15,10 +15,13 @@ from rockjax import sharding as shd
 
 def test_make_mesh_fills_one_axis(devices8):
   mesh = shd.make_mesh({"data": 2, "fsdp": -1, "tensor": 2})
-  assert mesh.axis_names == ("data", "fsdp", "tensor")
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
-  assert dict(shd.make_mesh((1, -1, 4)).shape) == {"data": 1, "fsdp": 2, "tensor": 4}
-  assert dict(shd.make_mesh().shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert mesh.axis_names == ("data", "fsdp", "context", "tensor")
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
+  four = shd.make_mesh((1, -1, 1, 4)).shape
+  assert dict(four) == {"data": 1, "fsdp": 2, "context": 1, "tensor": 4}
+  assert dict(shd.make_mesh().shape) == {"data": 1, "fsdp": 8, "context": 1, "tensor": 1}
+  ctx = shd.make_mesh({"fsdp": 4, "context": -1}).shape
+  assert dict(ctx) == {"data": 1, "fsdp": 4, "context": 2, "tensor": 1}
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
@@ -28,7 +31,7 @@ def test_make_mesh_fills_one_axis(devices8):
     ({"tensor": 3, "fsdp": -1}, "does not divide the 8"),
     ({"data": -1, "fsdp": -1}, "one may be -1"),
     ({"model": 2}, "unknown mesh axes"),
-    ((2, 2), "must have 3 entries"),
+    ((2, 2, 2), "must have 4 entries"),
   ],
 )
 def test_make_mesh_errors(devices8, shape, message):
@@ -66,14 +69,16 @@ def tpu_slices(num_slices, hosts_per_slice=1):
 
 
 def where(mesh):
-  """(slice, x, y) of every device, in mesh order."""
-  return np.vectorize(lambda d: (d.slice_index, *d.coords[:2]), otypes=[object])(mesh.devices)
+  """(slice, x, y) of every device, in mesh order, as [data, fsdp, tensor] (context is 1)."""
+  assert mesh.shape["context"] == 1
+  devices = mesh.devices[:, :, 0]
+  return np.vectorize(lambda d: (d.slice_index, *d.coords[:2]), otypes=[object])(devices)
 
 
 def test_multislice_data_across_slices():
   """data over 2 slices (DCN), fsdp x tensor inside each slice's 2x2 chips (ICI)."""
   mesh = shd.make_mesh({"fsdp": 2, "tensor": -1}, tpu_slices(2), dcn={"data": 2})
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
   # data index = slice; tensor walks x, fsdp walks y (each one physical ring of the slice).
   want = [[[(s, x, y) for x in range(2)] for y in range(2)] for s in range(2)]
   assert where(mesh).tolist() == want
@@ -81,8 +86,8 @@ def test_multislice_data_across_slices():
 
 def test_multislice_fsdp_spans_slices_in_its_outer_part():
   """fsdp = 2 slices x 2 chips: index f lies on slice f // 2, chip row f % 2."""
-  mesh = shd.make_mesh({"fsdp": 2, "tensor": 2}, tpu_slices(2, hosts_per_slice=2), dcn=(1, 2, 1))
-  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  mesh = shd.make_mesh({"fsdp": 2, "tensor": 2}, tpu_slices(2, hosts_per_slice=2), dcn=(1, 2, 1, 1))
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "context": 1, "tensor": 2}
   want = [[[(f // 2, x, f % 2) for x in range(2)] for f in range(4)]]
   assert where(mesh).tolist() == want
 
@@ -96,11 +101,11 @@ def test_gpu_nodes_data_across_nodes(slice_index):
     for n in (1, 0)
   ]
   mesh = shd.make_mesh({"fsdp": -1}, devs, dcn={"data": 2})
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "context": 1, "tensor": 1}
   ids = np.vectorize(lambda d: d.id)(mesh.devices)
-  np.testing.assert_array_equal(ids[..., 0], [[0, 1, 2, 3], [4, 5, 6, 7]])
+  np.testing.assert_array_equal(ids[:, :, 0, 0], [[0, 1, 2, 3], [4, 5, 6, 7]])
   procs = np.vectorize(lambda d: d.process_index)(mesh.devices)
-  np.testing.assert_array_equal(procs[..., 0], [[0] * 4, [1] * 4])
+  np.testing.assert_array_equal(procs[:, :, 0, 0], [[0] * 4, [1] * 4])
 
 
 @pytest.mark.parametrize(
@@ -124,7 +129,7 @@ def test_single_slice_dcn_of_ones_is_the_plain_mesh(devices8):
   plain = shd.make_mesh({"data": 2, "fsdp": -1})
   ones = shd.make_mesh({"data": 2, "fsdp": -1}, dcn={"data": 1, "fsdp": 1, "tensor": 1})
   assert ones.devices.tolist() == plain.devices.tolist()
-  assert dict(ones.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert dict(ones.shape) == {"data": 2, "fsdp": 4, "context": 1, "tensor": 1}
   with pytest.raises(ValueError, match="1 process"):
     shd.make_mesh({"fsdp": -1}, dcn={"data": 2})
 
@@ -133,13 +138,16 @@ def test_resolve_mesh_shape_multiplies_ici_by_dcn():
   assert shd.resolve_mesh_shape({"fsdp": -1, "tensor": 2}, 64, {"data": 4}) == {
     "data": 4,
     "fsdp": 8,
+    "context": 1,
     "tensor": 2,
   }
-  assert shd.resolve_mesh_shape((1, 4, 1), 32, (2, 2, 1)) == {"data": 2, "fsdp": 8, "tensor": 1}
+  want = {"data": 2, "fsdp": 8, "context": 2, "tensor": 1}
+  assert shd.resolve_mesh_shape((1, 4, 1, 1), 64, (2, 2, 2, 1)) == want
+  # A mesh group without `context` (configs older than the axis) gets 1.
   c = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "dcn_fsdp": 2})
   assert shd.config_mesh_shapes(c) == (
-    {"data": 1, "fsdp": -1, "tensor": 1},
-    {"data": 1, "fsdp": 2, "tensor": 1},
+    {"data": 1, "fsdp": -1, "context": 1, "tensor": 1},
+    {"data": 1, "fsdp": 2, "context": 1, "tensor": 1},
   )
 
 
@@ -158,6 +166,27 @@ def test_logical_to_spec_rules(devices8):
   )
   with pytest.raises(ValueError, match="do not match shape"):
     spec(("embed",), (2, 2))
+
+
+def test_constrain_is_strict_for_activations(devices8):
+  """An activation dimension its mesh axes cannot divide is an error naming the logical name,
+  the axes, the dimension and the sizes, instead of a silent replication; strict=False (the
+  sampler) keeps the lenient rule. Parameters stay lenient (logical_to_spec's default)."""
+  mesh = shd.make_mesh({"fsdp": 2, "context": 2, "tensor": 2})
+  x = np.zeros((2, 6, 4), np.float32)
+  with jax.set_mesh(mesh):
+    y = jax.jit(lambda x: shd.constrain(x, ("batch", "length", "act_embed")))(x)
+    assert y.sharding.spec == P("fsdp", "context")
+    with pytest.raises(
+      ValueError,
+      match=r"dimension 1 \('length'\) .* size 5, not divisible by "
+      r"mesh axes context=2",
+    ):
+      jax.jit(lambda x: shd.constrain(x, ("batch", "length", None)))(np.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"'batch'.* size 1, not divisible by mesh axes fsdp=2"):
+      jax.jit(lambda x: shd.constrain(x, ("batch", None)))(np.zeros((1, 4)))
+    lenient = jax.jit(lambda x: shd.constrain(x, ("batch", None), strict=False))(np.zeros((1, 4)))
+    assert lenient.sharding.is_fully_replicated
 
 
 def test_shard_model_keeps_logits(devices8):

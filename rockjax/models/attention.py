@@ -14,6 +14,9 @@ nobody reads. Implementations (model.attention):
 - `auto`: splash on TPU (blocked if L is not a multiple of the block), cudnn on GPU with a
   16-bit compute dtype, blocked otherwise.
 
+Under a mesh with a 'context' axis every implementation runs context-parallel
+(rockjax.models.attention_context): queries stay in their sequence shard, K/V are gathered.
+
 Shape letters: B batch, L query positions, S key positions, H query heads, K key/value heads,
 G query heads per key/value head (H // K), E head_dim.
 """
@@ -26,6 +29,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
 from rockjax import sharding as shd
+from rockjax.models import attention_context as ctx
 from rockjax.models.attention_blocked import MASK_VALUE, blocked_attention
 
 IMPLEMENTATIONS = ("auto", "einsum", "blocked", "cudnn", "splash")
@@ -79,17 +83,51 @@ def attend(
   if H % K:
     raise ValueError(f"query heads H={H} must be a multiple of key/value heads K={K}")
   scale = E**-0.5 if scale is None else float(scale)
-  name = resolve(implementation, length=L, block_size=block_size, dtype=q_BxLxHxE.dtype)
+  shards = ctx.shards()
+  name = resolve(implementation, length=L // shards, block_size=block_size, dtype=q_BxLxHxE.dtype)
   args = (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_ids_BxL)
+  if name == "splash":
+    return splash_attention(
+      *args, causal=causal, scale=scale, block_size=block_size, interpret=interpret
+    )
+  if shards > 1:
+    return ctx.context_attention(_context_local(name, causal, scale, block_size), *args)
   if name == "einsum":
     return einsum_attention(*args, causal=causal, scale=scale)
   if name == "blocked":
     return blocked_attention(*args, causal=causal, scale=scale, block_size=block_size)
-  if name == "cudnn":
-    return cudnn_attention(*args, causal=causal, scale=scale)
-  return splash_attention(
-    *args, causal=causal, scale=scale, block_size=block_size, interpret=interpret
-  )
+  return cudnn_attention(*args, causal=causal, scale=scale)
+
+
+def _context_local(name: str, causal: bool, scale: float, block_size: int) -> ctx.LocalAttention:
+  """Implementation `name` over one query shard and all keys (attention_context)."""
+
+  def local(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, seg_BxL, seg_BxS, offset):
+    kw = dict(causal=causal, scale=scale, kv_segment_ids_BxS=seg_BxS, q_offset=offset)
+    if name == "einsum":
+      return einsum_attention(q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, seg_BxL, **kw)
+    if name == "blocked":
+      return blocked_attention(
+        q_BxLxHxE, k_BxSxKxE, v_BxSxKxE, seg_BxL, block_size=block_size, **kw
+      )
+    # cudnn: the shard's queries do not line up with the keys, so the padding-as-key-lengths
+    # trick does not apply; the segment + causal mask is passed explicitly.
+    allowed_BxLxS = segment_mask(seg_BxL, causal, seg_BxS, offset)
+    return jax.nn.dot_product_attention(
+      q_BxLxHxE,
+      k_BxSxKxE,
+      v_BxSxKxE,
+      mask=allowed_BxLxS[:, None],
+      scale=scale,
+      implementation=_CUDNN_CONTEXT_IMPLEMENTATION,
+    )
+
+  return local
+
+
+# What the context-parallel cudnn path asks jax.nn.dot_product_attention for (tests on CPU set
+# None: jax's XLA implementation).
+_CUDNN_CONTEXT_IMPLEMENTATION: str | None = "cudnn"
 
 
 def masked_attention(
@@ -118,29 +156,42 @@ def masked_attention(
   return out_BxKxGxLxE.transpose(0, 3, 1, 2, 4).reshape(B, L, H, E)
 
 
-def segment_mask(segment_ids_BxL: jax.Array, causal: bool) -> jax.Array:
-  """allowed [B, L, L]: same segment and, when causal, key at or before the query."""
+def segment_mask(
+  segment_ids_BxL: jax.Array,
+  causal: bool,
+  kv_segment_ids_BxS: jax.Array | None = None,
+  q_offset: jax.Array | int = 0,
+) -> jax.Array:
+  """allowed [B, L, S]: same segment and, when causal, key at or before the query's global
+  position q_offset + i (keys default to the queries: S = L, offset 0)."""
   seg_BxL = jnp.asarray(segment_ids_BxL)
-  allowed_BxLxL = seg_BxL[:, :, None] == seg_BxL[:, None, :]
+  seg_BxS = seg_BxL if kv_segment_ids_BxS is None else jnp.asarray(kv_segment_ids_BxS)
+  allowed_BxLxS = seg_BxL[:, :, None] == seg_BxS[:, None, :]
   if causal:
-    L = seg_BxL.shape[1]
-    allowed_BxLxL = allowed_BxLxL & jnp.tril(jnp.ones((L, L), bool))[None]
-  return allowed_BxLxL
+    L, S = seg_BxL.shape[1], seg_BxS.shape[1]
+    pos_L = q_offset + jnp.arange(L, dtype=jnp.int32)
+    allowed_BxLxS = (
+      allowed_BxLxS & (jnp.arange(S, dtype=jnp.int32)[None, :] <= pos_L[:, None])[None]
+    )
+  return allowed_BxLxS
 
 
 def einsum_attention(
   q_BxLxHxE: jax.Array,
-  k_BxLxKxE: jax.Array,
-  v_BxLxKxE: jax.Array,
+  k_BxSxKxE: jax.Array,
+  v_BxSxKxE: jax.Array,
   segment_ids_BxL: jax.Array,
   *,
   causal: bool,
   scale: float,
+  kv_segment_ids_BxS: jax.Array | None = None,
+  q_offset: jax.Array | int = 0,
 ) -> jax.Array:
-  """The reference: `masked_attention` with the dense segment mask."""
-  k_BxKxLxE, v_BxKxLxE = jnp.swapaxes(k_BxLxKxE, 1, 2), jnp.swapaxes(v_BxLxKxE, 1, 2)
-  allowed_BxLxL = segment_mask(segment_ids_BxL, causal)
-  return masked_attention(q_BxLxHxE, k_BxKxLxE, v_BxKxLxE, allowed_BxLxL, scale)
+  """The reference: `masked_attention` with the dense segment mask (queries at global
+  positions q_offset + i when they are one sequence shard of the keys)."""
+  k_BxKxSxE, v_BxKxSxE = jnp.swapaxes(k_BxSxKxE, 1, 2), jnp.swapaxes(v_BxSxKxE, 1, 2)
+  allowed_BxLxS = segment_mask(segment_ids_BxL, causal, kv_segment_ids_BxS, q_offset)
+  return masked_attention(q_BxLxHxE, k_BxKxSxE, v_BxKxSxE, allowed_BxLxS, scale)
 
 
 def cudnn_attention(
@@ -230,6 +281,10 @@ def splash_attention(
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     out_BxHxLxE = local(q_BxHxLxE, k_BxKxLxE, v_BxKxLxE, seg_BxL)
+  elif ctx.shards() > 1:
+    return _splash_context(
+      q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, seg_BxL, causal, scale, sizes, interpret
+    )
   else:
     # The kv heads decide: sharding them shards the query heads in whole groups.
     spec = shd.logical_to_spec(("batch", "act_heads", "length", None), k_BxKxLxE.shape, mesh)
@@ -238,3 +293,59 @@ def splash_attention(
       local, in_specs=(spec, spec, spec, seg_spec), out_specs=spec, check_vma=False
     )(q_BxHxLxE, k_BxKxLxE, v_BxKxLxE, seg_BxL)
   return heads_major(out_BxHxLxE).astype(q_BxLxHxE.dtype)
+
+
+def _splash_context(q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, seg_BxL, causal, scale, sizes, interpret):
+  """Splash over query shards (attention_context): the kernel is built for the whole [L, L]
+  mask with q_seq_shards = the context size, and its mask info is split over 'context' as
+  shard_map input, so each shard's kernel masks with global query positions."""
+  mesh = jax.sharding.get_abstract_mesh()
+  B, L, H, E = q_BxLxHxE.shape
+  shards = ctx.shards()
+  if (L // shards) % sizes.block_q:
+    raise ValueError(
+      f"splash attention with {shards} sequence shards needs the shard length {L // shards} "
+      f"to be a multiple of the block size {sizes.block_q} (model.attention_block)"
+    )
+  kv_spec = shd.logical_to_spec(("batch", "length", "act_heads", None), k_BxLxKxE.shape, mesh)
+  heads = {None: 1, **dict(zip(mesh.axis_names, mesh.axis_sizes))}
+  local_heads = H // (1 if kv_spec[2] is None else _size(kv_spec[2], heads))
+  one = splash.CausalMask((L, L)) if causal else splash.FullMask((L, L))
+  kernel = splash.make_splash_mha(
+    splash.MultiHeadMask([one] * local_heads),
+    block_sizes=sizes,
+    head_shards=1,
+    q_seq_shards=shards,
+    interpret=interpret,
+  )
+  kernel_spec = kernel.manual_sharding_spec(
+    jax.sharding.NamedSharding(mesh, PartitionSpec(None, kv_spec[1]))
+  )
+
+  def local(q_bxlxhxE, k_bxSxkxE, v_bxSxkxE, seg_bxl, seg_bxS, offset, kernel):
+    del offset  # the sharded mask info holds the global query positions
+    heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+    row = lambda q, k, v, sq, skv: kernel(q, k, v, segment_ids=splash.SegmentIds(q=sq, kv=skv))
+    q_bxhxlxE = heads_major((q_bxlxhxE * scale).astype(q_bxlxhxE.dtype))
+    out = jax.vmap(row)(q_bxhxlxE, heads_major(k_bxSxkxE), heads_major(v_bxSxkxE), seg_bxl, seg_bxS)
+    return heads_major(out)
+
+  out_BxLxHxE = ctx.context_attention(
+    local,
+    q_BxLxHxE,
+    k_BxLxKxE,
+    v_BxLxKxE,
+    seg_BxL,
+    extra=(kernel,),
+    extra_specs=(kernel_spec,),
+  )
+  return out_BxLxHxE.astype(q_BxLxHxE.dtype)
+
+
+def _size(axes, sizes: dict) -> int:
+  """Product of the sizes of a PartitionSpec entry's mesh axes."""
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  n = 1
+  for a in axes:
+    n *= sizes[a]
+  return n

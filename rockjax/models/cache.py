@@ -65,9 +65,9 @@ class KVCache(NamedTuple):
     """Each batch row repeated n times in place (row i*n + j <- row i), sharding constrained."""
     rep = lambda x, axis: jnp.repeat(x, n, axis=axis) if n > 1 else x
     return KVCache(
-      k=shd.constrain(rep(self.k, 1), KV_AXES),
-      v=shd.constrain(rep(self.v, 1), KV_AXES),
-      mask_BxS=shd.constrain(rep(self.mask_BxS, 0), MASK_AXES),
+      k=shd.constrain(rep(self.k, 1), KV_AXES, strict=False),
+      v=shd.constrain(rep(self.v, 1), KV_AXES, strict=False),
+      mask_BxS=shd.constrain(rep(self.mask_BxS, 0), MASK_AXES, strict=False),
       index=self.index,
     )
 

@@ -99,13 +99,14 @@ class Decoder(nnx.Module):
       return self.embed_tokens[...].T
     return self.lm_head[...]
 
-  def logits(self, hidden_BxLxD: jax.Array) -> jax.Array:
-    """Float32 logits [B, L, V] = hidden @ lm_head_weight()."""
+  def logits(self, hidden_BxLxD: jax.Array, *, strict: bool = True) -> jax.Array:
+    """Float32 logits [B, L, V] = hidden @ lm_head_weight(); strict=False for the sampler's
+    rows, which may be fewer than the batch axes (rockjax.sharding.constrain)."""
     head_DxV = self.lm_head_weight().astype(self.cfg.dtype)
     logits_BxLxV = jnp.einsum(
       "bld,dv->blv", hidden_BxLxD, head_DxV, preferred_element_type=jnp.float32
     )
-    return shd.constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
+    return shd.constrain(logits_BxLxV, ("batch", "length", "act_vocab"), strict=strict)
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """An empty KVCache with `max_len` slots (dtype defaults to the compute dtype)."""
@@ -151,7 +152,12 @@ class Decoder(nnx.Module):
       else jnp.asarray(attention_mask_BxL, jnp.int32)
     )
     x_BxLxD = jnp.take(self.embed_tokens[...], input_ids_BxL, axis=0).astype(self.cfg.dtype)
-    x_BxLxD = shd.constrain(x_BxLxD, ("batch", "length", "act_embed"))
+    # The whole-sequence forward (train step, teacher scoring) shards rows and the sequence
+    # ('context'), strictly; decoding (a few rows, one token) keeps the length whole.
+    train = cache is None
+    x_BxLxD = shd.constrain(
+      x_BxLxD, ("batch", "length" if train else None, "act_embed"), strict=train
+    )
 
     if cache is None:
       if positions_BxL is None:
@@ -164,13 +170,15 @@ class Decoder(nnx.Module):
       )
 
     hidden_BxLxD = self.norm(x_BxLxD)
-    out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD)
+    out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD, strict=train)
     return out if new_cache is None else (out, new_cache)
 
   def _block(self):
     """(layer, x_BxLxD, positions_BxL, mask) -> x_BxLxD, wrapped in the config's remat policy."""
 
     def block(layer: DecoderLayer, x_BxLxD, positions_BxL, mask):
+      # Pin each layer input to rows x sequence shards (GSPMD propagates it through the layer).
+      x_BxLxD = shd.constrain(x_BxLxD, ("batch", "length", "act_embed"))
       return layer(x_BxLxD, positions_BxL, mask)[0]
 
     if self.cfg.remat == "none":
