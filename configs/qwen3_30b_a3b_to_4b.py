@@ -67,6 +67,7 @@ def get_config():
   c.opd.samples_per_prompt = 4  # global batch 4 sequences = 1 prompt x 4 samples
   c.opd.max_new_tokens = 8000
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
+  c.opd.loss_sharding = "vocab"  # each chip keeps 151,936 / 8 head columns, no head gather
   c.rock.mode = "off"  # statistics are still tracked every step
   c.opt.update(lr=2e-6, end_lr=1e-8, warmup_frac=0.05, b1=0.9, b2=0.98, weight_decay=0.0, clip=1.0)
   c.data.task = ""

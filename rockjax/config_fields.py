@@ -8,6 +8,7 @@ rockjax.config_check.
 from typing import Any
 
 from rockjax.losses import KINDS
+from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
 from rockjax.models import attention, remat
 from rockjax.models.config import FAMILIES
@@ -22,6 +23,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
   "opd.normalizer": ("tokens", "weights"),
+  "opd.loss_sharding": SHARDINGS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,

@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from rockjax import sharding as shd
 from rockjax.models import remat as remat_lib
 from rockjax.models.cache import KVCache
+from rockjax.models.embed import embed_lookup
 from rockjax.models.config import ModelConfig
 from rockjax.models.layers import MLP, Attention, RMSNorm, param
 from rockjax.models.moe import MoE
@@ -150,7 +151,7 @@ class Decoder(nnx.Module):
       if attention_mask_BxL is None
       else jnp.asarray(attention_mask_BxL, jnp.int32)
     )
-    x_BxLxD = jnp.take(self.embed_tokens[...], input_ids_BxL, axis=0).astype(self.cfg.dtype)
+    x_BxLxD = embed_lookup(self.embed_tokens[...], input_ids_BxL).astype(self.cfg.dtype)
     x_BxLxD = shd.constrain(x_BxLxD, ("batch", "length", "act_embed"))
 
     if cache is None:
