@@ -107,7 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.block_size = 512  # tokens per block: working memory ~ 3 * block_size * V floats
   # How the fused loss lays out the LM heads on the mesh: 'tokens' (each device gathers both
   # heads whole) | 'vocab' (each device keeps V/devices columns; log-sum-exps and sums over V
-  # combined by collectives; docs/method.md, "Vocabulary-sharded loss")
+  # combined by collectives; docs/design.md, "Sharding")
   c.opd.loss_sharding = "tokens"
   c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)

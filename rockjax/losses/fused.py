@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rockjax import sharding as shd
 from rockjax.losses import registry
+from rockjax.losses import vocab_layout as vl
 from rockjax.losses.chunked import check_hidden_and_heads
 
 
@@ -57,23 +57,6 @@ class FusedDivergence(NamedTuple):
   weighted_sum: jax.Array
   per_token: jax.Array
   grad_norm: jax.Array
-
-
-class _Layout(NamedTuple):
-  """Mesh axes of the vocabulary-sharded layout (all empty: whole heads, no collectives here).
-
-  vocab: axes splitting the heads' V (sums over V are psums over them).
-  gather: vocab axes that also split the tokens: a block's rows are gathered over them and
-    dh is psum_scattered back.
-  spread: vocab axes that do not split the tokens (the rows are already alike there): dh is
-    psummed over them.
-  reduce_dw: token axes that do not split V: the head gradient is psummed over them.
-  """
-
-  vocab: tuple[str, ...] = ()
-  gather: tuple[str, ...] = ()
-  spread: tuple[str, ...] = ()
-  reduce_dw: tuple[str, ...] = ()
 
 
 def _vocab_sum(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
@@ -133,7 +116,7 @@ def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
   return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, (dh_RxD, dw_DxV))
 
 
-def _forward(h_s, w_s, h_t, w_t, w_N, spec, layout=_Layout()):
+def _forward(h_s, w_s, h_t, w_t, w_N, spec, layout=vl.Layout()):
   """(weighted sum, value [N], |g| [N], dh [N, Ds], dW [Ds, V]) over this device's tokens.
 
   Under a vocabulary layout the heads are this device's [D, U] slices and dW is its slice.
@@ -204,27 +187,6 @@ def _fused_bwd(spec, residuals, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-class _HeadSpec(NamedTuple):
-  """How both heads [D, V] lie on the mesh: D over `embed`, V over `vocab`, alike over `extra`.
-
-  The loss turns such a layout into [D, U] slices (V over vocab + embed + extra) itself: an
-  all_to_all over `embed` and a local slice over `extra`, never a whole-head gather.
-  """
-
-  embed: tuple[str, ...]
-  vocab: tuple[str, ...]
-  extra: tuple[str, ...]
-
-
-class _VocabPlan(NamedTuple):
-  """Static layout of the vocabulary-sharded loss: rows over `tokens`, `layout`, and the heads'
-  own sharding (None: XLA reshards them to [D, U] slices)."""
-
-  tokens: tuple[str, ...]
-  layout: _Layout
-  heads: _HeadSpec | None
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def _fused_vocab(h_s, w_s, h_t, w_t, w_N, spec, plan):
   return _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan)[:3]
@@ -243,25 +205,6 @@ def _fused_vocab_bwd(spec, plan, residuals, cts):
 _fused_vocab.defvjp(_fused_vocab_fwd, _fused_vocab_bwd)
 
 
-def _to_slices(w_DxV: jax.Array, heads: _HeadSpec) -> jax.Array:
-  """This device's [D, U] columns from its block of a head laid out as `heads` says."""
-  if heads.embed:  # trade D rows for V columns with the devices along embed
-    w_DxV = jax.lax.all_to_all(w_DxV, heads.embed, split_axis=1, concat_axis=0, tiled=True)
-  if heads.extra:  # the block is alike along extra: keep this device's part of it
-    cols = w_DxV.shape[1] // math.prod(jax.lax.axis_size(a) for a in heads.extra)
-    w_DxV = jax.lax.dynamic_slice_in_dim(w_DxV, jax.lax.axis_index(heads.extra) * cols, cols, 1)
-  return w_DxV
-
-
-def _from_slices(dw_DxU: jax.Array, heads: _HeadSpec) -> jax.Array:
-  """The inverse of `_to_slices`: [D, U] gradient columns back to the head's own block."""
-  if heads.extra:
-    dw_DxU = jax.lax.all_gather(dw_DxU, heads.extra, axis=1, tiled=True)
-  if heads.embed:
-    dw_DxU = jax.lax.all_to_all(dw_DxU, heads.embed, split_axis=0, concat_axis=1, tiled=True)
-  return dw_DxU
-
-
 def _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan):
   """`_forward` under shard_map with the heads' V split over `plan.layout.vocab`.
 
@@ -278,9 +221,9 @@ def _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan):
 
   def local(h_s, w_s, h_t, w_t, w_N):
     if heads is not None:
-      w_s, w_t = _to_slices(w_s, heads), _to_slices(w_t, heads)
+      w_s, w_t = vl.to_slices(w_s, heads), vl.to_slices(w_t, heads)
     total, value, norm, dh, dw = _forward(h_s, w_s, h_t, w_t, w_N, spec, layout)
-    dw = dw if heads is None else _from_slices(dw, heads)
+    dw = dw if heads is None else vl.from_slices(dw, heads)
     return (jax.lax.psum(total, tokens) if tokens else total), value, norm, dh, dw
 
   return jax.shard_map(
@@ -290,68 +233,6 @@ def _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan):
     axis_names=set(tokens) | set(layout.vocab),
     check_vma=False,
   )(h_s, w_s, h_t, w_t, w_N)
-
-
-def _head_spec(shape_DxV: tuple[int, int]) -> _HeadSpec:
-  """The layout the logical rules give a head [D, V] ('embed', 'vocab') on the current mesh."""
-  mesh = jax.sharding.get_abstract_mesh()
-  embed, vocab = (_entry_axes(e) for e in shd.logical_to_spec(("embed", "vocab"), shape_DxV, mesh))
-  sizes = _mesh_sizes()
-  extra = tuple(a for a in mesh.axis_names if sizes[a] > 1 and a not in embed + vocab)
-  return _HeadSpec(embed, vocab, extra)
-
-
-def _mesh_sizes() -> dict[str, int]:
-  """Axis name -> size of the current (abstract) mesh."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return dict(zip(mesh.axis_names, mesh.axis_sizes))
-
-
-def _entry_axes(entry) -> tuple[str, ...]:
-  """The mesh axes of one PartitionSpec entry, as a tuple."""
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-
-
-def _vocab_plan(tokens: tuple[str, ...], shape_s, shape_t) -> _VocabPlan | None:
-  """The vocabulary layout for heads of these shapes; None when no mesh axis divides V.
-
-  When both heads lie alike and V divides over every mesh axis, the slices come from the
-  heads' own layout (`_to_slices`); otherwise V is split over the axes that divide it and
-  XLA reshards the heads.
-  """
-  heads = _head_spec(shape_s)
-  vocab = heads.vocab + heads.embed + heads.extra
-  if heads != _head_spec(shape_t) or shape_s[1] % math.prod(_mesh_sizes()[a] for a in vocab):
-    heads, vocab = None, _split_axes(shape_s[1])[0]
-  if not vocab:
-    return None
-  return _VocabPlan(tokens, _vocab_layout(tokens, vocab), heads)
-
-
-def _split_axes(size: int) -> tuple[tuple[str, ...], int]:
-  """Mesh axes (major to minor) that split `size` evenly, and the number of shards.
-
-  A dimension gets every mesh axis; `logical_to_spec` drops the ones that do not divide it.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return (), 1
-  (axes,) = shd.logical_to_spec(
-    ("split",), (size,), mesh, rules=(("split", tuple(mesh.axis_names)),)
-  )
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-  return axes, math.prod(sizes[a] for a in axes)
-
-
-def _vocab_layout(tokens: tuple[str, ...], vocab: tuple[str, ...]) -> _Layout:
-  """How rows and vocabulary columns meet, given the axes that split each (see _Layout)."""
-  return _Layout(
-    vocab=vocab,
-    gather=tuple(a for a in vocab if a in tokens),
-    spread=tuple(a for a in vocab if a not in tokens),
-    reduce_dw=tuple(a for a in tokens if a not in vocab),
-  )
 
 
 SHARDINGS = ("tokens", "vocab")  # the layouts of `fused_divergence(sharding=...)`
@@ -394,11 +275,11 @@ def fused_divergence(
       f"weights {weights.shape} must have the hidden states' batch/length dims {tuple(lead)}"
     )
   n = math.prod(lead)
-  axes, shards = _split_axes(n)
+  axes, shards = vl.split_axes(n)
   plan = None
   if sharding == "vocab" and not jax.sharding.get_abstract_mesh().empty:
-    plan = _vocab_plan(axes, student_head.shape, teacher_head.shape)
-  vocab_shards = 1 if plan is None else math.prod(_mesh_sizes()[a] for a in plan.layout.vocab)
+    plan = vl.plan(axes, student_head.shape, teacher_head.shape)
+  vocab_shards = 1 if plan is None else math.prod(vl.mesh_sizes()[a] for a in plan.layout.vocab)
   spec = dataclasses.replace(
     spec,
     block_size=min(spec.block_size, n // shards),
