@@ -73,7 +73,9 @@ def from_slices(dw_DxU: jax.Array, heads: HeadSpec) -> jax.Array:
 def head_spec(shape_DxV: tuple[int, int]) -> HeadSpec:
   """The layout the logical rules give a head [D, V] ('embed', 'vocab') on the current mesh."""
   mesh = jax.sharding.get_abstract_mesh()
-  embed, vocab = (entry_axes(e) for e in shd.logical_to_spec(("embed", "vocab"), shape_DxV, mesh))
+  embed, vocab = (
+    shd.spec_axes(e) for e in shd.logical_to_spec(("embed", "vocab"), shape_DxV, mesh)
+  )
   sizes = mesh_sizes()
   extra = tuple(a for a in mesh.axis_names if sizes[a] > 1 and a not in embed + vocab)
   return HeadSpec(embed, vocab, extra)
@@ -83,11 +85,6 @@ def mesh_sizes() -> dict[str, int]:
   """Axis name -> size of the current (abstract) mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   return dict(zip(mesh.axis_names, mesh.axis_sizes))
-
-
-def entry_axes(entry) -> tuple[str, ...]:
-  """The mesh axes of one PartitionSpec entry, as a tuple."""
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def plan(tokens: tuple[str, ...], shape_s, shape_t) -> Plan | None:
@@ -117,7 +114,7 @@ def split_axes(size: int) -> tuple[tuple[str, ...], int]:
   (axes,) = shd.logical_to_spec(
     ("split",), (size,), mesh, rules=(("split", tuple(mesh.axis_names)),)
   )
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  axes = shd.spec_axes(axes)
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   return axes, math.prod(sizes[a] for a in axes)
 

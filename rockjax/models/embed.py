@@ -29,11 +29,6 @@ from jax.sharding import PartitionSpec
 from rockjax import sharding as shd
 
 
-def _axes(entry) -> tuple[str, ...]:
-  """The mesh axes of one PartitionSpec entry, as a tuple."""
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-
-
 def embed_lookup(
   table_VxD: jax.Array,
   ids: jax.Array,
@@ -51,8 +46,8 @@ def embed_lookup(
     return jnp.take(table_VxD, ids, axis=0)
   vocab_spec, embed_spec = shd.logical_to_spec(table_axes, table_VxD.shape, mesh)
   ids_spec = shd.logical_to_spec(ids_axes, ids.shape, mesh)
-  vocab, embed = _axes(vocab_spec), _axes(embed_spec)
-  id_axes = tuple(a for entry in ids_spec for a in _axes(entry))
+  vocab, embed = shd.spec_axes(vocab_spec), shd.spec_axes(embed_spec)
+  id_axes = tuple(a for entry in ids_spec for a in shd.spec_axes(entry))
   sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
   # Table axes that split the ids (their devices hold different ids: gather, then send back)
   # and those that do not (the ids are alike there: sum or gather the results in place).
