@@ -43,6 +43,15 @@ def model_group(**arch) -> ml_collections.ConfigDict:
   # Qwen3-4B shape, L=9216 (one float32 layer, forward+backward): MLP temp 3.0 GiB unchunked,
   # 1.0 GiB at 2048, 0.55 GiB at 1024. 0 = off (the whole sequence at once).
   m.mlp_chunk = 0
+  # Grouped matmul of MoE experts (Qwen3-MoE): 'auto' = 'megablox' (the Pallas TPU kernel) on
+  # TPU, 'ragged_dot' (jax.lax.ragged_dot) elsewhere. Under a mesh each device routes only its
+  # own tokens (jax.shard_map), whichever backend.
+  m.moe_impl = "auto"  # auto | ragged_dot | megablox
+  # Expert parallelism: '' (off) keeps every expert on every device (gathered per layer like any
+  # FSDP weight); a mesh axis name ('fsdp', 'data', 'tensor') splits the experts over that axis
+  # (num_experts a multiple of its size) and sends each routed token to its expert's device and
+  # back (all_to_all; the send buffers hold axis size x the routed rows, capacity-free).
+  m.moe_experts_axis = ""  # '' | data | fsdp | tensor
   # A preliminary off-policy stage that trains this model first and exports it to HF (used by
   # the CPU demo): source 'sft' (teacher: CE on the task's solutions) or 'kd' (student: the
   # paper's stage 1, stage_kd_ratio*forward_kl + (1-stage_kd_ratio)*CE from the teacher).
@@ -115,6 +124,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)
   c.opd.top_p = 1.0
   c.opd.top_k = 0  # 0 = off
+  # Rollouts (and eval.*) sample from a copy of the student made once per step and freed before
+  # the update: its dtype ('float32': the same tokens as the train params; 'bfloat16': half
+  # the memory and bandwidth, tokens may differ) and its layout: 'replicated' (whole model on
+  # every device, no weight collective while decoding), 'tensor' (heads/MLP/vocab over the
+  # 'tensor' axis, replicated over the others) or 'train' (no copy: the FSDP-sharded train
+  # params, re-gathered at every decode step; float32 only).
+  c.opd.rollout_dtype = "float32"  # 'float32' | 'bfloat16'
+  c.opd.rollout_sharding = "replicated"  # 'replicated' | 'tensor' | 'train'
 
   c.rock = ml_collections.ConfigDict()
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
@@ -197,5 +214,32 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 1  # samples per prompt (pass@1 is averaged over them)
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
+
+  # Rock analysis (python -m rockjax.analyze, and the pipeline's last stage): the student
+  # decodes the evaluation set, the teacher scores it teacher-forced, rocks are selected with
+  # the rock.* settings, and WORKDIR/analysis/ gets report.md, report.json, PNGs,
+  # corpus.parquet and rock_ids.txt (docs/running.md, "Rock analysis").
+  c.analysis = ml_collections.ConfigDict()
+  c.analysis.enabled = True  # run the analysis as the pipeline's last stage
+  c.analysis.num_prompts = 500  # evaluation prompts decoded (paper: 500); clipped to the set
+  c.analysis.max_new_tokens = 0  # decode length (paper: 8000); 0 = eval.max_new_tokens
+  c.analysis.greedy = True  # greedy decoding (paper); False samples at analysis.temperature
+  c.analysis.temperature = 0.6  # sampling temperature when greedy is False
+  c.analysis.batch_size = 32  # prompts decoded and scored per batch (one Parquet row group)
+  c.analysis.k_grid = "10,20,50,100,200"  # K values of the coverage and Jaccard curves
+  # Sub-corpus sizes (sequences) of the Jaccard stability test; read as shares of the paper's
+  # 500 problems and scaled when the corpus is smaller than the largest
+  c.analysis.subcorpus_sizes = "50,100,200,300,400"
+  c.analysis.subcorpus_repeats = 5  # random sub-corpora drawn per size
+  c.analysis.seed = 0  # sub-corpus draws and (greedy=False) decoding
+  c.analysis.num_random = 200  # geometry: random non-rock ids in the control group (paper: 200)
+  c.analysis.control_seed = 0  # seed of the frequency-matched random control list
+  c.analysis.knockout_candidates = 20  # ids banned one at a time in the knockout census
+  c.analysis.knockout_eps = 0.01  # |delta accuracy| threshold of Pillar / Stumbling Block
+  c.analysis.bootstrap_resamples = 10000  # paired bootstrap resamples (paper: 10,000)
+  c.analysis.alpha = 0.05  # significance level of the knockout and persistence tests
+  # Persistence: the early checkpoint compared with the final one ('' = the stage-1 export
+  # when the pipeline made one, else the earliest kept checkpoint)
+  c.analysis.early_checkpoint = ""
   c.lock()
   return c

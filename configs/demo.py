@@ -18,7 +18,11 @@ with a paired-bootstrap 95% interval of [+0.37, +0.535] over the 200 prompts, an
 closed 76% of the teacher-student gap. opd/kl falls from ~0.4 to ~0.05. Wall time about 4.5
 minutes: teacher 1m38s, stage 1 1m04s, OPD 1m45s, plus start-up and evaluations. The rock
 table is the ten digits and '$' (the digits carry ~79% of the reverse KL on ~22% of the
-response tokens); the paper also finds digits among its rock tokens.
+response tokens); the paper also finds digits among its rock tokens. (6) The last stage is the
+rock analysis (about 20 s more): the final student decodes the 200 held-out prompts greedily, the
+teacher scores them, and WORKDIR/analysis/report.md shows the ten digits as the top-10 rocks,
+carrying ~97% of the reverse KL on ~24% of the response tokens, with a top-10 Jaccard of 0.96 or
+more on random sub-corpora of 20 of the 200 sequences (seen here).
 """
 
 from configs import default
@@ -72,4 +76,5 @@ def get_config():
   c.eval.num_prompts = 200  # the whole held-out split
   c.eval.temperature = 0.0  # greedy: a deterministic pass@1 on the CPU
   c.eval.max_new_tokens = 40
+  c.analysis.num_prompts = 200  # the rock analysis decodes the same 200 held-out prompts
   return c

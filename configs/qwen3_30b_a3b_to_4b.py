@@ -68,6 +68,9 @@ def get_config():
   c.opd.max_new_tokens = 8000
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
   c.opd.loss_sharding = "vocab"  # each chip keeps 151,936 / 8 head columns, no head gather
+  # Rollouts from a bf16 copy on every chip: 4.0B params x 2 bytes = 7.5 GiB per chip while
+  # decoding (freed before the update), no weight gathers in the 8000 decode steps.
+  c.opd.rollout_dtype, c.opd.rollout_sharding = "bfloat16", "replicated"
   c.rock.mode = "off"  # statistics are still tracked every step
   c.opt.update(lr=2e-6, end_lr=1e-8, warmup_frac=0.05, b1=0.9, b2=0.98, weight_decay=0.0, clip=1.0)
   c.data.task = ""

@@ -43,4 +43,5 @@ def get_config():
   c.data.max_len = 64
   c.ckpt.every = 3
   c.eval.every = 0
+  c.analysis.enabled = False  # tests and smoke runs; python -m rockjax.analyze runs it on demand
   return c

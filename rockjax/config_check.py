@@ -18,7 +18,7 @@ import ml_collections
 
 from rockjax import errors, storage
 from rockjax import sharding as shd
-from rockjax.config_fields import CANONICAL, ENUMS, PATHS, RANGES
+from rockjax.config_fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
 from rockjax.models import attention, families
 
 _GROUPS = ("model", "teacher")
@@ -54,7 +54,9 @@ def validate(
     _arch(c, dry_run),
     _stages(c),
     _micro_batches(c),
+    _rollout_copy(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
+    _int_lists(c),
   ]
   if not dry_run:
     checks.append(_paths(c))
@@ -171,6 +173,15 @@ def _stages(c) -> Iterator[str]:
     )
 
 
+def _rollout_copy(c) -> Iterator[str]:
+  """opd.rollout_sharding='train' samples the train params themselves (rockjax.rollout_params)."""
+  if c.opd.rollout_sharding == "train" and c.opd.rollout_dtype != "float32":
+    yield (
+      f"opd.rollout_dtype={c.opd.rollout_dtype!r}: opd.rollout_sharding='train' samples the "
+      "train params as they are (no copy); use 'replicated' or 'tensor' for a cast copy"
+    )
+
+
 def _micro_batches(c) -> Iterator[str]:
   """opt.micro_batches splits the rows of every batch the run trains on (rockjax.step)."""
   k, prompts = c.opt.micro_batches, c.data.prompts_per_step
@@ -222,6 +233,16 @@ def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[
       f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
       f"each run by its own process(es), but {processes} processes are running"
     )
+
+
+def _int_lists(c) -> Iterator[str]:
+  """Comma-separated integer lists (analysis.k_grid, analysis.subcorpus_sizes)."""
+  for field in INT_LISTS:
+    value = get(c, field)
+    try:
+      int_list(value)
+    except ValueError:
+      yield f"{field}={value!r}: expected comma-separated integers >= 1, e.g. '10,20,50'"
 
 
 def _paths(c) -> Iterator[str]:

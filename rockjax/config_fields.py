@@ -10,9 +10,12 @@ from typing import Any
 from rockjax.losses import KINDS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
-from rockjax.models import attention, remat
+from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.rocks import SELECTORS, WINDOWS
+from rockjax.sharding import MESH_AXES
+from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
+from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
 from rockjax.tasks.arithmetic import DIFFICULTIES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
@@ -24,6 +27,8 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.divergence": KINDS,
   "opd.normalizer": ("tokens", "weights"),
   "opd.loss_sharding": SHARDINGS,
+  "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
+  "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,
@@ -81,6 +86,16 @@ RANGES: dict[str, str] = {
   "eval.num_samples": ">= 1",
   "eval.temperature": ">= 0",
   "eval.max_new_tokens": ">= 1",
+  "analysis.num_prompts": ">= 1",
+  "analysis.max_new_tokens": ">= 0",
+  "analysis.temperature": "> 0",
+  "analysis.batch_size": ">= 1",
+  "analysis.subcorpus_repeats": ">= 1",
+  "analysis.num_random": ">= 1",
+  "analysis.knockout_candidates": ">= 1",
+  "analysis.knockout_eps": ">= 0",
+  "analysis.bootstrap_resamples": ">= 1",
+  "analysis.alpha": "(0, 1)",
 }
 for _g in _GROUPS:
   ENUMS.update(
@@ -90,6 +105,8 @@ for _g in _GROUPS:
       f"{_g}.param_dtype": tuple(DTYPES),
       f"{_g}.arch.family": tuple(sorted(set(FAMILIES.values()))),
       f"{_g}.attention": attention.IMPLEMENTATIONS,
+      f"{_g}.moe_impl": grouped_matmul.IMPLEMENTATIONS,
+      f"{_g}.moe_experts_axis": ("",) + MESH_AXES,
       f"{_g}.remat": remat.POLICIES,
     }
   )
@@ -122,6 +139,18 @@ for _g in _GROUPS:
       )
     }
   )
+# Comma-separated lists of positive integers ("10,20,50").
+INT_LISTS = ("analysis.k_grid", "analysis.subcorpus_sizes")
+
+
+def int_list(text: str) -> tuple[int, ...]:
+  """The ints of a comma-separated list field; ValueError unless all are integers >= 1."""
+  values = tuple(int(t) for t in str(text).replace(" ", "").split(",") if t)
+  if not values or min(values) < 1:
+    raise ValueError(f"expected comma-separated integers >= 1, got {text!r}")
+  return values
+
+
 # Fields holding a file or directory that must exist when set (skipped by dry runs).
 PATHS = {
   "data.train_path": "file",
@@ -129,4 +158,5 @@ PATHS = {
   "data.tokenizer_path": "dir",
   "rock.list_path": "file",
   "ckpt.resume": "dir",
+  "analysis.early_checkpoint": "dir",
 }

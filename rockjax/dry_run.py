@@ -11,8 +11,11 @@ Two compiled figures, both of the real jitted train step lowered with abstract a
   the compile-only devices of a TPU topology (`jax.experimental.topologies`), so no TPU is
   needed. XLA:TPU's memory analysis gives the bytes per device of the arguments, outputs,
   aliased (donated) buffers and temporaries; the peak is arguments + temp + outputs - aliased
-  (an upper bound); cost analysis gives FLOPs per device. The step fits when the peak is at
-  most FIT_FRACTION of the device's HBM (HBM_GIB). XLA:TPU refuses to compile a step that
+  (an upper bound); the matmul FLOPs per device are counted from the optimised HLO with loops
+  by their trip counts (rockjax.hlo_cost; XLA's cost analysis, kept as xla_flops_*, counts
+  each loop body once), and `redundancy` compares them with an even split of the analytic
+  `model_flops` (1 = no repeated work; 8 = every one of 8 devices does everything). The step
+  fits when the peak is at most FIT_FRACTION of the device's HBM (HBM_GIB). XLA:TPU refuses to compile a step that
   needs more than the HBM; the report then carries XLA's message (`xla_error`) instead.
 """
 
@@ -30,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, loading
+from rockjax import errors, hlo_cost, loading, rollout_params
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -148,6 +151,14 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
       / _GIB,
     },
   }
+  # The sampling copy (rockjax.rollout_params) is live only while rolling out: it is freed
+  # before the train step, so it is not part of the compiled step's peak below.
+  out["per_device_gib"]["rollout_copy"] = (
+    rollout_params.bytes_per_device(
+      params, abstract_mesh, dtype=c.opd.rollout_dtype, layout=c.opd.rollout_sharding
+    )
+    / _GIB
+  )
   out["model_flops"] = step_model_flops(c)
   if t_params is not None:
     t_shardings = shd.tree_shardings(t_params, abstract_mesh)
@@ -165,7 +176,8 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
     start = time.perf_counter()
     try:
       compiled = compile_step(c, devices)
-      out["aot"] = {"topology": aot_topology, **aot_figures(compiled, devices)}
+      figures = aot_figures(compiled, devices, out["model_flops"]["total"])
+      out["aot"] = {"topology": aot_topology, **figures}
     except jax.errors.JaxRuntimeError as e:
       # XLA:TPU refuses to compile a program larger than HBM; its message has the sizes.
       if "RESOURCE_EXHAUSTED" not in str(e):
@@ -241,8 +253,14 @@ def step_model_flops(c: ml_collections.ConfigDict) -> dict[str, float]:
   return {"total": total, "per_device": total / devices}
 
 
-def aot_figures(compiled: jax.stages.Compiled, devices: Sequence[jax.Device]) -> dict[str, Any]:
-  """XLA's memory (GiB per device) and cost analysis of a compiled step, and the verdict."""
+def aot_figures(
+  compiled: jax.stages.Compiled,
+  devices: Sequence[jax.Device],
+  model_flops_total: float | None = None,
+) -> dict[str, Any]:
+  """XLA's memory (GiB per device) and cost analysis of a compiled step, the matmul FLOPs per
+  device counted from its HLO (rockjax.hlo_cost), their redundancy against an even split of
+  `model_flops_total` (the analytic step count), and the verdict."""
   m = compiled.memory_analysis()
   sizes = {
     "arguments": m.argument_size_in_bytes,
@@ -257,6 +275,8 @@ def aot_figures(compiled: jax.stages.Compiled, devices: Sequence[jax.Device]) ->
   kind = devices[0].device_kind
   hbm = HBM_GIB.get(kind)
   flops = float((compiled.cost_analysis() or {}).get("flops", 0.0))
+  counted = hlo_cost.matmul_flops(compiled.as_text())
+  even_share = None if not model_flops_total else model_flops_total / len(devices)
   return {
     "device_kind": kind,
     "devices": len(devices),
@@ -267,8 +287,18 @@ def aot_figures(compiled: jax.stages.Compiled, devices: Sequence[jax.Device]) ->
       "hbm": hbm,
     },
     "hbm_utilisation": None if hbm is None else peak / _GIB / hbm,
+    # Matmuls per device with every loop counted by its trips and the splash kernels by
+    # shape; above 1 the redundancy is work some devices repeat (replicated compute).
+    "flops_per_device": counted.flops,
+    "flops_total": counted.flops * len(devices),
+    "redundancy": None if even_share is None else counted.flops / even_share,
+    "flops_by_kind": counted.by_kind,
+    "flops_notes": {
+      "unknown_loops": counted.unknown_loops,
+      "unrecognised_custom_calls": counted.unrecognised_custom_calls,
+    },
     # XLA's cost analysis counts the body of every loop once (scanned layers, micro-batches,
-    # attention blocks), so these undercount the step; `model_flops` is the analytic count.
+    # attention blocks) and the splash kernels as 0, so these undercount the step.
     "xla_flops_per_device": flops,
     "xla_flops_total": flops * len(devices),
     "fits": None if hbm is None else peak / _GIB <= FIT_FRACTION * hbm,

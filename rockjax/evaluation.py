@@ -1,18 +1,19 @@
-"""Verifiers for math answers, pass@k estimators and paired statistics.
+"""Verifiers for math answers, pass@k estimators and paired statistics (scipy.stats).
 
-The statistics serve the knockout study (docs/method.md, "Causal knockout").
+The statistics serve the knockout study (docs/method.md, "Causal knockout";
+rockjax.analysis.knockout runs the census).
 
 Letters: P = problems, N = samples per problem.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 # `\boxed{...}` with up to two levels of nested braces (enough for \frac{a}{b} inside).
 _BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
@@ -115,6 +116,11 @@ def mean_pass_at_1(correct_PxN: Any) -> float:
   return mean_pass_at_k(correct_PxN, 1)
 
 
+def _mean_difference(a_P: np.ndarray, b_P: np.ndarray, axis: int = -1) -> np.ndarray:
+  """mean(a - b) along `axis` (vectorised for scipy's resampling)."""
+  return np.mean(a_P - b_P, axis=axis)
+
+
 def paired_bootstrap(
   correct_a_P: Any,
   correct_b_P: Any,
@@ -123,10 +129,18 @@ def paired_bootstrap(
   alpha: float = 0.05,
   seed: int = 0,
 ) -> dict[str, float]:
-  """Paired bootstrap over problems of delta = mean(a) - mean(b).
+  """Paired comparison over problems of delta = mean(a) - mean(b), with scipy.stats.
 
-  Returns dict(delta, ci_low, ci_high, p_value): a percentile (1 - alpha) interval, and a
-  two-sided p-value from the null distribution obtained by centring the resampled deltas.
+  Returns dict(delta, ci_low, ci_high, p_value). The interval is the percentile (1 - alpha)
+  interval of a paired bootstrap (`scipy.stats.bootstrap(paired=True)`: problems are resampled
+  with both systems' results together); percentile rather than BCa because per-problem
+  correctness is often constant (e.g. delta = 0 on every problem), where BCa is undefined.
+  The two-sided p-value is a paired permutation test (`scipy.stats.permutation_test`,
+  permutation_type='samples': under H0 the two results of a problem are exchangeable, so
+  their labels are swapped independently per problem; exact when 2**P <= n_resamples). It
+  tests H0 directly instead of re-centring bootstrap deltas, and is >= 1 / (n_resamples + 1).
+  The interval and the p-value may disagree at the margin; the knockout census classifies by
+  the p-value, which is also what its multiple-testing corrections adjust.
   For a knockout (docs/method.md, "Causal knockout") pass a = with the id banned,
   b = baseline. Entries may be booleans or per-problem accuracies in [0, 1] (e.g. averaged
   over runs).
@@ -143,23 +157,33 @@ def paired_bootstrap(
       f"paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got "
       f"alpha={alpha}, n_resamples={n_resamples}"
     )
-  diff_P = a_P - b_P
-  delta = float(diff_P.mean())
-  rng = np.random.default_rng(seed)
-  num_problems = diff_P.shape[0]
-  deltas = np.empty(n_resamples, dtype=np.float64)
-  chunk = max(1, 2_000_000 // num_problems)  # bound the index matrix to ~16 MB
-  for start in range(0, n_resamples, chunk):
-    stop = min(start + chunk, n_resamples)
-    idx_RxP = rng.integers(0, num_problems, size=(stop - start, num_problems))
-    deltas[start:stop] = diff_P[idx_RxP].mean(axis=1)
-  ci_low, ci_high = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
-  # Under H0 the deltas are centred on 0; count resamples at least as extreme as observed.
-  # The tolerance keeps exact ties (e.g. delta = 0) from being lost to rounding.
-  extreme = np.abs(deltas - delta) >= abs(delta) - 1e-12
-  p_value = (1 + int(extreme.sum())) / (1 + n_resamples)
+  delta = float(np.mean(a_P - b_P))
+  if a_P.size == 1:  # nothing to resample: one problem carries no evidence either way
+    return dict(delta=delta, ci_low=delta, ci_high=delta, p_value=1.0)
+  interval = stats.bootstrap(
+    (a_P, b_P),
+    _mean_difference,
+    paired=True,
+    vectorized=True,
+    n_resamples=n_resamples,
+    confidence_level=1.0 - alpha,
+    method="percentile",
+    rng=np.random.default_rng(seed),
+  ).confidence_interval
+  test = stats.permutation_test(
+    (a_P, b_P),
+    _mean_difference,
+    permutation_type="samples",
+    vectorized=True,
+    n_resamples=n_resamples,
+    alternative="two-sided",
+    rng=np.random.default_rng(seed),
+  )
   return dict(
-    delta=delta, ci_low=float(ci_low), ci_high=float(ci_high), p_value=float(min(1.0, p_value))
+    delta=delta,
+    ci_low=float(interval.low),
+    ci_high=float(interval.high),
+    p_value=float(min(1.0, test.pvalue)),
   )
 
 
@@ -170,11 +194,21 @@ def sign_test(n_neg: int, n_pos: int) -> float:
   n = n_neg + n_pos
   if n == 0:
     return 1.0
-  try:
-    from scipy import stats
+  return float(stats.binomtest(min(n_neg, n_pos), n, 0.5).pvalue)
 
-    return float(stats.binomtest(min(n_neg, n_pos), n, 0.5).pvalue)
-  except ImportError:
-    # Exact binomial: double the smaller tail of Binomial(n, 1/2), capped at 1.
-    tail = sum(math.comb(n, i) for i in range(min(n_neg, n_pos) + 1)) / 2.0**n
-    return float(min(1.0, 2.0 * tail))
+
+def multiple_testing(p_values_C: Any) -> dict[str, np.ndarray]:
+  """Adjusted p-values over C tests: Bonferroni (min(1, C p)) and Benjamini-Hochberg (FDR).
+
+  A test is significant after correction at level alpha when its adjusted p-value <= alpha.
+  BH comes from `scipy.stats.false_discovery_control(method='bh')`.
+  """
+  p_C = np.asarray(p_values_C, dtype=np.float64)
+  if p_C.ndim != 1 or np.any((p_C < 0) | (p_C > 1)):
+    raise ValueError(f"multiple_testing: need a 1-D array of p-values in [0, 1], got {p_C}")
+  if p_C.size == 0:
+    return dict(bonferroni=p_C.copy(), bh=p_C.copy())
+  return dict(
+    bonferroni=np.minimum(1.0, p_C * p_C.size),
+    bh=np.asarray(stats.false_discovery_control(p_C, method="bh"), np.float64),
+  )

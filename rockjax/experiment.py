@@ -12,13 +12,13 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from rockjax import checkpoint as ckpt_lib
 from rockjax import errors
 from rockjax import data as data_lib
 from rockjax import records as records_lib
+from rockjax import rollout_params
 from rockjax import evaluation, loading, models, rock_lists
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
@@ -46,6 +46,8 @@ class Experiment:
   checkpointer: ckpt_lib.Checkpointer
   eval_prompts: dict[str, np.ndarray] | None
   eval_answers: list[str]
+  # params -> the student's sampling copy (opd.rollout_dtype / rollout_sharding; rollout_params)
+  sampling_copy: Callable[[Any], Any] = lambda params: params
 
   def evaluate(
     self, state: state_lib.TrainState, step: int
@@ -59,19 +61,20 @@ class Experiment:
     from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
     e = self.config.eval
-    student = nnx.merge(state.graphdef, state.params)
     prompts = shd.host_to_global(self.eval_prompts, self.mesh, global_rows=len(self.eval_answers))
-    out = sampling.generate(
-      student,
-      prompts["ids"],
-      prompts["mask"],
-      key=jax.random.PRNGKey(step),
-      max_new_tokens=e.max_new_tokens,
-      temperature=max(e.temperature, 1e-6),
-      greedy=e.temperature == 0,
-      eos_ids=self.eos_ids,
-      num_samples=e.num_samples,
-    )
+    # The same sampling copy as the rollouts, of the current params (freed on leaving).
+    with rollout_params.sampling_model(self.sampling_copy, state.graphdef, state.params) as student:
+      out = sampling.generate(
+        student,
+        prompts["ids"],
+        prompts["mask"],
+        key=jax.random.PRNGKey(step),
+        max_new_tokens=e.max_new_tokens,
+        temperature=max(e.temperature, 1e-6),
+        greedy=e.temperature == 0,
+        eos_ids=self.eos_ids,
+        num_samples=e.num_samples,
+      )
     tokens = np.asarray(multihost_utils.process_allgather(out.tokens, tiled=True))
     resp = np.asarray(multihost_utils.process_allgather(out.response_mask, tiled=True))
     correct = []
@@ -229,6 +232,9 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   )
   batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
   train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings, batch_sharding)
+  sampling_copy = rollout_params.make_copier(
+    abstract_params, mesh, dtype=c.opd.rollout_dtype, layout=c.opd.rollout_sharding
+  )
   return Experiment(
     config=c,
     workdir=workdir,
@@ -244,4 +250,5 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     checkpointer=checkpointer,
     eval_prompts=eval_prompts,
     eval_answers=eval_answers,
+    sampling_copy=sampling_copy,
   )

@@ -46,6 +46,8 @@ def numerics(m: ml_collections.ConfigDict) -> dict[str, Any]:
     attention=m.attention,
     attention_block=m.attention_block,
     mlp_chunk=m.mlp_chunk,
+    moe_impl=m.moe_impl,
+    moe_experts_axis=m.moe_experts_axis,
     scan_layers=m.scan_layers,
   )
 

@@ -22,6 +22,15 @@ def ban_ids(logits_NxV: jax.Array, banned_ids: Sequence[int]) -> jax.Array:
   return jnp.where(banned_V, NEG_INF, logits_NxV)
 
 
+def ban_row_ids(logits_NxV: jax.Array, banned_ids_NxK: jax.Array) -> jax.Array:
+  """-inf at row n's ids banned_ids_NxK[n] (traced data, so any ids share one program); -1: none."""
+  ids_V = jnp.arange(logits_NxV.shape[-1], dtype=jnp.int32)
+  # An elementwise compare against the id iota (not a scatter): XLA fuses it into the reduction,
+  # and it stays sharded like the logits when the vocabulary is split. -1 matches no id.
+  hit_NxKxV = ids_V[None, None, :] == banned_ids_NxK.astype(jnp.int32)[:, :, None]
+  return jnp.where(jnp.any(hit_NxKxV, axis=1), NEG_INF, logits_NxV)
+
+
 def top_k_filter(logits_NxV: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits per row (ids tied with the k-th are kept too); k <= 0: all."""
   if k <= 0 or k >= logits_NxV.shape[-1]:

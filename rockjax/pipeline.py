@@ -31,7 +31,8 @@ STAGE_FILE = "stage.json"  # written when a stage has completed (and been export
 SUMMARY_FILE = "summary.json"
 # Fields that may change between runs in one workdir: they do not change what is computed
 # (the attention implementations agree to float rounding; prefixes cover attention_block;
-# mlp_chunk only changes how the MLP is tiled).
+# mlp_chunk only changes how the MLP is tiled; rollout_sharding only where the sampling copy
+# lives).
 RESUMABLE_FIELDS = (
   "stop_after",
   "log_every",
@@ -40,6 +41,8 @@ RESUMABLE_FIELDS = (
   "teacher.attention",
   "model.mlp_chunk",
   "teacher.mlp_chunk",
+  "analysis.",  # the analysis reads the trained models; it changes nothing they compute
+  "opd.rollout_sharding",
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
@@ -233,7 +236,8 @@ def run(
     if record is None:  # stop_after: a deliberate partial run, no summary yet
       return {"stages": records, "complete": False}
     records.append(record)
-  summary = make_summary(records, root)
+  report = _analysis_stage(config, workdir, stages[-1], ran)
+  summary = make_summary(records, root, analysis_report=report)
   if ran or not (root / SUMMARY_FILE).exists():
     _write_json(root / SUMMARY_FILE, summary)
   if jax.process_index() == 0:
@@ -243,7 +247,31 @@ def run(
   return summary
 
 
-def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, Any]:
+def _analysis_stage(
+  config: ml_collections.ConfigDict, workdir: str, main: Stage, ran: bool
+) -> str | None:
+  """The last stage (analysis.enabled): the rock analysis report's path, or None.
+
+  Runs after a stage trained, or when the report is missing; a run without an evaluation set
+  skips it with a note (the analysis decodes that set).
+  """
+  from rockjax.analysis import analyze  # pylint: disable=g-import-not-at-top
+
+  if not config.analysis.enabled:
+    return None
+  report = epath.Path(workdir) / analyze.ANALYSIS_DIR / "report.md"
+  if not ran and report.exists():
+    return str(report)
+  if not main.config.data.eval_path:
+    if jax.process_index() == 0:
+      print("rock analysis skipped: no evaluation set (data.eval_path)", flush=True)
+    return None
+  return analyze.run_analysis(config, workdir).get("markdown", str(report))
+
+
+def make_summary(
+  records: list[dict[str, Any]], root: epath.Path, analysis_report: str | None = None
+) -> dict[str, Any]:
   """Per-stage results, the OPD effect with a paired bootstrap, and where the outputs are."""
   by_name = {r["stage"]: r for r in records}
   effect = None
@@ -271,6 +299,7 @@ def make_summary(records: list[dict[str, Any]], root: epath.Path) -> dict[str, A
     "metrics": [f"{d}/metrics.jsonl" for d in dirs],
     "tensorboard": [f"{d}/tb" for d in dirs],
     "rock_tables": [f"{d}/rocks.json" for d in dirs],
+    "analysis_report": analysis_report,  # rockjax.analysis report.md (None: not run)
   }
   return {"complete": True, "stages": records, "effect": effect, "outputs": outputs}
 
@@ -318,6 +347,7 @@ def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) 
     *([f"  HF exports    {', '.join(o['hf_exports'])}"] if o["hf_exports"] else []),
     f"  metrics       {', '.join(o['metrics'])} (TensorBoard: the tb/ beside each)",
     f"  rock tables   {', '.join(o['rock_tables'])}",
+    *([f"  rock analysis {o['analysis_report']}"] if o.get("analysis_report") else []),
     f"  config        {o['config']}",
     f"  summary       {o['summary']}",
   ]

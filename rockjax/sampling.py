@@ -12,7 +12,7 @@ sample j of prompt i is row i*n + j), then a `lax.while_loop` that decodes one t
 for all rows and stops as soon as every row has emitted an EOS (or after T tokens).
 
 Per-step logit pipeline (all in float32):
-  raw logits --logit_processor(logits, step)--> --banned ids: -inf-->
+  raw logits --logit_processor(logits, step)--> --banned ids (static, then per prompt): -inf-->
   greedy: argmax (exact, no noise) | else: /temperature -> top-k -> top-p -> inverse-CDF draw.
 Randomness: row r at step t uses fold_in(fold_in(key, r), t), so the output depends only on
 the key and the row index, never on how the batch is sharded.
@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh
 
@@ -77,11 +78,14 @@ class SamplingConfig:
   cache_dtype: Any = None  # None: the model's compute dtype
 
 
-def _process(logits_NxV: jax.Array, step: jax.Array, cfg: SamplingConfig) -> jax.Array:
+def _process(
+  logits_NxV: jax.Array, step: jax.Array, cfg: SamplingConfig, banned_NxK: jax.Array | None
+) -> jax.Array:
   """Processor hook then bans (so a ban always wins); the greedy / pre-temperature logits."""
   if cfg.logit_processor is not None:
     logits_NxV = cfg.logit_processor(logits_NxV, step).astype(jnp.float32)
-  return lp.ban_ids(logits_NxV, cfg.banned_ids)
+  logits_NxV = lp.ban_ids(logits_NxV, cfg.banned_ids)
+  return logits_NxV if banned_NxK is None else lp.ban_row_ids(logits_NxV, banned_NxK)
 
 
 def _choose(
@@ -90,9 +94,10 @@ def _choose(
   row_keys_N: jax.Array,
   temperature: jax.Array,
   cfg: SamplingConfig,
+  banned_NxK: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N)."""
-  processed_NxV = _process(logits_NxV, step, cfg)
+  processed_NxV = _process(logits_NxV, step, cfg, banned_NxK)
   if cfg.greedy:
     tokens_N = jnp.argmax(processed_NxV, axis=-1).astype(jnp.int32)
     sample_logprob_N = jnp.zeros(tokens_N.shape, jnp.float32)
@@ -112,6 +117,7 @@ def decode(
   key: jax.Array,
   temperature: jax.Array | float,
   cfg: SamplingConfig,
+  banned_ids_BxK: jax.Array | None = None,
 ) -> Rollout:
   """The pure sampler (traceable; `decode_jit` is its jitted form); see `generate`."""
   model = nnx.merge(graphdef, state)
@@ -133,11 +139,13 @@ def decode(
   row_keys_N = batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
   temperature = jnp.asarray(temperature, jnp.float32)
   eos_E = jnp.asarray(cfg.eos_ids, jnp.int32)
+  # Per-prompt bans are data: repeated with their prompt, so sample j of prompt i keeps them.
+  banned_NxK = None if banned_ids_BxK is None else batch(rep(banned_ids_BxK.astype(jnp.int32)))
 
   def emit(carry, logits_NxV, step):
     """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
     tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
-    tokens_N, logp_N, slogp_N = _choose(logits_NxV, step, row_keys_N, temperature, cfg)
+    tokens_N, logp_N, slogp_N = _choose(logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK)
     live_N = ~done_N
     tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
@@ -207,6 +215,7 @@ def generate(
   greedy: bool = False,
   eos_ids: Sequence[int] = (),
   banned_ids: Sequence[int] = (),
+  banned_ids_BxK: Any = None,
   num_samples: int = 1,
   pad_id: int | None = None,
   logit_processor: LogitProcessor | None = None,
@@ -218,7 +227,10 @@ def generate(
   key: a jax.random key (same key -> same output). temperature (traced; > 0 unless greedy),
   top_p (1: off), top_k (0: off) shape the sampled distribution; greedy=True is exact argmax
   and ignores them. eos_ids: any of them ends a row (kept, masked 1). banned_ids: -inf at every
-  step. pad_id: id written after EOS (default: the first eos id, else 0). logit_processor:
+  step (compile-time constants). banned_ids_BxK: optional int [B, K], prompt i's own banned ids
+  (-1 pads), passed as data so one program serves any ids; all samples of prompt i keep them
+  (the knockout census batches candidates this way). pad_id: id written after EOS (default:
+  the first eos id, else 0). logit_processor:
   optional `f(logits_NxV, step) -> logits_NxV`, applied before bans (hashed by identity: pass
   the same function object to avoid recompiling). mesh: if given, prompts are placed on
   ('data', 'fsdp') and the program runs under it; otherwise inputs' shardings are followed.
@@ -235,6 +247,8 @@ def generate(
   if bad:
     raise ValueError(f"eos/banned ids {bad} outside the vocabulary [0, {vocab})")
   eos_ids = tuple(int(i) for i in eos_ids)
+  if banned_ids_BxK is not None:
+    banned_ids_BxK = _check_row_bans(banned_ids_BxK, prompt_ids_BxP.shape[0], vocab)
   cfg = SamplingConfig(
     max_new_tokens=int(max_new_tokens),
     top_p=float(top_p),
@@ -250,9 +264,32 @@ def generate(
   graphdef, state = nnx.split(model)
   temperature = jnp.float32(1.0 if greedy else temperature)
   if mesh is None:
-    return decode_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg)
-  put = lambda x: jax.device_put(x, shd.batch_sharding(x.shape, mesh))
+    return decode_jit(
+      graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
+    )
+  put = lambda x: x if x is None else jax.device_put(x, shd.batch_sharding(x.shape, mesh))
   with jax.set_mesh(mesh):
     return decode_jit(
-      graphdef, state, put(prompt_ids_BxP), put(prompt_mask_BxP), key, temperature, cfg
+      graphdef,
+      state,
+      put(prompt_ids_BxP),
+      put(prompt_mask_BxP),
+      key,
+      temperature,
+      cfg,
+      put(banned_ids_BxK),
     )
+
+
+def _check_row_bans(banned_ids_BxK: Any, num_prompts: int, vocab: int) -> Any:
+  """Per-prompt bans as int32 [B, K] after checking the shape and that every id is -1 or in V."""
+  shape = np.shape(banned_ids_BxK)
+  if len(shape) != 2 or shape[0] != num_prompts:
+    raise ValueError(f"banned_ids_BxK has shape {shape}; expected [{num_prompts}, K]")
+  if isinstance(banned_ids_BxK, jax.Array):  # maybe global over hosts: not read back to check
+    return banned_ids_BxK
+  ids_BxK = np.asarray(banned_ids_BxK)
+  bad = sorted({int(i) for i in ids_BxK.ravel() if not -1 <= int(i) < vocab})
+  if bad:
+    raise ValueError(f"banned_ids_BxK ids {bad} outside the vocabulary [0, {vocab}) (-1 pads)")
+  return ids_BxK.astype(np.int32)

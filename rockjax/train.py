@@ -14,10 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from flax import nnx
 
 from rockjax import metrics as metrics_lib
-from rockjax import objective
+from rockjax import objective, rollout_params
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -33,25 +32,29 @@ def _rollout(
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
   c = exp.config.opd
-  student = nnx.merge(state.graphdef, state.params)
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
   g = shd.host_to_global(
     {"ids": prompts["prompt_ids_BxP"], "mask": prompts["prompt_mask_BxP"]},
     exp.mesh,
     global_rows=exp.config.data.prompts_per_step,
   )
-  out = sampling.generate(
-    student,
-    g["ids"],
-    g["mask"],
-    key=key,
-    max_new_tokens=c.max_new_tokens,
-    temperature=c.sample_temperature,
-    top_p=c.top_p,
-    top_k=c.top_k,
-    eos_ids=exp.eos_ids,
-    num_samples=c.samples_per_prompt,
-  )
+  # Decode from the sampling copy (opd.rollout_dtype / rollout_sharding), made once per step.
+  # The copy is freed before the train step runs: leaving the block deletes its buffers
+  # (rollout_params.release; PJRT frees them once the enqueued decode is done), and only the
+  # rollout's token arrays, which hold no reference to it, leave this function.
+  with rollout_params.sampling_model(exp.sampling_copy, state.graphdef, state.params) as student:
+    out = sampling.generate(
+      student,
+      g["ids"],
+      g["mask"],
+      key=key,
+      max_new_tokens=c.max_new_tokens,
+      temperature=c.sample_temperature,
+      top_p=c.top_p,
+      top_k=c.top_k,
+      eos_ids=exp.eos_ids,
+      num_samples=c.samples_per_prompt,
+    )
   return {
     "tokens": out.tokens,
     "attention_mask": out.attention_mask,

@@ -63,7 +63,15 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("teacher.arch.num_layers", 0, "expected >= 1"),
   ("model.attention", "flash", "'einsum', 'blocked', 'cudnn', 'splash'"),
   ("teacher.attention_block", 0, "expected >= 1"),
+  ("teacher.moe_impl", "sorted", "'ragged_dot', 'megablox'"),
+  ("teacher.moe_experts_axis", "experts", "'fsdp'"),  # rockjax.sharding.MESH_AXES
   ("model.remat", "dots", "expected one of 'none', 'full', 'dots_saveable', 'save_names'"),
+  ("analysis.k_grid", "10,x", "expected comma-separated integers >= 1"),
+  ("analysis.subcorpus_sizes", "0,50", "expected comma-separated integers >= 1"),
+  ("analysis.alpha", 1.0, "expected a value in (0, 1)"),
+  ("analysis.batch_size", 0, "expected >= 1"),
+  ("opd.rollout_dtype", "float16", "expected one of 'float32', 'bfloat16'"),
+  ("opd.rollout_sharding", "fsdp", "expected one of 'replicated', 'tensor', 'train'"),
 ]
 
 
@@ -104,6 +112,7 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.tensor": -1}, "mesh.tensor"),  # fsdp is -1 already
   ({"mesh.data": 0}, "mesh.data"),
   ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
+  ({"opd.rollout_sharding": "train", "opd.rollout_dtype": "bfloat16"}, "opd.rollout_dtype"),
 ]
 
 

@@ -51,6 +51,8 @@ def test_paper_configs_dry_run(name):
   assert gib["params"] == pytest.approx(student * 4 / 64 / 2**30, rel=0.02)
   assert gib["opt_state"] == pytest.approx(2 * gib["params"], rel=0.01)
   assert gib["teacher_params"] == pytest.approx(teacher * 2 / 64 / 2**30, rel=0.02)
+  # Rollouts sample from a whole bfloat16 copy on every device (freed before the update).
+  assert gib["rollout_copy"] == pytest.approx(student * 2 / 2**30)
   assert r["mesh"] == {"data": 1, "fsdp": 64, "tensor": 1}
   # 1 prompt x 4 samples; 1024 prompt + 8000 (freeze runs: 1024) new tokens padded to 512s.
   assert batch_shape(c) == (4, 2048 if name.endswith("freeze") else 9216)

@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -79,10 +78,51 @@ def test_bootstrap_identical_systems_have_no_effect():
 
 
 def test_bootstrap_total_domination():
-  # a always right, b always wrong: every resample gives delta = 1, none reaches the null.
+  # a always right, b always wrong: every resample gives delta = 1. Randomised permutation test
+  # (2**20 > 999 label swaps): scipy's p is (hits + 1) / (n + 1) per tail, doubled, and no
+  # random swap pattern other than the identity (chance ~ 999 / 2**20) reaches |delta| = 1.
   out = evaluation.paired_bootstrap(np.ones(20), np.zeros(20), n_resamples=999, seed=1)
   assert (out["delta"], out["ci_low"], out["ci_high"]) == (1.0, 1.0, 1.0)
-  assert out["p_value"] == pytest.approx(1 / 1000)
+  assert out["p_value"] == pytest.approx(2 / 1000)
+
+
+def _exact_sign_flip_p(diff_P):
+  """Two-sided p of the paired permutation test by enumerating all 2**P label swaps (float64)."""
+  signs_SxP = np.array(list(itertools.product([1.0, -1.0], repeat=len(diff_P))))
+  null_S = (signs_SxP * diff_P).mean(axis=1)
+  observed, tol = diff_P.mean(), 1e-12
+  less, greater = np.mean(null_S <= observed + tol), np.mean(null_S >= observed - tol)
+  return min(1.0, 2 * min(less, greater))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bootstrap_p_value_is_the_exact_paired_permutation_test(seed):
+  # 10 problems, per-problem accuracies (averaged runs): 1024 swap patterns <= n_resamples,
+  # so the p-value must equal full enumeration exactly.
+  rng = np.random.default_rng(seed)
+  a_P, b_P = rng.integers(0, 5, 10) / 4, rng.integers(0, 5, 10) / 4
+  a_P[:6] = np.maximum(a_P[:6], b_P[:6] + 0.25).clip(0, 1)  # a mostly ahead: a small p
+  out = evaluation.paired_bootstrap(a_P, b_P, n_resamples=2000, seed=0)
+  assert out["p_value"] == pytest.approx(_exact_sign_flip_p(a_P - b_P), rel=1e-12)
+  assert out["delta"] == pytest.approx((a_P - b_P).mean())
+
+
+def test_bootstrap_hand_computed_p_value():
+  # 4 wins, 0 losses, 2 ties: of the 64 swap patterns, only the 4 that keep all wins (2**2
+  # for the ties) give delta >= 4/6, and 4 give <= -4/6: p = 2 * 4/64 = 0.125.
+  a_P, b_P = np.array([1, 1, 1, 1, 0, 1]), np.array([0, 0, 0, 0, 0, 1])
+  assert evaluation.paired_bootstrap(a_P, b_P, n_resamples=100)["p_value"] == pytest.approx(0.125)
+
+
+def test_bootstrap_interval_matches_a_numpy_percentile_bootstrap():
+  # Independent resampling in numpy (other generator stream): percentiles agree to MC error.
+  rng = np.random.default_rng(5)
+  a_P, b_P = rng.random(150) < 0.7, rng.random(150) < 0.55
+  diff_P = a_P.astype(float) - b_P
+  idx_RxP = rng.integers(0, 150, size=(20_000, 150))
+  ref = np.quantile(diff_P[idx_RxP].mean(axis=1), [0.05, 0.95])
+  out = evaluation.paired_bootstrap(a_P, b_P, n_resamples=20_000, alpha=0.1, seed=3)
+  np.testing.assert_allclose([out["ci_low"], out["ci_high"]], ref, atol=0.006)
 
 
 def test_bootstrap_matches_normal_approximation():
@@ -96,7 +136,9 @@ def test_bootstrap_matches_normal_approximation():
   assert out["delta"] == pytest.approx(0.1)
   assert out["ci_low"] == pytest.approx(0.1 - 1.96 * se, abs=0.006)
   assert out["ci_high"] == pytest.approx(0.1 + 1.96 * se, abs=0.006)
-  assert out["p_value"] < 0.01
+  # The 160 discordant pairs under H0 are fair coins: two-sided binomial tail of 100 of 160.
+  exact = 2 * sum(math.comb(160, k) for k in range(100, 161)) / 2.0**160
+  assert out["p_value"] == pytest.approx(exact, rel=0.35, abs=3e-4)
   again = evaluation.paired_bootstrap(a_P[perm], b_P[perm], n_resamples=10_000, seed=0)
   assert again == out  # deterministic given the seed
 
@@ -106,7 +148,6 @@ def test_bootstrap_rejects_mismatched_inputs():
     evaluation.paired_bootstrap(np.ones(3), np.ones(4))
 
 
-@pytest.mark.parametrize("use_scipy", [True, False])
 @pytest.mark.parametrize(
   "n_neg, n_pos, expected",
   [
@@ -117,9 +158,21 @@ def test_bootstrap_rejects_mismatched_inputs():
     (0, 0, 1.0),
   ],
 )
-def test_sign_test(monkeypatch, use_scipy, n_neg, n_pos, expected):
-  if not use_scipy:
-    monkeypatch.setitem(sys.modules, "scipy", None)  # forces the math.comb fallback
-  else:
-    pytest.importorskip("scipy")
+def test_sign_test(n_neg, n_pos, expected):
   assert evaluation.sign_test(n_neg, n_pos) == pytest.approx(expected, rel=1e-9)
+  # And the doubled smaller binomial tail computed with integers.
+  n, k = n_neg + n_pos, min(n_neg, n_pos)
+  tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n if n else 0.5
+  assert evaluation.sign_test(n_neg, n_pos) == pytest.approx(min(1.0, 2 * tail), rel=1e-9)
+
+
+def test_multiple_testing_matches_hand_computation():
+  p_C = np.array([0.001, 0.04, 0.03, 0.2, 0.012])
+  out = evaluation.multiple_testing(p_C)
+  np.testing.assert_allclose(out["bonferroni"], [0.005, 0.2, 0.15, 1.0, 0.06])
+  # BH: sorted p (0.001, 0.012, 0.03, 0.04, 0.2) times m / rank = (0.005, 0.03, 0.05, 0.05,
+  # 0.2), then the running minimum from the largest rank down; back in input order.
+  np.testing.assert_allclose(out["bh"], [0.005, 0.05, 0.05, 0.2, 0.03])
+  assert evaluation.multiple_testing([])["bh"].size == 0
+  with pytest.raises(ValueError, match="p-values in"):
+    evaluation.multiple_testing([0.5, 1.5])

@@ -30,6 +30,7 @@ def short_demo(**overrides):
       "eval.max_new_tokens": 8,
       "data.prompts_per_step": 4,
       "mesh.fsdp": 1,
+      "analysis.enabled": False,  # the analysis stage is tested on its own
       **overrides,
     }
   )
@@ -162,14 +163,23 @@ def test_build_experiment_refuses_pipeline_sources(tmp_path):
     build_experiment(short_demo(), str(tmp_path))
 
 
-def test_single_stage_run_reports_pass_at_1_and_every_observed_id(tmp_path):
+def test_single_stage_run_reports_pass_at_1_and_every_observed_id(tmp_path, capsys):
   from configs import tiny
 
   c = tiny.get_config()
   c.update_from_flattened_dict(
     {"steps": 3, "eval.every": 3, "eval.num_prompts": 8, "eval.max_new_tokens": 8, "mesh.fsdp": 1}
   )
+  # The last stage: the rock analysis on 8 held-out prompts, pointed to by the summary.
+  c.update_from_flattened_dict(
+    {"analysis.enabled": True, "analysis.num_prompts": 8, "analysis.batch_size": 4}
+  )
   summary = pipeline.run(c, str(tmp_path))
+  report = summary["outputs"]["analysis_report"]
+  assert report == str(tmp_path / "analysis" / "report.md")
+  assert f"rock analysis {report}" in capsys.readouterr().out
+  analysis = json.loads((tmp_path / "analysis" / "report.json").read_text())
+  assert analysis["rocks"]["num_sequences"] == 8
   (stage,) = summary["stages"]
   correct = np.asarray(stage["eval_correct"])
   assert correct.shape == (8, 1) and set(np.unique(correct)) <= {0.0, 1.0}

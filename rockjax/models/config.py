@@ -13,6 +13,7 @@ from rockjax import storage
 from rockjax.models import families
 from rockjax.models import remat as remat_lib
 from rockjax.models.attention import IMPLEMENTATIONS
+from rockjax.models.grouped_matmul import IMPLEMENTATIONS as MOE_IMPLEMENTATIONS
 
 # transformers `model_type` -> our family name (derived from the preset table).
 FAMILIES = dict(families.MODEL_TYPES)
@@ -74,6 +75,12 @@ class ModelConfig:
   attention_block: int = 512
   # Positions per chunk of the token-chunked MLP (layers.token_chunked); 0 = whole sequence.
   mlp_chunk: int = 0
+  # Grouped matmul of the routed experts: auto | ragged_dot | megablox (auto: megablox on TPU,
+  # ragged_dot elsewhere; rockjax.models.grouped_matmul).
+  moe_impl: str = "auto"
+  # Under a mesh: '' = every device holds all experts (gathered like any FSDP weight); a mesh
+  # axis name = the experts split over that axis, routed rows exchanged by all_to_all.
+  moe_experts_axis: str = ""
   # The checkpoint's own config.json (as JSON text, to stay hashable), reused on export.
   hf_config_json: str = dataclasses.field(default="", compare=False, repr=False)
 
@@ -85,6 +92,8 @@ class ModelConfig:
     families.get(self.family)  # ValueError naming the known families
     if self.attention not in IMPLEMENTATIONS:
       raise ValueError(f"attention={self.attention!r}: expected one of {IMPLEMENTATIONS}")
+    if self.moe_impl not in MOE_IMPLEMENTATIONS:
+      raise ValueError(f"moe_impl={self.moe_impl!r}: expected one of {MOE_IMPLEMENTATIONS}")
     if self.attention_block < 1:
       raise ValueError(f"attention_block={self.attention_block}: expected >= 1")
     if self.mlp_chunk < 0:

@@ -1,17 +1,37 @@
-"""Qwen3-MoE sparse block: softmax router, top-k experts, grouped matmuls via lax.ragged_dot.
+"""Qwen3-MoE sparse block: softmax router, top-k experts, grouped matmuls (grouped_matmul).
+
+Under a mesh (`jax.set_mesh`) routing runs inside `jax.shard_map`: each device routes only its
+own tokens (their mesh axes come from the logical names ('batch', 'length')) with a local
+stable sort and grouped matmuls over all experts, so no sort, gather or scatter spans the
+mesh. The expert weights enter gathered over their 'experts' and 'embed' axes (as FSDP gathers
+any weight it uses) and split over the mesh axes of 'mlp' (tensor parallelism: each device
+computes a slice of every expert's width and the outputs are summed over those axes). Without
+a mesh the same routing runs over all tokens at once (the reference). With
+cfg.moe_experts_axis the experts split over that mesh axis instead of being gathered, and the
+routed rows travel to their experts' devices and back (moe_routing.exchanged_experts).
 
 Shape letters: B batch, L positions, D hidden size, N tokens (B*L), X experts, K experts per
-token, M routed rows (N*K), F expert MLP width.
+token, M routed rows (N*K), F expert MLP width (b, l, n, f: the local shards under shard_map).
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
+import math
+from typing import Any
 
+import jax
+from flax import nnx
+from jax.sharding import PartitionSpec
+
+from rockjax import sharding as shd
 from rockjax.models.config import ModelConfig
+from rockjax.models.moe_routing import exchanged_experts, route, routed_experts
 from rockjax.models.layers import param, token_chunked
+
+
+def _spec_axes(entry: Any) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 class MoE(nnx.Module):
@@ -27,41 +47,67 @@ class MoE(nnx.Module):
     self.norm_topk_prob = cfg.norm_topk_prob
     self.dtype = cfg.dtype
     self.chunk = cfg.mlp_chunk
+    self.implementation = cfg.moe_impl  # grouped matmul backend (rockjax.models.grouped_matmul)
+    self.experts_axis = cfg.moe_experts_axis  # '' or the mesh axis the experts split over
 
   def route(self, x_NxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Top-k expert weights [N, K] (float32) and ids [N, K] from a float32 softmax router."""
-    logits_NxX = jnp.einsum(
-      "nd,dx->nx", x_NxD.astype(jnp.float32), self.router[...].astype(jnp.float32)
-    )
-    probs_NxX = jax.nn.softmax(logits_NxX, axis=-1)
-    weights_NxK, experts_NxK = jax.lax.top_k(probs_NxX, self.top_k)
-    if self.norm_topk_prob:
-      weights_NxK = weights_NxK / jnp.sum(weights_NxK, axis=-1, keepdims=True)
-    return weights_NxK, experts_NxK
+    return route(x_NxD, self.router[...], self.top_k, self.norm_topk_prob)
 
   def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
     """The routed experts over cfg.mlp_chunk positions at a time (layers.token_chunked)."""
     return token_chunked(self.experts, x_BxLxD, self.chunk)
 
   def experts(self, x_BxLxD: jax.Array) -> jax.Array:
-    """Routing and experts of all B*L tokens at once (holds [B*L*K, F] intermediates)."""
+    """Routing and experts of the B*L tokens: per device under a mesh, else all at once."""
     B, L, D = x_BxLxD.shape
-    X = self.gate_proj.shape[0]
-    x_NxD = x_BxLxD.reshape(B * L, D).astype(self.dtype)
-    weights_NxK, experts_NxK = self.route(x_NxD)
-    # Group the N*K (token, expert) pairs by expert so each expert is one contiguous block of
-    # rows: a stable sort, then one ragged matmul per projection over all experts at once.
-    experts_M = experts_NxK.reshape(-1)
-    order_M = jnp.argsort(experts_M, stable=True)
-    rows_MxD = x_NxD[order_M // self.top_k]
-    group_sizes_X = jnp.bincount(experts_M, length=X).astype(jnp.int32)
+    # Cast before shard_map, so FSDP gathers the weights in the compute dtype.
     cast = lambda w: w[...].astype(self.dtype)
-    gate_MxF = jax.lax.ragged_dot(rows_MxD, cast(self.gate_proj), group_sizes_X)
-    up_MxF = jax.lax.ragged_dot(rows_MxD, cast(self.up_proj), group_sizes_X)
-    h_MxF = jax.nn.silu(gate_MxF) * up_MxF
-    out_sorted_MxD = jax.lax.ragged_dot(h_MxF, cast(self.down_proj), group_sizes_X)
-    # Undo the sort (a permutation, so a scatter-set, not an add), then mix the K experts.
-    out_MxD = jnp.zeros_like(out_sorted_MxD).at[order_M].set(out_sorted_MxD)
-    out_NxKxD = out_MxD.reshape(B * L, self.top_k, D)
-    y_NxD = jnp.einsum("nkd,nk->nd", out_NxKxD, weights_NxK.astype(self.dtype))
-    return y_NxD.reshape(B, L, D)
+    weights = (self.router[...], cast(self.gate_proj), cast(self.up_proj), cast(self.down_proj))
+    kw = dict(
+      top_k=self.top_k, norm_topk_prob=self.norm_topk_prob, implementation=self.implementation
+    )
+    x_BxLxD = x_BxLxD.astype(self.dtype)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+      return routed_experts(x_BxLxD.reshape(B * L, D), *weights, **kw).reshape(B, L, D)
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    token_spec = shd.logical_to_spec(("batch", "length", None), x_BxLxD.shape, mesh)
+    token_axes = {a for entry in token_spec for a in _spec_axes(entry)}
+    X, _, F = self.gate_proj.shape
+    experts_axis = self.experts_axis if sizes.get(self.experts_axis, 1) > 1 else None
+    if experts_axis and X % sizes[experts_axis]:
+      raise ValueError(
+        f"moe_experts_axis={experts_axis!r}: the {X} experts do not split over its "
+        f"{sizes[experts_axis]} devices"
+      )
+    # The experts' width F splits over the mesh axes of 'mlp' the tokens and experts do not use.
+    mlp_axes = _spec_axes(shd.logical_to_spec(("mlp",), (F,), mesh)[0])
+    mlp_axes = tuple(a for a in mlp_axes if a not in token_axes and a != experts_axis)
+    if F % math.prod(sizes[a] for a in mlp_axes):
+      mlp_axes = ()
+    mlp = mlp_axes or None
+
+    def local(x_bxlxD, router_DxX, gate_YxDxf, up_YxDxf, down_YxfxD):
+      b, l, _ = x_bxlxD.shape
+      w = (router_DxX, gate_YxDxf, up_YxDxf, down_YxfxD)
+      x_nxD = x_bxlxD.reshape(b * l, D)
+      if experts_axis:
+        y_nxD = exchanged_experts(x_nxD, *w, axis=experts_axis, **kw)
+      else:
+        y_nxD = routed_experts(x_nxD, *w, **kw)
+      if mlp_axes:
+        y_nxD = jax.lax.psum(y_nxD, mlp_axes)  # partial sums over the width shards
+      return y_nxD.reshape(b, l, D)
+
+    in_specs = (
+      token_spec,
+      PartitionSpec(),
+      PartitionSpec(experts_axis, None, mlp),
+      PartitionSpec(experts_axis, None, mlp),
+      PartitionSpec(experts_axis, mlp, None),
+    )
+    # check_vma=False: the megablox Pallas call does not declare how its output varies.
+    return jax.shard_map(local, in_specs=in_specs, out_specs=token_spec, check_vma=False)(
+      x_BxLxD, *weights
+    )

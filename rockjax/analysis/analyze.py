@@ -1,0 +1,160 @@
+"""The rock analysis of a trained run: corpus -> selection -> other analyses -> report.
+
+`run_analysis(config, workdir)` is what `python -m rockjax.analyze` and the pipeline's last
+stage (analysis.enabled) run. Models: the student is the workdir's main-stage final checkpoint
+(or `student`: a Hugging Face directory, or an orbax checkpoint directory); the teacher is the
+main stage's (the config's HF directory, or the pipeline's exported teacher). Prompts: the
+evaluation set (data.eval_path, or the synthetic task's held-out split). Everything goes into
+WORKDIR/analysis/ (or `out`): corpus.parquet, rock_ids.txt, report.md, report.json, *.png.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from rockjax import errors, loading, models, records, settings, storage
+from rockjax import sharding as shd
+from rockjax.analysis import corpus, selection, selection_report, studies
+from rockjax.analysis.context import AnalysisContext, load_student
+from rockjax.analysis.report import write_report
+from rockjax.config_fields import int_list
+
+ANALYSIS_DIR = "analysis"
+CORPUS_FILE = "corpus.parquet"
+ROCK_IDS_FILE = "rock_ids.txt"
+
+
+def main_stage_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """The config the main stage trained with (pipeline exports resolved as HF directories)."""
+  from rockjax import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports us)
+  from rockjax.experiment import task_files  # pylint: disable=g-import-not-at-top
+
+  return pipeline.plan(config, workdir, task_files(config, workdir))[-1].config
+
+
+def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
+  """(ids_SxP, mask_SxP, answers) of the first num_prompts evaluation prompts, left-padded."""
+  if not c.data.eval_path:
+    raise errors.ConfigError(
+      "data.eval_path='': the rock analysis needs an evaluation set (or the built-in task)"
+    )
+  recs = records.load_records(
+    c.data.eval_path, prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
+  )[:num_prompts]
+  pad = records.pad_id(tokenizer)
+  rows = [
+    records.left_pad(
+      records.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
+      c.data.max_prompt_len,
+      pad,
+    )
+    for r in recs
+  ]
+  ids = np.stack([r[0] for r in rows])
+  mask = np.stack([r[1] for r in rows])
+  return ids, mask, [r.get("answer", "") for r in recs]
+
+
+def run_analysis(
+  config: ml_collections.ConfigDict, workdir: str, *, student: str = "", out: str = ""
+) -> dict[str, Any]:
+  """Corpus, selection, the registered analyses and the report; {paths..., seconds}."""
+  t0 = time.perf_counter()
+  a = config.analysis
+  c = main_stage_config(config, workdir)
+  out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
+  storage.check_checkpoint_dir(out_dir, field="--out")
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  ici, dcn = shd.config_mesh_shapes(c.mesh)
+  mesh = shd.make_mesh(ici, dcn=dcn)
+  tokenizer = models.load_tokenizer(c.data.tokenizer_path)
+  eos_ids = models.eos_ids(tokenizer)
+  teacher_cfg = loading.model_config(c.teacher, field="teacher")
+  teacher = nnx.merge(*loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1))
+  student_model, source = load_student(c, workdir, student, mesh)
+  ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
+
+  loss = settings.loss_settings(c)
+  spec = corpus.ScoreSpec(
+    loss.divergence, loss.temperature, loss.jsd_beta, loss.skew_alpha, loss.block_size
+  )
+  corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
+  corpus_kwargs = dict(
+    batch_size=min(a.batch_size, len(ids)),
+    max_new_tokens=a.max_new_tokens or c.eval.max_new_tokens,
+    eos_ids=eos_ids,
+    greedy=a.greedy,
+    temperature=a.temperature,
+    seed=a.seed,
+    spec=spec,
+    mesh=mesh,
+  )
+  built = corpus.build_corpus(
+    student_model,
+    teacher,
+    ids,
+    mask,
+    corpus_path,
+    metadata={"student": source, "teacher": c.teacher.path or c.teacher.source},
+    **corpus_kwargs,
+  )
+  vocab = student_model.cfg.vocab_size
+  freq_V, kl_sum_V = corpus.id_sums(corpus_path, vocab)
+  chosen = selection.analyze_selection(
+    freq_V,
+    kl_sum_V,
+    corpus.sequence_sums(corpus_path, vocab),
+    settings.rock_selection(c),
+    k_grid=int_list(a.k_grid),
+    subcorpus_sizes=int_list(a.subcorpus_sizes),
+    subcorpus_repeats=a.subcorpus_repeats,
+    seed=a.seed,
+  )
+  sel = chosen["selection"]
+  provenance = {
+    "student": source,
+    "corpus": f"{built['num_sequences']} sequences, {built['num_tokens']} response tokens",
+    "decoding": "greedy" if a.greedy else f"temperature {a.temperature}, seed {a.seed}",
+    "settings": f"k={sel.k} min_freq={sel.min_freq} exclude_top_freq={sel.exclude_top_freq} "
+    f"selector={sel.selector} divergence={spec.kind}",
+  }
+  rock_ids_path = str(epath.Path(out_dir) / ROCK_IDS_FILE)
+  if jax.process_index() == 0:
+    selection.export_rock_ids(rock_ids_path, chosen["rock_ids"], provenance)
+  ctx = AnalysisContext(
+    config=c,
+    workdir=workdir,
+    out_dir=out_dir,
+    mesh=mesh,
+    tokenizer=tokenizer,
+    eos_ids=eos_ids,
+    student=student_model,
+    teacher=teacher,
+    student_source=source,
+    prompt_ids_SxP=ids,
+    prompt_mask_SxP=mask,
+    answers=answers,
+    corpus_path=corpus_path,
+    rock_ids_path=rock_ids_path,
+    selection=chosen,
+    corpus_kwargs=corpus_kwargs,
+  )
+  sections = selection_report.selection_sections(chosen, out_dir, tokenizer)
+  for _, study in studies.SECTIONS:
+    sections += study(ctx)
+  meta = {**provenance, "corpus_seconds": round(built["seconds"], 1)}
+  paths = write_report(out_dir, sections, meta) if jax.process_index() == 0 else {}
+  return {
+    **paths,
+    "corpus": corpus_path,
+    "rock_ids": rock_ids_path,
+    "out_dir": out_dir,
+    "seconds": time.perf_counter() - t0,
+  }

@@ -1,0 +1,191 @@
+"""The frequency-matched Random control: non-rock ids paired one-to-one with the rocks.
+
+The paper's Random regime freezes 100 ids that are not rocks but occur about as often
+(docs/method.md, "Rock-Freeze"). Each rock is paired with a distinct candidate by a minimum-cost
+assignment (scipy.optimize.linear_sum_assignment) on `|log freq(rock) - log freq(candidate)|`,
+so the control carries the rocks' token mass but none of their KL structure.
+
+Shape letters: V vocabulary size, K rocks, C candidate ids.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+from etils import epath
+from matplotlib.figure import Figure
+
+from rockjax import rock_lists
+from rockjax.analysis.groups import rounded
+from rockjax.analysis import report
+
+CONTROL_LIST_NAME = "random_control_ids.txt"  # written beside the rock list
+# The stated match tolerance: a control id within a factor of 2 of its rock's frequency.
+DEFAULT_TOLERANCE = math.log(2.0)
+FIGURE = "control_frequencies.png"
+
+
+def _candidates(
+  freq_V: np.ndarray, rock_ids: np.ndarray, exclude: Any, min_freq: float, exclude_top_freq: int
+) -> np.ndarray:
+  """Ids seen >= min_freq times (and at least once) that are neither rocks nor excluded."""
+  ok_V = (freq_V > 0) & (freq_V >= min_freq)
+  ok_V[rock_ids] = False
+  ok_V[np.asarray(list(exclude), np.int64)] = False
+  # The most frequent ids, ties to the lower id: the rule of rockjax.rocks.select.
+  ok_V[np.argsort(-freq_V, kind="stable")[:exclude_top_freq]] = False
+  return np.nonzero(ok_V)[0]
+
+
+def frequency_matched(
+  freq_V: np.ndarray,
+  rock_ids: Any,
+  *,
+  seed: int = 0,
+  exclude: Any = (),
+  min_freq: float = 1,
+  exclude_top_freq: int = 0,
+) -> np.ndarray:
+  """Control ids int64 `[K]`, `out[i]` matched to `rock_ids[i]` at minimum total |log ratio|.
+
+  Candidates are ids seen >= min_freq times that are not rocks, not in `exclude` and not
+  among the `exclude_top_freq` most frequent ids (the selection removed those before ranking). Among candidates of equal
+  frequency the choice is a seeded draw: the candidates are permuted with `seed` before the
+  assignment, which breaks ties in order and leaves the optimal cost unchanged.
+  """
+  freq_V = np.asarray(freq_V, np.float64)
+  rock_K = np.asarray(rock_ids, np.int64).reshape(-1)
+  if np.unique(rock_K).size != rock_K.size:
+    raise ValueError(f"rock_ids holds duplicates: {rock_K.tolist()[:10]}")
+  if rock_K.size and freq_V[rock_K].min() <= 0:
+    raise ValueError("rock_ids holds an id with frequency 0 (no log frequency to match)")
+  cand_C = _candidates(freq_V, rock_K, exclude, min_freq, exclude_top_freq)
+  if cand_C.size < rock_K.size:
+    raise ValueError(
+      f"only {cand_C.size} candidate ids (seen >= min_freq={min_freq}, not rocks, not excluded, "
+      f"not in the exclude_top_freq={exclude_top_freq} most frequent) for {rock_K.size} rocks"
+    )
+  rng = np.random.default_rng(seed)
+  cand_C = cand_C[rng.permutation(cand_C.size)]
+  # A stable sort keeps the seeded order inside each run of equal frequencies.
+  cand_C = cand_C[np.argsort(np.log(freq_V[cand_C]), kind="stable")]
+  log_c_C = np.log(freq_V[cand_C])
+  log_r_K = np.log(freq_V[rock_K])
+  # Each rock's optimal partner is among its K nearest candidates (otherwise one of those is
+  # free and no worse), and in sorted order these lie within K places of its insertion point:
+  # the union of those windows (<= 2K^2 columns) keeps the cost matrix small for big V.
+  k = rock_K.size
+  pos_K = np.searchsorted(log_c_C, log_r_K)
+  window = np.unique(
+    np.clip(pos_K[:, None] + np.arange(-k, k)[None, :], 0, cand_C.size - 1).reshape(-1)
+  )
+  cost_KxC = np.abs(log_r_K[:, None] - log_c_C[window][None, :])
+  rows_K, cols_K = scipy.optimize.linear_sum_assignment(cost_KxC)
+  out_K = np.empty(k, np.int64)
+  out_K[rows_K] = cand_C[window][cols_K]
+  return out_K
+
+
+def match_quality(
+  freq_V: np.ndarray,
+  rock_ids: Any,
+  control_ids: Any,
+  *,
+  tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, float]:
+  """How close the pairs are: max / median / total |log freq ratio| and the share within tolerance."""
+  freq_V = np.asarray(freq_V, np.float64)
+  rock_K = np.asarray(rock_ids, np.int64).reshape(-1)
+  ratio_K = np.abs(np.log(freq_V[rock_K]) - np.log(freq_V[np.asarray(control_ids, np.int64)]))
+  return {
+    "num_pairs": int(rock_K.size),
+    "max_abs_log_ratio": float(ratio_K.max()) if rock_K.size else 0.0,
+    "median_abs_log_ratio": float(np.median(ratio_K)) if rock_K.size else 0.0,
+    "total_abs_log_ratio": float(ratio_K.sum()),
+    "tolerance": float(tolerance),
+    "share_within_tolerance": float(np.mean(ratio_K <= tolerance)) if rock_K.size else 1.0,
+  }
+
+
+def control_list_path(rock_list_path: str | os.PathLike) -> str:
+  """Where the control list goes: random_control_ids.txt in the rock list's folder."""
+  return os.fspath(epath.Path(rock_list_path).parent / CONTROL_LIST_NAME)
+
+
+def write_control_list(path: str | os.PathLike, ids: Any, header: str = "") -> str:
+  """Writes `ids` in the rock_lists format (rock.mode='static' loads it); returns the path."""
+  rock_lists.save_id_list(path, ids, header=header)
+  return os.fspath(path)
+
+
+def control_result(
+  freq_V: np.ndarray, rock_ids: Any, control_ids: Any, *, tolerance: float = DEFAULT_TOLERANCE
+) -> dict[str, Any]:
+  """The pairs with their frequencies and `match_quality`, for the report section."""
+  freq_V = np.asarray(freq_V, np.float64)
+  rock_K = np.asarray(rock_ids, np.int64).reshape(-1)
+  control_K = np.asarray(control_ids, np.int64).reshape(-1)
+  return {
+    "rock_ids": rock_K,
+    "control_ids": control_K,
+    "rock_freq": freq_V[rock_K],
+    "control_freq": freq_V[control_K],
+    "quality": match_quality(freq_V, rock_K, control_K, tolerance=tolerance),
+  }
+
+
+def _pairs_plot(result: dict[str, Any], path: epath.Path) -> None:
+  """Each rock's frequency against its control's on log axes, with the tolerance band."""
+  fig = Figure(figsize=(5, 5), layout="constrained")
+  ax = fig.subplots()
+  rock_K, ctrl_K = result["rock_freq"], result["control_freq"]
+  ax.scatter(rock_K, ctrl_K, s=12, color="tab:red", alpha=0.7, label="rock / control pair")
+  lo, hi = min(rock_K.min(), ctrl_K.min()), max(rock_K.max(), ctrl_K.max())
+  band = math.exp(result["quality"]["tolerance"])
+  ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="equal frequency")
+  ax.fill_between(
+    [lo, hi],
+    [lo / band, hi / band],
+    [lo * band, hi * band],
+    alpha=0.15,
+    color="gray",
+    label=f"within a factor {band:.3g}",
+  )
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("rock frequency")
+  ax.set_ylabel("matched control frequency")
+  ax.legend(fontsize=8)
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
+
+
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The report section; saves the pair plot."""
+  q = result["quality"]
+  numbers = {k: (v if k == "num_pairs" else rounded(v)) for k, v in q.items()}
+  numbers["tolerance_factor"] = rounded(math.exp(q["tolerance"]))
+  if q["num_pairs"]:
+    _pairs_plot(result, epath.Path(out_dir) / FIGURE)
+  text = (
+    "{num_pairs} non-rock ids matched one-to-one to the rocks by a minimum-cost assignment on "
+    "|log frequency| differences (written as " + CONTROL_LIST_NAME + "). |log frequency "
+    "ratio|: median {median_abs_log_ratio}, max {max_abs_log_ratio}; a share "
+    "{share_within_tolerance} of pairs is within the stated tolerance {tolerance} (a factor "
+    "{tolerance_factor})."
+  )
+  caption = (
+    "Frequency of each rock (x) and of its matched control id (y), log axes; the grey band "
+    "is the stated tolerance around equal frequency."
+  )
+  return report.Section(
+    title="Frequency-matched random control",
+    key="controls",
+    numbers=numbers,
+    figures=(report.Figure(FIGURE, caption),) if q["num_pairs"] else (),
+    text=text,
+  )

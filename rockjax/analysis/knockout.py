@@ -1,0 +1,389 @@
+"""Knockout census: decode the evaluation set with each candidate id banned and classify the ids.
+
+    result = census(student, prompt_ids_BxP, prompt_mask_BxP, answers, candidate_ids,
+                    grade=evaluation.verify, tokenizer=tok, max_new_tokens=512, eos_ids=(eos,))
+    result["candidates"][0]["class"]   # 'strong_pillar' | 'neutral' | 'strong_stumbling_block'
+
+The paper's rule (docs/method.md, "Causal knockout"): Delta(v) = acc(v banned) - acc(baseline);
+Strong Pillar when Delta <= -eps and the paired test over problems rejects Delta = 0 at alpha,
+Strong Stumbling Block in mirror, Neutral otherwise; then a sign test over the candidates'
+signs and Bonferroni / Benjamini-Hochberg over their p-values (rockjax.evaluation).
+
+Batched across candidates: the baseline and every candidate are "conditions"; the rows
+(condition x problem, condition-major) are cut into batches of `batch_rows` prompts, the last one
+padded, and each row carries its condition's banned id as data (`generate(banned_ids_BxK=...)`),
+so the whole census runs one compiled sampler program whatever the candidates.
+
+Shape letters: B problems, C candidates, X = C + 1 conditions (0: the baseline), n samples per
+problem, R rows (prompts) per batch, P prompt length.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+from flax import nnx
+from matplotlib import figure, lines, patches  # Figure without pyplot: Agg, no global state
+from tqdm import tqdm
+
+from rockjax import evaluation, sampling
+from rockjax.analysis import report
+
+CLASSES = ("strong_pillar", "neutral", "strong_stumbling_block")
+
+
+def knockout_class(delta: float, p_value: float, *, eps: float = 0.01, alpha: float = 0.05) -> str:
+  """The paper's epsilon rule: |Delta| >= eps in a direction and p < alpha, else 'neutral'."""
+  if p_value < alpha and delta <= -eps:
+    return "strong_pillar"
+  if p_value < alpha and delta >= eps:
+    return "strong_stumbling_block"
+  return "neutral"
+
+
+def _condition_rows(num_problems: int, candidate_ids: Sequence[int], batch_rows: int):
+  """Problem index and banned id (-1: baseline or padding) per row, padded to whole batches."""
+  bans_X = np.array([-1, *candidate_ids], np.int32)
+  # Condition-major (the baseline's B rows, then each candidate's): batches may mix conditions;
+  # all of them have one shape, which is what keeps the census at one compiled program.
+  rows = len(bans_X) * num_problems
+  padded = math.ceil(rows / batch_rows) * batch_rows
+  problem_R = np.zeros(padded, np.int64)  # padding rows decode problem 0 unbanned; dropped
+  ban_R = np.full(padded, -1, np.int32)
+  problem_R[:rows] = np.tile(np.arange(num_problems), len(bans_X))
+  ban_R[:rows] = np.repeat(bans_X, num_problems)
+  return problem_R, ban_R, rows
+
+
+def _decode_and_grade(
+  model: nnx.Module,
+  prompt_ids_BxP: np.ndarray,
+  prompt_mask_BxP: np.ndarray,
+  problem_R: np.ndarray,
+  ban_R: np.ndarray,
+  *,
+  answers: Sequence[Any],
+  grade: Callable[[str, Any], bool],
+  tokenizer: Any,
+  batch_rows: int,
+  key: jax.Array,
+  progress: bool,
+  baseline_rows: int,
+  **generate_kw: Any,
+) -> tuple[np.ndarray, np.ndarray, float]:
+  """Correctness per response [R * n] (row-major), each id's count in the baseline's, seconds
+  spent decoding. Responses are graded batch by batch, so no text outlives its batch."""
+  n = generate_kw.get("num_samples", 1)
+  correct: list[bool] = []
+  emitted_V = np.zeros(model.cfg.vocab_size, np.int64)
+  decode_seconds = 0.0
+  starts = range(0, len(problem_R), batch_rows)
+  for b, start in enumerate(tqdm(starts, desc="knockout", unit="batch", disable=not progress)):
+    rows = slice(start, start + batch_rows)
+    tick = time.perf_counter()
+    out = sampling.generate(
+      model,
+      prompt_ids_BxP[problem_R[rows]],
+      prompt_mask_BxP[problem_R[rows]],
+      banned_ids_BxK=ban_R[rows, None],
+      key=jax.random.fold_in(key, b),
+      **generate_kw,
+    )
+    tokens_NxL, resp_NxL = np.asarray(out.tokens), np.asarray(out.response_mask) > 0
+    decode_seconds += time.perf_counter() - tick
+    # Generated row j of this batch is sample j % n of prompt row start + j // n.
+    row_N = start + np.arange(len(tokens_NxL)) // n
+    for tokens_L, resp_L, r in zip(tokens_NxL, resp_NxL, row_N):
+      text = tokenizer.decode(tokens_L[resp_L], skip_special_tokens=True)
+      correct.append(bool(grade(text, answers[problem_R[r]])))
+    # How often each id is emitted unbanned: a candidate the baseline never emits cannot
+    # change a greedy decode, so this tells "neutral" from "never tested".
+    base_N = row_N < baseline_rows
+    emitted_V += np.bincount(tokens_NxL[base_N][resp_NxL[base_N]], minlength=len(emitted_V))
+  return np.array(correct), emitted_V, decode_seconds
+
+
+def _classify(
+  acc_XxB: np.ndarray,
+  candidates: list[int],
+  *,
+  eps: float,
+  alpha: float,
+  resamples: int,
+  seed: int,
+) -> dict[str, Any]:
+  """Per-candidate Delta, interval, p-value and class; the sign test and corrected p-values."""
+  baseline_B = acc_XxB[0]  # one baseline run, paired with every candidate problem by problem
+  entries = []
+  for x, v in enumerate(candidates, start=1):
+    test = evaluation.paired_bootstrap(
+      acc_XxB[x], baseline_B, n_resamples=resamples, alpha=alpha, seed=seed
+    )
+    entries.append(dict(id=v, accuracy=float(acc_XxB[x].mean()), **test))
+  # The corrections adjust the very p-values the classes use: both answer the same test.
+  adjusted = evaluation.multiple_testing([e["p_value"] for e in entries])
+  for e, p_bonf, p_bh in zip(entries, adjusted["bonferroni"], adjusted["bh"]):
+    e.update(p_bonferroni=float(p_bonf), p_bh=float(p_bh))
+    e["class"] = knockout_class(e["delta"], e["p_value"], eps=eps, alpha=alpha)
+  deltas_C = np.array([e["delta"] for e in entries])
+  # Ties (Delta exactly 0) carry no sign; the test counts the others.
+  n_neg, n_pos = int(np.sum(deltas_C < 0)), int(np.sum(deltas_C > 0))
+  return dict(
+    candidates=entries,
+    baseline_accuracy=float(baseline_B.mean()),
+    classes={c: sum(e["class"] == c for e in entries) for c in CLASSES},
+    significant_bonferroni=int(np.sum(adjusted["bonferroni"] <= alpha)),
+    significant_bh=int(np.sum(adjusted["bh"] <= alpha)),
+    sign_test=dict(
+      negative=n_neg,
+      positive=n_pos,
+      zero=len(entries) - n_neg - n_pos,
+      p_value=evaluation.sign_test(n_neg, n_pos),
+    ),
+  )
+
+
+def census(
+  model: nnx.Module,
+  prompt_ids_BxP: Any,
+  prompt_mask_BxP: Any,
+  answers: Sequence[Any],
+  candidate_ids: Sequence[int],
+  *,
+  grade: Callable[[str, Any], bool],
+  tokenizer: Any,
+  max_new_tokens: int,
+  eos_ids: Sequence[int],
+  greedy: bool = True,
+  temperature: float = 1.0,
+  num_samples: int = 1,
+  batch_rows: int = 256,
+  eps: float = 0.01,
+  resamples: int = 10_000,
+  alpha: float = 0.05,
+  seed: int = 0,
+  progress: bool = True,
+  **generate_kw: Any,
+) -> dict[str, Any]:
+  """Baseline + one decode per candidate id banned at every step, graded and classified.
+
+  grade(text, answer) -> bool grades one response (rockjax.evaluation.verify for math
+  answers; the synthetic task's answers are integers it matches exactly). tokenizer: has
+  `decode(ids, skip_special_tokens=True)` and `convert_ids_to_tokens(id)`. Decoding is
+  greedy by default (the paper: sampled decoding found Pillars that deterministic decoding did
+  not, so the settings are recorded in the result); when sampling, batch b draws with
+  fold_in(key(seed), b). Per-problem correctness is the mean over `num_samples`; the paired
+  test is `evaluation.paired_bootstrap` with `resamples`, `alpha` and `seed`. `batch_rows`:
+  prompts per decode call (x num_samples rows; with `mesh`, a multiple of its batch
+  shards). Extra keywords go to `sampling.generate`
+  (top_p, top_k, mesh, ...). Returns a JSON-ready dict (see `section` for what it shows),
+  including `num_compilations`: new programs the census compiled (1 when none was cached;
+  counted as the growth of `sampling.decode_jit`'s cache), `decode_seconds` (sampler time)
+  and `wall_seconds` (decoding, grading and statistics).
+  """
+  ids_BxP, mask_BxP = np.asarray(prompt_ids_BxP), np.asarray(prompt_mask_BxP)
+  B, C = ids_BxP.shape[0], len(candidate_ids)
+  vocab = model.cfg.vocab_size
+  candidates = [int(v) for v in candidate_ids]
+  if len(answers) != B or B == 0:
+    raise ValueError(f"census: {len(answers)} answers for {B} prompts; need one per prompt")
+  # A duplicate id would be tested twice and inflate the number of tests the corrections use.
+  if C == 0 or len(set(candidates)) != C or any(not 0 <= v < vocab for v in candidates):
+    raise ValueError(f"census: candidate ids must be distinct and in [0, {vocab}): {candidates}")
+  if batch_rows < 1:
+    raise ValueError(f"census: batch_rows={batch_rows} must be >= 1")
+  problem_R, ban_R, rows = _condition_rows(B, candidates, batch_rows)
+
+  start, compiled_before = time.perf_counter(), sampling.decode_jit._cache_size()
+  correct_Rn, emitted_V, decode_seconds = _decode_and_grade(
+    model,
+    ids_BxP,
+    mask_BxP,
+    problem_R,
+    ban_R,
+    answers=answers,
+    grade=grade,
+    tokenizer=tokenizer,
+    batch_rows=batch_rows,
+    key=jax.random.key(seed),
+    progress=progress,
+    baseline_rows=B,
+    max_new_tokens=max_new_tokens,
+    eos_ids=tuple(eos_ids),
+    greedy=greedy,
+    temperature=temperature,
+    num_samples=num_samples,
+    **generate_kw,
+  )
+  num_compilations = sampling.decode_jit._cache_size() - compiled_before
+  # Rows were condition-major with n samples each: [X, B, n] once the padding is dropped.
+  acc_XxB = correct_Rn[: rows * num_samples].reshape(C + 1, B, num_samples).mean(axis=2)
+  result = _classify(acc_XxB, candidates, eps=eps, alpha=alpha, resamples=resamples, seed=seed)
+  for entry in result["candidates"]:
+    token = tokenizer.convert_ids_to_tokens(entry["id"])  # None past the tokenizer's ids
+    entry["token"] = "" if token is None else str(token)
+    entry["baseline_emitted"] = int(emitted_V[entry["id"]])  # over all baseline samples
+  result.update(
+    num_problems=B,
+    num_samples=num_samples,
+    settings=dict(
+      greedy=greedy,
+      temperature=None if greedy else temperature,
+      seed=seed,
+      max_new_tokens=max_new_tokens,
+      eps=eps,
+      alpha=alpha,
+      resamples=resamples,
+      batch_rows=batch_rows,
+    ),
+    num_batches=len(problem_R) // batch_rows,
+    num_rows=rows,
+    num_padding_rows=len(problem_R) - rows,
+    num_compilations=num_compilations,
+    decode_seconds=decode_seconds,
+    wall_seconds=time.perf_counter() - start,
+    correct_XxB=acc_XxB.tolist(),
+  )
+  return result
+
+
+# Bar colours per class (red: ban hurts, green: ban helps, grey: neither shown significant).
+COLOURS = {"strong_pillar": "#c0392b", "neutral": "#95a5a6", "strong_stumbling_block": "#27ae60"}
+
+
+def _label(entry: dict[str, Any]) -> str:
+  """'id (token)' with whitespace made visible."""
+  return f"{entry['id']} ({entry['token']!r})"
+
+
+def delta_figure(result: dict[str, Any]):
+  """Bar chart of each candidate's Delta with its bootstrap interval, coloured by class.
+
+  A bare `matplotlib.figure.Figure` (no pyplot): renders with Agg, leaves no global figure.
+  """
+  entries, eps = result["candidates"], result["settings"]["eps"]
+  deltas_C = np.array([e["delta"] for e in entries])
+  # Whisker lengths below and above each bar (an interval always contains its Delta).
+  err_2xC = np.array([[e["delta"] - e["ci_low"], e["ci_high"] - e["delta"]] for e in entries]).T
+  fig = figure.Figure(figsize=(max(6.0, 0.45 * len(entries) + 2), 4.5), layout="constrained")
+  ax = fig.add_subplot()
+  x_C = np.arange(len(entries))
+  ax.bar(x_C, deltas_C, color=[COLOURS[e["class"]] for e in entries], yerr=err_2xC)
+  ax.plot(x_C, deltas_C, "k.", markersize=4)  # so a Delta of exactly 0 still shows
+  ax.axhline(0.0, color="black", linewidth=0.8)
+  for y in (-eps, eps):
+    ax.axhline(y, color="black", linewidth=0.6, linestyle="--")
+  ax.set_xticks(x_C, [_label(e) for e in entries], rotation=60, ha="right", fontsize=8)
+  ax.set_ylabel("accuracy change when banned (Delta)")
+  ax.set_title(
+    f"Knockout census: {len(entries)} ids, baseline accuracy {result['baseline_accuracy']:.3f}"
+  )
+  # Every class in the legend, present or not, so figures of different runs read alike.
+  ax.legend(
+    handles=[patches.Patch(color=COLOURS[c], label=c.replace("_", " ")) for c in CLASSES]
+    + [lines.Line2D([], [], color="black", linestyle="--", label=f"+/- eps {eps}")],
+    fontsize=8,
+  )
+  return fig
+
+
+def _cell(text: str) -> str:
+  """A token as a Markdown table cell: pipes escaped, whitespace visible."""
+  return repr(text)[1:-1].replace("|", "\\|")
+
+
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The census as a report section: a `rockjax.analysis.report.Section`.
+
+  Writes `knockout_delta.png` into out_dir (local or cloud). `text` refers to `numbers` by
+  `{name}` placeholders only; numbers are rounded here so the Markdown and the JSON agree.
+  """
+  s, st = result["settings"], result["sign_test"]
+  # Rounded once, here: the JSON then holds exactly what the Markdown prints.
+  sig = lambda p: float(f"{p:.4g}")
+  numbers: dict[str, Any] = dict(
+    num_candidates=len(result["candidates"]),
+    num_problems=result["num_problems"],
+    num_samples=result["num_samples"],
+    decoding="greedy" if s["greedy"] else f"sampled at temperature {s['temperature']}",
+    max_new_tokens=s["max_new_tokens"],
+    seed=s["seed"],
+    eps=s["eps"],
+    alpha=s["alpha"],
+    resamples=s["resamples"],
+    batch_rows=s["batch_rows"],
+    baseline_accuracy=round(result["baseline_accuracy"], 4),
+    **{f"num_{c}": result["classes"][c] for c in CLASSES},
+    sign_negative=st["negative"],
+    sign_positive=st["positive"],
+    sign_zero=st["zero"],
+    sign_p=sig(st["p_value"]),
+    significant_bonferroni=result["significant_bonferroni"],
+    significant_bh=result["significant_bh"],
+    num_batches=result["num_batches"],
+    num_compilations=result["num_compilations"],
+    wall_seconds=round(result["wall_seconds"], 1),
+  )
+  rows = []
+  for e in result["candidates"]:
+    v = f"id{e['id']}"
+    numbers.update(
+      {
+        f"{v}_id": e["id"],
+        f"{v}_token": _cell(e["token"]),
+        f"{v}_emitted": e["baseline_emitted"],
+        f"{v}_delta": round(e["delta"], 4),
+        f"{v}_ci_low": round(e["ci_low"], 4),
+        f"{v}_ci_high": round(e["ci_high"], 4),
+        f"{v}_p": sig(e["p_value"]),
+        f"{v}_p_bonferroni": sig(e["p_bonferroni"]),
+        f"{v}_p_bh": sig(e["p_bh"]),
+        f"{v}_class": e["class"],
+      }
+    )
+    cells = ("id", "token", "emitted", "delta", "ci_low", "ci_high", "p", "p_bonferroni", "p_bh")
+    rows.append("| " + " | ".join(f"{{{v}_{c}}}" for c in cells) + f" | {{{v}_class}} |")
+  text = "\n".join(
+    [
+      "Each candidate id gets -inf at every decoding step ({decoding}, at most {max_new_tokens}"
+      " new tokens, seed {seed}, {num_samples} sample(s) per problem) on {num_problems}"
+      " problems; Delta = accuracy with the id banned - baseline accuracy ({baseline_accuracy}).",
+      "Interval: paired percentile bootstrap over problems ({resamples} resamples, level"
+      " 1 - {alpha}); p: paired permutation test. Strong Pillar: Delta <= -{eps} and p <"
+      " {alpha}; Strong Stumbling Block: the mirror; Neutral otherwise.",
+      "",
+      "Of {num_candidates} candidates: {num_strong_pillar} Strong Pillar(s),"
+      " {num_neutral} Neutral, {num_strong_stumbling_block} Strong Stumbling Block(s)."
+      " Sign test over the Deltas: {sign_negative} negative, {sign_positive} positive"
+      " ({sign_zero} zero), two-sided p = {sign_p}. Significant at {alpha} after Bonferroni:"
+      " {significant_bonferroni}; after Benjamini-Hochberg: {significant_bh}.",
+      "The census decoded in {num_batches} batches of {batch_rows} prompts with"
+      " {num_compilations} sampler compilation(s) in {wall_seconds} s.",
+      "",
+      "| id | token | emitted (baseline) | Delta | low | high | p | p Bonferroni | p BH | class |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+      *rows,
+    ]
+  )
+  fig = delta_figure(result)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  (epath.Path(out_dir) / "knockout_delta.png").write_bytes(buf.getvalue())
+  caption = (
+    "Knockout: accuracy change (Delta) when each candidate id is banned, with paired-bootstrap"
+    " intervals; red Strong Pillar, green Strong Stumbling Block, grey Neutral; dashed: +/- eps."
+  )
+  return report.Section(
+    title="Knockout census",
+    key="knockout",
+    numbers=numbers,
+    figures=(report.Figure("knockout_delta.png", caption),),
+    text=text,
+  )

@@ -1,0 +1,81 @@
+"""The analysis report: Markdown with PNG figures and a JSON of every number in it.
+
+Each analysis contributes a `Section`: its numbers (a JSON-able dict), its figures (PNGs it has
+already saved into the report directory) and Markdown text whose `{name}` placeholders are
+filled from `numbers` when the report is written, so the Markdown and the JSON cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  filename: str
+  caption: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  title: str
+  key: str
+  numbers: dict
+  figures: tuple[Figure, ...]
+  text: str
+
+
+def _json_safe(x: Any) -> Any:
+  """NaN/inf become None (strict JSON); numpy scalars and arrays become Python values."""
+  # numpy values first: float64 scalars and arrays serialise as Python numbers and lists.
+  if hasattr(x, "tolist"):
+    x = x.tolist()
+  if isinstance(x, float):
+    return x if math.isfinite(x) else None
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  return x
+
+
+def render_section(section: Section) -> str:
+  """One section's Markdown: title, text with its numbers filled in, then its figures."""
+  # format_map fills `{name}`, `{rows[0][id]}`... from the JSON-safe numbers the JSON gets.
+  lines = [f"## {section.title}", "", section.text.format_map(_json_safe(section.numbers)), ""]
+  for fig in section.figures:
+    lines += [f"![{fig.caption}]({fig.filename})", "", f"*{fig.caption}*", ""]
+  return "\n".join(lines)
+
+
+def write_report(out_dir: str, sections: Sequence[Section], meta: dict[str, Any]) -> dict[str, Any]:
+  """Write report.md and report.json (every section's numbers under its key) into `out_dir`.
+
+  `meta` (checkpoint, corpus settings, ...) heads both files. Returns {'markdown', 'json',
+  'figures'} paths. Keys must be distinct and may not be 'meta'.
+  """
+  keys = [s.key for s in sections]
+  if len(set(keys)) != len(keys) or "meta" in keys:
+    raise ValueError(f"report sections need distinct keys other than 'meta', got {keys}")
+  root = epath.Path(out_dir)
+  root.mkdir(parents=True, exist_ok=True)
+  # The figures are already in out_dir (each section saved its own); only the text is left.
+  head = ["# Rock Token analysis", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [""]
+  md = "\n".join(head + [render_section(s) for s in sections])
+  payload = {"meta": _json_safe(meta), **{s.key: _json_safe(s.numbers) for s in sections}}
+  (root / REPORT_MD).write_text(md)
+  (root / REPORT_JSON).write_text(json.dumps(payload, indent=1))
+  return {
+    "markdown": str(root / REPORT_MD),
+    "json": str(root / REPORT_JSON),
+    "figures": [str(root / f.filename) for s in sections for f in s.figures],
+  }

@@ -1,0 +1,54 @@
+"""Rock analysis CLI: `python -m rockjax.analyze --config=CONFIG --workdir=DIR [--student=...]`.
+
+Decodes the evaluation set with the trained student, scores it with the teacher, selects the
+Rock Tokens and writes the report (rockjax.analysis.analyze.run_analysis) into
+WORKDIR/analysis/ or --out. User errors are one line `rockjax: error: ...` (exit 2), as in
+rockjax.main.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rockjax import cli, errors
+
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "the run's config file (get_config())", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "the trained run's directory")
+_STUDENT = flags.DEFINE_string(
+  "student", "", "a HF directory or checkpoint directory ('' = WORKDIR's final checkpoint)"
+)
+_OUT = flags.DEFINE_string("out", "", "report directory ('' = WORKDIR/analysis)")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  del argv
+  try:
+    _main()
+  except errors.UserError as e:
+    cli.exit_error(str(e), cli.verbose(sys.argv))
+  except KeyboardInterrupt:
+    cli.exit_error("interrupted", cli.verbose(sys.argv))
+
+
+def _main() -> None:
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
+  if not _WORKDIR.value:
+    raise errors.WorkdirError("--workdir is required: the trained run's directory")
+  from rockjax import config_check  # pylint: disable=g-import-not-at-top  (after flags: XLA_FLAGS)
+  from rockjax.analysis import analyze  # pylint: disable=g-import-not-at-top
+
+  config_check.validate(_CONFIG.value)
+  result = analyze.run_analysis(
+    _CONFIG.value, _WORKDIR.value, student=_STUDENT.value, out=_OUT.value
+  )
+  print(f"rock analysis report: {result.get('markdown', result['out_dir'])} "
+        f"({result['seconds']:.0f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

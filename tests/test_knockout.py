@@ -1,0 +1,224 @@
+"""The knockout census on a bigram model with planted Pillar, Stumbling Block and neutral ids.
+
+The model's next-token logits depend only on the current token (a table), so every decode is
+known by hand: each problem's prompt ends in a "kind" token that starts a chain, a response is
+right when it contains the answer id Z, and banning an id sends a chain to its second choice.
+"""
+
+import dataclasses
+import struct as pystruct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, struct
+
+from rockjax import sampling
+from rockjax.analysis import knockout
+
+V, EOS = 32, 1
+A, B_, Z, N, W, S, D, E = 10, 11, 12, 13, 14, 15, 16, 17  # B_: B is the problems' letter
+GOOD, BAD, WEAK = 2, 3, 4  # the prompt's last token
+# (from, to, score): the highest score wins; the next one is what a ban of it falls back to.
+CHAINS = [
+  (GOOD, A, 5), (GOOD, B_, 4),  # right through A (the planted Pillar), wrong through B
+  (A, Z, 5), (Z, N, 5), (Z, EOS, 4), (N, EOS, 5),  # N: emitted but harmless (neutral)
+  (B_, W, 5), (W, EOS, 5),
+  (BAD, S, 5), (BAD, A, 4), (S, W, 5),  # S: the planted Stumbling Block
+  (WEAK, D, 5), (WEAK, E, 4), (D, Z, 5), (E, W, 5),  # D: one problem only, not significant
+]  # fmt: skip
+KINDS = [GOOD] * 27 + [BAD] * 12 + [WEAK]  # baseline: 27 + 1 right of 40
+NEVER = [5, 6, 7, 8, 9, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28]  # never emitted
+CANDIDATES = [A, S, N, D] + NEVER  # 20 ids
+P, T = 5, 6
+
+
+@struct.dataclass
+class _Cache:
+  """The sampler threads a cache through its loop; a bigram model needs none."""
+
+  rows_N: jax.Array
+
+  def repeat_rows(self, n: int) -> "_Cache":
+    return _Cache(jnp.repeat(self.rows_N, n, axis=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  vocab_size: int
+
+
+class Bigram(nnx.Module):
+  """logits(next) = table[current token], in the call convention of rockjax.models.Decoder."""
+
+  def __init__(self, table_VxV: np.ndarray):
+    self.cfg = _Cfg(table_VxV.shape[0])
+    self.table = nnx.Param(jnp.asarray(table_VxV, jnp.float32))
+
+  def init_cache(self, batch: int, slots: int, dtype=None) -> _Cache:
+    return _Cache(jnp.zeros((batch,), jnp.int32))
+
+  def logits(self, hidden_BxLxV: jax.Array) -> jax.Array:
+    return hidden_BxLxV @ self.table[...]
+
+  def __call__(self, ids_BxL, mask_BxL, cache=None, return_hidden=False):
+    hidden_BxLxV = jax.nn.one_hot(ids_BxL, self.cfg.vocab_size)
+    return (hidden_BxLxV if return_hidden else self.logits(hidden_BxLxV)), cache
+
+
+class Tokenizer:
+  """Ids as space-separated numbers."""
+
+  def decode(self, ids, skip_special_tokens=True):
+    return " ".join(str(int(i)) for i in ids)
+
+  def convert_ids_to_tokens(self, i):
+    return f"t{i}"
+
+
+def grade(text: str, answer: str) -> bool:
+  return answer in text.split()
+
+
+@pytest.fixture(scope="module")
+def problem():
+  table = np.zeros((V, V), np.float32)
+  for src, dst, score in CHAINS:
+    table[src, dst] = score
+  rng = np.random.default_rng(0)
+  ids = rng.integers(20, 29, (len(KINDS), P)).astype(np.int32)  # filler, then the kind
+  ids[:, -1] = KINDS
+  mask = np.ones_like(ids)
+  mask[::3, :2] = 0  # some left padding
+  return Bigram(table), ids, mask, [str(Z)] * len(KINDS)
+
+
+@pytest.fixture(scope="module")
+def result(problem):
+  model, ids, mask, answers = problem
+  kw = dict(grade=grade, tokenizer=Tokenizer(), max_new_tokens=T, eos_ids=(EOS,))
+  return knockout.census(model, ids, mask, answers, CANDIDATES, batch_rows=64, **kw)
+
+
+def _by_id(result):
+  return {e["id"]: e for e in result["candidates"]}
+
+
+def test_planted_ids_are_classified(result):
+  by_id = _by_id(result)
+  # Hand-computed accuracies: banning A breaks the 27 GOOD problems, banning S repairs the 12
+  # BAD ones, banning D breaks the one WEAK problem, everything else changes nothing.
+  assert result["baseline_accuracy"] == pytest.approx(28 / 40)
+  expected = {A: 1 / 40, S: 40 / 40, D: 27 / 40} | {v: 28 / 40 for v in [N] + NEVER}
+  for v, acc in expected.items():
+    assert by_id[v]["accuracy"] == pytest.approx(acc), v
+    assert by_id[v]["delta"] == pytest.approx(acc - 28 / 40), v
+  assert by_id[A]["class"] == "strong_pillar"
+  assert by_id[S]["class"] == "strong_stumbling_block"
+  # D: Delta = -0.025 <= -eps, but one discordant problem cannot be significant.
+  assert by_id[D]["class"] == "neutral" and by_id[D]["p_value"] > 0.9  # exact: 1
+  assert all(by_id[v]["class"] == "neutral" for v in [N] + NEVER)
+  assert result["classes"] == dict(strong_pillar=1, neutral=18, strong_stumbling_block=1)
+  # Emitted by the baseline: A and Z-N chains on 28 problems, S on 12, D on 1, NEVER never.
+  assert [by_id[v]["baseline_emitted"] for v in (A, S, N, D)] == [27, 12, 28, 1]
+  assert all(by_id[v]["baseline_emitted"] == 0 for v in NEVER)
+
+
+def test_census_compiles_the_sampler_once_for_20_candidates(result):
+  # 21 conditions x 40 problems = 840 rows in 14 batches of 64 (56 padding rows).
+  assert (result["num_rows"], result["num_batches"], result["num_padding_rows"]) == (840, 14, 56)
+  assert result["num_compilations"] == 1
+
+
+def test_samples_and_answers_follow_their_problem(problem, result):
+  # Two (greedy, identical) samples per problem and per-problem answers: BAD problems now
+  # want W. By hand: baseline 40/40; banning A fails the 27 GOOD, S the 12 BAD, D the WEAK one.
+  model, ids, mask, _ = problem
+  answers = [str(W) if k == BAD else str(Z) for k in KINDS]
+  kw = dict(grade=grade, tokenizer=Tokenizer(), max_new_tokens=T, eos_ids=(EOS,))
+  two = knockout.census(
+    model, ids, mask, answers, [A, S, D], num_samples=2, batch_rows=16, progress=False, **kw
+  )
+  assert two["baseline_accuracy"] == 1.0
+  by_id = _by_id(two)
+  assert [by_id[v]["accuracy"] for v in (A, S, D)] == pytest.approx([13 / 40, 28 / 40, 39 / 40])
+  once = _by_id(result)
+  assert [by_id[v]["baseline_emitted"] for v in (A, S, D)] == [
+    2 * once[v]["baseline_emitted"] for v in (A, S, D)
+  ]
+
+
+def test_census_rows_equal_the_static_ban_per_candidate(problem, result):
+  # Independent path: the tuple form (one program per id), graded here.
+  model, ids, mask, answers = problem
+  correct_XxB = np.array(result["correct_XxB"])
+  for x, banned in [(0, ()), (1, (A,)), (2, (S,)), (4, (D,))]:
+    out = sampling.generate(
+      model, ids, mask, key=jax.random.key(0), max_new_tokens=T, greedy=True, eos_ids=(EOS,),
+      banned_ids=banned,
+    )  # fmt: skip
+    tokens, resp = np.asarray(out.tokens), np.asarray(out.response_mask) > 0
+    ref = [grade(Tokenizer().decode(t[r]), a) for t, r, a in zip(tokens, resp, answers)]
+    np.testing.assert_array_equal(correct_XxB[x], ref, err_msg=str(banned))
+
+
+def test_statistics_match_independent_computations(result):
+  entries = result["candidates"]
+  p_C = np.array([e["p_value"] for e in entries])
+  # Bonferroni and BH by hand: sort, scale by m / rank, running minimum from the top.
+  m = len(p_C)
+  np.testing.assert_allclose([e["p_bonferroni"] for e in entries], np.minimum(1, p_C * m))
+  order = np.argsort(p_C)
+  scaled = p_C[order] * m / np.arange(1, m + 1)
+  bh = np.empty(m)
+  bh[order] = np.minimum.accumulate(scaled[::-1])[::-1].clip(max=1)
+  np.testing.assert_allclose([e["p_bh"] for e in entries], bh)
+  assert result["significant_bonferroni"] == int(np.sum(np.minimum(1, p_C * m) <= 0.05))
+  # Sign test: A and D negative, S positive, 17 ties: 2 * P(X <= 1), X ~ Bin(3, 1/2) = 1.
+  assert result["sign_test"] == dict(negative=2, positive=1, zero=17, p_value=1.0)
+  # S: 12 discordant problems all in its favour; the permutation p is a Monte Carlo estimate of
+  # the exact 2 * 2**-12 (within its binomial noise for 10,000 resamples).
+  p_s = next(e["p_value"] for e in entries if e["id"] == S)
+  assert p_s == pytest.approx(2 * 2.0**-12, abs=8e-4)
+
+
+@pytest.mark.parametrize(
+  "delta, p, expected",
+  [
+    (-0.01, 0.049, "strong_pillar"),  # the boundary Delta = -eps counts
+    (-0.009, 0.001, "neutral"),  # significant but smaller than eps
+    (-0.5, 0.05, "neutral"),  # large but p is not < alpha
+    (0.02, 0.01, "strong_stumbling_block"),
+    (0.0, 1.0, "neutral"),
+  ],
+)
+def test_epsilon_rule(delta, p, expected):
+  assert knockout.knockout_class(delta, p, eps=0.01, alpha=0.05) == expected
+
+
+def test_section_numbers_fill_the_text_and_the_figure_shows_the_deltas(result, tmp_path):
+  sec = knockout.section(result, str(tmp_path))
+  assert sec.key == "knockout"
+  text = sec.text.format(**sec.numbers)  # every placeholder has a number
+  assert f"| {A} | t{A} | 27 | {round(1 / 40 - 28 / 40, 4)} |" in text
+  assert sec.numbers[f"id{A}_class"] == "strong_pillar"
+  png = (tmp_path / sec.figures[0].filename).read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and pystruct.unpack(">II", png[16:24])[0] > 300
+  # The bars are the Deltas in candidate order, coloured by class.
+  ax = knockout.delta_figure(result).axes[0]
+  bars = [p for p in ax.patches if p.get_width() > 0]
+  np.testing.assert_allclose(
+    [b.get_height() for b in bars], [e["delta"] for e in result["candidates"]]
+  )
+  colours = {knockout.COLOURS[e["class"]] for e in result["candidates"]}
+  assert len(colours) == 3
+
+
+def test_census_argument_errors(problem):
+  model, ids, mask, answers = problem
+  kw = dict(grade=grade, tokenizer=Tokenizer(), max_new_tokens=T, eos_ids=(EOS,))
+  with pytest.raises(ValueError, match="distinct"):
+    knockout.census(model, ids, mask, answers, [A, A], **kw)
+  with pytest.raises(ValueError, match="one per prompt"):
+    knockout.census(model, ids, mask, answers[:3], [A], **kw)
