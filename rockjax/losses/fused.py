@@ -280,10 +280,14 @@ def fused_divergence(
   if sharding == "vocab" and not jax.sharding.get_abstract_mesh().empty:
     plan = vl.plan(axes, student_head.shape, teacher_head.shape)
   vocab_shards = 1 if plan is None else math.prod(vl.mesh_sizes()[a] for a in plan.layout.vocab)
+  # Equal chunks over this device's columns: the last chunk is shifted left onto counted
+  # columns (`_head_grads`), which costs up to a whole chunk of matmul when chunks are ragged
+  # (V/8 = 18,992 in 8,192-column chunks would compute 24,576).
+  cols = student_head.shape[1] // vocab_shards
   spec = dataclasses.replace(
     spec,
     block_size=min(spec.block_size, n // shards),
-    chunk_size=min(spec.chunk_size, student_head.shape[1] // vocab_shards),
+    chunk_size=-(-cols // -(-cols // min(spec.chunk_size, cols))),
   )
   args = (
     student_hidden.reshape(n, d_s),
