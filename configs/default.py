@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.chunked = True
   c.opd.chunk_size = 8192  # vocabulary columns per chunk (CE; head-gradient accumulation)
   c.opd.block_size = 512  # tokens per block: working memory ~ 3 * block_size * V floats
+  # How the fused loss lays out the LM heads on the mesh: 'tokens' (each device gathers both
+  # heads whole) | 'vocab' (each device keeps V/devices columns; log-sum-exps and sums over V
+  # combined by collectives; docs/design.md, "Sharding")
+  c.opd.loss_sharding = "tokens"
   c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)

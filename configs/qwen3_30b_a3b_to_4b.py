@@ -67,6 +67,7 @@ def get_config():
   c.opd.samples_per_prompt = 4  # global batch 4 sequences = 1 prompt x 4 samples
   c.opd.max_new_tokens = 8000
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
+  c.opd.loss_sharding = "vocab"  # each chip keeps 151,936 / 8 head columns, no head gather
   # Rollouts from a bf16 copy on every chip: 4.0B params x 2 bytes = 7.5 GiB per chip while
   # decoding (freed before the update), no weight gathers in the 8000 decode steps.
   c.opd.rollout_dtype, c.opd.rollout_sharding = "bfloat16", "replicated"

@@ -8,6 +8,7 @@ rockjax.config_check.
 from typing import Any
 
 from rockjax.losses import KINDS
+from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
@@ -25,6 +26,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
   "opd.normalizer": ("tokens", "weights"),
+  "opd.loss_sharding": SHARDINGS,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "rock.mode": ("off", "static", "dynamic"),

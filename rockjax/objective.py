@@ -32,6 +32,7 @@ class LossSettings:
   chunked: bool = True  # memory-lean loss from hidden states (never builds [B, L, V])
   chunk_size: int = 8192  # vocabulary columns per chunk (chunked CE / head-gradient updates)
   block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
+  loss_sharding: str = "tokens"  # the fused divergence's head layout: 'tokens' | 'vocab'
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
   normalizer: str = "tokens"  # 'tokens' | 'weights' (see losses.reduce)
   rock_mode: str = "off"  # 'off' | 'static' | 'dynamic'
@@ -44,6 +45,10 @@ class LossSettings:
       raise ValueError(f"opd.mode must be 'on_policy' or 'off_policy', got {self.mode!r}")
     if self.rock_mode not in ("off", "static", "dynamic"):
       raise ValueError(f"rock.mode must be 'off', 'static' or 'dynamic', got {self.rock_mode!r}")
+    if self.loss_sharding not in losses.fused.SHARDINGS:
+      raise ValueError(
+        f"opd.loss_sharding must be one of {losses.fused.SHARDINGS}, got {self.loss_sharding!r}"
+      )
     if self.normalizer not in ("tokens", "weights"):
       raise ValueError(f"opd.normalizer must be 'tokens' or 'weights', got {self.normalizer!r}")
     if not 0.0 <= self.kd_ratio <= 1.0:
@@ -178,6 +183,7 @@ def loss_terms(
         temperature=s.temperature,
         block_size=s.block_size,
         chunk_size=s.chunk_size,
+        sharding=s.loss_sharding,
       )
       total, kl_BxL, grad_norm_BxL = fused.weighted_sum, fused.per_token, fused.grad_norm
     if ce_share > 0:

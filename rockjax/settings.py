@@ -25,6 +25,7 @@ def loss_settings(c: ml_collections.ConfigDict) -> objective.LossSettings:
     chunked=c.opd.chunked,
     chunk_size=c.opd.chunk_size,
     block_size=c.opd.block_size,
+    loss_sharding=c.opd.loss_sharding,
     kd_ratio=c.opd.kd_ratio,
     normalizer=c.opd.normalizer,
     rock_mode=c.rock.mode,

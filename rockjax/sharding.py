@@ -201,6 +201,11 @@ def logical_to_spec(
   return PartitionSpec(*spec)
 
 
+def spec_axes(entry: Any) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names), as a tuple."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def logical_sharding(
   logical_axes: Sequence[str | None],
   shape: Sequence[int],

@@ -141,6 +141,7 @@ def build(
   mesh,
   *,
   student_cfg=None,
+  teacher_cfg=None,
   tx=None,
   rock_mode="static",
   lam=0.0,
@@ -154,7 +155,7 @@ def build(
   """(jitted step, state, teacher params) on `mesh`; `schedule` only feeds the opt/lr metric."""
   tx = tx or optax.adamw(1e-2)
   graphdef, params = nnx.split(random_model(student_cfg or STUDENT, seed=0))
-  t_graphdef, t_params = nnx.split(random_model(TEACHER, seed=1))
+  t_graphdef, t_params = nnx.split(random_model(teacher_cfg or TEACHER, seed=1))
   mask = rocks.ids_to_mask(ROCK_IDS, V) if rock_mode == "static" else None
   init = state_lib.initializer(graphdef, tx, vocab_size=V, seed=0, rock_mask_V=mask)
   _, shardings = state_lib.abstract_state(init, params, mesh)

@@ -13,12 +13,22 @@ can be formed in the forward pass instead, block of tokens by block of tokens:
 That is the four matmuls of the naive path, with working memory O(R*V) instead of O(N*V).
 The backward pass only scales the stored (dh, dW) by the incoming scalar cotangent.
 
-On a mesh the blocks run under `shard_map`: tokens are split over every mesh axis, the heads
-are gathered whole on each device (as FSDP gathers any weight it uses) and the head gradient is
-summed across devices once, by the transpose of that gather, not once per block.
+On a mesh the blocks run under `shard_map`, laid out by `sharding=`:
+
+- 'tokens': tokens are split over every mesh axis, the heads are gathered whole on each device
+  (as FSDP gathers any weight it uses) and the head gradient is summed across devices once, by
+  the transpose of that gather, not once per block.
+- 'vocab': the heads' vocabulary is split over the mesh axes that divide it (all devices when
+  they do) and each device keeps only its [D, V/s] columns. Per block, the s devices sharing a
+  vocabulary split gather their R token rows ([s*R, D], never [B, L, D]), form [s*R, V/s]
+  float32 logits and combine the log-sum-exp and every sum over V with collectives (pmax, psum).
+  dh = g @ W_slice^T goes back to the rows' owners by psum_scatter; dW_slice stays local. The
+  custom VJP sits outside this shard_map, whose collectives are all explicit.
 
 Shape letters: N flattened tokens (B*L), R tokens per block, D hidden width (student Ds,
-teacher Dt), V vocabulary, C vocabulary columns per chunk of the head-gradient accumulation.
+teacher Dt), V vocabulary, C vocabulary columns per chunk of the head-gradient accumulation,
+G gathered rows of a block (g*R for g devices sharing a vocabulary split), U = V / s local
+vocabulary columns.
 """
 
 import dataclasses
@@ -30,8 +40,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from rockjax import sharding as shd
 from rockjax.losses import registry
+from rockjax.losses import vocab_layout as vl
 from rockjax.losses.chunked import check_hidden_and_heads
 
 
@@ -49,14 +59,33 @@ class FusedDivergence(NamedTuple):
   grad_norm: jax.Array
 
 
-def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, spec):
-  """One block: divergence [R], |g| [R] and the weighted logit gradient [R, V] (float32)."""
+def _vocab_sum(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """Sum over the last axis and across the vocabulary shards."""
+  total = jnp.sum(x, axis=-1)
+  return jax.lax.psum(total, axes) if axes else total
+
+
+def _log_softmax(x_GxU: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """log_softmax over a vocabulary split over `axes`: max and sum of exps combined by collectives."""
+  if not axes:
+    return jax.nn.log_softmax(x_GxU, axis=-1)
+  m_G = jax.lax.pmax(jnp.max(x_GxU, axis=-1), axes)
+  lse_G = m_G + jnp.log(_vocab_sum(jnp.exp(x_GxU - m_G[:, None]), axes))
+  return x_GxU - lse_G[:, None]
+
+
+def _block(h_s_RxD, w_s, h_t_RxD, w_t, w_R, spec, vocab=()):
+  """One block: divergence [R], |g| [R] and the weighted logit gradient [R, V] (float32).
+
+  With `vocab` axes the heads are [D, U] slices and g is this shard's [R, U] columns.
+  """
   s = jnp.dot(h_s_RxD, w_s, preferred_element_type=jnp.float32) / spec.temperature
   t = jnp.dot(h_t_RxD, w_t, preferred_element_type=jnp.float32) / spec.temperature
-  logp_s, logp_t = jax.nn.log_softmax(s, axis=-1), jax.nn.log_softmax(t, axis=-1)
-  value_R, aux_R = registry.value_and_aux(logp_s, logp_t, spec)
+  logp_s, logp_t = _log_softmax(s, vocab), _log_softmax(t, vocab)
+  vsum = functools.partial(_vocab_sum, axes=vocab)
+  value_R, aux_R = registry.value_and_aux(logp_s, logp_t, spec, vsum)
   g_RxV = registry.logit_grad(logp_s, logp_t, aux_R, spec)
-  norm_R = jnp.sqrt(jnp.sum(jnp.square(g_RxV), axis=-1))
+  norm_R = jnp.sqrt(vsum(jnp.square(g_RxV)))
   # Chain rule through the 1/T of the tempered logits, folded into the weights; `where`, not a
   # product, so a zero-weight row contributes exactly 0 even if its logits were garbage.
   scale_R = w_R / spec.temperature
@@ -87,8 +116,11 @@ def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
   return jax.lax.fori_loop(0, math.ceil(vocab / chunk), body, (dh_RxD, dw_DxV))
 
 
-def _forward(h_s, w_s, h_t, w_t, w_N, spec):
-  """(weighted sum, value [N], |g| [N], dh [N, Ds], dW [Ds, V]) over this device's tokens."""
+def _forward(h_s, w_s, h_t, w_t, w_N, spec, layout=vl.Layout()):
+  """(weighted sum, value [N], |g| [N], dh [N, Ds], dW [Ds, V]) over this device's tokens.
+
+  Under a vocabulary layout the heads are this device's [D, U] slices and dW is its slice.
+  """
   n, block = h_s.shape[0], spec.block_size
   nblk = math.ceil(n / block)
   pad = nblk * block - n
@@ -96,12 +128,26 @@ def _forward(h_s, w_s, h_t, w_t, w_N, spec):
     h_s, h_t = (jnp.pad(x, ((0, pad), (0, 0))) for x in (h_s, h_t))
     w_N = jnp.pad(w_N, (0, pad))
 
+  gather = layout.gather
+  # The block's rows of the devices sharing this vocabulary split: [R, ...] -> [G, ...].
+  rows_of_all = lambda x: jax.lax.all_gather(x, gather, axis=0, tiled=True) if gather else x
+  # This device's R rows of a gathered [G] vector (all_gather's order is axis_index's).
+  own = lambda x_G: jax.lax.dynamic_slice_in_dim(
+    x_G, jax.lax.axis_index(gather) * block if gather else 0, block, 0
+  )
+
   def body(i, carry):
     value, norm, dh, dw = carry
-    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, i * block, block, 0)
-    h_RxD = rows(h_s)
-    value_R, norm_R, g_RxV = _block(h_RxD, w_s, rows(h_t), w_t, rows(w_N), spec)
-    dh_RxD, dw = _head_grads(dw, h_RxD, g_RxV, w_s, spec.chunk_size)
+    rows = lambda x: rows_of_all(jax.lax.dynamic_slice_in_dim(x, i * block, block, 0))
+    h_GxD = rows(h_s)
+    value_G, norm_G, g_GxU = _block(h_GxD, w_s, rows(h_t), w_t, rows(w_N), spec, layout.vocab)
+    dh_GxD, dw = _head_grads(dw, h_GxD, g_GxU, w_s, spec.chunk_size)
+    dh_RxD = (
+      jax.lax.psum_scatter(dh_GxD, gather, scatter_dimension=0, tiled=True) if gather else dh_GxD
+    )
+    if layout.spread:
+      dh_RxD = jax.lax.psum(dh_RxD, layout.spread)
+    value_R, norm_R = own(value_G), own(norm_G)
     put = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i * block, 0)
     return put(value, value_R), put(norm, norm_R), put(dh, dh_RxD), dw
 
@@ -113,6 +159,8 @@ def _forward(h_s, w_s, h_t, w_t, w_N, spec):
     jnp.zeros(w_s.shape, jnp.float32),
   )
   value, norm, dh, dw = jax.lax.fori_loop(0, nblk, body, init)
+  if layout.reduce_dw:  # in float32, before the cast to the head's dtype
+    dw = jax.lax.psum(dw, layout.reduce_dw)
   total = jnp.sum(jnp.where(w_N != 0, w_N * value, 0.0))
   return total, value[:n], norm[:n], dh[:n].astype(h_s.dtype), dw.astype(w_s.dtype)
 
@@ -139,20 +187,55 @@ def _fused_bwd(spec, residuals, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _token_axes(n: int) -> tuple[tuple[str, ...], int]:
-  """Mesh axes (major to minor) that split n tokens evenly, and the number of token shards.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fused_vocab(h_s, w_s, h_t, w_t, w_N, spec, plan):
+  return _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan)[:3]
 
-  The tokens get every mesh axis; `logical_to_spec` drops the ones that do not divide n.
+
+def _fused_vocab_fwd(h_s, w_s, h_t, w_t, w_N, spec, plan):
+  total, value, norm, dh, dw = _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan)
+  return (total, value, norm), (dh, dw)
+
+
+def _fused_vocab_bwd(spec, plan, residuals, cts):
+  del plan
+  return _fused_bwd(spec, residuals, cts)
+
+
+_fused_vocab.defvjp(_fused_vocab_fwd, _fused_vocab_bwd)
+
+
+def _vocab_forward(h_s, w_s, h_t, w_t, w_N, spec, plan):
+  """`_forward` under shard_map with the heads' V split over `plan.layout.vocab`.
+
+  Every cross-device sum is an explicit collective inside (no autodiff runs through this
+  shard_map), so the head gradient leaves as the slices it was formed in.
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return (), 1
-  (axes,) = shd.logical_to_spec(
-    ("tokens",), (n,), mesh, rules=(("tokens", tuple(mesh.axis_names)),)
+  tokens, layout, heads = plan
+  rows = PartitionSpec(tokens or None)
+  cols = (
+    PartitionSpec(None, layout.vocab)
+    if heads is None
+    else PartitionSpec(heads.embed or None, heads.vocab or None)
   )
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-  return axes, math.prod(sizes[a] for a in axes)
+
+  def local(h_s, w_s, h_t, w_t, w_N):
+    if heads is not None:
+      w_s, w_t = vl.to_slices(w_s, heads), vl.to_slices(w_t, heads)
+    total, value, norm, dh, dw = _forward(h_s, w_s, h_t, w_t, w_N, spec, layout)
+    dw = dw if heads is None else vl.from_slices(dw, heads)
+    return (jax.lax.psum(total, tokens) if tokens else total), value, norm, dh, dw
+
+  return jax.shard_map(
+    local,
+    in_specs=(rows, cols, rows, cols, rows),
+    out_specs=(PartitionSpec(), rows, rows, rows, cols),
+    axis_names=set(tokens) | set(layout.vocab),
+    check_vma=False,
+  )(h_s, w_s, h_t, w_t, w_N)
+
+
+SHARDINGS = ("tokens", "vocab")  # the layouts of `fused_divergence(sharding=...)`
 
 
 def fused_divergence(
@@ -168,6 +251,7 @@ def fused_divergence(
   alpha: float = 0.9,
   block_size: int = 512,
   chunk_size: int = 8192,
+  sharding: str = "tokens",
 ) -> FusedDivergence:
   """`sum(weights * divergence(h_s @ W_s, h_t @ W_t))` with its gradient formed in the forward.
 
@@ -176,8 +260,12 @@ def fused_divergence(
   `weighted_sum` to the student hidden states and head only, and cost no extra matmul: use
   this inside `jax.grad` when the weights are known (`chunked_divergence` when a per-token
   cotangent is needed). Working memory is a few `[block_size, V]` float32 blocks. Under a
-  mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them.
+  mesh (`jax.set_mesh`) the tokens are split over every mesh axis that divides them and
+  `sharding` picks the heads' layout (module docstring): 'tokens' gathers them whole, 'vocab'
+  splits V over the mesh axes that divide it (then a block is [g*block_size, V/s] per device).
   """
+  if sharding not in SHARDINGS:
+    raise ValueError(f"fused_divergence sharding must be one of {SHARDINGS}, got {sharding!r}")
   spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size, block_size)
   lead, d_s, d_t = check_hidden_and_heads(
     student_hidden, student_head, teacher_hidden, teacher_head
@@ -187,11 +275,19 @@ def fused_divergence(
       f"weights {weights.shape} must have the hidden states' batch/length dims {tuple(lead)}"
     )
   n = math.prod(lead)
-  axes, shards = _token_axes(n)
+  axes, shards = vl.split_axes(n)
+  plan = None
+  if sharding == "vocab" and not jax.sharding.get_abstract_mesh().empty:
+    plan = vl.plan(axes, student_head.shape, teacher_head.shape)
+  vocab_shards = 1 if plan is None else math.prod(vl.mesh_sizes()[a] for a in plan.layout.vocab)
+  # Equal chunks over this device's columns: the last chunk is shifted left onto counted
+  # columns (`_head_grads`), which costs up to a whole chunk of matmul when chunks are ragged
+  # (V/8 = 18,992 in 8,192-column chunks would compute 24,576).
+  cols = student_head.shape[1] // vocab_shards
   spec = dataclasses.replace(
     spec,
     block_size=min(spec.block_size, n // shards),
-    chunk_size=min(spec.chunk_size, student_head.shape[1]),
+    chunk_size=-(-cols // -(-cols // min(spec.chunk_size, cols))),
   )
   args = (
     student_hidden.reshape(n, d_s),
@@ -200,7 +296,9 @@ def fused_divergence(
     teacher_head,
     weights.reshape(n).astype(jnp.float32),
   )
-  if not axes:
+  if plan is not None:  # (a vocabulary no mesh axis divides falls back to whole heads)
+    total, value, norm = _fused_vocab(*args, spec, plan)
+  elif not axes:
     total, value, norm = _fused(*args, spec)
   else:
     tokens, whole = PartitionSpec(axes), PartitionSpec()

@@ -99,11 +99,22 @@ def get(kind: str) -> Divergence:
   return _REGISTRY[kind]
 
 
-def value_and_aux(logp_s, logp_t, spec: DivergenceSpec) -> tuple[jax.Array, jax.Array]:
-  """(divergence, gradient auxiliary) summed over the last axis of `logp_[..., V]`."""
+def vocab_sum(x: jax.Array) -> jax.Array:
+  """Sum over the last (vocabulary) axis: the default reduction of `value_and_aux`."""
+  return jnp.sum(x, axis=-1)
+
+
+def value_and_aux(
+  logp_s, logp_t, spec: DivergenceSpec, vsum: Callable[[jax.Array], jax.Array] = vocab_sum
+) -> tuple[jax.Array, jax.Array]:
+  """(divergence, gradient auxiliary) summed over the last axis of `logp_[..., V]`.
+
+  `vsum` reduces `[..., V]` terms to `[...]`; a vocabulary-sharded caller passes one that also
+  sums across its shards (a psum), so every kind works on a slice of the vocabulary.
+  """
   d = get(spec.kind)
-  value = jnp.sum(d.terms(logp_s, logp_t, spec), axis=-1)
-  aux = value if d.aux_terms is None else jnp.sum(d.aux_terms(logp_s, logp_t, spec), axis=-1)
+  value = vsum(d.terms(logp_s, logp_t, spec))
+  aux = value if d.aux_terms is None else vsum(d.aux_terms(logp_s, logp_t, spec))
   return value, aux
 
 

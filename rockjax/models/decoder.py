@@ -23,6 +23,7 @@ from jax.ad_checkpoint import checkpoint_name
 from rockjax import sharding as shd
 from rockjax.models import remat as remat_lib
 from rockjax.models.cache import KVCache
+from rockjax.models.embed import embed_lookup
 from rockjax.models.config import ModelConfig
 from rockjax.models.layers import MLP, Attention, RMSNorm, param
 from rockjax.models.moe import MoE
@@ -151,13 +152,12 @@ class Decoder(nnx.Module):
       if attention_mask_BxL is None
       else jnp.asarray(attention_mask_BxL, jnp.int32)
     )
-    x_BxLxD = jnp.take(self.embed_tokens[...], input_ids_BxL, axis=0).astype(self.cfg.dtype)
     # The whole-sequence forward (train step, teacher scoring) shards rows and the sequence
     # ('context'), strictly; decoding (a few rows, one token) keeps the length whole.
     train = cache is None
-    x_BxLxD = shd.constrain(
-      x_BxLxD, ("batch", "length" if train else None, "act_embed"), strict=train
-    )
+    ids_axes = ("batch", "length" if train else None)
+    x_BxLxD = embed_lookup(self.embed_tokens[...], input_ids_BxL, ids_axes=ids_axes)
+    x_BxLxD = shd.constrain(x_BxLxD.astype(self.cfg.dtype), (*ids_axes, "act_embed"), strict=train)
 
     if cache is None:
       if positions_BxL is None:

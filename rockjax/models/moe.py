@@ -17,7 +17,6 @@ token, M routed rows (N*K), F expert MLP width (b, l, n, f: the local shards und
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 from flax import nnx
@@ -27,11 +26,6 @@ from rockjax import sharding as shd
 from rockjax.models.config import ModelConfig
 from rockjax.models.moe_routing import exchanged_experts, route, routed_experts
 from rockjax.models.layers import param, token_chunked
-
-
-def _spec_axes(entry: Any) -> tuple[str, ...]:
-  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
-  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 class MoE(nnx.Module):
@@ -73,7 +67,7 @@ class MoE(nnx.Module):
       return routed_experts(x_BxLxD.reshape(B * L, D), *weights, **kw).reshape(B, L, D)
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
     token_spec = shd.logical_to_spec(("batch", "length", None), x_BxLxD.shape, mesh)
-    token_axes = {a for entry in token_spec for a in _spec_axes(entry)}
+    token_axes = {a for entry in token_spec for a in shd.spec_axes(entry)}
     X, _, F = self.gate_proj.shape
     experts_axis = self.experts_axis if sizes.get(self.experts_axis, 1) > 1 else None
     if experts_axis and X % sizes[experts_axis]:
@@ -82,7 +76,7 @@ class MoE(nnx.Module):
         f"{sizes[experts_axis]} devices"
       )
     # The experts' width F splits over the mesh axes of 'mlp' the tokens and experts do not use.
-    mlp_axes = _spec_axes(shd.logical_to_spec(("mlp",), (F,), mesh)[0])
+    mlp_axes = shd.spec_axes(shd.logical_to_spec(("mlp",), (F,), mesh)[0])
     mlp_axes = tuple(a for a in mlp_axes if a not in token_axes and a != experts_axis)
     if F % math.prod(sizes[a] for a in mlp_axes):
       mlp_axes = ()
