@@ -59,7 +59,7 @@ class Bigram(nnx.Module):
   def init_cache(self, batch: int, slots: int, dtype=None) -> _Cache:
     return _Cache(jnp.zeros((batch,), jnp.int32))
 
-  def logits(self, hidden_BxLxV: jax.Array) -> jax.Array:
+  def logits(self, hidden_BxLxV: jax.Array, strict: bool = True) -> jax.Array:  # noqa: ARG002
     return hidden_BxLxV @ self.table[...]
 
   def __call__(self, ids_BxL, mask_BxL, cache=None, return_hidden=False):
