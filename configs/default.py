@@ -243,8 +243,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.knockout_eps = 0.01  # |delta accuracy| threshold of Pillar / Stumbling Block
   c.analysis.bootstrap_resamples = 10000  # paired bootstrap resamples (paper: 10,000)
   c.analysis.alpha = 0.05  # significance level of the knockout and persistence tests
-  # Persistence: the early checkpoint compared with the final one ('' = the stage-1 export
-  # when the pipeline made one, else the earliest kept checkpoint)
+  # Persistence: the checkpoint (HF export or checkpoint dir) compared with the final one;
+  # '' = the HF checkpoint the main stage started from (e.g. the stage-1 export), if any
   c.analysis.early_checkpoint = ""
   c.lock()
   return c

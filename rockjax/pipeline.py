@@ -331,8 +331,9 @@ def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) 
   if e:
     line = (
       f"OPD effect on greedy pass@1: {e['before']:.3f} -> {e['after']:.3f} "
-      f"({e['delta']:+.3f}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], paired "
-      f"bootstrap over {e['num_prompts']} held-out prompts, p={e['p_value']:.4f})"
+      f"({e['delta']:+.3f}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] by paired "
+      f"bootstrap, p={e['p_value']:.4f} by paired permutation test, over {e['num_prompts']} "
+      f"held-out prompts)"
     )
     if e.get("gap_closed") is not None:
       line += (
