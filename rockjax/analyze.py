@@ -6,8 +6,6 @@ WORKDIR/analysis/ or --out. User errors are one line `rockjax: error: ...` (exit
 rockjax.main.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -26,12 +24,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
-  try:
-    _main()
-  except errors.UserError as e:
-    cli.exit_error(str(e), cli.verbose(sys.argv))
-  except KeyboardInterrupt:
-    cli.exit_error("interrupted", cli.verbose(sys.argv))
+  cli.run_guarded(_main)
 
 
 def _main() -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 from absl import flags
@@ -167,3 +168,13 @@ def exit_error(message: str, verbose: bool) -> NoReturn:
   sys.stderr.write(f"rockjax: error: {_one_line(message) or 'failed'}\n")
   sys.stderr.flush()
   sys.exit(2)
+
+
+def run_guarded(entry: Callable[[], None]) -> None:
+  """Run a command's body; a UserError or Ctrl-C becomes the one-line exit (exit_error)."""
+  try:
+    entry()
+  except errors.UserError as e:
+    exit_error(str(e), verbose(sys.argv))
+  except KeyboardInterrupt:
+    exit_error("interrupted", verbose(sys.argv))

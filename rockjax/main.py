@@ -8,7 +8,6 @@ traceback. The whole config is validated before anything is created on disk.
 """
 
 import os
-import sys
 from typing import Any
 
 from absl import app, flags, logging
@@ -56,12 +55,7 @@ def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
 
 def main(argv):
   del argv
-  try:
-    _main()
-  except errors.UserError as e:
-    cli.exit_error(str(e), cli.verbose(sys.argv))
-  except KeyboardInterrupt:
-    cli.exit_error("interrupted", cli.verbose(sys.argv))
+  cli.run_guarded(_main)
 
 
 def _main() -> None:

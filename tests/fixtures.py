@@ -25,6 +25,21 @@ from rockjax import data, objective, rocks, sharding as shd, state as state_lib,
 from rockjax.models import ModelConfig
 
 
+# The small Qwen3 the sampler, ban and rollout-copy tests decode with (qk-norm on, 2 layers).
+SAMPLER_CFG = rm.ModelConfig(
+  family="qwen3",
+  vocab_size=96,
+  hidden_size=64,
+  intermediate_size=96,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  qk_norm=True,
+  rope=rm.RopeConfig(theta=1000.0),
+)
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every shipped config (configs/*.py), so a new one is covered by the config tests at once.

@@ -12,24 +12,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-import rockjax.models as rm
 from rockjax import rollout_params as rp
 from rockjax import sampling
 from rockjax import sharding as shd
 from fixtures import left_padded_batch, random_model, stacked_copy
+from fixtures import SAMPLER_CFG
 
-CFG = rm.ModelConfig(
-  family="qwen3",
-  vocab_size=96,
-  hidden_size=64,
-  intermediate_size=96,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=16,
-  qk_norm=True,
-  rope=rm.RopeConfig(theta=1000.0),
-)
+CFG = SAMPLER_CFG
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 B, P, T = 4, 7, 8
 KEY = jax.random.key(0)

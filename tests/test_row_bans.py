@@ -5,23 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import rockjax.models as rm
 from rockjax import sampling
 from rockjax import sharding as shd
 from fixtures import left_padded_batch, random_model
+from fixtures import SAMPLER_CFG
 
-CFG = rm.ModelConfig(
-  family="qwen3",
-  vocab_size=96,
-  hidden_size=64,
-  intermediate_size=96,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=16,
-  qk_norm=True,
-  rope=rm.RopeConfig(theta=1000.0),
-)
+CFG = SAMPLER_CFG
 B, P, T, V = 4, 7, 6, CFG.vocab_size
 KEY = jax.random.key(3)
 # Boosts that make the banned ids likely, so a ban that fails to hold shows; 95 = V - 1 is

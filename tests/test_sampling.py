@@ -5,25 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import rockjax.models as rm
 from rockjax import logit_processors as lp
 from rockjax import sampling
 from rockjax import sharding as shd
 from fixtures import left_padded_batch
+from fixtures import SAMPLER_CFG
 from fixtures import forward, random_model, stacked_copy
 
-CFG = rm.ModelConfig(
-  family="qwen3",
-  vocab_size=96,
-  hidden_size=64,
-  intermediate_size=96,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=16,
-  qk_norm=True,
-  rope=rm.RopeConfig(theta=1000.0),
-)
+CFG = SAMPLER_CFG
 B, P, T = 4, 7, 8  # rows left-padded by 0, 2, 4, 6 tokens: four prompt lengths in one batch
 KEY = jax.random.key(0)
 SAMPLED = dict(temperature=0.8, top_p=0.95, top_k=40, eos_ids=(5, 11, 17), num_samples=3)
