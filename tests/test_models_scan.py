@@ -87,7 +87,10 @@ def test_scanned_equals_unrolled_logits_and_grads(name, policy):
       want = np.stack([ref_grads[("layers", i, *path[1:])] for i in range(3)])
     else:
       want = ref_grads[path]
-    np.testing.assert_allclose(g, want, rtol=1e-5, atol=2e-5, err_msg=str(path))
+    # Float32 summation order differs between the scan and the unrolled loop (the embedding
+    # gradient sums over every position): absolute tolerance relative to the array's scale.
+    atol = 2e-5 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(g, want, rtol=1e-5, atol=atol, err_msg=str(path))
 
 
 def test_offload_policy_moves_named_activations_to_host():

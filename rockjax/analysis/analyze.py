@@ -72,8 +72,13 @@ def run_analysis(
   out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
   storage.check_checkpoint_dir(out_dir, field="--out")
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  # The training mesh with its sequence axis folded into fsdp: decodes and teacher scoring
+  # split rows only (their lengths need not divide a context axis); the batch is rounded up
+  # to the row shards below.
   ici, dcn = shd.config_mesh_shapes(c.mesh)
+  ici["fsdp"], ici["context"] = -1 if ici["fsdp"] == -1 else ici["fsdp"] * ici["context"], 1
   mesh = shd.make_mesh(ici, dcn=dcn)
+  row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   tokenizer = models.load_tokenizer(c.data.tokenizer_path)
   eos_ids = models.eos_ids(tokenizer)
   teacher_cfg = loading.model_config(c.teacher, field="teacher")
@@ -87,7 +92,7 @@ def run_analysis(
   )
   corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
   corpus_kwargs = dict(
-    batch_size=min(a.batch_size, len(ids)),
+    batch_size=-(-min(a.batch_size, len(ids)) // row_shards) * row_shards,
     max_new_tokens=a.max_new_tokens or c.eval.max_new_tokens,
     eos_ids=eos_ids,
     greedy=a.greedy,
