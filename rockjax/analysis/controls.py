@@ -138,7 +138,7 @@ def control_result(
   }
 
 
-def _pairs_plot(result: dict[str, Any], path: epath.Path) -> None:
+def _pairs_plot(result: dict[str, Any]) -> Figure:
   """Each rock's frequency against its control's on log axes, with the tolerance band."""
   fig = Figure(figsize=(5, 5), layout="constrained")
   ax = fig.subplots()
@@ -160,8 +160,7 @@ def _pairs_plot(result: dict[str, Any], path: epath.Path) -> None:
   ax.set_xlabel("rock frequency")
   ax.set_ylabel("matched control frequency")
   ax.legend(fontsize=8)
-  with path.open("wb") as f:
-    fig.savefig(f, format="png", dpi=120)
+  return fig
 
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
@@ -170,7 +169,7 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   numbers = {k: (v if k == "num_pairs" else rounded(v)) for k, v in q.items()}
   numbers["tolerance_factor"] = rounded(math.exp(q["tolerance"]))
   if q["num_pairs"]:
-    _pairs_plot(result, epath.Path(out_dir) / FIGURE)
+    report.save_figure(_pairs_plot(result), out_dir, FIGURE)
   text = (
     "{num_pairs} non-rock ids matched one-to-one to the rocks by a minimum-cost assignment on "
     "|log frequency| differences (written as " + CONTROL_LIST_NAME + "). |log frequency "

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from etils import epath
 from flax import nnx
 from matplotlib.figure import Figure
 
@@ -232,7 +231,7 @@ def geometry(sums: GradientSums, group_ids: dict[str, np.ndarray]) -> dict[str, 
   return result
 
 
-def _boxplots(result: dict[str, Any], path: epath.Path) -> None:
+def _boxplots(result: dict[str, Any]) -> Figure:
   """Two panels: |gbar_v| (log axis) and cosine with G_balanced, one box per group."""
   fig = Figure(figsize=(9, 4), layout="constrained")
   axes = fig.subplots(1, 2)
@@ -250,8 +249,7 @@ def _boxplots(result: dict[str, Any], path: epath.Path) -> None:
     ax.set_ylabel(ylabel)
   axes[0].set_yscale("log")
   axes[1].axhline(0.0, color="black", linewidth=0.6)
-  with path.open("wb") as f:
-    fig.savefig(f, format="png", dpi=120)
+  return fig
 
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
@@ -268,7 +266,7 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
       numbers[f"{name}_{field}"] = r(g[field])
   for test, v in result["tests"].items():
     numbers[f"{test}_mannwhitney_p"] = r(v["mannwhitney_p"])
-  _boxplots(result, epath.Path(out_dir) / FIGURE)
+  report.save_figure(_boxplots(result), out_dir, FIGURE)
   rows = "\n".join(
     f"| {groups_lib.GROUP_TITLES[n]} | {{{n}_n}} | {{{n}_median_norm}} | {{{n}_median_cos}} "
     f"| {{{n}_median_contribution}} | {{{n}_total_contribution}} |"

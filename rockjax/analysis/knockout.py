@@ -20,7 +20,6 @@ problem, R rows (prompts) per batch, P prompt length.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 from flax import nnx
 from matplotlib import figure, lines, patches  # Figure without pyplot: Agg, no global state
 from tqdm import tqdm
@@ -372,10 +370,7 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
       *rows,
     ]
   )
-  fig = delta_figure(result)
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120)
-  (epath.Path(out_dir) / "knockout_delta.png").write_bytes(buf.getvalue())
+  report.save_figure(delta_figure(result), out_dir, "knockout_delta.png")
   caption = (
     "Knockout: accuracy change (Delta) when each candidate id is banned, with paired-bootstrap"
     " intervals; red Strong Pillar, green Strong Stumbling Block, grey Neutral; dashed: +/- eps."

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from etils import epath
 from matplotlib.figure import Figure
 
 from rockjax import rocks
@@ -105,7 +104,7 @@ def persistence(
   return result
 
 
-def _scatter(result: dict[str, Any], path: epath.Path) -> None:
+def _scatter(result: dict[str, Any]) -> Figure:
   """Early vs late mean KL per id on log axes, one colour per group, with the y = x line."""
   fig = Figure(figsize=(5.5, 5), layout="constrained")
   ax = fig.subplots()
@@ -131,8 +130,7 @@ def _scatter(result: dict[str, Any], path: epath.Path) -> None:
   ax.set_xlabel("mean KL, early checkpoint")
   ax.set_ylabel("mean KL, late checkpoint")
   ax.legend(fontsize=8)
-  with path.open("wb") as f:
-    fig.savefig(f, format="png", dpi=120)
+  return fig
 
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
@@ -145,7 +143,7 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
       numbers[f"{name}_{field}"] = g[field] if field == "n" else r(g[field])
   for test, v in result["tests"].items():
     numbers[f"{test}_mannwhitney_p"] = r(v["mannwhitney_p"])
-  _scatter(result, epath.Path(out_dir) / FIGURE)
+  report.save_figure(_scatter(result), out_dir, FIGURE)
   rows = "\n".join(
     f"| {groups_lib.GROUP_TITLES[n]} | {{{n}_n}} | {{{n}_median_early}} | {{{n}_median_late}} "
     f"| {{{n}_median_drop}} | {{{n}_wilcoxon_p}} |"

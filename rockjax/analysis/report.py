@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 from etils import epath
 
 REPORT_MD = "report.md"
@@ -79,3 +80,11 @@ def write_report(out_dir: str, sections: Sequence[Section], meta: dict[str, Any]
     "json": str(root / REPORT_JSON),
     "figures": [str(root / f.filename) for s in sections for f in s.figures],
   }
+
+
+def save_figure(fig: Any, out_dir: str, name: str) -> str:
+  """Save a matplotlib figure as PNG into out_dir (local or cloud; process 0 writes); its name."""
+  if jax.process_index() == 0:
+    with (epath.Path(out_dir) / name).open("wb") as f:
+      fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+  return name

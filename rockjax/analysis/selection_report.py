@@ -12,12 +12,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window (headless machines)
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from etils import epath  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
-from rockjax.analysis.report import Figure, Section  # noqa: E402
+from rockjax.analysis.report import Figure, Section, save_figure  # noqa: E402
 
 TABLE_ROWS = 20  # rock table rows shown in the Markdown (the JSON keeps all K)
 LABELLED = 12  # rocks labelled in the funnel plot
@@ -25,14 +23,6 @@ LABELLED = 12  # rocks labelled in the funnel plot
 
 def _r(x: float) -> float:
   return round(float(x), 4)
-
-
-def _save(fig: MplFigure, out_dir: str, name: str) -> str:
-  """Save a figure as PNG into out_dir (local or cloud; process 0 writes); its file name."""
-  if jax.process_index() == 0:
-    with (epath.Path(out_dir) / name).open("wb") as f:
-      fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-  return name
 
 
 def _token_label(tokenizer: Any, i: int) -> str:
@@ -116,7 +106,7 @@ def _funnel(result, numbers, out_dir) -> Figure:
   ax.set_xlabel("log10 frequency in the corpus")
   ax.set_ylabel("mean per-token KL")
   ax.legend()
-  name = _save(fig, out_dir, "kl_vs_frequency.png")
+  name = save_figure(fig, out_dir, "kl_vs_frequency.png")
   return Figure(
     name,
     f"Mean KL vs log10 frequency per observed id; the {len(rock)} rocks (top-{numbers['k']} "
@@ -130,7 +120,7 @@ def _density(result, numbers, out_dir) -> Figure:
   ax.hist(result["density_S"], bins=numbers["density_hist_edges"], color="tab:blue")
   ax.set_xlabel("share of the sequence's response tokens that are rocks")
   ax.set_ylabel("sequences")
-  name = _save(fig, out_dir, "rock_density.png")
+  name = save_figure(fig, out_dir, "rock_density.png")
   return Figure(name, "Histogram over sequences of the share of response tokens that are rocks.")
 
 
@@ -149,7 +139,7 @@ def _coverage_jaccard(numbers, out_dir) -> Figure:
   ax2.set_ylabel("Jaccard vs the full corpus")
   ax2.set_ylim(0, 1.02)
   ax2.legend(fontsize=8)
-  name = _save(fig, out_dir, "coverage_jaccard_vs_k.png")
+  name = save_figure(fig, out_dir, "coverage_jaccard_vs_k.png")
   return Figure(
     name,
     "Left: KL coverage of the top-K ids vs K (fewer ids when fewer are eligible). Right: Jaccard of the top K on random "
@@ -168,7 +158,7 @@ def _jaccard_size(numbers, out_dir) -> Figure:
   ax.set_ylabel(f"Jaccard of top-{numbers['k']} vs the full corpus")
   ax.set_ylim(0, 1.02)
   ax.legend()
-  name = _save(fig, out_dir, "jaccard_vs_size.png")
+  name = save_figure(fig, out_dir, "jaccard_vs_size.png")
   return Figure(
     name,
     f"Jaccard of the top-{numbers['k']} set on sub-corpora of n sequences vs the full corpus "
