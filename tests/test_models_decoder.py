@@ -8,22 +8,11 @@ from flax import nnx
 
 import rockjax.models as rm
 from fixtures import left_padded_batch, make_tokenizer
-from fixtures import forward, random_model
+from fixtures import SAMPLER_CFG, forward, random_model
 from rockjax.models.layers import MLP
 from rockjax.models.moe import MoE
 
-DENSE = rm.ModelConfig(
-  family="qwen3",
-  vocab_size=96,
-  hidden_size=64,
-  intermediate_size=96,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=16,
-  qk_norm=True,
-  rope=rm.RopeConfig(theta=1000.0),
-)
+DENSE = SAMPLER_CFG
 MOE = DENSE.replace(
   family="qwen3_moe",
   num_experts=4,
