@@ -12,6 +12,7 @@ import threading
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 from etils import epath
 
 from rockjax import errors
@@ -44,12 +45,6 @@ def _field(
 def _read_rows(path: epath.Path) -> list[tuple[str, Any]]:
   """(location, parsed row) pairs of a JSONL or Parquet file; location is 'file:line'."""
   if path.suffix == ".parquet":
-    try:
-      import pyarrow.parquet as pq
-    except ImportError:
-      raise ImportError(
-        f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert the file to JSONL"
-      ) from None
     with path.open("rb") as f:
       rows = pq.read_table(f).to_pylist()
     return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]

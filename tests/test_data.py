@@ -83,19 +83,6 @@ def test_load_records_errors_name_file_line_and_field(tmp_path, content, message
     records_lib.load_records(path)
 
 
-def test_load_records_parquet_without_pyarrow_says_how_to_install(tmp_path):
-  try:
-    import pyarrow  # noqa: F401
-
-    pytest.skip("pyarrow is installed")
-  except ImportError:
-    pass
-  path = tmp_path / "r.parquet"
-  path.write_bytes(b"PAR1")
-  with pytest.raises(ImportError, match="pip install pyarrow"):
-    records_lib.load_records(path)
-
-
 def test_format_prompt_plain_and_chat(tok):
   assert records_lib.format_prompt(tok, "a b c") == [1, 4, 5, 6]  # BOS + words
   chat = _tokenizer(
