@@ -259,19 +259,10 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     "rock_grad_norm_share": r(result["rock_grad_norm_share"]),
     "rock_token_share": r(result["rock_token_share"]),
   }
-  for name in groups_lib.GROUPS:
-    g = result["groups"][name]
-    numbers[f"{name}_n"] = g["n"]
-    for field in ("median_norm", "median_cos", "median_contribution", "total_contribution"):
-      numbers[f"{name}_{field}"] = r(g[field])
-  for test, v in result["tests"].items():
-    numbers[f"{test}_mannwhitney_p"] = r(v["mannwhitney_p"])
+  fields = ("median_norm", "median_cos", "median_contribution", "total_contribution")
+  table, rows = groups_lib.group_table(result, fields)
+  numbers.update(table)
   report.save_figure(_boxplots(result), out_dir, FIGURE)
-  rows = "\n".join(
-    f"| {groups_lib.GROUP_TITLES[n]} | {{{n}_n}} | {{{n}_median_norm}} | {{{n}_median_cos}} "
-    f"| {{{n}_median_contribution}} | {{{n}_total_contribution}} |"
-    for n in groups_lib.GROUPS
-  )
   text = (
     "Per id v, gbar_v is the mean over v's positions of the reverse-KL gradient with respect "
     "to the student logits; G_balanced sums gbar_v over the ids of all three groups (each "

@@ -7,6 +7,7 @@ Persistence and gradient geometry both use these groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -66,3 +67,20 @@ def mann_whitney(a_N: np.ndarray, b_N: np.ndarray) -> tuple[float, float]:
     return float("nan"), float("nan")
   res = scipy.stats.mannwhitneyu(a_N, b_N, alternative="two-sided")
   return float(res.statistic), float(res.pvalue)
+
+
+def group_table(result: dict[str, Any], fields: Sequence[str]) -> tuple[dict[str, Any], str]:
+  """Report numbers `{group}_{field}` (n as is, the rest rounded) and `{test}_mannwhitney_p`
+  from a per-group result, and the Markdown table rows that print them, one row per group."""
+  numbers: dict[str, Any] = {}
+  for name in GROUPS:
+    g = result["groups"][name]
+    numbers[f"{name}_n"] = g["n"]
+    numbers.update({f"{name}_{field}": rounded(g[field]) for field in fields})
+  for test, v in result["tests"].items():
+    numbers[f"{test}_mannwhitney_p"] = rounded(v["mannwhitney_p"])
+  rows = "\n".join(
+    f"| {GROUP_TITLES[n]} | {{{n}_n}} | " + " | ".join(f"{{{n}_{f}}}" for f in fields) + " |"
+    for n in GROUPS
+  )
+  return numbers, rows

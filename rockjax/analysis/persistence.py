@@ -135,20 +135,9 @@ def _scatter(result: dict[str, Any]) -> Figure:
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
   """The report section; saves the scatter."""
-  r = groups_lib.rounded
-  numbers = {}
-  for name in groups_lib.GROUPS:
-    g = result["groups"][name]
-    for field in ("n", "median_early", "median_late", "median_drop", "wilcoxon_p"):
-      numbers[f"{name}_{field}"] = g[field] if field == "n" else r(g[field])
-  for test, v in result["tests"].items():
-    numbers[f"{test}_mannwhitney_p"] = r(v["mannwhitney_p"])
+  fields = ("median_early", "median_late", "median_drop", "wilcoxon_p")
+  numbers, rows = groups_lib.group_table(result, fields)
   report.save_figure(_scatter(result), out_dir, FIGURE)
-  rows = "\n".join(
-    f"| {groups_lib.GROUP_TITLES[n]} | {{{n}_n}} | {{{n}_median_early}} | {{{n}_median_late}} "
-    f"| {{{n}_median_drop}} | {{{n}_wilcoxon_p}} |"
-    for n in groups_lib.GROUPS
-  )
   text = (
     "Each id's mean KL at an early and a late checkpoint; groups chosen at the late one. "
     "Drop = (early - late) / early (positive: the KL fell).\n\n"
