@@ -119,6 +119,7 @@ def test_auto_picks_by_platform_and_splash_needs_whole_blocks():
   assert pick("gpu", 9000) == "cudnn"
   assert pick("gpu", 9000, jnp.float32) == "blocked"  # cuDNN flash attention is 16-bit only
   assert pick("cpu", 9216) == "blocked"
+  assert pick("cpu", 512) == pick("gpu", 256, jnp.float32) == "einsum"  # one block: no saving
   assert attention.resolve("einsum", length=8, block_size=512, dtype=jnp.float32) == "einsum"
   q, k, v, _ = qkv(192)
   with pytest.raises(ValueError, match="L=192 to be a multiple of the block size 128"):

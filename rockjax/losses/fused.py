@@ -100,12 +100,19 @@ def _head_grads(dw_DxV, h_RxD, g_RxV, w_DxV, chunk):
   copy the transposed head ([V, D], as large as dW) on every block.
   """
   vocab = dw_DxV.shape[1]
+  ragged = vocab % chunk != 0
+  if not ragged and chunk == vocab:  # one chunk: no loop, no slices (no copies of g or dW)
+    dh_RxD = jnp.einsum("rv,dv->rd", g_RxV, w_DxV, preferred_element_type=jnp.float32)
+    return dh_RxD, dw_DxV + jnp.einsum(
+      "rd,rv->dv", h_RxD, g_RxV, preferred_element_type=jnp.float32
+    )
 
   def body(c, carry):
     dh, dw = carry
     start = jnp.minimum(c * chunk, vocab - chunk)  # last chunk shifted left, as in chunked
-    fresh_C = start + jnp.arange(chunk) >= c * chunk  # columns not already counted
-    g_RxC = jnp.where(fresh_C[None, :], jax.lax.dynamic_slice_in_dim(g_RxV, start, chunk, 1), 0.0)
+    g_RxC = jax.lax.dynamic_slice_in_dim(g_RxV, start, chunk, 1)
+    if ragged:  # zero the columns the shifted last chunk shares with the one before
+      g_RxC = jnp.where((start + jnp.arange(chunk) >= c * chunk)[None, :], g_RxC, 0.0)
     w_DxC = jax.lax.dynamic_slice_in_dim(w_DxV, start, chunk, 1)
     dh = dh + jnp.einsum("rc,dc->rd", g_RxC, w_DxC, preferred_element_type=jnp.float32)
     old_DxC = jax.lax.dynamic_slice_in_dim(dw, start, chunk, 1)

@@ -12,7 +12,8 @@ nobody reads. Implementations (model.attention):
 - `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bfloat16/float16).
 - `splash`: the TPU Pallas splash-attention kernel under `jax.shard_map`.
 - `auto`: splash on TPU (blocked if L is not a multiple of the block), cudnn on GPU with a
-  16-bit compute dtype, blocked otherwise.
+  16-bit compute dtype, otherwise blocked, or einsum when L fits in one block (blocked would
+  hold the same [L, L] scores and recompute them in the backward pass).
 
 Under a mesh with a 'context' axis every implementation runs context-parallel
 (rockjax.models.attention_context): queries stay in their sequence shard, K/V are gathered.
@@ -58,7 +59,9 @@ def resolve(
     return "splash" if fits else "blocked"
   if platform == "gpu" and jnp.dtype(dtype).itemsize == 2:
     return "cudnn"
-  return "blocked"
+  # One block: blocked saves no memory, only adds its recomputing backward (3% of the CPU step
+  # time at L=256 in benchmarks/step.py).
+  return "einsum" if length <= block_size else "blocked"
 
 
 def attend(
