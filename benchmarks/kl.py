@@ -13,7 +13,7 @@ formed in the forward pass, token block by token block; what the train step uses
 `jax_chunked` (rockjax.losses.chunked: per-token output, custom VJP that recomputes the logits) and
 `torch_naive` (log_softmax of both models, autograd).
 
-Per variant: `seconds` (median of --repeats timed runs of value-and-grad w.r.t. the student
+Per variant: `seconds` and `cpu_seconds` (wall and process-CPU, median of --repeats timed runs of value-and-grad w.r.t. the student
 hidden states and head, after compilation and one untimed call), `cpu_peak_rss_gb` (the first
 call's resident high-water mark minus the resident size just before it, inputs and compiled
 program in place: its temporaries plus its outputs, the gradients, which every variant
@@ -63,6 +63,17 @@ def _peak_rss_gb() -> float:
       if line.startswith("VmHWM:"):
         return int(line.split()[1]) * 1024 / 1e9
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _timed(fn, repeats):
+  """Wall and process-CPU seconds of `repeats` calls of fn (CPU seconds: steadier under load)."""
+  wall, cpu = [], []
+  for _ in range(repeats):
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    wall.append(time.perf_counter() - w0)
+    cpu.append(time.process_time() - c0)
+  return wall, cpu
 
 
 def _inputs(tokens, dim, vocab):
@@ -128,14 +139,11 @@ def _run_jax(variant, args, inputs):
   base = _rss_gb()
   value = float(step(h_s, w_s, h_t, w_t)[0])
   peak = _peak_rss_gb() - base
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(step(h_s, w_s, h_t, w_t))
-    times.append(time.perf_counter() - t0)
+  times, cpu = _timed(lambda: jax.block_until_ready(step(h_s, w_s, h_t, w_t)), args.repeats)
   mem = step.memory_analysis()
   return {
     "seconds": statistics.median(times),
+    "cpu_seconds": statistics.median(cpu),
     "compile_seconds": compile_s,
     "cpu_xla_temp_gb": mem.temp_size_in_bytes / 1e9,
     "cpu_xla_output_gb": mem.output_size_in_bytes / 1e9,
@@ -164,15 +172,12 @@ def _run_torch(args, inputs):
   base = _rss_gb()
   step()
   peak = _peak_rss_gb() - base
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    value = step()
-    times.append(time.perf_counter() - t0)
+  times, cpu = _timed(step, args.repeats)
   return {
     "seconds": statistics.median(times),
+    "cpu_seconds": statistics.median(cpu),
     "cpu_peak_rss_gb": peak,
-    "loss": value,
+    "loss": step(),
     "torch": torch.__version__,
   }
 
@@ -246,6 +251,7 @@ def _ratios(row):
       row[f"naive_over_{tag}_cpu_xla_temp"] = naive["cpu_xla_temp_gb"] / lean["cpu_xla_temp_gb"]
     if "seconds" in naive and "seconds" in lean:
       row[f"{tag}_over_naive_time"] = lean["seconds"] / naive["seconds"]
+      row[f"{tag}_over_naive_cpu_time"] = lean["cpu_seconds"] / naive["cpu_seconds"]
       row[f"naive_over_{tag}_cpu_peak_rss"] = naive["cpu_peak_rss_gb"] / max(
         lean["cpu_peak_rss_gb"], 1e-9
       )
