@@ -25,7 +25,8 @@ Figures (tokens/s counts response tokens, B x response length, over the best ste
 - `freeze_speedup`: Original (rock.mode 'off') step time / Rock-Freeze (rock.mode 'static',
   lam 0, a list of ids planted on about half the response positions) step time; when the
   installed rockjax has `opd.kept_capacity` (frozen-position skipping), both are also run with
-  it set to the kept share plus a margin (`*_kept` variants);
+  it set to the kept share plus a margin (`*_kept` variants; `freeze_kept_nokl` also sets
+  `opd.frozen_kl='skip'` when that field exists);
 - `rock_update_share`: a jitted `rocks.update` on the step's shapes / the Original step time.
 """
 
@@ -151,7 +152,8 @@ class Rockjax:
     self.t_params = jax.device_put(t_params, self.t_shardings)
     self.batch = {k: jax.device_put(v) for k, v in batch.items()}
     self.tx = optax.adamw(1e-4)
-    self.has_kept = "kept_capacity" in {f.name for f in dataclasses.fields(objective.LossSettings)}
+    fields = {f.name for f in dataclasses.fields(objective.LossSettings)}
+    self.has_kept, self.has_frozen_kl = "kept_capacity" in fields, "frozen_kl" in fields
     self.rock_mask = rocks.ids_to_mask(planted, args.vocab)
     self.fns, self.states = {}, {}
 
@@ -310,6 +312,8 @@ def main():
     response_share = float((loss_mask > 0).mean())
     variants["original_kept"] = dict(rock_mode="off", kept_capacity=min(1.0, response_share + 0.02))
     variants["freeze_kept"] = dict(rock_mode="static", kept_capacity=min(1.0, kept_share + 0.05))
+    if rj.has_frozen_kl:  # frozen positions' KL for the statistics skipped too (no head work)
+      variants["freeze_kept_nokl"] = dict(variants["freeze_kept"], frozen_kl="skip")
   first_call = {name: rj.add(name, **kw) for name, kw in variants.items()}
   timers = {name: (lambda n=name: rj.time(n, args.steps)) for name in variants}
   timers["rock_update"] = rj.rock_update()
@@ -368,6 +372,8 @@ def _figures(best, flops, response_tokens, args, tch):
   if "freeze_kept" in best:
     fig["freeze_kept_speedup"] = best["original"] / best["freeze_kept"]
     fig["original_kept_speedup"] = best["original"] / best["original_kept"]
+  if "freeze_kept_nokl" in best:
+    fig["freeze_kept_nokl_speedup"] = best["original"] / best["freeze_kept_nokl"]
   if tch is not None:
     torch_best = min(best[f"torch_{t}t"] for t in args.torch_threads)
     fig["torch_tokens_per_s"] = response_tokens / torch_best
