@@ -7,7 +7,7 @@ rockjax.config_check.
 
 from typing import Any
 
-from rockjax.losses import KINDS
+from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
 from rockjax.models import attention, grouped_matmul, remat
@@ -25,7 +25,7 @@ _GROUPS = ("model", "teacher")
 ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
-  "opd.normalizer": ("tokens", "weights"),
+  "opd.normalizer": NORMALIZERS,
   "opd.loss_sharding": SHARDINGS,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,

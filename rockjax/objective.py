@@ -34,7 +34,7 @@ class LossSettings:
   block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
   loss_sharding: str = "tokens"  # the fused divergence's head layout: 'tokens' | 'vocab'
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
-  normalizer: str = "tokens"  # 'tokens' | 'weights' (see losses.reduce)
+  normalizer: str = "tokens"  # one of losses.NORMALIZERS: 'tokens' | 'weights' | 'sequence'
   rock_mode: str = "off"  # 'off' | 'static' | 'dynamic'
   lam: float = 0.0  # weight of rock positions when rock_mode != 'off'
   grad_norm_metric: bool = True  # log the rock share of the per-token logit-gradient norm
@@ -49,8 +49,10 @@ class LossSettings:
       raise ValueError(
         f"opd.loss_sharding must be one of {losses.fused.SHARDINGS}, got {self.loss_sharding!r}"
       )
-    if self.normalizer not in ("tokens", "weights"):
-      raise ValueError(f"opd.normalizer must be 'tokens' or 'weights', got {self.normalizer!r}")
+    if self.normalizer not in losses.NORMALIZERS:
+      raise ValueError(
+        f"opd.normalizer must be one of {losses.NORMALIZERS}, got {self.normalizer!r}"
+      )
     if not 0.0 <= self.kd_ratio <= 1.0:
       raise ValueError(f"opd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
     if not 0.0 <= self.skew_alpha <= 1.0:
@@ -168,11 +170,14 @@ def loss_terms(
   s = settings
   kind, ce_share = s.divergence_kind, s.ce_share
   count = losses.count(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
+  # From here on w_BxL holds the per-token factors of the sum under opd.normalizer (divided
+  # by each sequence's kept weight under 'sequence'), so every path below sums w * loss.
+  w_BxL = losses.normalized_weights(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
   if s.chunked:
     student_out = (student.hidden_states(inputs_BxL, mask_BxL), student.lm_head_weight())
     total, kl_BxL, grad_norm_BxL = jnp.float32(0), None, None
     if s.needs_teacher:
-      div_w_BxL = jnp.where(loss_mask_BxL > 0, w_BxL, 0.0) * (1.0 - ce_share)
+      div_w_BxL = w_BxL * (1.0 - ce_share)  # already 0 off the loss mask
       fused = losses.fused_divergence(
         *student_out,
         *teacher_out,
