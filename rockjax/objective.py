@@ -103,7 +103,10 @@ def shift(batch: dict[str, jax.Array]) -> Shifted:
   """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
   tokens_BxL = batch["tokens"]
   attn_BxL = batch["attention_mask"].astype(jnp.int32)
-  loss_mask_BxL = _shift_left(batch["response_mask"].astype(jnp.int32) * attn_BxL)
+  # The attention mask bounds the loss: a dataset's response mask may run into padding
+  # (tests/faults/test_planted_bugs.py). Both as 0/1, so counts never see a 2 or a 0.5.
+  on_BxL = (jnp.asarray(batch["response_mask"]) != 0) & (attn_BxL != 0)
+  loss_mask_BxL = _shift_left(on_BxL.astype(jnp.int32))
   return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
 
 

@@ -9,9 +9,10 @@ objective.loss_terms (fused and full-logit paths) in float64 numpy.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from fixtures import np_log_softmax
+from fixtures import ROCK_IDS, build, make_batch, np_log_softmax, one_device_mesh
 from rockjax import losses, objective
 
 V, ROCK = 8, 3
@@ -108,7 +109,13 @@ def _rich_coefficients(normalizer, lam):
 
 # Spelled out for lambda 0.5, as a check on the formula above: under 'sequence' row 0 (W 2.5)
 # keeps 1/7.5 and 0.5/7.5; row 1 (W 0.5 -> max 1) keeps 0.5/3, not 1/3; row 2 (W 5) 1/15, 0.5/15.
-_RICH_SEQUENCE_HALF = {(0, 2): 2 / 15, (0, 3): 1 / 15, (1, 1): 1 / 6, (2, 0): 1 / 30, (2, 1): 1 / 15}
+_RICH_SEQUENCE_HALF = {
+  (0, 2): 2 / 15,
+  (0, 3): 1 / 15,
+  (1, 1): 1 / 6,
+  (2, 0): 1 / 30,
+  (2, 1): 1 / 15,
+}
 
 CASES = [
   ("issue", issue_batch, 0.0, lambda n, lam: _issue_coefficients(n)),
@@ -229,3 +236,41 @@ def test_sequence_normalizer_hand_case_on_reduce():
   assert float(total) == pytest.approx((1 + 2) / 2 + 0.5 * 3 / 1)
   total, count = losses.reduce(x, mask, normalizer="sequence")  # no weights: per-row means
   assert (float(total), float(count)) == (pytest.approx(1.5 + 3.0), 2.0)
+
+
+def _sequence_batch():
+  """fixtures.make_batch with a row without response (5) and a row of rocks only (6)."""
+  batch = {k: v.copy() for k, v in make_batch(seed=2).items()}
+  batch["response_mask"][5] = 0
+  batch["tokens"][6, 3:] = ROCK_IDS[0]
+  return batch
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["fused", "full_logits"])
+def test_sequence_normalizer_two_micro_batches_equal_one(chunked):
+  """The whole train step under 'sequence' (lambda 0): 2 micro-batches == 1 in gradient
+  (SGD, lr 1), loss, metrics and rock statistics; the loss count is the 7 rows with a
+  response (the rocks-only row counts, the empty row does not)."""
+  batch, results = _sequence_batch(), []
+  for k in (1, 2):
+    fn, state, t_params = build(
+      one_device_mesh(),
+      tx=optax.sgd(1.0),
+      normalizer="sequence",
+      lam=0.0,
+      chunked=chunked,
+      micro_batches=k,
+    )
+    p0 = jax.device_get(state.params)  # the step donates `state`
+    with jax.set_mesh(one_device_mesh()):
+      new_state, m = fn(state, t_params, batch)
+    results.append((p0, jax.device_get(new_state), jax.device_get(m)))
+  (p0, s1, m1), (_, s2, m2) = results
+  assert float(m1["opd/loss"][1]) == 7.0
+  for key in m1:
+    np.testing.assert_allclose(m2[key], m1[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  for a, b, c in zip(*(jax.tree.leaves(x) for x in (p0, s1.params, s2.params))):
+    # float32 gradient sums in another order: tolerance relative to each array's scale.
+    np.testing.assert_allclose(a - c, a - b, rtol=1e-5, atol=1e-5 * np.abs(a - b).max())
+  np.testing.assert_array_equal(s2.rock.count_V, s1.rock.count_V)
+  np.testing.assert_allclose(s2.rock.kl_sum_V, s1.rock.kl_sum_V, rtol=1e-6)
