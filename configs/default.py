@@ -108,7 +108,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.skew_alpha = 0.9
   c.opd.temperature = 1.0  # divergence temperature (paper: 1)
   c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
-  c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
+  # What the weighted loss sum is divided by (docs/method.md, "Normalisers"): 'tokens' (the
+  # batch's response tokens: the authors' Original run) | 'sequence' (mean over sequences of
+  # each one's sum / max(kept weight, 1): the authors' freeze runs) | 'weights' (the batch's
+  # sum of weights). Under AdamW a constant loss scale nearly cancels; they differ in the
+  # per-step frozen share, clipping of the raw gradient norm and per-sequence weighting.
+  c.opd.normalizer = "tokens"
   # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
   # and its gradient in one pass over token blocks (rockjax.losses.fused), CE chunked over V.
   c.opd.chunked = True
