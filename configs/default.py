@@ -183,6 +183,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.completion_field = "solution"  # off-policy mode: the given completion
   c.data.use_chat_template = True
   c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
+  # Run length from passes over the data: > 0 sets steps = ceil(train prompts x epochs /
+  # prompts_per_step) (fractions allowed: 0.25 = a quarter pass), overriding `steps`, before
+  # the run starts (the lr schedule follows; the workdir's config.json records the result).
+  # 0 = use `steps`. A budget cap that keeps this schedule: `stop_after`.
+  c.data.epochs = 0.0
+  # Train prompts for data.epochs when the file is not read (dry runs); a real run counts
+  # data.train_path's records and records that count here. 0 = unknown.
+  c.data.num_train_prompts = 0
   c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
   c.data.max_len = 96  # off-policy: prompt + completion length
   # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
@@ -212,6 +220,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
   c.ckpt.keep = 3  # checkpoints kept
   c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
+  # Write the main stage's trained student as a Hugging Face directory (safetensors +
+  # tokenizer) at WORKDIR/export_hf when it completes, for separate evaluation.
+  c.ckpt.export_hf = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 25  # steps between pass@1 evaluations; 0 = off
