@@ -119,4 +119,5 @@ def get_config():
   c.analysis.num_prompts = 500
   c.analysis.greedy = True
   c.analysis.max_new_tokens = 256
+  c.analysis.knockout_candidates = 200  # the paper's census (one decode of the set per id)
   return c
