@@ -141,7 +141,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/resources/qwen3_paper_rocks.txt)
   c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
   c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
-  c.rock.exclude_top_freq = 5  # off/dynamic: drop the N most frequent first (authors' code: 5)
+  # off/dynamic: drop the N most frequent first (authors' code: 5; the published list: 0)
+  c.rock.exclude_top_freq = 5
   c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
   # Statistics window for selection: cumulative (all steps) | recent (decayed by rock.decay) |
   # since_snapshot (steps after rock.snapshot_step) | snapshot (frozen at that step)
@@ -238,7 +239,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis = ml_collections.ConfigDict()
   c.analysis.enabled = True  # run the analysis as the pipeline's last stage
   c.analysis.num_prompts = 500  # evaluation prompts decoded (paper: 500); clipped to the set
-  c.analysis.max_new_tokens = 0  # decode length (paper: 8000); 0 = eval.max_new_tokens
+  # Decode length (paper text: full length, 8000; the published list: 256); 0 = eval.max_new_tokens
+  c.analysis.max_new_tokens = 0
   c.analysis.greedy = True  # greedy decoding (paper); False samples at analysis.temperature
   c.analysis.temperature = 0.6  # sampling temperature when greedy is False
   c.analysis.batch_size = 32  # prompts decoded and scored per batch (one Parquet row group)
