@@ -12,7 +12,8 @@ rock.list_path:
 For the authors' freeze-script length pass --config.opd.max_new_tokens=1024 to all three
 paper configs. docs/paper_protocol.md gives every setting and its source.
 Expected (docs/method.md, "Rock-Freeze"): the paper reports an AIME24/25/HMMT25 average of
-38.9 for this regime (below both Original and Rock-Freeze).
+38.9 for this regime (below both Original and Rock-Freeze); this config reproduces the
+regime, not that number.
 """
 
 from configs import qwen3_30b_a3b_to_4b_rock_freeze

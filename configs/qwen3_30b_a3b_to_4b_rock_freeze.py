@@ -8,7 +8,8 @@ compare freezing alone (tests/test_paper_protocol.py checks it):
 For the authors' freeze-script length pass --config.opd.max_new_tokens=1024 to all three
 paper configs. docs/paper_protocol.md gives every setting and its source.
 Expected (docs/method.md, "Rock-Freeze"): the paper reports an AIME24/25/HMMT25 average of
-44.3 for this regime (vs 48.1 Original, 38.9 Random), evaluated on WORKDIR/export_hf. Its
+44.3 for this regime (vs 48.1 Original, 38.9 Random), evaluated on the exported student; this
+config reproduces the regime, not that number (the prompt set is unreleased). The paper's
 1.4-1.7x speed-up is not explained by the authors' code (it still scores every token).
 """
 
