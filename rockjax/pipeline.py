@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import config_check, errors, evaluation, settings, storage, train
+from rockjax import config_check, errors, evaluation, preflight, settings, storage, train
 from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
 from rockjax.experiment import task_files
 
@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = (
   "teacher.mlp_chunk",
   "analysis.",  # the analysis reads the trained models; it changes nothing they compute
   "opd.rollout_sharding",
+  "preflight.",  # checks before step 1; they change nothing the run computes
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
@@ -223,6 +224,7 @@ def run(
   The whole config is validated first (rockjax.config_check), before anything touches disk.
   """
   config_check.validate(config)
+  preflight.check_files(config)  # model/tokenizer directories: no remote code, safetensors
   root = prepare_workdir(config, workdir, allow_config_change=allow_config_change)
   stages = plan(config, workdir, task_files(config, workdir))
   records, ran = [], False
