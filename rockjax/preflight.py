@@ -69,7 +69,7 @@ def check_vocab(tokenizer: Any, tokenizer_name: str, rows: int, model_name: str)
   n = token_count(tokenizer)
   if n > rows:
     raise errors.ConfigError(
-      f"tokenizer {tokenizer_name} has {n} ids but model {model_name}'s vocabulary has "
+      f"tokenizer {tokenizer_name} has {n} ids but {model_name}'s vocabulary has "
       f"{rows} rows (ids >= {rows} would index past the embedding)"
     )
 
