@@ -10,7 +10,8 @@
   batch give the same next-token log-probs and entropies within `preflight.determinism_tol`.
 
 Every process runs the same checks on the same inputs (the teacher probe is one global
-program), so on a pod all processes raise together.
+program), so on a pod all processes raise together. Shapes: R probe rows, L probe tokens per
+row, V vocabulary.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def check_same_tokenizer(a: Any, a_name: str, b: Any, b_name: str) -> None:
 
 
 def probe_batch(tokenizer: Any, mesh: Any, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-  """(ids, mask) `[R, L]` of the teacher probe: the probe chat's ids repeated to L tokens,
-  row r rotated by r; R fills the mesh's batch axes, L divides its context axis."""
+  """(ids, mask) `[R, L]` of the teacher probe: the probe text's and chat's ids repeated to L
+  tokens, row r rotated by r; R fills the mesh's batch axes, L divides its context axis."""
   ids = [i for v in _probe_ids(tokenizer).values() for i in v] or [0]
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
   length = objective.padded_length(PROBE_LENGTH, math.lcm(multiple, mesh.shape["context"]))
@@ -218,5 +219,8 @@ def check_teacher(
     mesh,
     tol=c.preflight.determinism_tol,
     name=_model_name(c, "teacher"),
-    multiple=c.data.pad_to_multiple,
+    # The train batches' length multiple; explicit splash attention also needs whole blocks.
+    multiple=math.lcm(
+      c.data.pad_to_multiple, c.teacher.attention_block if c.teacher.attention == "splash" else 1
+    ),
   )
