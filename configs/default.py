@@ -137,7 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
   # 'dynamic' (the RockStats selection is masked)
   c.rock.mode = "off"
-  c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
+  c.rock.lam = 0.0  # weight of rock positions in the loss, in [0, 1] (paper Rock-Freeze: 0)
   c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/resources/qwen3_paper_rocks.txt)
   c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
   c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
@@ -231,6 +231,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.num_samples = 1  # samples per prompt (pass@1 is averaged over them)
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
+
+  # Pre-flight checks before step 1 of every stage (rockjax.preflight; docs/running.md,
+  # "Pre-flight checks"). Model/tokenizer files and tokenizer ids vs embedding rows are always
+  # checked; these two checks can be turned off.
+  c.preflight = ml_collections.ConfigDict()
+  # Data tokenizer vs each model directory's own tokenizer (probe text + chat template ids),
+  # and the teacher probe below; False skips both
+  c.preflight.enabled = True
+  # Teacher determinism: max |difference| (nats) of next-token log-probs and entropies allowed
+  # between two teacher passes over one probe batch (data x fsdp rows of 64 tokens); 0 = skip
+  c.preflight.determinism_tol = 1e-3
 
   # Rock analysis (python -m rockjax.analyze, and the pipeline's last stage): the student
   # decodes the evaluation set, the teacher scores it teacher-forced, rocks are selected with

@@ -53,7 +53,7 @@ RANGES: dict[str, str] = {
   "opd.sample_temperature": "> 0",
   "opd.top_p": "(0, 1]",
   "opd.top_k": ">= 0",
-  "rock.lam": ">= 0",
+  "rock.lam": "[0, 1]",  # a down-weight of rock positions: more than 1 would up-weight them
   "rock.k": ">= 1",
   "rock.min_freq": ">= 0",
   "rock.exclude_top_freq": ">= 0",
@@ -99,6 +99,7 @@ RANGES: dict[str, str] = {
   "analysis.knockout_eps": ">= 0",
   "analysis.bootstrap_resamples": ">= 1",
   "analysis.alpha": "(0, 1)",
+  "preflight.determinism_tol": ">= 0",  # rockjax.preflight; 0 = no teacher probe
 }
 for _g in _GROUPS:
   ENUMS.update(

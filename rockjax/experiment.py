@@ -19,7 +19,7 @@ from rockjax import errors
 from rockjax import data as data_lib
 from rockjax import records as records_lib
 from rockjax import rollout_params
-from rockjax import evaluation, loading, models, rock_lists
+from rockjax import evaluation, loading, models, preflight, rock_lists
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -189,19 +189,25 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   ici, dcn = shd.config_mesh_shapes(c.mesh)
   mesh = shd.make_mesh(ici, dcn=dcn)
   paths = task_files(c, workdir)
-  tokenizer = models.load_tokenizer(paths["tokenizer"])
+  # The field an error about the data tokenizer names: where its path came from.
+  tok_field = next(
+    (f"{g}.path" for g in ("teacher", "model") if c[g].path == paths["tokenizer"]),
+    "data.tokenizer_path",
+  )
+  tokenizer = models.load_tokenizer(paths["tokenizer"], field=tok_field)
   student_cfg = loading.model_config(c.model, field="model")
-  if len(tokenizer) > student_cfg.vocab_size:
-    raise errors.ConfigError(
-      f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
-      f"model vocab_size is {student_cfg.vocab_size}"
-    )
-
-  teacher_graphdef = teacher_params = None
+  rows = {"model": student_cfg.vocab_size}  # embedding rows the tokenizer's ids must index
+  teacher_cfg = None
   if c.teacher.source != "none":
     teacher_cfg = loading.model_config(c.teacher, field="teacher")
     models.check_vocab_compatible(teacher_cfg, student_cfg)
+    rows["teacher"] = teacher_cfg.vocab_size
+  # Pre-flight (rockjax.preflight), before any weights are read, then the teacher probe.
+  preflight.check_tokenizers(c, tokenizer, paths["tokenizer"], rows)
+  teacher_graphdef = teacher_params = None
+  if teacher_cfg is not None:
     teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
+    preflight.check_teacher(c, (teacher_graphdef, teacher_params), tokenizer, mesh)
 
   tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
   rock_mask = _rock_mask(c, student_cfg.vocab_size)

@@ -23,7 +23,16 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import config_check, errors, evaluation, run_length, settings, storage, train
+from rockjax import (
+  config_check,
+  errors,
+  evaluation,
+  preflight,
+  run_length,
+  settings,
+  storage,
+  train,
+)
 from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
 from rockjax.experiment import task_files
 
@@ -45,6 +54,7 @@ RESUMABLE_FIELDS = (
   "teacher.mlp_chunk",
   "analysis.",  # the analysis reads the trained models; it changes nothing they compute
   "opd.rollout_sharding",
+  "preflight.",  # checks before step 1; they change nothing the run computes
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
@@ -228,6 +238,7 @@ def run(
   `steps` is resolved from data.epochs (rockjax.run_length) before the workdir records it.
   """
   config_check.validate(config)
+  preflight.check_files(config)  # model/tokenizer directories: no remote code, safetensors
   config, how = run_length.resolve(config)
   if config.data.epochs and jax.process_index() == 0:
     print(f"run length: {how}", flush=True)
