@@ -130,6 +130,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   signals = _StopSignals()
   state, start = exp.state, exp.start_step
+  # Prompts truncated/dropped and bad records skipped while building the data, written once.
+  data_counts = dict(exp.train_data.counts)
+  writer.write(start, data_counts)
   last: dict[str, float] = {}
   eval_correct = None
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
@@ -202,7 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     exp.train_data.close()
   return {
     "state": state,
-    "metrics": last,
+    "metrics": {**data_counts, **last},
     "experiment": exp,
     "data_state": data_state,
     "step": done,
