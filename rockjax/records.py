@@ -40,6 +40,7 @@ def _field(
   if isinstance(value, str) or (
     allow_messages
     and isinstance(value, list)
+    and value
     and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
   ):
     return value

@@ -4,12 +4,14 @@ The data builders are called directly (fast); one CLI run checks the whole path:
 line, and no checkpoint in the workdir.
 """
 
+import errno
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from etils import epath
 
 from fixtures import assert_one_line_error, cli, make_tokenizer
 from rockjax import errors
@@ -28,6 +30,11 @@ BAD_LINES = {
   "non_string_prompt": (
     '{"prompt": 7, "answer": "1"}\n' + GOOD,
     ":1: field 'prompt' must be a string",
+    1,
+  ),
+  "empty_messages": (
+    '{"prompt": [], "answer": "1"}\n' + GOOD,
+    ":1: field 'prompt' must be a string or",
     1,
   ),
   "not_an_object": (GOOD + "[1, 2]\n", ":2: expected a JSON object, got list", 2),
@@ -85,20 +92,21 @@ def test_empty_dataset_names_the_file(tmp_path, text, message):
   assert str(e.value).startswith(f"{path}{message.rstrip('$')}")
 
 
-def test_missing_directory_and_unreadable_files_name_the_path(tmp_path):
+def test_missing_directory_and_unreadable_files_name_the_path(tmp_path, monkeypatch):
   with pytest.raises(errors.InputError, match=f"^{tmp_path / 'none.jsonl'}: no such file$"):
     records_lib.read_records(tmp_path / "none.jsonl")
   with pytest.raises(errors.InputError, match=f"^{tmp_path}: is a directory"):
     records_lib.read_records(tmp_path)
   path = _write(tmp_path, GOOD)
   os.chmod(path, 0)
-  try:
-    if os.access(path, os.R_OK):
-      pytest.skip("running as a user who reads any file (root)")
-    with pytest.raises(errors.InputError, match=f"^{path}: cannot read"):
-      records_lib.read_records(path)
-  finally:
-    os.chmod(path, 0o644)
+  if os.access(path, os.R_OK):  # root reads any file: make opening it fail as it would
+
+    def denied(*args, **kwargs):
+      raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(type(epath.Path(path)), "open", denied)
+  with pytest.raises(errors.InputError, match=f"^{path}: cannot read \\(Permission denied\\)$"):
+    records_lib.read_records(path)
 
 
 def test_parquet_with_the_wrong_columns_or_bytes_names_path_and_field(tmp_path):
