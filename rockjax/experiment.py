@@ -163,8 +163,8 @@ def _pipelines(c, paths, tokenizer, mesh):
   evals = prompt_fit.eval_prompts(c, tokenizer, paths["eval"], c.eval.num_prompts)
   eval_share = _host_share(len(evals.records), mesh)
   ids, mask = prompt_fit.padded_prompts(evals, c.data.max_prompt_len, records_lib.pad_id(tokenizer))
-  prompts = {"ids": ids[eval_share.shard :: eval_share.shards]}
-  prompts["mask"] = mask[eval_share.shard :: eval_share.shards]
+  mine = slice(eval_share.shard, None, eval_share.shards)
+  prompts = {"ids": ids[mine], "mask": mask[mine]}
   # Rows come back from process_allgather shard-major: order the answers the same way.
   answers = [
     r["answer"] for s in range(eval_share.shards) for r in evals.records[s :: eval_share.shards]
