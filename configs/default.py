@@ -182,7 +182,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prompt_field = "prompt"
   c.data.answer_field = "answer"
   c.data.completion_field = "solution"  # off-policy mode: the given completion
-  c.data.use_chat_template = True
+  c.data.use_chat_template = True  # format prompts with the tokenizer's chat template
+  # System message placed before each user prompt ('' = none, as in the paper's runs as far as
+  # known); needs a chat template. A record whose messages start with a system one keeps its own.
+  c.data.system_prompt = ""
+  # Passed to chat templates that have a thinking switch (Qwen3 hybrid); templates without one
+  # (Qwen3-*-Instruct-2507, the paper's models) ignore False and refuse True.
+  c.data.enable_thinking = False
   c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
   # Run length from passes over the data: > 0 sets steps = ceil(train prompts x epochs /
   # prompts_per_step) (fractions allowed: 0.25 = a quarter pass), overriding `steps`, before
@@ -192,7 +198,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Train prompts for data.epochs when the file is not read (dry runs); a real run counts
   # data.train_path's records and records that count here. 0 = unknown.
   c.data.num_train_prompts = 0
-  c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
+  c.data.max_prompt_len = 32  # prompt ids per row, left-padded to this (static shapes)
+  # A formatted prompt longer than max_prompt_len: 'drop' (leave the record out, counted),
+  # 'truncate' (keep its last max_prompt_len ids: cuts the start, counted) or 'error' (stop,
+  # naming file:line). Counts: data/prompts_dropped, data/prompts_truncated in metrics.jsonl.
+  c.data.prompt_overflow = "drop"
+  # A bad record (invalid JSON, missing or non-string prompt): False = stop naming file:line,
+  # True = skip it and count it (data/records_skipped).
+  c.data.skip_bad_records = False
   c.data.max_len = 96  # off-policy: prompt + completion length
   # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
   # of this: padded columns are masked out (no change to loss, metrics or rock statistics) and

@@ -53,6 +53,7 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
+    _prompts(c),
     _micro_batches(c),
     _rollout_copy(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
@@ -171,6 +172,15 @@ def _stages(c) -> Iterator[str]:
     yield (
       f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
       f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
+    )
+
+
+def _prompts(c) -> Iterator[str]:
+  """A system prompt is a chat message: it needs the chat template."""
+  if c.data.system_prompt and not c.data.use_chat_template:
+    yield (
+      f"data.system_prompt={c.data.system_prompt[:40]!r}: needs data.use_chat_template=True "
+      "(a system message only exists in a chat template)"
     )
 
 

@@ -12,6 +12,7 @@ from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
+from rockjax.prompt_fit import OVERFLOW_POLICIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.sharding import MESH_AXES
 from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
@@ -34,6 +35,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "rock.window": WINDOWS,
   "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
   "data.task_difficulty": tuple(DIFFICULTIES),
+  "data.prompt_overflow": OVERFLOW_POLICIES,
 }
 # field -> how a value is read before the checks (legacy spellings of an enum).
 CANONICAL: dict[str, Any] = {}
