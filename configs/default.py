@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   # each one's sum / max(kept weight, 1): the authors' freeze runs) | 'weights' (the batch's
   # sum of weights). Under AdamW a constant loss scale nearly cancels; they differ in the
   # per-step frozen share, clipping of the raw gradient norm and per-sequence weighting.
-  c.opd.normalizer = "tokens"
+  c.opd.normalizer = "tokens"  # 'tokens' | 'sequence' | 'weights' (the paper baseline: tokens)
   # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
   # and its gradient in one pass over token blocks (rockjax.losses.fused), CE chunked over V.
   c.opd.chunked = True
