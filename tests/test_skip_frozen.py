@@ -88,6 +88,17 @@ def test_skipping_equals_masking(lam, capacity, overflow):
   assert np.all(np.asarray(aux["kl_BxL"])[~on] == 0)  # nothing scattered off the response
 
 
+def test_off_policy_kd_skips_the_divergence_only():
+  """Off-policy KD (forward KL + CE, no response bound): loss and gradients as skip off."""
+  batch = make_batch(seed=5)
+  kd = dict(mode="off_policy", kd_ratio=0.5, response_len=0)
+  ref_loss, ref_grads, _, _ = loss_grads_aux(settings(**kd), batch)
+  loss, grads, aux, _ = loss_grads_aux(settings(kept_capacity=0.5, **kd), batch)
+  assert float(aux["skip_overflow"]) == 0
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  assert_trees_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+
+
 def test_skip_mode_leaves_frozen_positions_untracked():
   """frozen_kl='skip': same loss and gradients; frozen positions hold no KL."""
   batch = make_batch(seed=4)
