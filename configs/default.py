@@ -124,6 +124,15 @@ def get_config() -> ml_collections.ConfigDict:
   # combined by collectives; docs/design.md, "Sharding")
   c.opd.loss_sharding = "tokens"
   c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
+  # Rock-Freeze skipping (chunked only; docs/method.md, "Skipping"): the heads and divergence
+  # run only on positions of weight > 0, gathered into slots per row group: kept_capacity is
+  # their number as a fraction of the response slots (on-policy max_new_tokens per row, else
+  # the whole row). 1 skips prompt and padding and never overflows on-policy; 0.6 at lam 0
+  # with ~half the response frozen. A batch that overflows runs the full loss (exact).
+  c.opd.kept_capacity = 0.0  # in [0, 1]; 0 = off (every position runs the heads)
+  # Frozen (weight 0) response positions under skipping: 'forward' (their KL from a
+  # forward-only pass: rock statistics unchanged) | 'skip' (no KL: untracked by RockStats)
+  c.opd.frozen_kl = "forward"
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)

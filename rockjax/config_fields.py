@@ -10,6 +10,7 @@ from typing import Any
 from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
+from rockjax.objective import FROZEN_KL
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.prompt_fit import OVERFLOW_POLICIES
@@ -28,6 +29,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.divergence": KINDS,
   "opd.normalizer": NORMALIZERS,
   "opd.loss_sharding": SHARDINGS,
+  "opd.frozen_kl": FROZEN_KL,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "rock.mode": ("off", "static", "dynamic"),
@@ -50,6 +52,7 @@ RANGES: dict[str, str] = {
   "opd.skew_alpha": "[0, 1]",
   "opd.chunk_size": ">= 1",
   "opd.block_size": ">= 1",
+  "opd.kept_capacity": "[0, 1]",
   "opd.samples_per_prompt": ">= 1",
   "opd.max_new_tokens": ">= 1",
   "opd.sample_temperature": "> 0",
