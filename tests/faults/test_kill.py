@@ -63,3 +63,21 @@ def test_seeded_kill_loop_resumes_to_the_uninterrupted_state(tmp_path, uninterru
   fired = kill_and_resume(tmp_path / "killed", plan)
   assert len(fired) == len(SLOW_PLAN) >= 5
   workdirs.assert_same_run(uninterrupted, tmp_path / "killed")
+
+
+def test_a_metrics_line_torn_by_a_kill_is_cut_before_the_resumed_run_appends(tmp_path):
+  """A kill mid-write leaves a line without its newline; appending to it would merge two."""
+  from rockjax import metrics
+
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "opd/kl": 0.5}\n{"step": 2, "opd/k')
+  assert metrics.logged_at(str(tmp_path), 2) == {}  # the torn line is no record
+  writer = metrics.MetricWriter(str(tmp_path))
+  writer.write(2, {"opd/kl": 0.25, "opd/loss": float("nan")})
+  writer.write(2, {"eval/pass@1": 0.5})  # an evaluation logged at the same step
+  writer.close()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert lines[0] == '{"step": 1, "opd/kl": 0.5}' and len(lines) == 3
+  logged = metrics.logged_at(str(tmp_path), 2)
+  assert logged["opd/kl"] == 0.25 and logged["eval/pass@1"] == 0.5
+  assert logged["opd/loss"] != logged["opd/loss"]  # a non-finite value comes back as nan
+  assert metrics.logged_at(str(tmp_path), 1) == {"opd/kl": 0.5}
