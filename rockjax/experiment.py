@@ -98,11 +98,16 @@ def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
 
     task_dir = epath.Path(workdir) / "task"
-    done = task_dir / "tokenizer" / "tokenizer_config.json"
-    if jax.process_index() == 0 and not done.exists():
+    if jax.process_index() == 0 and not task_dir.exists():
+      # Written whole into task.tmp, then renamed: a run killed mid-write (the tokenizer writes
+      # tokenizer_config.json before tokenizer.json) leaves only task.tmp, rewritten next time.
+      tmp = task_dir.parent / "task.tmp"
+      if tmp.exists():
+        tmp.rmtree()
       arithmetic.prepare_demo(
-        task_dir, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
+        tmp, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
       )
+      tmp.rename(task_dir)
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote
       multihost_utils.sync_global_devices("rockjax:task_written")
     paths["train"] = paths["train"] or str(task_dir / "train.jsonl")

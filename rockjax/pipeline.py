@@ -185,9 +185,18 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
     for d in (tmp, stage.export):
       if d.exists():
         d.rmtree()
-    with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
-      models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
-      result["experiment"].tokenizer.save_pretrained(local)
+    try:
+      with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
+        models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
+        result["experiment"].tokenizer.save_pretrained(local)
+    except Exception as err:  # pylint: disable=broad-except  (safetensors wraps its OS errors)
+      if not storage.is_disk_full(err):
+        raise
+      # hf.tmp stays half written; it is never loaded and the next run deletes it.
+      raise errors.DiskFull(
+        f"HF export {stage.export}: no space left on device; free space and run the same "
+        f"command: the stage exports again from its last checkpoint"
+      ) from err
     tmp.rename(stage.export)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")

@@ -198,6 +198,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           break
       if pending is not None:
         finish(*pending)
+      if start >= c.steps:
+        # Resumed at its last step (stopped after the final checkpoint, before the caller
+        # recorded the run): report what the finished run logged and evaluated, not nothing.
+        last = metrics_lib.logged_at(workdir, start)
+        if c.eval.every:
+          _, eval_correct = exp.evaluate(state, start)
     data_state = exp.train_data.get_state()
     table = _report_rocks(exp, state, loss)  # all processes compute; process 0 writes
   finally:
