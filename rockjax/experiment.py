@@ -203,7 +203,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     models.check_vocab_compatible(teacher_cfg, student_cfg)
     teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
 
-  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   rock_mask = _rock_mask(c, student_cfg.vocab_size)
   graphdef, abstract_params = loading.abstract_params(student_cfg, c.seed)
   init = state_lib.initializer(
