@@ -177,12 +177,12 @@ def train_step(
   update keeps the batch's sharding; with prompt-major rollouts and U dividing
   opd.samples_per_prompt, each update holds samples_per_prompt / U samples of every prompt).
 
-  Update u + 1 runs its own forward/backward on the parameters update u left, so it is
-  (U - 1 updates) off-policy for those rows; each update is exactly a U = 1 step on its rows
-  (its own normaliser, rock statistics and reselection at its update count). `state.step`
-  counts updates. Metrics are the updates' (sum, count) pairs added up: token-weighted
-  quantities over the whole batch; the per-update scalars (opt/lr, opt/grad_norm,
-  rock/num_selected, opd/response_tokens) become the mean over the batch's updates.
+  Update u (from 0) runs its own forward/backward on the parameters update u - 1 left, so its
+  rows (sampled before update 0) are u updates off-policy; each update is exactly a U = 1
+  step on its rows (its own normaliser, rock statistics and reselection at its update count).
+  `state.step` counts updates. Metrics are the updates' (sum, count) pairs added up:
+  token-weighted quantities over the whole batch; the per-update scalars (opt/lr,
+  opt/grad_norm, rock/num_selected, opd/response_tokens) become the mean over its updates.
   """
   s, u, k = settings, settings.updates_per_rollout, settings.micro_batches
   shifted = objective.shift(batch)
