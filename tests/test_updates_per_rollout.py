@@ -187,3 +187,28 @@ def test_schedule_spans_steps_times_updates():
   _, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   np.testing.assert_allclose(float(schedule(11)), c.opt.end_lr, rtol=1e-6)  # update 12 ends
   assert float(schedule(5)) > c.opt.end_lr * 1.5  # update 6 is mid-decay, not at the floor
+
+
+@pytest.mark.slow
+def test_resume_with_two_updates_per_batch_equals_uninterrupted(tmp_path):
+  """Train 2 batches (4 updates) == train 1, stop, resume, train 1: a train_step call is the
+  unit of checkpointing, so the state (update count and AdamW counts included) replays."""
+  from rockjax import train  # pylint: disable=g-import-not-at-top
+
+  def small(**overrides):
+    c = tiny.get_config()
+    c.steps, c.eval.every, c.ckpt.every, c.opd.updates_per_rollout = 2, 0, 1, U
+    c.update_from_flattened_dict(overrides)
+    return c
+
+  whole = train.run(small(), str(tmp_path / "whole"))
+  first = train.run(small(stop_after=1), str(tmp_path / "split"))
+  assert int(first["state"].step) == U  # one batch = U updates
+  second = train.run(small(), str(tmp_path / "split"))
+  assert int(second["state"].step) == int(whole["state"].step) == 2 * U
+  for name in ("params", "opt_state", "rock", "rock_mask"):
+    a, b = (
+      jax.device_get(getattr(second["state"], name)),
+      jax.device_get(getattr(whole["state"], name)),
+    )
+    assert_trees_close(a, b, name)
