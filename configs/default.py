@@ -147,11 +147,12 @@ def get_config() -> ml_collections.ConfigDict:
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
   # 'dynamic' (the RockStats selection is masked)
   c.rock.mode = "off"
-  c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
+  c.rock.lam = 0.0  # weight of rock positions in the loss, in [0, 1] (paper Rock-Freeze: 0)
   c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/resources/qwen3_paper_rocks.txt)
   c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
   c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
-  c.rock.exclude_top_freq = 5  # off/dynamic: drop the N most frequent first (authors' code: 5)
+  # off/dynamic: drop the N most frequent first (authors' code: 5; the published list: 0)
+  c.rock.exclude_top_freq = 5
   c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
   # Statistics window for selection: cumulative (all steps) | recent (decayed by rock.decay) |
   # since_snapshot (steps after rock.snapshot_step) | snapshot (frozen at that step)
@@ -194,9 +195,30 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prompt_field = "prompt"
   c.data.answer_field = "answer"
   c.data.completion_field = "solution"  # off-policy mode: the given completion
-  c.data.use_chat_template = True
+  c.data.use_chat_template = True  # format prompts with the tokenizer's chat template
+  # System message placed before each user prompt ('' = none, as in the paper's runs as far as
+  # known); needs a chat template. A record whose messages start with a system one keeps its own.
+  c.data.system_prompt = ""
+  # Passed to chat templates that have a thinking switch (Qwen3 hybrid); templates without one
+  # (Qwen3-*-Instruct-2507, the paper's models) ignore False and refuse True.
+  c.data.enable_thinking = False
   c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
-  c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
+  # Run length from passes over the data: > 0 sets steps = ceil(train prompts x epochs /
+  # prompts_per_step) (fractions allowed: 0.25 = a quarter pass), overriding `steps`, before
+  # the run starts (the lr schedule follows; the workdir's config.json records the result).
+  # 0 = use `steps`. A budget cap that keeps this schedule: `stop_after`.
+  c.data.epochs = 0.0
+  # Train prompts for data.epochs when the file is not read (dry runs); a real run counts
+  # data.train_path's records and records that count here. 0 = unknown.
+  c.data.num_train_prompts = 0
+  c.data.max_prompt_len = 32  # prompt ids per row, left-padded to this (static shapes)
+  # A formatted prompt longer than max_prompt_len: 'drop' (leave the record out, counted),
+  # 'truncate' (keep its last max_prompt_len ids: cuts the start, counted) or 'error' (stop,
+  # naming file:line). Counts: data/prompts_dropped, data/prompts_truncated in metrics.jsonl.
+  c.data.prompt_overflow = "drop"
+  # A bad record (invalid JSON, missing or non-string prompt): False = stop naming file:line,
+  # True = skip it and count it (data/records_skipped).
+  c.data.skip_bad_records = False
   c.data.max_len = 96  # off-policy: prompt + completion length
   # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
   # of this: padded columns are masked out (no change to loss, metrics or rock statistics) and
@@ -225,6 +247,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
   c.ckpt.keep = 3  # checkpoints kept
   c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
+  # Write the main stage's trained student as a Hugging Face directory (safetensors +
+  # tokenizer) at WORKDIR/export_hf when it completes, for separate evaluation.
+  c.ckpt.export_hf = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 25  # steps between pass@1 evaluations; 0 = off
@@ -233,6 +258,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
 
+  # Pre-flight checks before step 1 of every stage (rockjax.preflight; docs/running.md,
+  # "Pre-flight checks"). Model/tokenizer files and tokenizer ids vs embedding rows are always
+  # checked; these two checks can be turned off.
+  c.preflight = ml_collections.ConfigDict()
+  # Data tokenizer vs each model directory's own tokenizer (probe text + chat template ids),
+  # and the teacher probe below; False skips both
+  c.preflight.enabled = True
+  # Teacher determinism: max |difference| (nats) of next-token log-probs and entropies allowed
+  # between two teacher passes over one probe batch (data x fsdp rows of 64 tokens); 0 = skip
+  c.preflight.determinism_tol = 1e-3
+
   # Rock analysis (python -m rockjax.analyze, and the pipeline's last stage): the student
   # decodes the evaluation set, the teacher scores it teacher-forced, rocks are selected with
   # the rock.* settings, and WORKDIR/analysis/ gets report.md, report.json, PNGs,
@@ -240,7 +276,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis = ml_collections.ConfigDict()
   c.analysis.enabled = True  # run the analysis as the pipeline's last stage
   c.analysis.num_prompts = 500  # evaluation prompts decoded (paper: 500); clipped to the set
-  c.analysis.max_new_tokens = 0  # decode length (paper: 8000); 0 = eval.max_new_tokens
+  # Decode length (paper text: full length, 8000; the published list: 256); 0 = eval.max_new_tokens
+  c.analysis.max_new_tokens = 0
   c.analysis.greedy = True  # greedy decoding (paper); False samples at analysis.temperature
   c.analysis.temperature = 0.6  # sampling temperature when greedy is False
   c.analysis.batch_size = 32  # prompts decoded and scored per batch (one Parquet row group)

@@ -53,10 +53,12 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
+    _prompts(c),
     _micro_batches(c),
     _rollout_copy(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
     _int_lists(c),
+    _rock_rules(c, dry_run),
   ]
   if not dry_run:
     checks.append(_paths(c))
@@ -170,6 +172,15 @@ def _stages(c) -> Iterator[str]:
     yield (
       f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
       f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
+    )
+
+
+def _prompts(c) -> Iterator[str]:
+  """A system prompt is a chat message: it needs the chat template."""
+  if c.data.system_prompt and not c.data.use_chat_template:
+    yield (
+      f"data.system_prompt={c.data.system_prompt[:40]!r}: needs data.use_chat_template=True "
+      "(a system message only exists in a chat template)"
     )
 
 
@@ -307,6 +318,22 @@ def _activation_shards(
           "(mesh.tensor x mesh.dcn_tensor; attention heads are sharded over it)"
         )
         return
+
+
+def _rock_rules(c, dry_run: bool) -> Iterator[str]:
+  """Counts over the vocabulary fit in it; a 'snapshot' window has a snapshot to read."""
+  hf = c.model.source == "hf" and not dry_run  # the vocabulary is in config.json (_hf_vocab)
+  vocab = None if hf else c.model.arch.vocab_size
+  where = "" if vocab is None else f"model.arch.vocab_size={vocab}"
+  if vocab is not None and c.rock.k > vocab:
+    yield f"rock.k={c.rock.k}: expected at most {where} (ids selected per step)"
+  if vocab is not None and c.opd.top_k > vocab:
+    yield f"opd.top_k={c.opd.top_k}: expected at most {where} (0 = off)"
+  if c.rock.window == "snapshot" and c.rock.snapshot_step == 0:
+    yield (
+      "rock.snapshot_step=0: rock.window='snapshot' selects from the statistics frozen at "
+      "that step, and 0 never takes one; set rock.snapshot_step >= 1"
+    )
 
 
 def _int_lists(c) -> Iterator[str]:

@@ -12,6 +12,7 @@ from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
+from rockjax.prompt_fit import OVERFLOW_POLICIES
 from rockjax.rocks import SELECTORS, WINDOWS
 from rockjax.sampling import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
 from rockjax.sharding import MESH_AXES
@@ -36,6 +37,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "rock.window": WINDOWS,
   "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
   "data.task_difficulty": tuple(DIFFICULTIES),
+  "data.prompt_overflow": OVERFLOW_POLICIES,
 }
 # field -> how a value is read before the checks (legacy spellings of an enum).
 CANONICAL: dict[str, Any] = {}
@@ -56,7 +58,7 @@ RANGES: dict[str, str] = {
   "opd.sample_temperature": "> 0",
   "opd.top_p": "(0, 1]",
   "opd.top_k": ">= 0",
-  "rock.lam": ">= 0",
+  "rock.lam": "[0, 1]",  # a down-weight of rock positions: more than 1 would up-weight them
   "rock.k": ">= 1",
   "rock.min_freq": ">= 0",
   "rock.exclude_top_freq": ">= 0",
@@ -75,6 +77,8 @@ RANGES: dict[str, str] = {
   "opt.micro_batches": ">= 1",
   "data.task_size": ">= 1",
   "data.prompts_per_step": ">= 1",
+  "data.epochs": ">= 0",
+  "data.num_train_prompts": ">= 0",
   "data.max_prompt_len": ">= 1",
   "data.max_len": ">= 2",
   "data.pad_to_multiple": ">= 1",
@@ -100,6 +104,7 @@ RANGES: dict[str, str] = {
   "analysis.knockout_eps": ">= 0",
   "analysis.bootstrap_resamples": ">= 1",
   "analysis.alpha": "(0, 1)",
+  "preflight.determinism_tol": ">= 0",  # rockjax.preflight; 0 = no teacher probe
 }
 for _g in _GROUPS:
   ENUMS.update(

@@ -129,6 +129,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   signals = _StopSignals()
   state, start = exp.state, exp.start_step
+  # Prompts truncated/dropped and bad records skipped while building the data: written once,
+  # with the first metrics line of this (re)start.
+  data_counts = dict(exp.train_data.counts)
+  unwritten = dict(data_counts)
   last: dict[str, float] = {}
   eval_correct = None
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
@@ -153,6 +157,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       now = time.perf_counter()
       values["perf/seconds_per_step"] = (now - t0) / c.log_every
       t0 = now
+      values.update(unwritten)
+      unwritten.clear()
       writer.write(step_done, values)
       last = values
       window.clear()
@@ -202,7 +208,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     exp.train_data.close()
   return {
     "state": state,
-    "metrics": last,
+    "metrics": {**data_counts, **last},
     "experiment": exp,
     "data_state": data_state,
     "step": done,

@@ -72,6 +72,7 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("analysis.batch_size", 0, "expected >= 1"),
   ("opd.rollout_dtype", "float16", "expected one of 'float32', 'bfloat16'"),
   ("opd.rollout_sharding", "fsdp", "expected one of 'replicated', 'tensor', 'train'"),
+  ("data.prompt_overflow", "cut", "expected one of 'truncate', 'drop', 'error'"),
 ]
 
 
@@ -113,6 +114,7 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.data": 0}, "mesh.data"),
   ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
   ({"opd.rollout_sharding": "train", "opd.rollout_dtype": "bfloat16"}, "opd.rollout_dtype"),
+  ({"data.system_prompt": "Be brief.", "data.use_chat_template": False}, "data.system_prompt"),
 ]
 
 
