@@ -110,7 +110,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.skew_alpha = 0.9
   c.opd.temperature = 1.0  # divergence temperature (paper: 1)
   c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
-  c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
+  # What the weighted loss sum is divided by (docs/method.md, "Normalisers"): 'tokens' (the
+  # batch's response tokens: the authors' Original run) | 'sequence' (mean over sequences of
+  # each one's sum / max(kept weight, 1): the authors' freeze runs) | 'weights' (the batch's
+  # sum of weights). Under AdamW a constant loss scale nearly cancels; they differ in the
+  # per-step frozen share, clipping of the raw gradient norm and per-sequence weighting.
+  c.opd.normalizer = "tokens"  # 'tokens' | 'sequence' | 'weights' (the paper baseline: tokens)
   # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
   # and its gradient in one pass over token blocks (rockjax.losses.fused), CE chunked over V.
   c.opd.chunked = True
@@ -121,6 +126,15 @@ def get_config() -> ml_collections.ConfigDict:
   # combined by collectives; docs/design.md, "Sharding")
   c.opd.loss_sharding = "tokens"
   c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
+  # Rock-Freeze skipping (chunked only; docs/method.md, "Skipping"): the heads and divergence
+  # run only on positions of weight > 0, gathered into slots per row group: kept_capacity is
+  # their number as a fraction of the response slots (on-policy max_new_tokens per row, else
+  # the whole row). 1 skips prompt and padding and never overflows on-policy; 0.6 at lam 0
+  # with ~half the response frozen. A batch that overflows runs the full loss (exact).
+  c.opd.kept_capacity = 0.0  # in [0, 1]; 0 = off (every position runs the heads)
+  # Frozen (weight 0) response positions under skipping: 'forward' (their KL from a
+  # forward-only pass: rock statistics unchanged) | 'skip' (no KL: untracked by RockStats)
+  c.opd.frozen_kl = "forward"
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
   # Sequential optimiser updates per rollout batch (authors: 2 prompts x 4 samples -> 2 updates

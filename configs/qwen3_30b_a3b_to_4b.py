@@ -89,6 +89,9 @@ def get_config():
   c.opd.updates_per_rollout = 2  # rows 0, 2, 4, 6 then 1, 3, 5, 7: 2 samples of each prompt
   c.opd.truncated_rollouts = "keep"  # not stated by the authors; rollout/truncated counts them
   c.opd.max_new_tokens = 8000  # the paper's OPD; the freeze scripts' 1024 is one flag away
+  # The freeze code's per-sequence mean over kept tokens, shared by the three runs so they
+  # differ only in rock.*; the paper's Original alone used 'tokens' (docs/paper_protocol.md).
+  c.opd.normalizer = "sequence"
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
   c.opd.loss_sharding = "vocab"  # each chip keeps 151,936 / 8 head columns, no head gather
   # Rollouts from a bf16 copy on every chip: 4.0B params x 2 bytes = 7.5 GiB per chip while

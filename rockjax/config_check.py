@@ -56,6 +56,7 @@ def validate(
     _prompts(c),
     _micro_batches(c),
     _rollout_copy(c),
+    _skipping(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
     _int_lists(c),
     _rock_rules(c, dry_run),
@@ -173,6 +174,12 @@ def _stages(c) -> Iterator[str]:
       f"data.max_len={c.data.max_len}: expected > data.max_prompt_len="
       f"{c.data.max_prompt_len} (off-policy rows hold the prompt and its completion)"
     )
+
+
+def _skipping(c) -> Iterator[str]:
+  """Rock-Freeze skipping gathers hidden states: only the chunked (fused) loss has them."""
+  if c.opd.kept_capacity > 0 and not c.opd.chunked:
+    yield f"opd.kept_capacity={c.opd.kept_capacity!r}: skipping needs opd.chunked=True"
 
 
 def _prompts(c) -> Iterator[str]:

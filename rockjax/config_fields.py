@@ -7,9 +7,10 @@ rockjax.config_check.
 
 from typing import Any
 
-from rockjax.losses import KINDS
+from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
+from rockjax.objective import FROZEN_KL
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.prompt_fit import OVERFLOW_POLICIES
@@ -27,8 +28,9 @@ _GROUPS = ("model", "teacher")
 ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
-  "opd.normalizer": ("tokens", "weights"),
+  "opd.normalizer": NORMALIZERS,
   "opd.loss_sharding": SHARDINGS,
+  "opd.frozen_kl": FROZEN_KL,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,
   "opd.truncated_rollouts": TRUNCATED_ROLLOUTS,
@@ -52,6 +54,7 @@ RANGES: dict[str, str] = {
   "opd.skew_alpha": "[0, 1]",
   "opd.chunk_size": ">= 1",
   "opd.block_size": ">= 1",
+  "opd.kept_capacity": "[0, 1]",
   "opd.samples_per_prompt": ">= 1",
   "opd.max_new_tokens": ">= 1",
   "opd.updates_per_rollout": ">= 1",

@@ -31,6 +31,10 @@ def loss_settings(c: ml_collections.ConfigDict) -> objective.LossSettings:
     rock_mode=c.rock.mode,
     lam=c.rock.lam,
     grad_norm_metric=c.opd.grad_norm_metric,
+    kept_capacity=c.opd.kept_capacity,
+    # On-policy rows hold at most max_new_tokens response positions (the rollout length).
+    response_len=c.opd.max_new_tokens if c.opd.mode == "on_policy" else 0,
+    frozen_kl=c.opd.frozen_kl,
   )
 
 

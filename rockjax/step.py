@@ -126,6 +126,8 @@ def _update(
     per_token = {
       "kl": jax.lax.stop_gradient(aux["kl_BxL"]),
       "grad_norm": _token_grad_norm(aux, teacher_out, s),
+      "tracked": aux["tracked_BxL"],  # None unless frozen positions were skipped untracked
+      "overflow": aux["skip_overflow"],  # None unless Rock-Freeze skipping is on
     }
     return (grads_acc, total + aux["sum"]), per_token
 
@@ -141,8 +143,13 @@ def _update(
   params = optax.apply_updates(state.params, updates)
 
   _, _, targets, loss_mask = shifted
+  # Positions whose divergence was computed: every response position unless skipping left
+  # frozen ones out (opd.frozen_kl='skip'); the rock statistics and KL metrics read only these.
+  tracked = loss_mask
+  if per_token["tracked"] is not None:
+    tracked = loss_mask * _unsplit(per_token["tracked"])
   new_step = state.step + 1
-  rock = rocks.update(state.rock, targets, kl_RxL, loss_mask, decay=s.rock_schedule.decay)
+  rock = rocks.update(state.rock, targets, kl_RxL, tracked, decay=s.rock_schedule.decay)
   if s.rock_schedule.snapshot_step > 0:
     rock = jax.lax.cond(
       new_step == s.rock_schedule.snapshot_step, rocks.snapshot, lambda r: r, rock
@@ -151,14 +158,17 @@ def _update(
 
   metrics: Metrics = {
     "opd/loss": (total, count),
-    "opd/kl": losses.reduce(kl_RxL, loss_mask),
+    "opd/kl": losses.reduce(kl_RxL, tracked),
     "opd/response_tokens": (jnp.sum(loss_mask, dtype=jnp.float32), jnp.float32(1)),
     "opt/grad_norm": (optax.global_norm(grads), jnp.float32(1)),
     "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
     "rock/num_selected": (jnp.sum(state.rock_mask, dtype=jnp.float32), jnp.float32(1)),
+    # Untracked positions hold 0 KL and 0 gradient norm: their shares need no extra mask.
     **rocks.rock_shares(state.rock_mask, targets, kl_RxL, loss_mask),
     **_grad_norm_share(gnorm_RxL, targets, loss_mask, state.rock_mask),
   }
+  if per_token["overflow"] is not None:  # micro-batches that fell back to the full loss
+    metrics["opd/skip_overflow"] = (jnp.sum(per_token["overflow"]), jnp.float32(k))
   new_state = state.replace(
     step=new_step, params=params, opt_state=opt_state, rock=rock, rock_mask=rock_mask
   )
