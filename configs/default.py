@@ -87,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   """The documented default."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, data order and rollout keys all derive from it
-  c.steps = 50  # optimiser updates (one train_step call each, whatever opt.micro_batches)
+  # Batches trained on (train_step calls: rollout batches on-policy); each makes
+  # opd.updates_per_rollout optimiser updates, whatever opt.micro_batches
+  c.steps = 50
   c.log_every = 1  # steps between metric lines (JSONL + TensorBoard + progress bar)
   c.stop_after = 0  # end (with a checkpoint) after this step, keeping c.steps' schedule; 0 = off
 
@@ -135,6 +137,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.frozen_kl = "forward"
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
+  # Sequential optimiser updates per rollout batch (authors: 2 prompts x 4 samples -> 2 updates
+  # of 4): update u trains on rows u, u+U, ... after update u-1 moved the params (so it is
+  # off-policy by u updates); the lr schedule and rock.* step counts count these updates.
+  c.opd.updates_per_rollout = 1
+  # Rollouts that hit max_new_tokens without an EOS: 'keep' (trained on and counted in the rock
+  # statistics like any other) | 'drop' (response mask zeroed: no loss, no statistics; the batch
+  # keeps its shape). Either way the metric rollout/truncated counts them.
+  c.opd.truncated_rollouts = "keep"
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)
   c.opd.top_p = 1.0
   c.opd.top_k = 0  # 0 = off
@@ -165,13 +175,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.rock.warmup_steps = 10  # off/dynamic: first selection after this many steps
   c.rock.select_every = 10  # off/dynamic: reselect every N steps
   c.rock.snapshot_step = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
+  # (rock.warmup_steps, select_every, snapshot_step and decay count optimiser updates: steps x
+  # opd.updates_per_rollout over a run; the statistics take each update's forward)
 
   c.opt = ml_collections.ConfigDict()
   c.opt.lr = 1e-3  # peak learning rate (paper OPD: 2e-6 on Qwen3-4B)
   c.opt.end_lr = 1e-5  # cosine floor (paper: 1e-8)
-  # Linear warm-up share of c.steps (paper: 5%), then cosine decay to end_lr. Update n (from 1)
-  # uses the curve at n: the first update already moves (lr / warm-up updates), update
-  # round(warmup_frac * steps) is the first at the peak and the last update ends at end_lr.
+  # Linear warm-up share of the updates, c.steps x opd.updates_per_rollout (paper: 5%), then
+  # cosine decay to end_lr. Update n (from 1) uses the curve at n: the first update already
+  # moves (lr / warm-up updates), update round(warmup_frac * updates) is the first at the peak
+  # and the last update ends at end_lr.
   c.opt.warmup_frac = 0.05
   c.opt.b1 = 0.9
   c.opt.b2 = 0.98  # paper: (0.9, 0.98)

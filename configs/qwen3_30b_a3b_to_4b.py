@@ -86,6 +86,8 @@ def get_config():
   # Each step rolls out 2 prompts x 4 samples = 8 sequences; the authors make 2 updates of 4
   # from them (opd.updates_per_rollout=2, see docs/paper_protocol.md).
   c.opd.samples_per_prompt = 4
+  c.opd.updates_per_rollout = 2  # rows 0, 2, 4, 6 then 1, 3, 5, 7: 2 samples of each prompt
+  c.opd.truncated_rollouts = "keep"  # not stated by the authors; rollout/truncated counts them
   c.opd.max_new_tokens = 8000  # the paper's OPD; the freeze scripts' 1024 is one flag away
   # The freeze code's per-sequence mean over kept tokens, shared by the three runs so they
   # differ only in rock.*; the paper's Original alone used 'tokens' (docs/paper_protocol.md).

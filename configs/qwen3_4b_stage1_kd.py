@@ -25,6 +25,7 @@ def get_config():
   c.model.path = "/path/to/Qwen3-4B-Instruct-2507"  # the base model: stage 1 starts here
   c.opd.mode = "off_policy"
   c.opd.kd_ratio = 0.5  # 0.5 x forward KL + 0.5 x CE
+  c.opd.updates_per_rollout = 1  # given completions, no rollouts: one update per batch
   c.opd.normalizer = "tokens"  # no frozen tokens in stage 1: the plain token mean
   c.opt.lr = 2e-5
   c.data.num_train_prompts = 20_000  # dry-run hint: "20k" teacher answers in the paper

@@ -15,6 +15,7 @@ from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
 from rockjax.prompt_fit import OVERFLOW_POLICIES
 from rockjax.rocks import SELECTORS, WINDOWS
+from rockjax.sampling import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
 from rockjax.sharding import MESH_AXES
 from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
 from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
@@ -32,6 +33,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "opd.frozen_kl": FROZEN_KL,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,
+  "opd.truncated_rollouts": TRUNCATED_ROLLOUTS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,
@@ -55,6 +57,7 @@ RANGES: dict[str, str] = {
   "opd.kept_capacity": "[0, 1]",
   "opd.samples_per_prompt": ">= 1",
   "opd.max_new_tokens": ">= 1",
+  "opd.updates_per_rollout": ">= 1",
   "opd.sample_temperature": "> 0",
   "opd.top_p": "(0, 1]",
   "opd.top_k": ">= 0",

@@ -119,7 +119,7 @@ def _per_device_bytes(abstract_tree: Any, shardings: Any, axis_sizes: dict[str, 
 def _abstract(c: ml_collections.ConfigDict):
   """(init, student params, teacher graphdef, teacher params, lr schedule), all abstract."""
   student_cfg = loading.arch_config(c.model)
-  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   graphdef, params = loading.abstract_params(student_cfg)
   init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size)
   t_graphdef = t_params = None

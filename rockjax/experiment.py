@@ -210,7 +210,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
     preflight.check_teacher(c, (teacher_graphdef, teacher_params), tokenizer, mesh)
 
-  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   rock_mask = _rock_mask(c, student_cfg.vocab_size)
   graphdef, abstract_params = loading.abstract_params(student_cfg, c.seed)
   init = state_lib.initializer(

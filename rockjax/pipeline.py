@@ -85,6 +85,7 @@ def _pre_stage(c: ml_collections.ConfigDict, workdir: epath.Path, role: str) -> 
   else:  # the paper's stage 1: kd_ratio * forward KL + (1 - kd_ratio) * CE from the teacher
     s.opd.kd_ratio = group.stage_kd_ratio
   s.opd.mode, s.rock.mode = "off_policy", "off"
+  s.opd.updates_per_rollout = 1  # an OPD choice: the stage's batches are one update each
   s.steps, s.opt.lr, s.stop_after = group.stage_steps, group.stage_lr, 0
   s.data.epochs, s.ckpt.export_hf = 0.0, False  # its length is stage_steps; it exports to hf/
   s.eval.every = group.stage_steps if c.eval.every else 0  # pass@1 once, at the stage's end

@@ -77,7 +77,14 @@ def step_settings(
     selection=rock_selection(c),
     rock_schedule=rock_schedule(c),
     micro_batches=c.opt.micro_batches,
+    updates_per_rollout=c.opd.updates_per_rollout,
   )
+
+
+def total_updates(c: ml_collections.ConfigDict) -> int:
+  """Optimiser updates of the run, the lr schedule's length: c.steps batches (train_step calls)
+  x opd.updates_per_rollout updates each."""
+  return c.steps * c.opd.updates_per_rollout
 
 
 def batch_shape(c: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -27,8 +27,9 @@ _log = logging.getLogger(__name__)
 
 def _rollout(
   exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray], step: int
-) -> dict[str, jax.Array]:
-  """Student samples completions for the step's prompts (on-policy); returns a token batch."""
+) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+  """Student samples completions for the step's prompts (on-policy); returns a token batch
+  (opd.truncated_rollouts applied) and the rollout's metrics."""
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
   c = exp.config.opd
@@ -55,23 +56,21 @@ def _rollout(
       eos_ids=exp.eos_ids,
       num_samples=c.samples_per_prompt,
     )
-  return {
-    "tokens": out.tokens,
-    "attention_mask": out.attention_mask,
-    "response_mask": out.response_mask,
-  }
+  return sampling.train_batch(out, c.truncated_rollouts)
 
 
-def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
+def _next_batch(exp: Experiment, state, step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """The step's token batch (padded to settings.batch_shape) and the metrics of making it."""
   host = next(exp.train_data)
+  made: dict[str, Any] = {}
   if exp.config.opd.mode == "off_policy":
     keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
     batch = shd.host_to_global(
       {k: host[k] for k in keys}, exp.mesh, global_rows=exp.config.data.prompts_per_step
     )
   else:
-    batch = _rollout(exp, state, host, step)
-  return objective.pad_batch(batch, exp.config.data.pad_to_multiple)  # settings.batch_shape
+    batch, made = _rollout(exp, state, host, step)
+  return objective.pad_batch(batch, exp.config.data.pad_to_multiple), made
 
 
 def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -173,8 +172,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     with jax.set_mesh(exp.mesh):
       for step in range(start, c.steps):
-        batch = _rename(_next_batch(exp, state, step))
-        state, dev_metrics = exp.train_step(state, exp.teacher_params, batch)
+        batch, batch_metrics = _next_batch(exp, state, step)
+        state, dev_metrics = exp.train_step(state, exp.teacher_params, _rename(batch))
+        dev_metrics = {**dev_metrics, **batch_metrics}
         if pending is not None:
           finish(*pending)  # step N's metrics are pulled while step N+1 runs
         pending = (step + 1, dev_metrics)

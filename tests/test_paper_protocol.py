@@ -30,8 +30,6 @@ OPD_RUNS = ("Original", "Rock-Freeze", "Random")
 # Fields other branches are adding (the table's "(pending)" rows): their planned values are
 # documented but not checked. Empty this list when they are merged.
 AWAITING_FIELDS = [
-  "opd.updates_per_rollout",
-  "opd.truncated_rollouts",
   "data.prompt_overflow",
   "data.system_prompt",
   "data.enable_thinking",
