@@ -27,15 +27,7 @@ COLUMNS = {
   "Stage 1": "qwen3_4b_stage1_kd",
 }
 OPD_RUNS = ("Original", "Rock-Freeze", "Random")
-# Fields other branches are adding (the table's "(pending)" rows): their planned values are
-# documented but not checked. Empty this list when they are merged.
-AWAITING_FIELDS = [
-  "data.prompt_overflow",
-  "data.system_prompt",
-  "data.enable_thinking",
-  "data.skip_bad_records",
-]
-_FIELD = re.compile(r"^`([a-z0-9_.]+)`( \*\(pending\)\*)?$")
+_FIELD = re.compile(r"^`([a-z0-9_.]+)`$")
 _LITERAL = re.compile(r"^`([^`]*)`$")
 
 
@@ -67,9 +59,7 @@ def check_table(text: str, by_column: dict[str, object]) -> tuple[list[str], int
     match = _FIELD.match(cell)
     if not match:  # a documentation row ("none: ...")
       continue
-    field, pending = match.group(1), bool(match.group(2))
-    if pending:
-      continue
+    field = match.group(1)
     for col, c in by_column.items():
       value_cell = row[header.index(col)]
       literal = _LITERAL.match(value_cell)
@@ -107,21 +97,16 @@ def test_a_drifted_config_is_reported(monkeypatch):
 def test_every_row_is_a_field_row_or_a_documentation_row():
   header, rows = table_rows(DOC.read_text())
   assert header[4:] == list(COLUMNS)
-  pending = set()
   for row in rows:
     assert len(row) == len(header), row[0]
     cell = row[header.index("field")]
     match = _FIELD.match(cell)
     assert match or cell.startswith("none"), f"row {row[0]!r}: field cell {cell!r}"
-    if match and match.group(2):
-      pending.add(match.group(1))
     if match:
-      if not match.group(2):  # an existing field (ConfigError otherwise)
-        config_check.get(configs()["Original"], match.group(1))
+      config_check.get(configs()["Original"], match.group(1))  # ConfigError if no such field
       for col in COLUMNS:  # a value cell is a literal or a dash
         value = row[header.index(col)]
         assert value == "-" or _LITERAL.match(value), f"{row[0]} / {col}: {value!r}"
-  assert pending == set(AWAITING_FIELDS)  # the planned rows are exactly the awaited fields
 
 
 def flat(c) -> dict[str, object]:
