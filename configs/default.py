@@ -222,8 +222,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the run starts (the lr schedule follows; the workdir's config.json records the result).
   # 0 = use `steps`. A budget cap that keeps this schedule: `stop_after`.
   c.data.epochs = 0.0
-  # Train prompts for data.epochs when the file is not read (dry runs); a real run counts
-  # data.train_path's records and records that count here. 0 = unknown.
+  # Train prompts for data.epochs when the file is not read (dry runs); a real run counts the
+  # prompts of data.train_path it trains on (bad records skipped and over-long prompts dropped
+  # do not count) and records that count here. 0 = unknown.
   c.data.num_train_prompts = 0
   c.data.max_prompt_len = 32  # prompt ids per row, left-padded to this (static shapes)
   # A formatted prompt longer than max_prompt_len: 'drop' (leave the record out, counted),

@@ -20,18 +20,46 @@ def epoch_steps(num_prompts: int, epochs: float, prompts_per_step: int) -> int:
   return max(1, math.ceil(prompts / prompts_per_step))
 
 
+def _tokenizer_path(c: ml_collections.ConfigDict) -> str:
+  """The data tokenizer's directory as rockjax.experiment.task_files picks it, '' if none yet."""
+  if c.data.tokenizer_path:
+    return c.data.tokenizer_path
+  return next((m.path for m in (c.teacher, c.model) if m.source == "hf"), "")
+
+
 def count_train_prompts(c: ml_collections.ConfigDict) -> tuple[int, str]:
-  """(records the main stage trains on, where they come from), read as its pipeline reads them."""
+  """(prompts the main stage trains on, where they come from), read as its pipeline reads them:
+  bad records skipped (data.skip_bad_records) and over-long prompts dropped
+  (data.prompt_overflow='drop') do not count."""
   if not c.data.train_path:  # the built-in task writes exactly data.task_size problems
     return c.data.task_size, f"data.task_size of the built-in {c.data.task!r} task"
   off_policy = c.opd.mode == "off_policy"
-  records = records_lib.load_records(
+  loaded = records_lib.read_records(
     c.data.train_path,
+    skip_bad=c.data.skip_bad_records,
     prompt_field=c.data.prompt_field,
     answer_field=c.data.answer_field,
     completion_field=c.data.completion_field if off_policy else None,
   )
-  return len(records), f"records in {c.data.train_path}"
+  source = f"records in {c.data.train_path}"
+  if loaded.skipped:
+    source += f" ({len(loaded.skipped)} bad records skipped)"
+  tokenizer_path = _tokenizer_path(c)
+  if c.data.prompt_overflow != "drop" or not tokenizer_path:
+    return len(loaded.records), source
+  from rockjax import prompt_fit  # pylint: disable=g-import-not-at-top
+  from rockjax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  fitted = prompt_fit.fit_prompts(
+    loaded.records,
+    tokenizer_lib.load_tokenizer(tokenizer_path),
+    max_prompt_len=c.data.max_prompt_len,
+    overflow="drop",
+    prompt_format=records_lib.PromptFormat.from_config(c.data),
+  )
+  if fitted.dropped:
+    source += f" ({fitted.dropped} over data.max_prompt_len dropped)"
+  return len(fitted.records), source
 
 
 def resolve(

@@ -159,3 +159,34 @@ def test_pipeline_records_epoch_steps_and_exports_the_final_student(tmp_path):
     atol=1e-5,
     rtol=0,
   )
+
+
+def test_epochs_count_only_the_prompts_the_pipeline_keeps(tmp_path):
+  # 6 records: one bad line (skipped), 2 prompts of 5 words (over max_prompt_len=3 without a
+  # chat template: dropped), 3 of 1-3 words kept -> ceil(3 x 1 / 2) = 2 steps.
+  words = ["a", "b", "c", "d", "e"]
+  tok = make_tokenizer(tmp_path / "tok", words)
+  lines = ["a", "a b", "a b c d e", "not json", "b c d e a", "c b a"]
+  path = tmp_path / "train.jsonl"
+  path.write_text(
+    "".join(
+      (line if line == "not json" else json.dumps({"prompt": line, "answer": "1"})) + "\n"
+      for line in lines
+    )
+  )
+  c = default.get_config()
+  c.data.update(
+    task="",
+    train_path=str(path),
+    tokenizer_path=tok,
+    use_chat_template=False,
+    max_prompt_len=3,
+    skip_bad_records=True,
+    epochs=1.0,
+    prompts_per_step=2,
+  )
+  out, how = run_length.resolve(c)
+  assert (out.steps, out.data.num_train_prompts) == (2, 3), how
+  assert "1 bad records skipped" in how and "2 over data.max_prompt_len dropped" in how
+  c.data.prompt_overflow = "truncate"  # nothing dropped: 5 prompts -> 3 steps
+  assert run_length.resolve(c)[0].steps == 3
