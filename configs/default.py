@@ -87,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   """The documented default."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init, data order and rollout keys all derive from it
-  c.steps = 50  # optimiser updates (one train_step call each, whatever opt.micro_batches)
+  # Batches trained on (train_step calls: rollout batches on-policy); each makes
+  # opd.updates_per_rollout optimiser updates, whatever opt.micro_batches
+  c.steps = 50
   c.log_every = 1  # steps between metric lines (JSONL + TensorBoard + progress bar)
   c.stop_after = 0  # end (with a checkpoint) after this step, keeping c.steps' schedule; 0 = off
 
@@ -108,7 +110,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.skew_alpha = 0.9
   c.opd.temperature = 1.0  # divergence temperature (paper: 1)
   c.opd.kd_ratio = 0.5  # off-policy: kd_ratio*forward_kl + (1-kd_ratio)*CE (paper stage 1: 0.5)
-  c.opd.normalizer = "tokens"  # 'tokens' (paper baseline) | 'weights' (authors' freeze code)
+  # What the weighted loss sum is divided by (docs/method.md, "Normalisers"): 'tokens' (the
+  # batch's response tokens: the authors' Original run) | 'sequence' (mean over sequences of
+  # each one's sum / max(kept weight, 1): the authors' freeze runs) | 'weights' (the batch's
+  # sum of weights). Under AdamW a constant loss scale nearly cancels; they differ in the
+  # per-step frozen share, clipping of the raw gradient norm and per-sequence weighting.
+  c.opd.normalizer = "tokens"  # 'tokens' | 'sequence' | 'weights' (the paper baseline: tokens)
   # Memory-lean loss from hidden states, never materialising [B, L, V] logits: the divergence
   # and its gradient in one pass over token blocks (rockjax.losses.fused), CE chunked over V.
   c.opd.chunked = True
@@ -119,8 +126,25 @@ def get_config() -> ml_collections.ConfigDict:
   # combined by collectives; docs/design.md, "Sharding")
   c.opd.loss_sharding = "tokens"
   c.opd.grad_norm_metric = True  # log rock share of per-token logit-grad norm (free if chunked)
+  # Rock-Freeze skipping (chunked only; docs/method.md, "Skipping"): the heads and divergence
+  # run only on positions of weight > 0, gathered into slots per row group: kept_capacity is
+  # their number as a fraction of the response slots (on-policy max_new_tokens per row, else
+  # the whole row). 1 skips prompt and padding and never overflows on-policy; 0.6 at lam 0
+  # with ~half the response frozen. A batch that overflows runs the full loss (exact).
+  c.opd.kept_capacity = 0.0  # in [0, 1]; 0 = off (every position runs the heads)
+  # Frozen (weight 0) response positions under skipping: 'forward' (their KL from a
+  # forward-only pass: rock statistics unchanged) | 'skip' (no KL: untracked by RockStats)
+  c.opd.frozen_kl = "forward"
   c.opd.samples_per_prompt = 4  # rollouts per prompt (paper: 4)
   c.opd.max_new_tokens = 48  # rollout length (paper: 8000; 1024 in the freeze runs)
+  # Sequential optimiser updates per rollout batch (authors: 2 prompts x 4 samples -> 2 updates
+  # of 4): update u trains on rows u, u+U, ... after update u-1 moved the params (so it is
+  # off-policy by u updates); the lr schedule and rock.* step counts count these updates.
+  c.opd.updates_per_rollout = 1
+  # Rollouts that hit max_new_tokens without an EOS: 'keep' (trained on and counted in the rock
+  # statistics like any other) | 'drop' (response mask zeroed: no loss, no statistics; the batch
+  # keeps its shape). Either way the metric rollout/truncated counts them.
+  c.opd.truncated_rollouts = "keep"
   c.opd.sample_temperature = 1.0  # rollout sampling (paper: 1.0, top_p 1.0)
   c.opd.top_p = 1.0
   c.opd.top_k = 0  # 0 = off
@@ -137,11 +161,12 @@ def get_config() -> ml_collections.ConfigDict:
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
   # 'dynamic' (the RockStats selection is masked)
   c.rock.mode = "off"
-  c.rock.lam = 0.0  # weight of rock positions in the loss (paper Rock-Freeze: 0)
+  c.rock.lam = 0.0  # weight of rock positions in the loss, in [0, 1] (paper Rock-Freeze: 0)
   c.rock.list_path = ""  # static mode: id list file (e.g. rockjax/resources/qwen3_paper_rocks.txt)
   c.rock.k = 100  # off/dynamic: number of rock ids (paper: 100)
   c.rock.min_freq = 2  # off/dynamic: ignore ids seen fewer times (authors' code: 2)
-  c.rock.exclude_top_freq = 5  # off/dynamic: drop the N most frequent first (authors' code: 5)
+  # off/dynamic: drop the N most frequent first (authors' code: 5; the published list: 0)
+  c.rock.exclude_top_freq = 5
   c.rock.selector = "rock_score"  # rock_score (Freq x mean KL) | frequency | mean_kl
   # Statistics window for selection: cumulative (all steps) | recent (decayed by rock.decay) |
   # since_snapshot (steps after rock.snapshot_step) | snapshot (frozen at that step)
@@ -150,13 +175,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.rock.warmup_steps = 10  # off/dynamic: first selection after this many steps
   c.rock.select_every = 10  # off/dynamic: reselect every N steps
   c.rock.snapshot_step = 0  # snapshot per-id mean KL after this step (persistence); 0 = never
+  # (rock.warmup_steps, select_every, snapshot_step and decay count optimiser updates: steps x
+  # opd.updates_per_rollout over a run; the statistics take each update's forward)
 
   c.opt = ml_collections.ConfigDict()
   c.opt.lr = 1e-3  # peak learning rate (paper OPD: 2e-6 on Qwen3-4B)
   c.opt.end_lr = 1e-5  # cosine floor (paper: 1e-8)
-  # Linear warm-up share of c.steps (paper: 5%), then cosine decay to end_lr. Update n (from 1)
-  # uses the curve at n: the first update already moves (lr / warm-up updates), update
-  # round(warmup_frac * steps) is the first at the peak and the last update ends at end_lr.
+  # Linear warm-up share of the updates, c.steps x opd.updates_per_rollout (paper: 5%), then
+  # cosine decay to end_lr. Update n (from 1) uses the curve at n: the first update already
+  # moves (lr / warm-up updates), update round(warmup_frac * updates) is the first at the peak
+  # and the last update ends at end_lr.
   c.opt.warmup_frac = 0.05
   c.opt.b1 = 0.9
   c.opt.b2 = 0.98  # paper: (0.9, 0.98)
@@ -181,9 +209,31 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prompt_field = "prompt"
   c.data.answer_field = "answer"
   c.data.completion_field = "solution"  # off-policy mode: the given completion
-  c.data.use_chat_template = True
+  c.data.use_chat_template = True  # format prompts with the tokenizer's chat template
+  # System message placed before each user prompt ('' = none, as in the paper's runs as far as
+  # known); needs a chat template. A record whose messages start with a system one keeps its own.
+  c.data.system_prompt = ""
+  # Passed to chat templates that have a thinking switch (Qwen3 hybrid); templates without one
+  # (Qwen3-*-Instruct-2507, the paper's models) ignore False and refuse True.
+  c.data.enable_thinking = False
   c.data.prompts_per_step = 8  # global prompts per step (x samples_per_prompt sequences)
-  c.data.max_prompt_len = 32  # prompts are left-truncated/padded to this (static shapes)
+  # Run length from passes over the data: > 0 sets steps = ceil(train prompts x epochs /
+  # prompts_per_step) (fractions allowed: 0.25 = a quarter pass), overriding `steps`, before
+  # the run starts (the lr schedule follows; the workdir's config.json records the result).
+  # 0 = use `steps`. A budget cap that keeps this schedule: `stop_after`.
+  c.data.epochs = 0.0
+  # Train prompts for data.epochs when the file is not read (dry runs); a real run counts the
+  # prompts of data.train_path it trains on (bad records skipped and over-long prompts dropped
+  # do not count) and records that count here. 0 = unknown.
+  c.data.num_train_prompts = 0
+  c.data.max_prompt_len = 32  # prompt ids per row, left-padded to this (static shapes)
+  # A formatted prompt longer than max_prompt_len: 'drop' (leave the record out, counted),
+  # 'truncate' (keep its last max_prompt_len ids: cuts the start, counted) or 'error' (stop,
+  # naming file:line). Counts: data/prompts_dropped, data/prompts_truncated in metrics.jsonl.
+  c.data.prompt_overflow = "drop"
+  # A bad record (invalid JSON, missing or non-string prompt): False = stop naming file:line,
+  # True = skip it and count it (data/records_skipped).
+  c.data.skip_bad_records = False
   c.data.max_len = 96  # off-policy: prompt + completion length
   # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
   # of this: padded columns are masked out (no change to loss, metrics or rock statistics) and
@@ -212,6 +262,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
   c.ckpt.keep = 3  # checkpoints kept
   c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
+  # Write the main stage's trained student as a Hugging Face directory (safetensors +
+  # tokenizer) at WORKDIR/export_hf when it completes, for separate evaluation.
+  c.ckpt.export_hf = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 25  # steps between pass@1 evaluations; 0 = off
@@ -220,6 +273,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
 
+  # Pre-flight checks before step 1 of every stage (rockjax.preflight; docs/running.md,
+  # "Pre-flight checks"). Model/tokenizer files and tokenizer ids vs embedding rows are always
+  # checked; these two checks can be turned off.
+  c.preflight = ml_collections.ConfigDict()
+  # Data tokenizer vs each model directory's own tokenizer (probe text + chat template ids),
+  # and the teacher probe below; False skips both
+  c.preflight.enabled = True
+  # Teacher determinism: max |difference| (nats) of next-token log-probs and entropies allowed
+  # between two teacher passes over one probe batch (data x fsdp rows of 64 tokens); 0 = skip
+  c.preflight.determinism_tol = 1e-3
+
   # Rock analysis (python -m rockjax.analyze, and the pipeline's last stage): the student
   # decodes the evaluation set, the teacher scores it teacher-forced, rocks are selected with
   # the rock.* settings, and WORKDIR/analysis/ gets report.md, report.json, PNGs,
@@ -227,7 +291,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis = ml_collections.ConfigDict()
   c.analysis.enabled = True  # run the analysis as the pipeline's last stage
   c.analysis.num_prompts = 500  # evaluation prompts decoded (paper: 500); clipped to the set
-  c.analysis.max_new_tokens = 0  # decode length (paper: 8000); 0 = eval.max_new_tokens
+  # Decode length (paper text: full length, 8000; the published list: 256); 0 = eval.max_new_tokens
+  c.analysis.max_new_tokens = 0
   c.analysis.greedy = True  # greedy decoding (paper); False samples at analysis.temperature
   c.analysis.temperature = 0.6  # sampling temperature when greedy is False
   c.analysis.batch_size = 32  # prompts decoded and scored per batch (one Parquet row group)

@@ -1,15 +1,19 @@
 """The paper's Random control: freeze 100 non-rock ids frequency-matched to the rocks.
 
-The control list depends on token frequencies of your own corpus (the paper matched by a
-minimum-cost assignment on |log freq|). The analysis command writes it beside the rock list,
-as random_control_ids.txt, from the detection corpus of an Original run's checkpoint
-(`rockjax.analysis.controls.frequency_matched`), then pass it as rock.list_path:
+Only rock.* fields differ from configs/qwen3_30b_a3b_to_4b.py (the Original). The control
+list depends on token frequencies of your own corpus (the paper matched by a minimum-cost
+assignment on |log freq|). The analysis of an Original run writes it beside the rock list,
+as random_control_ids.txt (`rockjax.analysis.controls.frequency_matched`); pass it as
+rock.list_path:
   python -m rockjax.analyze --config=configs/qwen3_30b_a3b_to_4b.py --workdir=DIR_ORIGINAL
-  python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_random_freeze.py --workdir=DIR \
-      --config.rock.list_path=DIR_ORIGINAL/analysis/random_control_ids.txt \
+  python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_random_freeze.py --workdir=DIR \\
+      --config.rock.list_path=DIR_ORIGINAL/analysis/random_control_ids.txt \\
       --config.model.path=... --config.teacher.path=... --config.data.train_path=...
-Expected (docs/method.md, "Rock-Freeze"): AIME24/25/HMMT25 average 38.9 (below both Original
-and Rock-Freeze).
+For the authors' freeze-script length pass --config.opd.max_new_tokens=1024 to all three
+paper configs. docs/paper_protocol.md gives every setting and its source.
+Expected (docs/method.md, "Rock-Freeze"): the paper reports an AIME24/25/HMMT25 average of
+38.9 for this regime (below both Original and Rock-Freeze); this config reproduces the
+regime, not that number.
 """
 
 from configs import qwen3_30b_a3b_to_4b_rock_freeze

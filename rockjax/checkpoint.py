@@ -99,8 +99,13 @@ class Checkpointer:
     # Remote paths (gs://...) go to orbax as they are; local ones are made absolute.
     storage.check_checkpoint_dir(directory, field="checkpoint directory")
     self.directory = str(storage.resolve(directory))
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # cleanup_tmp_directories: a save killed mid-write (or stopped by a full disk) leaves a
+    # `<step>.orbax-checkpoint-tmp` directory that is never restored; delete it on the next start.
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    self._disk_full = False  # a save stopped on ENOSPC (close then stays quiet about it)
 
   def steps(self) -> list[int]:
     """Complete checkpoints on disk, oldest first."""
@@ -111,8 +116,19 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(_savable(state))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+      self._mngr.wait_until_finished()
+    except Exception as err:  # pylint: disable=broad-except  (ENOSPC arrives wrapped by orbax)
+      if not storage.is_disk_full(err):
+        raise
+      self._disk_full = True
+      kept = [s for s in self.steps() if s != step]
+      raise errors.DiskFull(
+        f"checkpoint {self.directory}/{step}: no space left on device; the last complete "
+        f"checkpoint is {'step ' + str(kept[-1]) if kept else 'none'}: free space and run "
+        f"the same command to resume from it"
+      ) from err
 
   def _saved_specs(self, step: int) -> dict[str, tuple] | None:
     """{path: (shape, dtype)} from a checkpoint's metadata; None when that is unreadable."""
@@ -191,5 +207,14 @@ class Checkpointer:
     return None
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    """Wait for pending writes and release the manager.
+
+    After a save failed on a full disk, orbax raises that error again here: it was already
+    reported (errors.DiskFull from `save`), so it must not replace that one-line error.
+    """
+    for finish in (self._mngr.wait_until_finished, self._mngr.close):
+      try:
+        finish()
+      except Exception as err:  # pylint: disable=broad-except
+        if not (self._disk_full and storage.is_disk_full(err)):
+          raise

@@ -53,10 +53,13 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
+    _prompts(c),
     _micro_batches(c),
     _rollout_copy(c),
+    _skipping(c),
     _mesh_and_batch(c, dry_run, device_count, process_count),
     _int_lists(c),
+    _rock_rules(c, dry_run),
   ]
   if not dry_run:
     checks.append(_paths(c))
@@ -173,6 +176,21 @@ def _stages(c) -> Iterator[str]:
     )
 
 
+def _skipping(c) -> Iterator[str]:
+  """Rock-Freeze skipping gathers hidden states: only the chunked (fused) loss has them."""
+  if c.opd.kept_capacity > 0 and not c.opd.chunked:
+    yield f"opd.kept_capacity={c.opd.kept_capacity!r}: skipping needs opd.chunked=True"
+
+
+def _prompts(c) -> Iterator[str]:
+  """A system prompt is a chat message: it needs the chat template."""
+  if c.data.system_prompt and not c.data.use_chat_template:
+    yield (
+      f"data.system_prompt={c.data.system_prompt[:40]!r}: needs data.use_chat_template=True "
+      "(a system message only exists in a chat template)"
+    )
+
+
 def _rollout_copy(c) -> Iterator[str]:
   """opd.rollout_sharding='train' samples the train params themselves (rockjax.rollout_params)."""
   if c.opd.rollout_sharding == "train" and c.opd.rollout_dtype != "float32":
@@ -182,18 +200,30 @@ def _rollout_copy(c) -> Iterator[str]:
     )
 
 
+def _updates(c, off_policy_rows: bool) -> int:
+  """opd.updates_per_rollout of a batch: the run's batches; pre-stages (rockjax.pipeline) use 1."""
+  return c.opd.updates_per_rollout if off_policy_rows == (c.opd.mode == "off_policy") else 1
+
+
 def _micro_batches(c) -> Iterator[str]:
-  """opt.micro_batches splits the rows of every batch the run trains on (rockjax.step)."""
+  """opd.updates_per_rollout splits the rows of every batch the run trains on into updates and
+  opt.micro_batches splits each update's rows (rockjax.step)."""
   k, prompts = c.opt.micro_batches, c.data.prompts_per_step
-  batches = []  # (where the rows come from, how many)
+  batches = []  # (where the rows come from, how many, updates per batch)
   if c.opd.mode == "on_policy":
     rollouts = prompts * c.opd.samples_per_prompt
-    batches.append((f"data.prompts_per_step x opd.samples_per_prompt = {rollouts}", rollouts))
+    where = f"data.prompts_per_step x opd.samples_per_prompt = {rollouts}"
+    batches.append((where, rollouts, _updates(c, False)))
   if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
-    batches.append((f"data.prompts_per_step = {prompts} (off-policy rows)", prompts))
-  for where, rows in batches:
-    if rows % k:
-      yield f"opt.micro_batches={k}: expected a divisor of the batch rows, {where}"
+    batches.append(
+      (f"data.prompts_per_step = {prompts} (off-policy rows)", prompts, _updates(c, True))
+    )
+  for where, rows, u in batches:
+    if rows % u:
+      yield f"opd.updates_per_rollout={u}: expected a divisor of the batch rows, {where}"
+    elif rows // u % k:
+      per = f" / opd.updates_per_rollout={u} = {rows // u} rows per update" if u > 1 else ""
+      yield f"opt.micro_batches={k}: expected a divisor of the batch rows, {where}{per}"
 
 
 def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
@@ -242,16 +272,17 @@ def _train_batches(c) -> list[tuple[str, int, int]]:
   trains on (rockjax.settings.batch_shape; off-policy stages included)."""
   k, prompts = c.opt.micro_batches, c.data.prompts_per_step
   pad = lambda n: objective.padded_length(n, c.data.pad_to_multiple)
+  u = lambda off: _updates(c, off)
+  per_update = lambda off: f" / opd.updates_per_rollout={u(off)}" if u(off) > 1 else ""
   out = []
   if c.opd.mode == "on_policy":
     rows = prompts * c.opd.samples_per_prompt
     length = pad(c.data.max_prompt_len + c.opd.max_new_tokens)
     where = f"data.prompts_per_step x opd.samples_per_prompt = {rows}"
-    out.append((where, rows // k, length))
+    out.append((where + per_update(False), rows // (k * u(False)), length))
   if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
-    out.append(
-      (f"data.prompts_per_step = {prompts} (off-policy rows)", prompts // k, pad(c.data.max_len))
-    )
+    where = f"data.prompts_per_step = {prompts} (off-policy rows)" + per_update(True)
+    out.append((where, prompts // (k * u(True)), pad(c.data.max_len)))
   return out
 
 
@@ -294,6 +325,22 @@ def _activation_shards(
           "(mesh.tensor x mesh.dcn_tensor; attention heads are sharded over it)"
         )
         return
+
+
+def _rock_rules(c, dry_run: bool) -> Iterator[str]:
+  """Counts over the vocabulary fit in it; a 'snapshot' window has a snapshot to read."""
+  hf = c.model.source == "hf" and not dry_run  # the vocabulary is in config.json (_hf_vocab)
+  vocab = None if hf else c.model.arch.vocab_size
+  where = "" if vocab is None else f"model.arch.vocab_size={vocab}"
+  if vocab is not None and c.rock.k > vocab:
+    yield f"rock.k={c.rock.k}: expected at most {where} (ids selected per step)"
+  if vocab is not None and c.opd.top_k > vocab:
+    yield f"opd.top_k={c.opd.top_k}: expected at most {where} (0 = off)"
+  if c.rock.window == "snapshot" and c.rock.snapshot_step == 0:
+    yield (
+      "rock.snapshot_step=0: rock.window='snapshot' selects from the statistics frozen at "
+      "that step, and 0 never takes one; set rock.snapshot_step >= 1"
+    )
 
 
 def _int_lists(c) -> Iterator[str]:

@@ -7,12 +7,15 @@ rockjax.config_check.
 
 from typing import Any
 
-from rockjax.losses import KINDS
+from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.loading import DTYPES
+from rockjax.objective import FROZEN_KL
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
+from rockjax.prompt_fit import OVERFLOW_POLICIES
 from rockjax.rocks import SELECTORS, WINDOWS
+from rockjax.sampling import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
 from rockjax.sharding import MESH_AXES
 from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
 from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
@@ -25,15 +28,18 @@ _GROUPS = ("model", "teacher")
 ENUMS: dict[str, tuple[str, ...]] = {
   "opd.mode": ("on_policy", "off_policy"),
   "opd.divergence": KINDS,
-  "opd.normalizer": ("tokens", "weights"),
+  "opd.normalizer": NORMALIZERS,
   "opd.loss_sharding": SHARDINGS,
+  "opd.frozen_kl": FROZEN_KL,
   "opd.rollout_dtype": tuple(ROLLOUT_DTYPES),
   "opd.rollout_sharding": ROLLOUT_LAYOUTS,
+  "opd.truncated_rollouts": TRUNCATED_ROLLOUTS,
   "rock.mode": ("off", "static", "dynamic"),
   "rock.selector": SELECTORS,
   "rock.window": WINDOWS,
   "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
   "data.task_difficulty": tuple(DIFFICULTIES),
+  "data.prompt_overflow": OVERFLOW_POLICIES,
 }
 # field -> how a value is read before the checks (legacy spellings of an enum).
 CANONICAL: dict[str, Any] = {}
@@ -48,12 +54,14 @@ RANGES: dict[str, str] = {
   "opd.skew_alpha": "[0, 1]",
   "opd.chunk_size": ">= 1",
   "opd.block_size": ">= 1",
+  "opd.kept_capacity": "[0, 1]",
   "opd.samples_per_prompt": ">= 1",
   "opd.max_new_tokens": ">= 1",
+  "opd.updates_per_rollout": ">= 1",
   "opd.sample_temperature": "> 0",
   "opd.top_p": "(0, 1]",
   "opd.top_k": ">= 0",
-  "rock.lam": ">= 0",
+  "rock.lam": "[0, 1]",  # a down-weight of rock positions: more than 1 would up-weight them
   "rock.k": ">= 1",
   "rock.min_freq": ">= 0",
   "rock.exclude_top_freq": ">= 0",
@@ -72,6 +80,8 @@ RANGES: dict[str, str] = {
   "opt.micro_batches": ">= 1",
   "data.task_size": ">= 1",
   "data.prompts_per_step": ">= 1",
+  "data.epochs": ">= 0",
+  "data.num_train_prompts": ">= 0",
   "data.max_prompt_len": ">= 1",
   "data.max_len": ">= 2",
   "data.pad_to_multiple": ">= 1",
@@ -97,6 +107,7 @@ RANGES: dict[str, str] = {
   "analysis.knockout_eps": ">= 0",
   "analysis.bootstrap_resamples": ">= 1",
   "analysis.alpha": "(0, 1)",
+  "preflight.determinism_tol": ">= 0",  # rockjax.preflight; 0 = no teacher probe
 }
 for _g in _GROUPS:
   ENUMS.update(

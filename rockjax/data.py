@@ -3,23 +3,26 @@
 Letters: B = per-host batch, P = max_prompt_len, L = max_len (prompt + completion region).
 
 Two pipelines share one recipe (grain MapDataset over record indices):
-  host shard -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs) -> tokenize -> batch
+  fit prompts to P (rockjax.prompt_fit: format once; drop, refuse or mark the over-long) ->
+  host shard -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs) -> pad -> batch
 - `PromptPipeline` (on-policy OPD): `prompt_ids_BxP` LEFT-padded (what the sampler expects),
   `prompt_mask_BxP`, `index_B` (record index; look the answer up in `pipeline.answers`).
 - `CompletionPipeline` (off-policy stage-1 KD/SFT): the same layout as a rollout, so one
   train step serves both: columns [0, P) hold the left-padded prompt, columns [P, L) the
   completion + eos, right-padded. `response_mask_BxL` is 1 exactly on completion + eos.
 
-Many hosts: `host_share` is the one rule for which rows of a global batch a host reads (its
-own disjoint shard, or the whole batch when the batch cannot be split across the hosts); pass
-its rows / shard / shards as a pipeline's batch_size / process_index / process_count.
+Many hosts: `host_share` (rockjax.data_hosts) is the one rule for which rows of a global batch
+a host reads (its own disjoint shard, or the whole batch when the batch cannot be split across
+the hosts); pass its rows / shard / shards as a pipeline's batch_size / process_index /
+process_count.
 
 Resuming: each pipeline's `iterator` is a grain `DatasetIterator` whose state is
 {'next_batch': batches consumed, 'fingerprint': hash of data + settings}. rockjax.checkpoint
 saves it in the same orbax checkpoint as the train state with grain's handler
 (`grain.checkpoint.CheckpointSave(pipeline.iterator)` / `CheckpointRestore(...)`): every host
 writes and reads back its own file, `data/process_<i>-of-<n>.json`. `get_state()` /
-`set_state()` give the same state as JSON. Build the pipeline with the same settings before
+`set_state()` give the same state as JSON; the fingerprint covers the kept records, the prompt
+format and the over-length policy. Build the pipeline with the same settings before
 restoring; a mismatch raises instead of silently replaying or skipping data.
 """
 
@@ -33,76 +36,12 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from rockjax import errors
+from rockjax import errors, prompt_fit
 from rockjax import records as records_lib
 
-FILLER_INDEX = -1  # index_B of padding rows (only when drop_remainder=False): ignore them
-
-
-@dataclasses.dataclass(frozen=True)
-class HostShare:
-  """The part of every global batch one host reads (rockjax.data.host_share decides)."""
-
-  rows: int  # rows of each global batch this host reads (its pipeline's batch_size)
-  shard: int  # which record shard it reads (its pipeline's process_index)
-  shards: int  # into how many disjoint record shards the records split (process_count)
-
-
-def host_share(
-  global_batch: int,
-  *,
-  batch_shards: int,
-  process_index: int | None = None,
-  process_count: int | None = None,
-) -> HostShare:
-  """Which rows of a `global_batch`-row batch this host reads; the one multi-host data rule.
-
-  `batch_shards` is how many row blocks the mesh splits the batch into
-  (rockjax.sharding.batch_shards). When that is a multiple of the process count, every
-  host's devices hold rows of their own: host i reads record shard i (disjoint from the
-  others), global_batch / process_count rows per batch. Otherwise (fewer prompts than hosts,
-  such as one prompt per step on two hosts, or a batch the mesh replicates) every host reads
-  the whole global batch, the same records in the same order, and
-  rockjax.sharding.host_to_global keeps on each device the rows it holds; on-policy, the
-  rollout's rows (prompts x samples) are then split across devices by the sampler.
-  """
-  if process_index is None:
-    import jax
-
-    process_index = jax.process_index()
-  process_count = _process_count(process_count)
-  if global_batch < 1 or batch_shards < 1 or global_batch % batch_shards:
-    raise ValueError(f"batch_shards={batch_shards} does not split a batch of {global_batch} rows")
-  if batch_shards % process_count:
-    return HostShare(rows=global_batch, shard=0, shards=1)
-  return HostShare(rows=global_batch // process_count, shard=process_index, shards=process_count)
-
-
-def _process_count(process_count: int | None) -> int:
-  """process_count, defaulting to jax's."""
-  if process_count is None:
-    import jax
-
-    return jax.process_count()
-  return process_count
-
-
-def host_indices(
-  num_records: int, *, process_index: int, process_count: int, drop_remainder: bool
-) -> np.ndarray:
-  """Record indices of one host: a strided, equal-sized, disjoint shard.
-
-  Every host needs the same number of batches or the collectives of a step would hang, so
-  shards are equalised: drop_remainder drops the last num_records % process_count records;
-  otherwise short shards are padded with FILLER_INDEX.
-  """
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-  per_host = num_records // process_count if drop_remainder else -(-num_records // process_count)
-  if per_host == 0:
-    raise ValueError(f"{num_records} records cannot feed {process_count} processes")
-  idx = np.arange(process_index, num_records, process_count, dtype=np.int64)[:per_host]
-  return np.pad(idx, (0, per_host - idx.size), constant_values=FILLER_INDEX)
+# The multi-host rule is part of the data API (rockjax.data.host_share): re-exported.
+from rockjax.data_hosts import FILLER_INDEX, HostShare, host_indices, host_share  # noqa: F401
+from rockjax.data_hosts import resolve_process_count
 
 
 def _batch_name(row_key: str) -> str:
@@ -142,7 +81,7 @@ def build_dataset(
     import jax
 
     process_index = jax.process_index()
-  process_count = _process_count(process_count)
+  process_count = resolve_process_count(process_count)
   if batch_size < 1 or (num_epochs is not None and num_epochs < 1):
     raise ValueError(
       f"need batch_size >= 1 and num_epochs >= 1 or None, got "
@@ -199,14 +138,18 @@ def _digest(obj: Any) -> str:
 
 
 class _Pipeline:
-  """Common part: grain dataset, resumable iterator, answers lookup."""
+  """Common part: prompts fitted to P, grain dataset, resumable iterator, answers lookup."""
 
   def __init__(
     self,
     records: Sequence[dict[str, Any]],
+    tokenizer: Any,
     row_fn: Callable[[int], dict],
     *,
     settings: dict[str, Any],
+    max_prompt_len: int,
+    prompt_format: records_lib.PromptFormat,
+    prompt_overflow: str,
     batch_size: int,
     seed: int,
     shuffle: bool,
@@ -219,7 +162,18 @@ class _Pipeline:
   ):
     if not records:
       raise ValueError("pipeline: no records")
-    self.records = list(records)
+    # Over-long prompts are dropped (or refused) here, before indices are shuffled or sharded.
+    fitted = prompt_fit.fit_prompts(
+      records,
+      tokenizer,
+      max_prompt_len=max_prompt_len,
+      overflow=prompt_overflow,
+      prompt_format=prompt_format,
+      label="training prompts",
+    )
+    self.records, self.prompt_ids = fitted.records, fitted.ids
+    # Counts the run writes once (data/prompts_truncated, data/prompts_dropped, ...).
+    self.counts: dict[str, int] = fitted.counts()
     self._num_epochs = num_epochs
     self.answers = [str(r.get("answer", "")) for r in self.records]  # by global record index
     self.dataset = build_dataset(
@@ -237,13 +191,16 @@ class _Pipeline:
     # host checks its own saved state against this.
     settings = dict(
       settings,
+      max_prompt_len=max_prompt_len,
+      prompt_format=dataclasses.asdict(prompt_format),
+      prompt_overflow=prompt_overflow,
       num_records=len(self.records),
       batch_size=batch_size,
       seed=seed,
       shuffle=shuffle,
       num_epochs=num_epochs,
       drop_remainder=drop_remainder,
-      process_count=_process_count(process_count),
+      process_count=resolve_process_count(process_count),
       data=_digest(self.records),
     )
     fingerprint = _digest(settings)
@@ -294,25 +251,26 @@ class PromptPipeline(_Pipeline):
     process_index: int | None = None,
     process_count: int | None = None,
     drop_remainder: bool = True,
-    use_chat_template: bool = True,
+    prompt_format: records_lib.PromptFormat = records_lib.PromptFormat(),
+    prompt_overflow: str = "drop",
     num_threads: int = 1,
     prefetch: int = 2,
   ):
     pad = records_lib.pad_id(tokenizer)
 
     def row_fn(i: int) -> dict[str, np.ndarray]:
-      record = self.records[max(i, 0)]  # fillers (i = -1) repeat record 0, flagged by index_B
-      ids_P, mask_P = records_lib.left_pad(
-        records_lib.format_prompt(tokenizer, record["prompt"], use_chat_template=use_chat_template),
-        max_prompt_len,
-        pad,
-      )
+      # Fillers (i = -1) repeat record 0, flagged by index_B.
+      ids_P, mask_P = records_lib.left_pad(self.prompt_ids[max(i, 0)], max_prompt_len, pad)
       return dict(prompt_ids_P=ids_P, prompt_mask_P=mask_P)
 
     super().__init__(
       records,
+      tokenizer,
       row_fn,
-      settings=dict(kind="prompt", max_prompt_len=max_prompt_len, chat=use_chat_template),
+      settings=dict(kind="prompt"),
+      max_prompt_len=max_prompt_len,
+      prompt_format=prompt_format,
+      prompt_overflow=prompt_overflow,
       batch_size=batch_size,
       seed=seed,
       shuffle=shuffle,
@@ -347,7 +305,8 @@ class CompletionPipeline(_Pipeline):
     process_index: int | None = None,
     process_count: int | None = None,
     drop_remainder: bool = True,
-    use_chat_template: bool = True,
+    prompt_format: records_lib.PromptFormat = records_lib.PromptFormat(),
+    prompt_overflow: str = "drop",
     num_threads: int = 1,
     prefetch: int = 2,
   ):
@@ -361,12 +320,8 @@ class CompletionPipeline(_Pipeline):
     pad, completion_len = records_lib.pad_id(tokenizer), max_len - max_prompt_len
 
     def row_fn(i: int) -> dict[str, np.ndarray]:
-      record = self.records[max(i, 0)]
-      prompt_P, prompt_mask_P = records_lib.left_pad(
-        records_lib.format_prompt(tokenizer, record["prompt"], use_chat_template=use_chat_template),
-        max_prompt_len,
-        pad,
-      )
+      record, prompt_ids = self.records[max(i, 0)], self.prompt_ids[max(i, 0)]
+      prompt_P, prompt_mask_P = records_lib.left_pad(prompt_ids, max_prompt_len, pad)
       completion = records_lib.encode_completion(tokenizer, record["completion"])[:completion_len]
       response_C = np.full(completion_len, pad, np.int32)
       response_C[: len(completion)] = completion
@@ -379,10 +334,12 @@ class CompletionPipeline(_Pipeline):
 
     super().__init__(
       records,
+      tokenizer,
       row_fn,
-      settings=dict(
-        kind="completion", max_prompt_len=max_prompt_len, max_len=max_len, chat=use_chat_template
-      ),
+      settings=dict(kind="completion", max_len=max_len),
+      max_prompt_len=max_prompt_len,
+      prompt_format=prompt_format,
+      prompt_overflow=prompt_overflow,
       batch_size=batch_size,
       seed=seed,
       shuffle=shuffle,

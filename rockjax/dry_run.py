@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, hlo_cost, loading, rollout_params
+from rockjax import errors, hlo_cost, loading, rollout_params, run_length
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -119,7 +119,7 @@ def _per_device_bytes(abstract_tree: Any, shardings: Any, axis_sizes: dict[str, 
 def _abstract(c: ml_collections.ConfigDict):
   """(init, student params, teacher graphdef, teacher params, lr schedule), all abstract."""
   student_cfg = loading.arch_config(c.model)
-  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   graphdef, params = loading.abstract_params(student_cfg)
   init = state_lib.initializer(graphdef, tx, vocab_size=student_cfg.vocab_size)
   t_graphdef = t_params = None
@@ -132,7 +132,9 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
   """Per-device memory (GiB) of params, optimiser state, teacher; compiled-step figures.
 
   With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology).
+  `steps` says the run length the schedule was built for (data.epochs needs a prompt count).
   """
+  c, how = run_length.resolve(c, dry_run=True)
   sizes = declared_mesh_shape(c)
   n_devices = math.prod(sizes.values())
   abstract_mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
@@ -141,6 +143,7 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
   shardings = shd.tree_shardings(abstract, abstract_mesh)
   out = {
     "mesh": sizes,
+    "steps": {"steps": c.steps, "how": how},
     "student_params_b": _count(abstract.params) / 1e9,
     "per_device_gib": {
       "params": _per_device_bytes(abstract.params, shardings.params, sizes) / _GIB,

@@ -27,3 +27,8 @@ class Interrupted(UserError):
 
 class InputError(UserError, ValueError):
   """A data, id-list or checkpoint file has a bad line, field or value (named in the message)."""
+
+
+class DiskFull(UserError, OSError):
+  """A checkpoint or export write hit ENOSPC: the message names the directory; nothing half
+  written is ever trusted (the previous checkpoint stays the latest, the export is redone)."""

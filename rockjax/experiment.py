@@ -19,7 +19,7 @@ from rockjax import errors
 from rockjax import data as data_lib
 from rockjax import records as records_lib
 from rockjax import rollout_params
-from rockjax import evaluation, loading, models, rock_lists
+from rockjax import evaluation, loading, models, preflight, prompt_fit, rock_lists
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -98,11 +98,16 @@ def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
 
     task_dir = epath.Path(workdir) / "task"
-    done = task_dir / "tokenizer" / "tokenizer_config.json"
-    if jax.process_index() == 0 and not done.exists():
+    if jax.process_index() == 0 and not task_dir.exists():
+      # Written whole into task.tmp, then renamed: a run killed mid-write (the tokenizer writes
+      # tokenizer_config.json before tokenizer.json) leaves only task.tmp, rewritten next time.
+      tmp = task_dir.parent / "task.tmp"
+      if tmp.exists():
+        tmp.rmtree()
       arithmetic.prepare_demo(
-        task_dir, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
+        tmp, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
       )
+      tmp.rename(task_dir)
     if jax.process_count() > 1:  # the other hosts read what process 0 wrote
       multihost_utils.sync_global_devices("rockjax:task_written")
     paths["train"] = paths["train"] or str(task_dir / "train.jsonl")
@@ -132,47 +137,43 @@ def _host_share(rows: int, mesh) -> data_lib.HostShare:
 
 
 def _pipelines(c, paths, tokenizer, mesh):
-  """(train pipeline, eval prompt batch, eval answers), host-local (see rockjax.data.host_share)."""
+  """(train pipeline, eval prompt batch, eval answers), host-local (see rockjax.data.host_share).
+
+  The train pipeline's `counts` (prompts truncated / dropped, bad records skipped) are what the
+  run writes once to its metrics.
+  """
   share = _host_share(c.data.prompts_per_step, mesh)
+  prompt_format = records_lib.PromptFormat.from_config(c.data)
   common = dict(
     batch_size=share.rows,
     process_index=share.shard,
     process_count=share.shards,
     max_prompt_len=c.data.max_prompt_len,
     seed=c.seed,
-    use_chat_template=c.data.use_chat_template,
+    prompt_format=prompt_format,
+    prompt_overflow=c.data.prompt_overflow,
   )
+  fields = dict(prompt_field=c.data.prompt_field, answer_field=c.data.answer_field)
   if c.opd.mode == "off_policy":
-    records = records_lib.load_records(
-      paths["train"],
-      prompt_field=c.data.prompt_field,
-      answer_field=c.data.answer_field,
-      completion_field=c.data.completion_field,
-    )
-    train = data_lib.CompletionPipeline(records, tokenizer, max_len=c.data.max_len, **common)
+    fields["completion_field"] = c.data.completion_field
+  loaded = records_lib.read_records(paths["train"], skip_bad=c.data.skip_bad_records, **fields)
+  if c.opd.mode == "off_policy":
+    train = data_lib.CompletionPipeline(loaded.records, tokenizer, max_len=c.data.max_len, **common)
   else:
-    records = records_lib.load_records(
-      paths["train"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
-    )
-    train = data_lib.PromptPipeline(records, tokenizer, **common)
+    train = data_lib.PromptPipeline(loaded.records, tokenizer, **common)
+  train.counts["data/records_skipped"] = len(loaded.skipped)
+  _log.info("training data %s: %s", paths["train"], train.counts)
   if not c.eval.every or not paths["eval"]:
     return train, None, []
-  evals = records_lib.load_records(
-    paths["eval"], prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
-  )[: c.eval.num_prompts]
-  eval_share = _host_share(len(evals), mesh)
-  mine = evals[eval_share.shard :: eval_share.shards]
-  rows = [
-    records_lib.left_pad(
-      records_lib.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
-      c.data.max_prompt_len,
-      records_lib.pad_id(tokenizer),
-    )
-    for r in mine
-  ]
-  prompts = {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows])}
+  evals = prompt_fit.eval_prompts(c, tokenizer, paths["eval"], c.eval.num_prompts)
+  eval_share = _host_share(len(evals.records), mesh)
+  ids, mask = prompt_fit.padded_prompts(evals, c.data.max_prompt_len, records_lib.pad_id(tokenizer))
+  mine = slice(eval_share.shard, None, eval_share.shards)
+  prompts = {"ids": ids[mine], "mask": mask[mine]}
   # Rows come back from process_allgather shard-major: order the answers the same way.
-  answers = [r["answer"] for s in range(eval_share.shards) for r in evals[s :: eval_share.shards]]
+  answers = [
+    r["answer"] for s in range(eval_share.shards) for r in evals.records[s :: eval_share.shards]
+  ]
   return train, prompts, answers
 
 
@@ -189,21 +190,27 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   ici, dcn = shd.config_mesh_shapes(c.mesh)
   mesh = shd.make_mesh(ici, dcn=dcn)
   paths = task_files(c, workdir)
-  tokenizer = models.load_tokenizer(paths["tokenizer"])
+  # The field an error about the data tokenizer names: where its path came from.
+  tok_field = next(
+    (f"{g}.path" for g in ("teacher", "model") if c[g].path == paths["tokenizer"]),
+    "data.tokenizer_path",
+  )
+  tokenizer = models.load_tokenizer(paths["tokenizer"], field=tok_field)
   student_cfg = loading.model_config(c.model, field="model")
-  if len(tokenizer) > student_cfg.vocab_size:
-    raise errors.ConfigError(
-      f"tokenizer {paths['tokenizer']} has {len(tokenizer)} ids but "
-      f"model vocab_size is {student_cfg.vocab_size}"
-    )
-
-  teacher_graphdef = teacher_params = None
+  rows = {"model": student_cfg.vocab_size}  # embedding rows the tokenizer's ids must index
+  teacher_cfg = None
   if c.teacher.source != "none":
     teacher_cfg = loading.model_config(c.teacher, field="teacher")
     models.check_vocab_compatible(teacher_cfg, student_cfg)
+    rows["teacher"] = teacher_cfg.vocab_size
+  # Pre-flight (rockjax.preflight), before any weights are read, then the teacher probe.
+  preflight.check_tokenizers(c, tokenizer, paths["tokenizer"], rows)
+  teacher_graphdef = teacher_params = None
+  if teacher_cfg is not None:
     teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
+    preflight.check_teacher(c, (teacher_graphdef, teacher_params), tokenizer, mesh)
 
-  tx, schedule = state_lib.make_optimizer(c.opt, c.steps)
+  tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   rock_mask = _rock_mask(c, student_cfg.vocab_size)
   graphdef, abstract_params = loading.abstract_params(student_cfg, c.seed)
   init = state_lib.initializer(

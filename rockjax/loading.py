@@ -5,13 +5,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from rockjax import models
 from rockjax import sharding as shd
-from rockjax.models import Decoder, ModelConfig, RopeConfig
+from rockjax.models import Decoder, ModelConfig, RopeConfig, hf_dirs
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -26,11 +25,8 @@ def dtype(name: str) -> Any:
 def model_config(m: ml_collections.ConfigDict, *, field: str = "model") -> ModelConfig:
   """ModelConfig for a model sub-config: the checkpoint's config.json, else `arch`."""
   if m.source == "hf":
-    if not (m.path and (epath.Path(m.path) / "config.json").exists()):
-      raise FileNotFoundError(
-        f"{field}.path={m.path!r}: no config.json there "
-        f"({field}.source='hf' needs a Hugging Face checkpoint directory)"
-      )
+    # config.json, safetensors and no remote code, each a one-line InputError naming the path.
+    hf_dirs.check_model_dir(m.path, field=f"{field}.path")
     return ModelConfig.from_pretrained(m.path, **numerics(m))
   if m.source != "random":
     raise ValueError(f"{field}.source={m.source!r}; expected 'random' or 'hf'")

@@ -40,6 +40,32 @@ def accumulate(total: dict[str, list[float]], metrics: dict[str, tuple[float, fl
     acc[1] += c
 
 
+def _drop_torn_line(path: str) -> None:
+  """Cut a last line without its newline (a kill mid-write) so appends start on a fresh line."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
+def logged_at(workdir: str, step: int) -> dict[str, float]:
+  """The values workdir/metrics.jsonl holds for `step` (later lines win; null is nan)."""
+  path = epath.Path(workdir) / "metrics.jsonl"
+  out: dict[str, float] = {}
+  if not path.exists():
+    return out
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line torn by a kill mid-write (the next writer cuts it)
+    if record.pop("step", None) == step:
+      out.update({k: math.nan if v is None else v for k, v in record.items()})
+  return out
+
+
 class MetricWriter:
   """Appends `{"step": n, key: value, ...}` lines to workdir/metrics.jsonl and to TensorBoard.
 
@@ -64,6 +90,7 @@ class MetricWriter:
       if self.path.exists():
         self.path.copy(os.path.join(local, "metrics.jsonl"))
     os.makedirs(local, exist_ok=True)
+    _drop_torn_line(os.path.join(local, "metrics.jsonl"))
     self._file = open(os.path.join(local, "metrics.jsonl"), "a", encoding="utf-8")
     self._tb = SummaryWriter(os.path.join(local, "tb"))
     self._upload_every_s = upload_every_s

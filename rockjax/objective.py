@@ -17,7 +17,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rockjax import losses, rocks
+from rockjax import losses, rocks, skip_frozen
+
+
+FROZEN_KL = ("forward", "skip")  # opd.frozen_kl: how skipping treats weight-0 response positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +37,16 @@ class LossSettings:
   block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
   loss_sharding: str = "tokens"  # the fused divergence's head layout: 'tokens' | 'vocab'
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
-  normalizer: str = "tokens"  # 'tokens' | 'weights' (see losses.reduce)
+  normalizer: str = "tokens"  # one of losses.NORMALIZERS: 'tokens' | 'weights' | 'sequence'
   rock_mode: str = "off"  # 'off' | 'static' | 'dynamic'
   lam: float = 0.0  # weight of rock positions when rock_mode != 'off'
   grad_norm_metric: bool = True  # log the rock share of the per-token logit-gradient norm
+  # Rock-Freeze skipping (chunked path; losses.kept): slots for positions of weight > 0 as a
+  # fraction of the response slots (response_len per row), 0 = off; what frozen positions get:
+  # 'forward' (their divergence from a forward-only pass) | 'skip' (none: untracked)
+  kept_capacity: float = 0.0
+  response_len: int = 0  # most response positions of a row (on-policy max_new_tokens); 0 = L
+  frozen_kl: str = "forward"
 
   def __post_init__(self):
     losses.check_kind(self.divergence)
@@ -49,8 +58,14 @@ class LossSettings:
       raise ValueError(
         f"opd.loss_sharding must be one of {losses.fused.SHARDINGS}, got {self.loss_sharding!r}"
       )
-    if self.normalizer not in ("tokens", "weights"):
-      raise ValueError(f"opd.normalizer must be 'tokens' or 'weights', got {self.normalizer!r}")
+    if self.normalizer not in losses.NORMALIZERS:
+      raise ValueError(
+        f"opd.normalizer must be one of {losses.NORMALIZERS}, got {self.normalizer!r}"
+      )
+    if not 0.0 <= self.kept_capacity <= 1.0:
+      raise ValueError(f"opd.kept_capacity must be in [0, 1], got {self.kept_capacity}")
+    if self.frozen_kl not in FROZEN_KL:
+      raise ValueError(f"opd.frozen_kl must be one of {FROZEN_KL}, got {self.frozen_kl!r}")
     if not 0.0 <= self.kd_ratio <= 1.0:
       raise ValueError(f"opd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
     if not 0.0 <= self.skew_alpha <= 1.0:
@@ -101,7 +116,10 @@ def shift(batch: dict[str, jax.Array]) -> Shifted:
   """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
   tokens_BxL = batch["tokens"]
   attn_BxL = batch["attention_mask"].astype(jnp.int32)
-  loss_mask_BxL = _shift_left(batch["response_mask"].astype(jnp.int32) * attn_BxL)
+  # The attention mask bounds the loss: a dataset's response mask may run into padding
+  # (tests/faults/test_planted_bugs.py). Both as 0/1, so counts never see a 2 or a 0.5.
+  on_BxL = (jnp.asarray(batch["response_mask"]) != 0) & (attn_BxL != 0)
+  loss_mask_BxL = _shift_left(on_BxL.astype(jnp.int32))
   return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
 
 
@@ -146,6 +164,8 @@ class LossTerms:
   kl_BxL: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
   grad_norm_BxL: jax.Array | None  # per-token |d kl / d student logits| when free, else None
   student_out: Any  # (hidden, head) or (logits, None), for diagnostics
+  tracked_BxL: jax.Array | None = None  # 1 where kl_BxL holds the divergence; None: everywhere
+  skip_overflow: jax.Array | None = None  # 1 when skipping fell back to the full computation
 
 
 def loss_terms(
@@ -168,29 +188,23 @@ def loss_terms(
   s = settings
   kind, ce_share = s.divergence_kind, s.ce_share
   count = losses.count(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
+  # From here on w_BxL holds the per-token factors of the sum under opd.normalizer (divided
+  # by each sequence's kept weight under 'sequence'), so every path below sums w * loss.
+  w_BxL = losses.normalized_weights(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
   if s.chunked:
     student_out = (student.hidden_states(inputs_BxL, mask_BxL), student.lm_head_weight())
     total, kl_BxL, grad_norm_BxL = jnp.float32(0), None, None
+    tracked_BxL = overflow = None
     if s.needs_teacher:
-      div_w_BxL = jnp.where(loss_mask_BxL > 0, w_BxL, 0.0) * (1.0 - ce_share)
-      fused = losses.fused_divergence(
-        *student_out,
-        *teacher_out,
-        div_w_BxL,
-        kind=kind,
-        beta=s.jsd_beta,
-        alpha=s.skew_alpha,
-        temperature=s.temperature,
-        block_size=s.block_size,
-        chunk_size=s.chunk_size,
-        sharding=s.loss_sharding,
-      )
-      total, kl_BxL, grad_norm_BxL = fused.weighted_sum, fused.per_token, fused.grad_norm
+      div_w_BxL = w_BxL * (1.0 - ce_share)  # already 0 off the loss mask
+      div = skip_frozen.divergence(student_out, teacher_out, div_w_BxL, loss_mask_BxL, s)
+      total, kl_BxL, grad_norm_BxL = div.total, div.kl_BxL, div.grad_norm_BxL
+      tracked_BxL, overflow = div.tracked_BxL, div.overflow
     if ce_share > 0:
       ce_BxL = losses.chunked_cross_entropy(*student_out, targets_BxL, chunk_size=s.chunk_size)
       total = total + ce_share * losses.reduce(ce_BxL, loss_mask_BxL, w_BxL)[0]
       kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
-    return LossTerms(total, count, kl_BxL, grad_norm_BxL, student_out)
+    return LossTerms(total, count, kl_BxL, grad_norm_BxL, student_out, tracked_BxL, overflow)
 
   student_out = (student(inputs_BxL, mask_BxL), None)
   logits = student_out[0]
@@ -272,6 +286,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
       "count": count,
       "grad_norm_BxL": terms.grad_norm_BxL,
       "student_out": terms.student_out,
+      "tracked_BxL": terms.tracked_BxL,
+      "skip_overflow": terms.skip_overflow,
     }
     return loss, aux
 

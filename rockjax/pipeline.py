@@ -1,4 +1,5 @@
-"""A run as stages: teacher SFT -> HF export -> stage-1 KD -> HF export -> main stage -> summary.
+"""A run as stages: teacher SFT -> HF export -> stage-1 KD -> HF export -> main stage
+(-> HF export with ckpt.export_hf) -> summary.
 
 `teacher.source='sft'` and `model.source='kd'` ask for preliminary stages that train that model
 first (in WORKDIR/teacher_sft and WORKDIR/student_kd) and export it as a Hugging Face checkpoint;
@@ -22,13 +23,23 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import config_check, errors, evaluation, settings, storage, train
+from rockjax import (
+  config_check,
+  errors,
+  evaluation,
+  preflight,
+  run_length,
+  settings,
+  storage,
+  train,
+)
 from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
 from rockjax.experiment import task_files
 
 CONFIG_FILE = "config.json"
 STAGE_FILE = "stage.json"  # written when a stage has completed (and been exported)
 SUMMARY_FILE = "summary.json"
+EXPORT_DIR = "export_hf"  # the main stage's HF export (ckpt.export_hf)
 # Fields that may change between runs in one workdir: they do not change what is computed
 # (the attention implementations agree to float rounding; prefixes cover attention_block;
 # mlp_chunk only changes how the MLP is tiled; rollout_sharding only where the sampling copy
@@ -43,6 +54,7 @@ RESUMABLE_FIELDS = (
   "teacher.mlp_chunk",
   "analysis.",  # the analysis reads the trained models; it changes nothing they compute
   "opd.rollout_sharding",
+  "preflight.",  # checks before step 1; they change nothing the run computes
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
 
@@ -54,7 +66,7 @@ class Stage:
   name: str  # 'teacher_sft' | 'student_kd' | 'main'
   config: ml_collections.ConfigDict  # what rockjax.train.run trains with
   workdir: epath.Path
-  export: epath.Path | None  # HF directory written after the last step (preliminary stages)
+  export: epath.Path | None  # HF directory written after the last step (None: no export)
 
 
 def _unlocked_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -73,7 +85,9 @@ def _pre_stage(c: ml_collections.ConfigDict, workdir: epath.Path, role: str) -> 
   else:  # the paper's stage 1: kd_ratio * forward KL + (1 - kd_ratio) * CE from the teacher
     s.opd.kd_ratio = group.stage_kd_ratio
   s.opd.mode, s.rock.mode = "off_policy", "off"
+  s.opd.updates_per_rollout = 1  # an OPD choice: the stage's batches are one update each
   s.steps, s.opt.lr, s.stop_after = group.stage_steps, group.stage_lr, 0
+  s.data.epochs, s.ckpt.export_hf = 0.0, False  # its length is stage_steps; it exports to hf/
   s.eval.every = group.stage_steps if c.eval.every else 0  # pass@1 once, at the stage's end
   s.ckpt.resume = ""
   stage_dir = workdir / name
@@ -94,7 +108,8 @@ def plan(
       stage = _pre_stage(c, root, role)
       stages.append(stage)
       c[role].source, c[role].path = "hf", str(stage.export)
-  stages.append(Stage("main", c, root, None))
+  # ckpt.export_hf: the main stage's student, exported like a preliminary stage's model.
+  stages.append(Stage("main", c, root, root / EXPORT_DIR if c.ckpt.export_hf else None))
   return stages
 
 
@@ -171,9 +186,18 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
     for d in (tmp, stage.export):
       if d.exists():
         d.rmtree()
-    with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
-      models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
-      result["experiment"].tokenizer.save_pretrained(local)
+    try:
+      with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
+        models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
+        result["experiment"].tokenizer.save_pretrained(local)
+    except Exception as err:  # pylint: disable=broad-except  (safetensors wraps its OS errors)
+      if not storage.is_disk_full(err):
+        raise
+      # hf.tmp stays half written; it is never loaded and the next run deletes it.
+      raise errors.DiskFull(
+        f"HF export {stage.export}: no space left on device; free space and run the same "
+        f"command: the stage exports again from its last checkpoint"
+      ) from err
     tmp.rename(stage.export)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")
@@ -220,9 +244,14 @@ def run(
 ) -> dict[str, Any]:
   """Run every stage the config asks for in `workdir` (skipping completed ones); the summary.
 
-  The whole config is validated first (rockjax.config_check), before anything touches disk.
+  The whole config is validated first (rockjax.config_check), before anything touches disk;
+  `steps` is resolved from data.epochs (rockjax.run_length) before the workdir records it.
   """
   config_check.validate(config)
+  preflight.check_files(config)  # model/tokenizer directories: no remote code, safetensors
+  config, how = run_length.resolve(config)
+  if config.data.epochs and jax.process_index() == 0:
+    print(f"run length: {how}", flush=True)
   root = prepare_workdir(config, workdir, allow_config_change=allow_config_change)
   stages = plan(config, workdir, task_files(config, workdir))
   records, ran = [], False

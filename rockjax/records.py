@@ -6,16 +6,21 @@ off-policy stages, a completion. Every bad row is reported as `file:line: what i
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from etils import epath
 
 from rockjax import errors
+
+_log = logging.getLogger(__name__)
 
 
 def _field(
@@ -35,6 +40,7 @@ def _field(
   if isinstance(value, str) or (
     allow_messages
     and isinstance(value, list)
+    and value
     and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
   ):
     return value
@@ -42,24 +48,115 @@ def _field(
   raise errors.InputError(f"{where}: field {field!r} must be {kind}, got {type(value).__name__}")
 
 
-def _read_rows(path: epath.Path) -> list[tuple[str, Any]]:
-  """(location, parsed row) pairs of a JSONL or Parquet file; location is 'file:line'."""
-  if path.suffix == ".parquet":
-    with path.open("rb") as f:
-      rows = pq.read_table(f).to_pylist()
-    return [(f"{path}:row {i}", row) for i, row in enumerate(rows)]
-  rows = []
-  with path.open(encoding="utf-8") as f:
-    for line_no, line in enumerate(f, start=1):
+class Record(dict):
+  """A loaded record: a plain dict (what is hashed and compared) that remembers its file:line."""
+
+  where: str = ""  # 'file:line' (or 'file:row i') it was read from; set by read_records
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """What read_records read: the good records and, with skip_bad, what it skipped."""
+
+  records: list[Record]
+  skipped: list[str]  # one 'file:line: what is wrong' per skipped row
+
+
+def _json_rows(path: epath.Path) -> Iterator[tuple[str, Any]]:
+  """(file:line, parsed object or the InputError of a bad line) for each non-blank JSONL line."""
+  with path.open("rb") as f:
+    for line_no, raw in enumerate(f, start=1):
+      where = f"{path}:{line_no}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield where, errors.InputError(f"{where}: not UTF-8 text (byte {e.start} of the line)")
+        continue
       if not line.strip():
         continue  # tolerate blank lines, e.g. a trailing newline
       try:
-        rows.append((f"{path}:{line_no}", json.loads(line)))
+        yield where, json.loads(line)
       except json.JSONDecodeError as e:
-        raise errors.InputError(
-          f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})"
-        ) from None
-  return rows
+        yield where, errors.InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+
+
+def _parquet_rows(path: epath.Path, fields: Sequence[str]) -> Iterator[tuple[str, Any]]:
+  """(file:row i, row dict) of a Parquet file whose schema holds every one of `fields`."""
+  try:
+    with path.open("rb") as f:
+      table = pq.read_table(f)
+  except pa.ArrowException as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise errors.InputError(f"{path}: not a readable Parquet file ({reason})") from None
+  missing = [name for name in fields if name not in table.column_names]
+  if missing:  # a schema problem, never skipped row by row
+    raise errors.InputError(
+      f"{path}: no column {missing[0]!r} (columns: {sorted(table.column_names)})"
+    )
+  for i, row in enumerate(table.to_pylist()):
+    yield f"{path}:row {i}", row
+
+
+def _record(row: Any, where: str, fields: tuple[str, str | None, str | None]) -> Record:
+  """One row -> Record(prompt, answer[, completion]); InputError names where and the field."""
+  prompt_field, answer_field, completion_field = fields
+  if not isinstance(row, dict):
+    raise errors.InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+  answer = _field(row, answer_field, where, allow_number=True) if answer_field else ""
+  record = Record(prompt=_field(row, prompt_field, where, allow_messages=True), answer=answer)
+  if completion_field:
+    record["completion"] = _field(row, completion_field, where)
+  record.where = where
+  return record
+
+
+def read_records(
+  path: str | os.PathLike,
+  *,
+  prompt_field: str = "prompt",
+  answer_field: str | None = "answer",
+  completion_field: str | None = None,
+  skip_bad: bool = False,
+) -> Loaded:
+  """JSONL/Parquet rows -> Records; a bad row raises (file:line: field) or, skip_bad, is skipped.
+
+  Whatever cannot be skipped row by row raises: a missing or unreadable file, a Parquet file
+  without the fields' columns, and a file left with no records.
+  """
+  path = epath.Path(path)  # local, or a URL (gs://...)
+  if not path.exists():
+    raise errors.InputError(f"{path}: no such file")
+  if path.is_dir():
+    raise errors.InputError(f"{path}: is a directory, expected a JSONL or Parquet file")
+  fields = (prompt_field, answer_field, completion_field)
+  records, skipped = [], []
+  try:
+    if path.suffix == ".parquet":
+      rows = _parquet_rows(path, [f for f in fields if f])
+    else:
+      rows = _json_rows(path)
+    for where, row in rows:
+      try:
+        if isinstance(row, errors.InputError):
+          raise row
+        records.append(_record(row, where, fields))
+      except errors.InputError as e:
+        if not skip_bad:
+          raise
+        skipped.append(str(e))
+  except OSError as e:
+    raise errors.InputError(f"{path}: cannot read ({e.strerror or e})") from None
+  if skipped:
+    _log.warning(
+      "%s: skipped %d bad records (data.skip_bad_records); first: %s",
+      path,
+      len(skipped),
+      skipped[0],
+    )
+  if not records:
+    why = f" ({len(skipped)} bad records skipped; first: {skipped[0]})" if skipped else ""
+    raise errors.InputError(f"{path}: no records{why}")
+  return Loaded(records, skipped)
 
 
 def load_records(
@@ -68,23 +165,11 @@ def load_records(
   prompt_field: str = "prompt",
   answer_field: str | None = "answer",
   completion_field: str | None = None,
-) -> list[dict[str, Any]]:
-  """JSONL/Parquet rows -> [{prompt, answer[, completion]}]; ValueError names file:line:field."""
-  path = epath.Path(path)  # local, or a URL (gs://...)
-  if not path.is_file():
-    raise errors.InputError(f"{path}: no such file")
-  records = []
-  for where, row in _read_rows(path):
-    if not isinstance(row, dict):
-      raise errors.InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    answer = _field(row, answer_field, where, allow_number=True) if answer_field else ""
-    record = dict(prompt=_field(row, prompt_field, where, allow_messages=True), answer=answer)
-    if completion_field:
-      record["completion"] = _field(row, completion_field, where)
-    records.append(record)
-  if not records:
-    raise errors.InputError(f"{path}: no records")
-  return records
+) -> list[Record]:
+  """JSONL/Parquet rows -> [{prompt, answer[, completion]}]; InputError names file:line:field."""
+  return read_records(
+    path, prompt_field=prompt_field, answer_field=answer_field, completion_field=completion_field
+  ).records
 
 
 # One lock per process: HF fast tokenizers raise "Already borrowed" when one instance is used
@@ -92,19 +177,58 @@ def load_records(
 _TOKENIZER_LOCK = threading.Lock()
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """How a prompt becomes ids (data.use_chat_template, data.system_prompt, data.enable_thinking)."""
+
+  use_chat_template: bool = True  # the tokenizer's chat template with a generation prompt
+  system_prompt: str = ""  # '' = no system message; else one before the user's message
+  enable_thinking: bool = False  # passed to templates with a thinking switch (Qwen3 hybrid)
+
+  @classmethod
+  def from_config(cls, data: Any) -> "PromptFormat":
+    """The format a config's data group asks for."""
+    return cls(data.use_chat_template, data.system_prompt, data.enable_thinking)
+
+
 def format_prompt(
-  tokenizer: Any, text: str | list[dict[str, str]], *, use_chat_template: bool = True
+  tokenizer: Any,
+  text: str | list[dict[str, str]],
+  *,
+  use_chat_template: bool = True,
+  system_prompt: str = "",
+  enable_thinking: bool = False,
 ) -> list[int]:
   """Prompt token ids: the chat template with a generation prompt, else BOS + plain encoding."""
-  with _TOKENIZER_LOCK:
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-      messages = text if isinstance(text, list) else [dict(role="user", content=text)]
+  template = getattr(tokenizer, "chat_template", None) if use_chat_template else None
+  if template:
+    messages = text if isinstance(text, list) else [dict(role="user", content=text)]
+    if system_prompt and not (
+      messages and messages[0]["role"] == "system"
+    ):  # a record's own system message wins
+      messages = [dict(role="system", content=system_prompt), *messages]
+    # Only a template with a thinking switch is given the flag: the others have no such mode.
+    switch = "enable_thinking" in str(template)
+    if enable_thinking and not switch:
+      raise errors.ConfigError(
+        "data.enable_thinking=True: the tokenizer's chat template has no enable_thinking switch"
+      )
+    kwargs = dict(enable_thinking=enable_thinking) if switch else {}
+    with _TOKENIZER_LOCK:
       # Render to text, then encode: the template already holds any BOS/special tokens.
-      rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+      rendered = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+      )
       return list(tokenizer.encode(rendered, add_special_tokens=False))
-    if isinstance(text, list):
-      raise ValueError("format_prompt: a message list needs a tokenizer with a chat template")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+  if isinstance(text, list):
+    raise ValueError("format_prompt: a message list needs a tokenizer with a chat template")
+  if system_prompt:
+    raise errors.ConfigError(
+      "data.system_prompt is set but prompts are not chat-formatted (data.use_chat_template "
+      "is False or the tokenizer has no chat template)"
+    )
+  bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+  with _TOKENIZER_LOCK:
     return bos + list(tokenizer.encode(text, add_special_tokens=False))
 
 

@@ -28,6 +28,8 @@ _INT32_MAX = np.iinfo(np.int32).max
 def load_id_list(path: str | os.PathLike, *, vocab_size: int | None = None) -> np.ndarray:
   """Reads ids (file order kept) as int32 `[N]`; a bad entry raises a one-line ValueError."""
   ids, first_line = [], {}
+  if not epath.Path(path).is_file():  # a one-line error, also for a gs:// list
+    raise errors.InputError(f"{os.fspath(path)}: no such id list file")
   with epath.Path(path).open(encoding="utf-8") as f:
     for lineno, line in enumerate(f, start=1):
       for token in line.split("#", 1)[0].split():

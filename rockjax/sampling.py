@@ -45,6 +45,8 @@ class Rollout:
   response_mask [N, L] int32: 1 exactly on generated tokens up to and including the first EOS.
   attention_mask [N, L] int32: prompt mask + response mask (what a training forward needs).
   lengths [N] int32: response lengths, EOS included.
+  truncated [N] bool: the row hit max_new_tokens without emitting an EOS (cut by the length
+    limit; every row when eos_ids is empty).
   logprobs [N, L] float32: log-prob of each generated token under the model's *unprocessed*
     softmax (temperature 1, no top-k/p, no bans, no processor): what a teacher-forced forward
     of `tokens` gives, i.e. what OPD's importance weights and analyses use. 0 off the mask.
@@ -57,6 +59,7 @@ class Rollout:
   response_mask: jax.Array
   attention_mask: jax.Array
   lengths: jax.Array
+  truncated: jax.Array
   logprobs: jax.Array
   sample_logprobs: jax.Array
   prompt_len: int = struct.field(pytree_node=False, default=0)
@@ -180,7 +183,7 @@ def decode(
   out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
   loop = (jnp.int32(1), first_N, cache, out)
   _, _, _, out = jax.lax.while_loop(cond, body, loop)
-  gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, _ = out
+  gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, done_N = out
 
   prompt_ids_NxP, prompt_mask_NxP = rep(prompt_ids_BxP.astype(jnp.int32)), rep(prompt_mask_BxP)
   zeros_NxP = jnp.zeros((N, P), jnp.int32)
@@ -190,6 +193,7 @@ def decode(
     response_mask=cat(zeros_NxP, gen_mask_NxT),
     attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
     lengths=batch(jnp.sum(gen_mask_NxT, axis=1)),
+    truncated=batch(~done_N),
     logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
     sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
     prompt_len=P,
@@ -279,6 +283,36 @@ def generate(
       cfg,
       put(banned_ids_BxK),
     )
+
+
+TRUNCATED_POLICIES = ("keep", "drop")  # config field opd.truncated_rollouts
+
+
+def train_batch(
+  rollout: Rollout, truncated: str = "keep"
+) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+  """The train step's token batch from a rollout, and its `rollout/truncated` metric.
+
+  truncated='keep' trains on every row as sampled; 'drop' zeroes the response mask of rows
+  that hit max_new_tokens without an EOS (no loss, no rock statistics; the batch keeps its
+  shape and those rows still cost their forward). The metric is (truncated rows, rows) under
+  either policy.
+  """
+  if truncated not in TRUNCATED_POLICIES:
+    raise ValueError(
+      f"opd.truncated_rollouts must be one of {TRUNCATED_POLICIES}, got {truncated!r}"
+    )
+  response_mask = rollout.response_mask
+  if truncated == "drop":
+    response_mask = jnp.where(rollout.truncated[:, None], 0, response_mask)
+  batch = {
+    "tokens": rollout.tokens,
+    "attention_mask": rollout.attention_mask,
+    "response_mask": response_mask,
+  }
+  rows = rollout.truncated.shape[0]
+  metric = (jnp.sum(rollout.truncated, dtype=jnp.float32), jnp.float32(rows))
+  return batch, {"rollout/truncated": metric}
 
 
 def _check_row_bans(banned_ids_BxK: Any, num_prompts: int, vocab: int) -> Any:

@@ -31,6 +31,10 @@ def loss_settings(c: ml_collections.ConfigDict) -> objective.LossSettings:
     rock_mode=c.rock.mode,
     lam=c.rock.lam,
     grad_norm_metric=c.opd.grad_norm_metric,
+    kept_capacity=c.opd.kept_capacity,
+    # On-policy rows hold at most max_new_tokens response positions (the rollout length).
+    response_len=c.opd.max_new_tokens if c.opd.mode == "on_policy" else 0,
+    frozen_kl=c.opd.frozen_kl,
   )
 
 
@@ -73,7 +77,14 @@ def step_settings(
     selection=rock_selection(c),
     rock_schedule=rock_schedule(c),
     micro_batches=c.opt.micro_batches,
+    updates_per_rollout=c.opd.updates_per_rollout,
   )
+
+
+def total_updates(c: ml_collections.ConfigDict) -> int:
+  """Optimiser updates of the run, the lr schedule's length: c.steps batches (train_step calls)
+  x opd.updates_per_rollout updates each."""
+  return c.steps * c.opd.updates_per_rollout
 
 
 def batch_shape(c: ml_collections.ConfigDict) -> tuple[int, int]:

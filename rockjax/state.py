@@ -17,7 +17,7 @@ from rockjax import sharding as shd
 class TrainState:
   """Everything that changes during training and is checkpointed (the teacher is not here)."""
 
-  step: jax.Array  # int32 []
+  step: jax.Array  # int32 []: optimiser updates so far (train_step calls x opd.updates_per_rollout)
   params: nnx.State  # the student's variables
   opt_state: Any
   rock: rocks.RockStats  # persistent per-id statistics
@@ -36,7 +36,8 @@ def make_optimizer(
   optimiser's update count, = TrainState.step): the warm-up curve is read at n + 1, so the
   first update already moves (lr / warmup), update `warmup` is the first at the peak and update
   `total_steps` ends at `end_lr`. Micro-batches (opt.micro_batches) live inside the train step,
-  so every call is one update and one tick of this schedule.
+  so each update is one tick of this schedule; a train_step call makes opd.updates_per_rollout
+  updates, so a run's `total_steps` is settings.total_updates (config.steps x that).
   """
   warmup = max(1, int(round(opt.warmup_frac * total_steps)))
   curve = optax.warmup_cosine_decay_schedule(

@@ -1,7 +1,8 @@
 """The pure train step and the one place it is jitted.
 
 Shape letters: B batch (sequences), L sequence length (padded, objective.pad_batch), V vocab,
-K micro-batches (opt.micro_batches), M = B / K rows per micro-batch.
+U optimiser updates per batch (opd.updates_per_rollout), R = B / U rows per update,
+K micro-batches per update (opt.micro_batches), M = R / K rows per micro-batch.
 A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask` [B, L] and
 `response_mask` [B, L] (1 on tokens the loss covers: generated or given completions).
 """
@@ -30,11 +31,14 @@ class StepSettings:
   schedule: Callable[[Any], jax.Array]  # learning rate of the update at this step (the metric)
   selection: rocks.RockSelection = rocks.RockSelection()  # modes 'off' and 'dynamic'
   rock_schedule: rocks.RockSchedule = rocks.RockSchedule()
-  micro_batches: int = 1  # K: the batch rows are scanned in K groups (activation memory / K)
+  micro_batches: int = 1  # K: each update's rows are scanned in K groups (activation memory / K)
+  updates_per_rollout: int = 1  # U: sequential optimiser updates per batch, on R = B / U rows each
 
   def __post_init__(self):
     if self.micro_batches < 1:
       raise ValueError(f"opt.micro_batches must be >= 1, got {self.micro_batches}")
+    if self.updates_per_rollout < 1:
+      raise ValueError(f"opd.updates_per_rollout must be >= 1, got {self.updates_per_rollout}")
 
 
 def _next_rock_mask(
@@ -96,22 +100,18 @@ def _unsplit(x_KxMxL: jax.Array) -> jax.Array:
   return x_KxMxL.swapaxes(0, 1).reshape(-1, *x_KxMxL.shape[2:])
 
 
-def train_step(
+def _update(
   state: TrainState,
   teacher_params: nnx.State | None,
-  batch: dict[str, jax.Array],
-  *,
-  settings: StepSettings,
+  shifted: objective.Shifted,
+  s: StepSettings,
 ) -> tuple[TrainState, Metrics]:
-  """One OPD/KD update: per micro-batch a teacher forward (constant) and the student's loss and
-  gradients, accumulated in float32; then the rock statistics and ONE optax update."""
-  s, k = settings, settings.micro_batches
-  shifted = objective.shift(batch)
-  rows = shifted.inputs_BxL.shape[0]
-  if rows % k:
-    raise ValueError(f"opt.micro_batches={k}: the batch has {rows} rows, not a multiple of it")
-  # The normaliser of the whole batch, once: the micro-batches' losses then add up to the
-  # batch's token mean (or weight mean), exactly as with one micro-batch.
+  """One optimiser update on R rows: per micro-batch a teacher forward (constant) and the
+  student's loss and gradients, accumulated in float32; then ONE optax update and the rock
+  statistics of this update's forward (reselected when due at the new update count)."""
+  k = s.micro_batches
+  # The normaliser of this update's rows, once: the micro-batches' losses then add up to its
+  # token mean (or weight mean), exactly as with one micro-batch.
   count = objective.batch_count(state.rock_mask, shifted, s.loss)
   loss_fn = objective.make_loss_fn(state.graphdef, s.loss)
 
@@ -126,6 +126,8 @@ def train_step(
     per_token = {
       "kl": jax.lax.stop_gradient(aux["kl_BxL"]),
       "grad_norm": _token_grad_norm(aux, teacher_out, s),
+      "tracked": aux["tracked_BxL"],  # None unless frozen positions were skipped untracked
+      "overflow": aux["skip_overflow"],  # None unless Rock-Freeze skipping is on
     }
     return (grads_acc, total + aux["sum"]), per_token
 
@@ -133,16 +135,21 @@ def train_step(
   micro = objective.Shifted(*(_split(x, k) for x in shifted))
   (grads_f32, total), per_token = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), micro)
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads_f32, state.params)
-  kl_BxL = _unsplit(per_token["kl"])
-  gnorm_BxL = None if per_token["grad_norm"] is None else _unsplit(per_token["grad_norm"])
+  kl_RxL = _unsplit(per_token["kl"])
+  gnorm_RxL = None if per_token["grad_norm"] is None else _unsplit(per_token["grad_norm"])
 
   # The masking function was applied inside the loss (weights), i.e. before this update.
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
   _, _, targets, loss_mask = shifted
+  # Positions whose divergence was computed: every response position unless skipping left
+  # frozen ones out (opd.frozen_kl='skip'); the rock statistics and KL metrics read only these.
+  tracked = loss_mask
+  if per_token["tracked"] is not None:
+    tracked = loss_mask * _unsplit(per_token["tracked"])
   new_step = state.step + 1
-  rock = rocks.update(state.rock, targets, kl_BxL, loss_mask, decay=s.rock_schedule.decay)
+  rock = rocks.update(state.rock, targets, kl_RxL, tracked, decay=s.rock_schedule.decay)
   if s.rock_schedule.snapshot_step > 0:
     rock = jax.lax.cond(
       new_step == s.rock_schedule.snapshot_step, rocks.snapshot, lambda r: r, rock
@@ -151,18 +158,59 @@ def train_step(
 
   metrics: Metrics = {
     "opd/loss": (total, count),
-    "opd/kl": losses.reduce(kl_BxL, loss_mask),
+    "opd/kl": losses.reduce(kl_RxL, tracked),
     "opd/response_tokens": (jnp.sum(loss_mask, dtype=jnp.float32), jnp.float32(1)),
     "opt/grad_norm": (optax.global_norm(grads), jnp.float32(1)),
     "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
     "rock/num_selected": (jnp.sum(state.rock_mask, dtype=jnp.float32), jnp.float32(1)),
-    **rocks.rock_shares(state.rock_mask, targets, kl_BxL, loss_mask),
-    **_grad_norm_share(gnorm_BxL, targets, loss_mask, state.rock_mask),
+    # Untracked positions hold 0 KL and 0 gradient norm: their shares need no extra mask.
+    **rocks.rock_shares(state.rock_mask, targets, kl_RxL, loss_mask),
+    **_grad_norm_share(gnorm_RxL, targets, loss_mask, state.rock_mask),
   }
+  if per_token["overflow"] is not None:  # micro-batches that fell back to the full loss
+    metrics["opd/skip_overflow"] = (jnp.sum(per_token["overflow"]), jnp.float32(k))
   new_state = state.replace(
     step=new_step, params=params, opt_state=opt_state, rock=rock, rock_mask=rock_mask
   )
   return new_state, metrics
+
+
+def train_step(
+  state: TrainState,
+  teacher_params: nnx.State | None,
+  batch: dict[str, jax.Array],
+  *,
+  settings: StepSettings,
+) -> tuple[TrainState, Metrics]:
+  """One batch (a rollout batch on-policy): U = opd.updates_per_rollout sequential optimiser
+  updates, update u on rows u, u + U, u + 2U, ... (strided like the micro-batches, so every
+  update keeps the batch's sharding; with prompt-major rollouts and U dividing
+  opd.samples_per_prompt, each update holds samples_per_prompt / U samples of every prompt).
+
+  Update u (from 0) runs its own forward/backward on the parameters update u - 1 left, so its
+  rows (sampled before update 0) are u updates off-policy; each update is exactly a U = 1
+  step on its rows (its own normaliser, rock statistics and reselection at its update count).
+  `state.step` counts updates. Metrics are the updates' (sum, count) pairs added up:
+  token-weighted quantities over the whole batch; the per-update scalars (opt/lr,
+  opt/grad_norm, rock/num_selected, opd/response_tokens) become the mean over its updates.
+  """
+  s, u, k = settings, settings.updates_per_rollout, settings.micro_batches
+  shifted = objective.shift(batch)
+  rows = shifted.inputs_BxL.shape[0]
+  if rows % u:
+    raise ValueError(
+      f"opd.updates_per_rollout={u}: the batch has {rows} rows, not a multiple of it"
+    )
+  if (rows // u) % k:
+    raise ValueError(
+      f"opt.micro_batches={k}: each update has {rows // u} rows "
+      f"({rows} / opd.updates_per_rollout={u}), not a multiple of it"
+    )
+  if u == 1:  # no scan: the program of a plain one-update step
+    return _update(state, teacher_params, shifted, s)
+  groups = objective.Shifted(*(_split(x, u) for x in shifted))
+  state, metrics_U = jax.lax.scan(lambda st, g: _update(st, teacher_params, g, s), state, groups)
+  return state, jax.tree.map(lambda x_U: jnp.sum(x_U, axis=0), metrics_U)
 
 
 def jit_train_step(

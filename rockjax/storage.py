@@ -12,6 +12,7 @@ writes local paths and `gs://` only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import tempfile
@@ -50,6 +51,23 @@ def check_checkpoint_dir(path: str | os.PathLike, *, field: str = "--workdir") -
       f"path or gs:// only, not {s}://; mount the bucket (e.g. mountpoint-s3) and pass the "
       f"mount point"
     )
+
+
+def is_disk_full(err: BaseException) -> bool:
+  """Whether `err`, or an error it was raised from, is ENOSPC ("No space left on device").
+
+  orbax raises the writer thread's error wrapped in its own; TensorStore reports the OS error
+  by its text only, so the text counts too.
+  """
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if os.strerror(errno.ENOSPC).lower() in str(err).lower():
+      return True
+    err = err.__cause__ or err.__context__
+  return False
 
 
 def _files(root: epath.Path, prefix: str = "") -> Iterator[str]:

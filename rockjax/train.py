@@ -27,8 +27,9 @@ _log = logging.getLogger(__name__)
 
 def _rollout(
   exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray], step: int
-) -> dict[str, jax.Array]:
-  """Student samples completions for the step's prompts (on-policy); returns a token batch."""
+) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+  """Student samples completions for the step's prompts (on-policy); returns a token batch
+  (opd.truncated_rollouts applied) and the rollout's metrics."""
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
   c = exp.config.opd
@@ -55,23 +56,21 @@ def _rollout(
       eos_ids=exp.eos_ids,
       num_samples=c.samples_per_prompt,
     )
-  return {
-    "tokens": out.tokens,
-    "attention_mask": out.attention_mask,
-    "response_mask": out.response_mask,
-  }
+  return sampling.train_batch(out, c.truncated_rollouts)
 
 
-def _next_batch(exp: Experiment, state, step: int) -> dict[str, jax.Array]:
+def _next_batch(exp: Experiment, state, step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """The step's token batch (padded to settings.batch_shape) and the metrics of making it."""
   host = next(exp.train_data)
+  made: dict[str, Any] = {}
   if exp.config.opd.mode == "off_policy":
     keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
     batch = shd.host_to_global(
       {k: host[k] for k in keys}, exp.mesh, global_rows=exp.config.data.prompts_per_step
     )
   else:
-    batch = _rollout(exp, state, host, step)
-  return objective.pad_batch(batch, exp.config.data.pad_to_multiple)  # settings.batch_shape
+    batch, made = _rollout(exp, state, host, step)
+  return objective.pad_batch(batch, exp.config.data.pad_to_multiple), made
 
 
 def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -130,6 +129,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   signals = _StopSignals()
   state, start = exp.state, exp.start_step
+  # Prompts truncated/dropped and bad records skipped while building the data: written once,
+  # with the first metrics line of this (re)start.
+  data_counts = dict(exp.train_data.counts)
+  unwritten = dict(data_counts)
   last: dict[str, float] = {}
   eval_correct = None
   pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
@@ -154,6 +157,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       now = time.perf_counter()
       values["perf/seconds_per_step"] = (now - t0) / c.log_every
       t0 = now
+      values.update(unwritten)
+      unwritten.clear()
       writer.write(step_done, values)
       last = values
       window.clear()
@@ -167,8 +172,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     with jax.set_mesh(exp.mesh):
       for step in range(start, c.steps):
-        batch = _rename(_next_batch(exp, state, step))
-        state, dev_metrics = exp.train_step(state, exp.teacher_params, batch)
+        batch, batch_metrics = _next_batch(exp, state, step)
+        state, dev_metrics = exp.train_step(state, exp.teacher_params, _rename(batch))
+        dev_metrics = {**dev_metrics, **batch_metrics}
         if pending is not None:
           finish(*pending)  # step N's metrics are pulled while step N+1 runs
         pending = (step + 1, dev_metrics)
@@ -192,6 +198,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           break
       if pending is not None:
         finish(*pending)
+      if start >= c.steps:
+        # Resumed at its last step (stopped after the final checkpoint, before the caller
+        # recorded the run): report what the finished run logged and evaluated, not nothing.
+        last = metrics_lib.logged_at(workdir, start)
+        if c.eval.every:
+          _, eval_correct = exp.evaluate(state, start)
     data_state = exp.train_data.get_state()
     table = _report_rocks(exp, state, loss)  # all processes compute; process 0 writes
   finally:
@@ -202,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     exp.train_data.close()
   return {
     "state": state,
-    "metrics": last,
+    "metrics": {**data_counts, **last},
     "experiment": exp,
     "data_state": data_state,
     "step": done,

@@ -164,6 +164,7 @@ def build(
   chunked=True,
   dynamic_k=4,
   micro_batches=1,
+  updates_per_rollout=1,
   schedule=None,
   **loss_kw,
 ):
@@ -187,6 +188,7 @@ def build(
     selection=rocks.RockSelection(k=dynamic_k, min_freq=1, exclude_top_freq=0),
     rock_schedule=rocks.RockSchedule(warmup_steps=1, select_every=1),
     micro_batches=micro_batches,
+    updates_per_rollout=updates_per_rollout,
   )
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))
   return fn, state, t_params

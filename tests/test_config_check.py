@@ -58,6 +58,8 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("opt.warmup_frac", 1.0, "in [0, 1)"),
   ("eval.temperature", -0.1, "expected >= 0"),
   ("opt.micro_batches", 0, "expected >= 1"),
+  ("opd.kept_capacity", 1.5, "in [0, 1]"),
+  ("opd.frozen_kl", "drop", "'forward', 'skip'"),
   ("data.pad_to_multiple", 0, "expected >= 1"),
   ("ckpt.keep", 0, "expected >= 1"),
   ("teacher.arch.num_layers", 0, "expected >= 1"),
@@ -72,6 +74,7 @@ BAD_VALUES = [  # (field, bad value, what the message says is expected)
   ("analysis.batch_size", 0, "expected >= 1"),
   ("opd.rollout_dtype", "float16", "expected one of 'float32', 'bfloat16'"),
   ("opd.rollout_sharding", "fsdp", "expected one of 'replicated', 'tensor', 'train'"),
+  ("data.prompt_overflow", "cut", "expected one of 'truncate', 'drop', 'error'"),
 ]
 
 
@@ -113,6 +116,8 @@ CROSS_FIELD = [  # (overrides on configs/tiny.py, the culprit field)
   ({"mesh.data": 0}, "mesh.data"),
   ({"model.attention": "splash", "model.attention_block": 96}, "model.attention_block"),
   ({"opd.rollout_sharding": "train", "opd.rollout_dtype": "bfloat16"}, "opd.rollout_dtype"),
+  ({"opd.kept_capacity": 0.5, "opd.chunked": False}, "opd.kept_capacity"),  # no hidden states
+  ({"data.system_prompt": "Be brief.", "data.use_chat_template": False}, "data.system_prompt"),
 ]
 
 

@@ -56,8 +56,9 @@ def test_paper_configs_dry_run(name):
   # Rollouts sample from a whole bfloat16 copy on every device (freed before the update).
   assert gib["rollout_copy"] == pytest.approx(student * 2 / 2**30)
   assert r["mesh"] == {"data": 1, "fsdp": 32, "context": 2, "tensor": 1}
-  # 1 prompt x 4 samples; 1024 prompt + 8000 (freeze runs: 1024) new tokens padded to 512s.
-  assert batch_shape(c) == (4, 2048 if name.endswith("freeze") else 9216)
+  # OPD: 2 prompts x 4 samples, 800 prompt + 8000 new tokens padded to 512s; stage 1: 4 rows
+  # of 800 + 8000 tokens.
+  assert batch_shape(c) == ((4 if c.opd.mode == "off_policy" else 8), 9216)
 
 
 def test_dry_run_declares_the_hybrid_mesh():

@@ -116,6 +116,7 @@ def test_prompt_pipeline_exact_batch(tok):
     tok,
     batch_size=4,
     max_prompt_len=5,
+    prompt_overflow="truncate",  # the last prompt (7 ids) keeps its last 5
     shuffle=False,
     num_epochs=1,
     process_index=0,

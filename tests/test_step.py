@@ -55,17 +55,30 @@ def test_rock_stats_after_a_step_equal_numpy():
 
 
 @pytest.mark.parametrize(
-  "rock_mode,normalizer", [("static", "tokens"), ("static", "weights"), ("off", "tokens")]
+  "rock_mode,normalizer,chunked",
+  [
+    ("static", "tokens", True),
+    ("static", "weights", True),
+    ("off", "tokens", True),
+    ("static", "sequence", True),
+    ("static", "sequence", False),
+  ],
 )
-def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
-  """lambda 0: the gradient of the loss on non-rock tokens only; mode off: plain OPD.
+def test_step_gradient_equals_direct_computation(rock_mode, normalizer, chunked):
+  """lambda 0: the gradient of the loss on non-rock tokens only; mode off: plain OPD;
+  'sequence': each row's kept-token mean (over max(kept, 1)), then the mean over rows.
 
   SGD(lr=1) exposes the step's gradient: params - new_params == grad, checked against
   jax.grad of a direct full-logit loss that selects positions explicitly.
   """
   batch = make_batch()
   fn, state, t_params = build(
-    one_device_mesh(), tx=optax.sgd(1.0), rock_mode=rock_mode, lam=0.0, normalizer=normalizer
+    one_device_mesh(),
+    tx=optax.sgd(1.0),
+    rock_mode=rock_mode,
+    lam=0.0,
+    normalizer=normalizer,
+    chunked=chunked,
   )
   old = jax.tree.map(np.asarray, state.params)
   with jax.set_mesh(one_device_mesh()):
@@ -78,12 +91,16 @@ def test_step_gradient_equals_direct_computation(rock_mode, normalizer):
   on = (batch["response_mask"][:, 1:] * batch["attention_mask"][:, 1:]) > 0
   selected = on & ~np.isin(batch["tokens"][:, 1:], ROCK_IDS) if rock_mode == "static" else on
   denom = selected.sum() if normalizer == "weights" else on.sum()
+  # 'sequence': row b's tokens over max(its kept tokens, 1), averaged over rows with a response.
+  row_scale = 1.0 / np.maximum(selected.sum(1, keepdims=True), 1) / on.any(1).sum()
 
   def direct_loss(params):  # full logits, explicit position selection: no weights, no chunks
     model = nnx.merge(nnx.split(random_model(STUDENT))[0], params)
     logp_s = jax.nn.log_softmax(model(ids, mask))
     logp_t = jax.nn.log_softmax(logits_t)
     kl = jnp.sum(jnp.exp(logp_s) * (logp_s - logp_t), -1)
+    if normalizer == "sequence":
+      return jnp.sum(jnp.where(selected, kl * row_scale, 0.0))
     return jnp.sum(jnp.where(selected, kl, 0.0)) / denom
 
   want = jax.jit(jax.grad(direct_loss))(nnx.split(random_model(STUDENT))[1])

@@ -39,6 +39,25 @@ def test_cli_trains_tiny_config_on_8_devices(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [1, 2, 3]
+  # Synthetic prompts longer than data.max_prompt_len (24) are dropped and counted once, in the
+  # first line; counted here from the task's files with the tokenizer's own chat template.
+  import transformers
+
+  tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "task" / "tokenizer"))
+  prompts = [json.loads(l)["prompt"] for l in open(tmp_path / "task" / "train.jsonl")]
+  lengths = [
+    len(
+      tok.apply_chat_template(
+        [dict(role="user", content=p)], add_generation_prompt=True, return_dict=True
+      )["input_ids"]
+    )
+    for p in prompts
+  ]
+  over = sum(n > tiny.get_config().data.max_prompt_len for n in lengths)
+  assert over > 0  # the check below is not only of zeros
+  counts = {"data/prompts_truncated": 0, "data/prompts_dropped": over, "data/records_skipped": 0}
+  assert {k: lines[0][k] for k in counts} == counts
+  assert not any(k in l for k in counts for l in lines[1:])
   assert all(np.isfinite(l["opd/loss"]) for l in lines)
   assert sorted(os.listdir(tmp_path / "ckpt"))[-1] == "3"
 

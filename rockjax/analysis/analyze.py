@@ -15,11 +15,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from etils import epath
 from flax import nnx
 
-from rockjax import errors, loading, models, records, settings, storage
+from rockjax import errors, loading, models, prompt_fit, records, settings, storage
 from rockjax import sharding as shd
 from rockjax.analysis import corpus, selection, selection_report, studies
 from rockjax.analysis.context import AnalysisContext, load_student
@@ -45,21 +44,9 @@ def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
     raise errors.ConfigError(
       "data.eval_path='': the rock analysis needs an evaluation set (or the built-in task)"
     )
-  recs = records.load_records(
-    c.data.eval_path, prompt_field=c.data.prompt_field, answer_field=c.data.answer_field
-  )[:num_prompts]
-  pad = records.pad_id(tokenizer)
-  rows = [
-    records.left_pad(
-      records.format_prompt(tokenizer, r["prompt"], use_chat_template=c.data.use_chat_template),
-      c.data.max_prompt_len,
-      pad,
-    )
-    for r in recs
-  ]
-  ids = np.stack([r[0] for r in rows])
-  mask = np.stack([r[1] for r in rows])
-  return ids, mask, [r.get("answer", "") for r in recs]
+  fitted = prompt_fit.eval_prompts(c, tokenizer, c.data.eval_path, num_prompts)
+  ids, mask = prompt_fit.padded_prompts(fitted, c.data.max_prompt_len, records.pad_id(tokenizer))
+  return ids, mask, [r.get("answer", "") for r in fitted.records]
 
 
 def run_analysis(

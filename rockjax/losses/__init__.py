@@ -31,12 +31,13 @@ from rockjax.losses.full import (
   reverse_kl,
 )
 from rockjax.losses.fused import FusedDivergence, fused_divergence
-from rockjax.losses.reduce import count, reduce
+from rockjax.losses.reduce import NORMALIZERS, count, normalized_weights, reduce
 from rockjax.losses.registry import KINDS, DivergenceSpec, check_kind, mixture_logprobs, title
 from rockjax.losses.sampled import sampled_kl
 
 __all__ = [
   "KINDS",
+  "NORMALIZERS",
   "DivergenceSpec",
   "FusedDivergence",
   "check_kind",
@@ -52,6 +53,7 @@ __all__ = [
   "logit_gradient",
   "logit_gradient_norm",
   "mixture_logprobs",
+  "normalized_weights",
   "reduce",
   "reverse_kl",
   "sampled_kl",

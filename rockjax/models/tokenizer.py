@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from rockjax import errors, storage
-from rockjax.models import families
+from rockjax.models import families, hf_dirs
 from rockjax.models.config import ModelConfig
 
 # Files of a HF directory a tokenizer never reads (not copied from a cloud directory).
@@ -14,13 +14,24 @@ WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.msgpack", "*.h5")
 _SPECIAL = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
 
-def load_tokenizer(path: str | os.PathLike) -> Any:
-  """transformers.AutoTokenizer from a directory (never downloads; a gs:// or s3:// one is
-  copied to a local temporary directory first, its weight files left out)."""
+def load_tokenizer(path: str | os.PathLike, *, field: str = "data.tokenizer_path") -> Any:
+  """transformers.AutoTokenizer from a directory (never downloads, never runs remote code; a
+  gs:// or s3:// one is copied to a local temporary directory first, its weight files left
+  out). A directory transformers cannot load is a one-line InputError naming `field`."""
   import transformers
 
+  hf_dirs.check_tokenizer_dir(path, field)
   with storage.local_copy(path, exclude=WEIGHT_FILES) as local:
-    return transformers.AutoTokenizer.from_pretrained(local, local_files_only=True)
+    try:
+      return transformers.AutoTokenizer.from_pretrained(
+        local, local_files_only=True, trust_remote_code=False
+      )
+    except (OSError, ValueError, KeyError, TypeError) as e:  # what transformers raises on bad files
+      text = " ".join(str(e).split())[:300]
+      raise errors.InputError(
+        f"{field}={os.fspath(path)!r}: transformers cannot load this tokenizer "
+        f"({type(e).__name__}: {text})"
+      ) from e
 
 
 def eos_ids(tokenizer: Any, family: str | None = None) -> tuple[int, ...]:
