@@ -39,6 +39,9 @@ import subprocess
 import sys
 import time
 
+# Measure this checkout's rockjax, not whichever copy the environment has installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 VARIANTS = ("jax_naive", "jax_fused", "jax_chunked", "torch_naive")
 LEAN = ("jax_fused", "jax_chunked")  # compared against jax_naive
 LEAN_AND_NAIVE = ("jax_naive",) + LEAN

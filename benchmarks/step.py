@@ -38,6 +38,9 @@ import os
 import sys
 import time
 
+# Measure this checkout's rockjax, not whichever copy the environment has installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import numpy as np
 
 # Student ~11.5M and teacher ~18.9M parameters (tied embeddings), vocabulary 32,768.
