@@ -105,6 +105,11 @@ class Checkpointer:
       max_to_keep=keep, create=True, cleanup_tmp_directories=True
     )
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    # orbax deletes them in a background thread that it joins only before its next save; join
+    # it here, so a process that only restores (or fails first) never exits under that thread.
+    cleanup = getattr(self._mngr, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self._disk_full = False  # a save stopped on ENOSPC (close then stays quiet about it)
 
   def steps(self) -> list[int]:
