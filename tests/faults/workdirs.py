@@ -74,11 +74,18 @@ def _strip(obj):
 
 
 def _metric_lines(path) -> dict[int, dict]:
-  """{step: last line logged for it} (a resumed run re-logs the steps after its checkpoint)."""
+  """{step: last line logged for it} (a resumed run re-logs the steps after its checkpoint).
+
+  The data counts (data/prompts_dropped, ...) describe a start: every start or resume logs
+  them on its first line, so they are compared as the set of values logged, not per step.
+  """
   out = {}
   for line in epath.Path(path).read_text().splitlines():
     rec = json.loads(line)
-    out[rec["step"]] = _strip(rec)
+    out[rec["step"]] = {k: v for k, v in _strip(rec).items() if not k.startswith("data/")}
+    counts = {k: v for k, v in rec.items() if k.startswith("data/")}
+    if counts:
+      out.setdefault("data counts", set()).add(tuple(sorted(counts.items())))
   return out
 
 
