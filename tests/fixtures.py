@@ -304,6 +304,25 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return out.logits.float().numpy()
 
 
+def word_tokenizer(vocab: dict[str, int], chat_template: str | None = None):
+  """An in-memory WordLevel PreTrainedTokenizerFast over `vocab` (<bos>/<eos>/<pad>/<unk> in it)."""
+  import tokenizers
+  import transformers
+
+  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=backend,
+    bos_token="<bos>",
+    eos_token="<eos>",
+    pad_token="<pad>",
+    unk_token="<unk>",
+  )
+  if chat_template:
+    tok.chat_template = chat_template
+  return tok
+
+
 def make_tokenizer(path: str | os.PathLike, tokens: list[str], **special: str) -> str:
   """A WordLevel PreTrainedTokenizerFast over `tokens` in order (missing specials appended)."""
   import tokenizers

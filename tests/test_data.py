@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from fixtures import word_tokenizer
 
 from rockjax import data
 from rockjax import records as records_lib
@@ -25,21 +26,7 @@ VOCAB = {
 
 
 def _tokenizer(chat_template=None):
-  import tokenizers
-  import transformers
-
-  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(VOCAB, unk_token="<unk>"))
-  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=backend,
-    bos_token="<bos>",
-    eos_token="<eos>",
-    pad_token="<pad>",
-    unk_token="<unk>",
-  )
-  if chat_template:
-    tok.chat_template = chat_template
-  return tok
+  return word_tokenizer(VOCAB, chat_template)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import ml_collections
 import numpy as np
 import pytest
+from fixtures import word_tokenizer
 
 from rockjax import data, errors, prompt_fit
 from rockjax import records as records_lib
@@ -40,21 +41,7 @@ NO_SWITCH = (
 
 
 def _tokenizer(chat_template=None):
-  import tokenizers
-  import transformers
-
-  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(ID, unk_token="<unk>"))
-  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=backend,
-    bos_token="<bos>",
-    eos_token="<eos>",
-    pad_token="<pad>",
-    unk_token="<unk>",
-  )
-  if chat_template:
-    tok.chat_template = chat_template
-  return tok
+  return word_tokenizer(ID, chat_template)
 
 
 def ids(text):
