@@ -76,9 +76,9 @@ def record_batches(monkeypatch):
   seen, real = [], train._next_batch
 
   def next_batch(exp, state, step):
-    batch = real(exp, state, step)
+    batch, made = real(exp, state, step)
     seen.append(np.asarray(jax.device_get(batch["tokens_BxL"])))
-    return batch
+    return batch, made
 
   monkeypatch.setattr(train, "_next_batch", next_batch)
   return seen
