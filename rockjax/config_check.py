@@ -10,14 +10,12 @@ path checks are skipped there and the mesh is checked against `mesh.num_devices`
 """
 
 import json
-import math
 import os
 from typing import Any, Iterator
 
 import ml_collections
 
-from rockjax import errors, objective, storage
-from rockjax import sharding as shd
+from rockjax import config_mesh, errors, storage
 from rockjax.config_fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
 from rockjax.models import attention, families
 
@@ -54,10 +52,10 @@ def validate(
     _arch(c, dry_run),
     _stages(c),
     _prompts(c),
-    _micro_batches(c),
+    config_mesh.micro_batches(c),
     _rollout_copy(c),
     _skipping(c),
-    _mesh_and_batch(c, dry_run, device_count, process_count),
+    config_mesh.mesh_and_batch(c, dry_run, device_count, process_count),
     _int_lists(c),
     _rock_rules(c, dry_run),
   ]
@@ -198,133 +196,6 @@ def _rollout_copy(c) -> Iterator[str]:
       f"opd.rollout_dtype={c.opd.rollout_dtype!r}: opd.rollout_sharding='train' samples the "
       "train params as they are (no copy); use 'replicated' or 'tensor' for a cast copy"
     )
-
-
-def _updates(c, off_policy_rows: bool) -> int:
-  """opd.updates_per_rollout of a batch: the run's batches; pre-stages (rockjax.pipeline) use 1."""
-  return c.opd.updates_per_rollout if off_policy_rows == (c.opd.mode == "off_policy") else 1
-
-
-def _micro_batches(c) -> Iterator[str]:
-  """opd.updates_per_rollout splits the rows of every batch the run trains on into updates and
-  opt.micro_batches splits each update's rows (rockjax.step)."""
-  k, prompts = c.opt.micro_batches, c.data.prompts_per_step
-  batches = []  # (where the rows come from, how many, updates per batch)
-  if c.opd.mode == "on_policy":
-    rollouts = prompts * c.opd.samples_per_prompt
-    where = f"data.prompts_per_step x opd.samples_per_prompt = {rollouts}"
-    batches.append((where, rollouts, _updates(c, False)))
-  if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
-    batches.append(
-      (f"data.prompts_per_step = {prompts} (off-policy rows)", prompts, _updates(c, True))
-    )
-  for where, rows, u in batches:
-    if rows % u:
-      yield f"opd.updates_per_rollout={u}: expected a divisor of the batch rows, {where}"
-    elif rows // u % k:
-      per = f" / opd.updates_per_rollout={u} = {rows // u} rows per update" if u > 1 else ""
-      yield f"opt.micro_batches={k}: expected a divisor of the batch rows, {where}{per}"
-
-
-def _mesh_and_batch(c, dry_run: bool, devices: int, processes: int) -> Iterator[str]:
-  """The mesh rockjax.sharding.make_mesh builds, and the train step's activations on it.
-
-  Any data.prompts_per_step works on any number of hosts: rockjax.data.host_share has every
-  host read the whole batch when the mesh cannot split it across them; the rollout rows per
-  micro-batch must still divide data x fsdp (_activation_shards).
-  """
-  sizes, dcn = shd.config_mesh_shapes(c.mesh)
-  for k, v in sizes.items():
-    if v == 0 or v < -1:
-      yield f"mesh.{k}={v}: expected a size >= 1, or -1 (all remaining devices)"
-  fill = [k for k, v in sizes.items() if v == -1]
-  if len(fill) > 1:
-    yield f"mesh.{fill[1]}=-1: only one mesh axis may be -1 (mesh.{fill[0]} is -1 already)"
-  # Real runs use every device (mesh.num_devices is a dry-run declaration, rockjax.dry_run).
-  total = c.mesh.num_devices if dry_run and c.mesh.num_devices else devices
-  where = (
-    f"mesh.num_devices={total}"
-    if dry_run and c.mesh.num_devices
-    else f"{total} devices are available"
-  )
-  fields = {**sizes, **{f"dcn_{k}": v for k, v in dcn.items()}}
-  known = math.prod(v for v in fields.values() if v != -1)
-  if total % known:
-    culprit = next(k for k, v in fields.items() if v > 1)
-    shape = ", ".join(f"{k}={v}" for k, v in fields.items() if v != 1 or k in sizes)
-    yield (
-      f"mesh.{culprit}={fields[culprit]}: the mesh ({shape}) needs a device count "
-      f"divisible by {known}, but {where}"
-    )
-    return
-  granules = math.prod(dcn.values())
-  if not dry_run and processes % granules:
-    culprit = next(k for k, v in fields.items() if k.startswith("dcn_") and v > 1)
-    yield (
-      f"mesh.{culprit}={fields[culprit]}: the DCN sizes multiply to {granules} slices/nodes, "
-      f"each run by its own process(es), but {processes} processes are running"
-    )
-  yield from _activation_shards(c, shd.resolve_mesh_shape(sizes, total, dcn), sizes, dry_run)
-
-
-def _train_batches(c) -> list[tuple[str, int, int]]:
-  """(where the rows come from, rows per micro-batch, padded length) of every batch the run
-  trains on (rockjax.settings.batch_shape; off-policy stages included)."""
-  k, prompts = c.opt.micro_batches, c.data.prompts_per_step
-  pad = lambda n: objective.padded_length(n, c.data.pad_to_multiple)
-  u = lambda off: _updates(c, off)
-  per_update = lambda off: f" / opd.updates_per_rollout={u(off)}" if u(off) > 1 else ""
-  out = []
-  if c.opd.mode == "on_policy":
-    rows = prompts * c.opd.samples_per_prompt
-    length = pad(c.data.max_prompt_len + c.opd.max_new_tokens)
-    where = f"data.prompts_per_step x opd.samples_per_prompt = {rows}"
-    out.append((where + per_update(False), rows // (k * u(False)), length))
-  if c.opd.mode == "off_policy" or c.teacher.source == "sft" or c.model.source == "kd":
-    where = f"data.prompts_per_step = {prompts} (off-policy rows)" + per_update(True)
-    out.append((where, prompts // (k * u(True)), pad(c.data.max_len)))
-  return out
-
-
-def _activation_shards(
-  c, full: dict[str, int], sizes: dict[str, int], dry_run: bool
-) -> Iterator[str]:
-  """The train step's activations shard evenly (rockjax.sharding.constrain is strict): rows
-  per micro-batch over data x fsdp, the padded length over context, heads over tensor.
-  An indivisible one would be computed whole on every device of its axes."""
-  batch = full["data"] * full["fsdp"]
-  for where, rows, length in _train_batches(c):
-    if rows % batch:
-      culprit = "fsdp" if full["fsdp"] > 1 else "data"
-      fit = math.gcd(rows, batch)
-      yield (
-        f"mesh.{culprit}={sizes[culprit]}: the batch rows per micro-batch ({where} / "
-        f"opt.micro_batches={c.opt.micro_batches} = {rows}) are not divisible by the batch "
-        f"axes data x fsdp = {full['data']} x {full['fsdp']} = {batch}; shard them over "
-        f"{fit} devices (e.g. mesh.data x mesh.fsdp = {fit}) and give the other "
-        f"{batch // fit} to mesh.context (sequence sharding), or use more prompts per step"
-      )
-      return
-    if length % full["context"]:
-      yield (
-        f"mesh.context={sizes['context']}: the padded sequence length {length} ({where} rows; "
-        f"data.pad_to_multiple={c.data.pad_to_multiple}) is not divisible by the context axis "
-        f"size {full['context']}; set data.pad_to_multiple to a multiple of {full['context']}"
-      )
-      return
-  tensor = full["tensor"]
-  for g in _GROUPS:
-    a = c[g].arch
-    # An 'hf' model's heads are in its config.json (dry runs use `arch`).
-    if tensor == 1 or c[g].source == "none" or (c[g].source == "hf" and not dry_run):
-      continue
-    for field in ("num_heads", "num_kv_heads"):
-      if a[field] % tensor:
-        yield (
-          f"{g}.arch.{field}={a[field]}: not divisible by the tensor axis size {tensor} "
-          "(mesh.tensor x mesh.dcn_tensor; attention heads are sharded over it)"
-        )
-        return
 
 
 def _rock_rules(c, dry_run: bool) -> Iterator[str]:
