@@ -41,6 +41,9 @@ import time
 
 # Measure this checkout's rockjax, not whichever copy the environment has installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py) then apply to every JAX
+# variant alike, the plain-JAX references included, as they do in a rockjax run.
+import rockjax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 
 VARIANTS = ("jax_naive", "jax_fused", "jax_chunked", "torch_naive")
 LEAN = ("jax_fused", "jax_chunked")  # compared against jax_naive
@@ -289,6 +292,7 @@ def main():
     "block_size": args.block_size,
     "repeats": args.repeats,
     "cpus": os.cpu_count(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "load_average": os.getloadavg(),
     "cpu_memory_note": "cpu_* memory is XLA:CPU's (CPU-only; bf16 matmuls upcast to f32)",
     "results": {},

@@ -40,6 +40,9 @@ import time
 
 # Measure this checkout's rockjax, not whichever copy the environment has installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py) then apply to every JAX
+# variant alike, the plain-JAX references included, as they do in a rockjax run.
+import rockjax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
 
 import numpy as np
 
@@ -341,6 +344,7 @@ def main():
     "rounds": args.rounds,
     "steps_per_round": args.steps,
     "cpus": os.cpu_count(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "load_average": os.getloadavg(),
     "frozen_share_of_response": frozen_share,
     "kept_capacity_available": rj.has_kept,

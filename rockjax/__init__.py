@@ -19,4 +19,8 @@ class _NoTorchAdvice(_logging.Filter):
 
 _logging.getLogger("transformers").addFilter(_NoTorchAdvice())
 
+from rockjax import xla_flags as _xla_flags
+
+_xla_flags.apply()  # XLA:CPU kernel choices, before JAX starts a backend (rockjax/xla_flags.py)
+
 __version__ = "0.1.0"

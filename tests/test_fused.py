@@ -27,9 +27,11 @@ def _naive_sum(h, w, h_t, w_t, weights, kind, beta):
 
 
 @pytest.mark.parametrize("kind,beta", KINDS)
-@pytest.mark.parametrize("block,chunk", [(3, 8), (4, 53), (64, 20)])
+@pytest.mark.parametrize("block,chunk", [(3, 8), (4, 53), (9, 16), (64, 20)])
 def test_fused_value_and_grad_match_numpy_and_autodiff(rng, kind, beta, block, chunk):
-  h_s, w_s, h_t, w_t = make_hidden(rng)  # 10 tokens: blocks of 3 leave a padded last block
+  # 10 tokens: blocks of 3 leave a padded last block; at most 9 per block, two equal blocks of
+  # 8 rows (6 of them padding) hold them
+  h_s, w_s, h_t, w_t = make_hidden(rng)
   weights = _weights(rng, h_s.shape[:2])
   fused = lambda h, w: fused_divergence(
     h, w, h_t, w_t, weights, kind=kind, beta=beta, temperature=T, block_size=block, chunk_size=chunk

@@ -49,11 +49,12 @@ def group_axes(rows: int) -> tuple[tuple[str, ...], int]:
 
 
 def slot_count(wanted: int, group_devices: int, block_size: int, positions: int) -> int:
-  """`wanted` slots of a group rounded up so the fused loss splits them evenly over the
-  group's devices into whole blocks of `block_size` (or one short block), at most `positions`."""
+  """`wanted` slots of a group split evenly over the group's devices, at most `positions`;
+  more than one block per device is rounded up to a multiple of 8 (the fused loss cuts them
+  into equal blocks of a multiple of 8 rows, so no block is mostly padding)."""
   per_device = -(-wanted // group_devices)
   if per_device > block_size:
-    per_device = -(-per_device // block_size) * block_size
+    per_device = -(-per_device // 8) * 8
   return min(per_device * group_devices, positions)
 
 

@@ -1,0 +1,79 @@
+"""rockjax/xla_flags.py: which XLA_FLAGS `import rockjax` adds, and that XLA:CPU obeys them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rockjax import xla_flags
+
+FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
+
+
+def test_added_to_empty_and_to_existing_flags():
+  env = {}
+  assert xla_flags.apply(env, jaxlib=(0, 10)) == [FLAG]
+  assert env["XLA_FLAGS"] == FLAG
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  xla_flags.apply(env, jaxlib=(0, 11))
+  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {FLAG}"
+
+
+def test_applying_twice_adds_nothing_more():
+  env = {}
+  xla_flags.apply(env, jaxlib=(0, 10))
+  assert xla_flags.apply(env, jaxlib=(0, 10)) == []
+  assert env["XLA_FLAGS"] == FLAG
+
+
+@pytest.mark.parametrize(
+  "own",
+  ["--xla_cpu_experimental_ynn_fusion_type=", "xla_cpu_experimental_ynn_fusion_type=dot,reduce"],
+)
+def test_the_users_own_value_wins(own):
+  env = {"XLA_FLAGS": own}
+  assert xla_flags.apply(env, jaxlib=(0, 10)) == []
+  assert env["XLA_FLAGS"] == own
+
+
+@pytest.mark.parametrize("jaxlib", [(0, 9), (0, 12), (1, 0), None])
+def test_unchecked_jaxlib_or_opt_out_gets_nothing(jaxlib):
+  env = {"XLA_FLAGS": "--a=1"}
+  if jaxlib is None:  # the opt-out, on a checked version
+    env[xla_flags.OPT_OUT] = "0"
+    jaxlib = (0, 10)
+  assert xla_flags.apply(env, jaxlib=jaxlib) == []
+  assert env["XLA_FLAGS"] == "--a=1"
+
+
+_PROBE = """
+import rockjax, jax, jax.numpy as jnp, re
+f = jax.jit(lambda h, w: jax.nn.log_softmax(h @ w, axis=-1))
+text = f.lower(jnp.ones((64, 32)), jnp.ones((32, 512))).compile().as_text()
+comps = dict(re.findall(r"^%(\\S+) \\(.*?\\{\\n(.*?)^\\}", text, re.M | re.S))
+ynn = re.findall(r'calls=%(\\S+?),.*"kind":"__ynn_fusion"', text)
+print(sum("reduce(" in comps[c] for c in ynn), len(ynn))
+"""
+
+
+def _ynn_fusions(opt_out: str) -> tuple[int, int]:
+  """(YNNPACK fusions that hold a reduction, all YNNPACK fusions) of h @ w then log_softmax,
+  compiled by a fresh process that imports rockjax first."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", ROCKJAX_XLA_FLAGS=opt_out)
+  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  with_reduce, total = map(int, out.stdout.split()[-2:])
+  return with_reduce, total
+
+
+def test_xla_cpu_no_longer_fuses_the_head_matmul_with_its_reduction():
+  if xla_flags._jaxlib_minor() is None or not (
+    xla_flags.JAXLIB_VERSIONS[0] <= xla_flags._jaxlib_minor() < xla_flags.JAXLIB_VERSIONS[1]
+  ):
+    pytest.fail(f"jaxlib {xla_flags._jaxlib_minor()} is outside the checked versions: recheck")
+  with_reduce, total = _ynn_fusions("1")
+  assert with_reduce == 0 and total >= 1  # YNNPACK still runs the matmul, alone
+  # Without the flag jaxlib's default fuses the matmul with the max over V (what it fixes).
+  assert _ynn_fusions("0")[0] >= 1
