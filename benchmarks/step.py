@@ -25,8 +25,10 @@ Figures (tokens/s counts response tokens, B x response length, over the best ste
 - `freeze_speedup`: Original (rock.mode 'off') step time / Rock-Freeze (rock.mode 'static',
   lam 0, a list of ids planted on about half the response positions) step time; when the
   installed rockjax has `opd.kept_capacity` (frozen-position skipping), both are also run with
-  it set to the kept share plus a margin (`*_kept` variants; `freeze_kept_nokl` also sets
-  `opd.frozen_kl='skip'` when that field exists);
+  it (`*_kept` variants; `opd.response_len` = --response as on-policy, so the capacity is a
+  fraction of the B x --response response slots): Original at 1 (the prompt skipped),
+  Rock-Freeze at the kept share of those slots plus 0.05; `freeze_kept_nokl` also sets
+  `opd.frozen_kl='skip'` when that field exists;
 - `rock_update_share`: a jitted `rocks.update` on the step's shapes / the Original step time.
 """
 
@@ -180,6 +182,7 @@ class Rockjax:
     loss = objective.LossSettings(
       rock_mode=rock_mode,
       lam=0.0,
+      response_len=args.response,  # as the trainer sets it on-policy (opd.max_new_tokens)
       block_size=args.block_size,
       chunk_size=args.chunk_size,
       **loss_kw,
@@ -309,14 +312,15 @@ def main():
   loss_mask = np.zeros_like(batch["response_mask"])
   loss_mask[:, :-1] = batch["response_mask"][:, 1:]
   frozen_share = float(np.isin(batch["tokens"][:, 1:], planted)[loss_mask[:, :-1] > 0].mean())
-  kept_share = float((loss_mask > 0).sum() * (1 - frozen_share) / loss_mask.size)
+  # Shares of the response slots (B x --response), what opd.kept_capacity is a fraction of.
+  response_slots = args.batch * args.response
+  kept_share = float((loss_mask > 0).sum() * (1 - frozen_share) / response_slots)
   response_tokens = args.batch * args.response
 
   rj = Rockjax(args, batch, planted)
   variants = {"original": dict(rock_mode="off"), "freeze": dict(rock_mode="static")}
   if rj.has_kept:  # frozen-position skipping: capacity = the kept share plus a margin
-    response_share = float((loss_mask > 0).mean())
-    variants["original_kept"] = dict(rock_mode="off", kept_capacity=min(1.0, response_share + 0.02))
+    variants["original_kept"] = dict(rock_mode="off", kept_capacity=1.0)  # prompt skipped
     variants["freeze_kept"] = dict(rock_mode="static", kept_capacity=min(1.0, kept_share + 0.05))
     if rj.has_frozen_kl:  # frozen positions' KL for the statistics skipped too (no head work)
       variants["freeze_kept_nokl"] = dict(variants["freeze_kept"], frozen_kl="skip")

@@ -59,8 +59,8 @@ def slot_counts(shape_BxL: tuple[int, int], settings: Any) -> SlotCounts | None:
   )
   if n_kept >= positions:
     return None
-  n_frozen = 0
-  if s.frozen_kl == "forward" and response > n_kept:
+  n_frozen = 0  # rock.mode 'off' weighs every response position 1: none is ever frozen
+  if s.frozen_kl == "forward" and s.rock_mode != "off" and response > n_kept:
     n_frozen = kept.slot_count(response - n_kept, per_group, s.block_size, positions - n_kept)
   return SlotCounts(n_kept, n_frozen)
 

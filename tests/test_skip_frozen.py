@@ -189,3 +189,21 @@ def test_skip_mode_rock_stats_of_kept_ids():
   np.testing.assert_array_equal(s_got.rock.count_V[free], s_ref.rock.count_V[free])
   np.testing.assert_allclose(s_got.rock.kl_sum_V[free], s_ref.rock.kl_sum_V[free], rtol=1e-5)
   assert np.all(s_got.rock.count_V[ROCK_IDS] == 0) and np.all(s_ref.rock.count_V[ROCK_IDS] > 0)
+
+
+def test_rock_mode_off_gets_no_frozen_slots():
+  """rock.mode 'off' weighs every response position 1: no forward-only slots, skipping only
+  the prompt, with the loss, gradients and per-token KL of skip off."""
+  batch = make_batch(seed=6)
+  s = settings(rock_mode="off", kept_capacity=1.0)
+  counts = skip_frozen.slot_counts(batch["tokens"].shape, s)
+  assert counts.frozen == 0 and counts.kept < batch["tokens"].size
+  ref_loss, ref_grads, ref_aux, loss_mask = loss_grads_aux(settings(rock_mode="off"), batch)
+  loss, grads, aux, _ = loss_grads_aux(s, batch)
+  assert float(aux["skip_overflow"]) == 0
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+  assert_trees_close(grads, ref_grads, rtol=1e-5, atol=1e-7)
+  on = np.asarray(loss_mask) > 0
+  np.testing.assert_allclose(
+    np.asarray(aux["kl_BxL"])[on], np.asarray(ref_aux["kl_BxL"])[on], rtol=1e-5, atol=1e-7
+  )
