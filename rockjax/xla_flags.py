@@ -31,14 +31,17 @@ def _jaxlib_minor() -> tuple[int, int] | None:
     return None
 
 
+def checked(version: tuple[int, int] | None) -> bool:
+  """Whether jaxlib `version` (major, minor) is one the flags were checked on."""
+  return version is not None and JAXLIB_VERSIONS[0] <= version < JAXLIB_VERSIONS[1]
+
+
 def apply(
   environ: MutableMapping[str, str] = os.environ, jaxlib: tuple[int, int] | None = None
 ) -> list[str]:
   """Appends each of CPU_FLAGS that XLA_FLAGS lacks; returns the flags it added."""
   version = _jaxlib_minor() if jaxlib is None else jaxlib
-  if environ.get(OPT_OUT, "1") == "0" or version is None:
-    return []
-  if not JAXLIB_VERSIONS[0] <= version < JAXLIB_VERSIONS[1]:
+  if environ.get(OPT_OUT, "1") == "0" or not checked(version):
     return []
   current = environ.get("XLA_FLAGS", "")
   names = {f.lstrip("-").split("=", 1)[0] for f in current.split()}

@@ -304,36 +304,48 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return out.logits.float().numpy()
 
 
-def word_tokenizer(vocab: dict[str, int], chat_template: str | None = None):
-  """An in-memory WordLevel PreTrainedTokenizerFast over `vocab` (<bos>/<eos>/<pad>/<unk> in it)."""
+def assert_same_update(
+  p0, ref, got, *, metric_rtol: float, param_rtol: float, kl_atol: float = 0.0
+):
+  """Two train steps from the same parameters `p0` agree: `ref` and `got` are each
+  (new state, metrics); metrics (same keys), parameter updates, RockStats and rock mask."""
+  (s_ref, m_ref), (s_got, m_got) = ref, got
+  assert m_got.keys() == m_ref.keys()
+  for key in m_ref:
+    np.testing.assert_allclose(m_got[key], m_ref[key], rtol=metric_rtol, atol=1e-7, err_msg=key)
+  for a, b, c in zip(*(jax.tree.leaves(x) for x in (p0, s_ref.params, s_got.params))):
+    np.testing.assert_allclose(a - c, a - b, rtol=param_rtol, atol=1e-7)
+  np.testing.assert_array_equal(s_got.rock.count_V, s_ref.rock.count_V)
+  np.testing.assert_allclose(
+    s_got.rock.kl_sum_V, s_ref.rock.kl_sum_V, rtol=metric_rtol, atol=kl_atol
+  )
+  np.testing.assert_array_equal(s_got.rock_mask, s_ref.rock_mask)
+
+
+def word_tokenizer(vocab: dict[str, int], chat_template: str | None = None, **specials: str):
+  """An in-memory WordLevel PreTrainedTokenizerFast over `vocab`, split on whitespace; its
+  special tokens (all in `vocab`) are `specials`, by default <bos>/<eos>/<pad>/<unk>."""
   import tokenizers
   import transformers
 
-  backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok = transformers.PreTrainedTokenizerFast(
-    tokenizer_object=backend,
-    bos_token="<bos>",
-    eos_token="<eos>",
-    pad_token="<pad>",
-    unk_token="<unk>",
+  specials = specials or dict(
+    bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
   )
+  backend = tokenizers.Tokenizer(
+    tokenizers.models.WordLevel(vocab, unk_token=specials["unk_token"])
+  )
+  backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
   if chat_template:
     tok.chat_template = chat_template
   return tok
 
 
 def make_tokenizer(path: str | os.PathLike, tokens: list[str], **special: str) -> str:
-  """A WordLevel PreTrainedTokenizerFast over `tokens` in order (missing specials appended)."""
-  import tokenizers
-  import transformers
-
+  """A WordLevel tokenizer over `tokens` in order (missing specials appended), saved at `path`."""
   specials = {"unk_token": "<unk>", "eos_token": "</s>", "pad_token": "<pad>", **special}
   vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*tokens, *specials.values()]))}
-  core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=specials["unk_token"]))
-  core.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=core, **specials)
-  tok.save_pretrained(os.fspath(path))
+  word_tokenizer(vocab, **specials).save_pretrained(os.fspath(path))
   return os.fspath(path)
 
 
