@@ -150,12 +150,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.top_k = 0  # 0 = off
   # Rollouts (and eval.*) sample from a copy of the student made once per step and freed before
   # the update: its dtype ('float32': the same tokens as the train params; 'bfloat16': half
-  # the memory and bandwidth, tokens may differ) and its layout: 'replicated' (whole model on
-  # every device, no weight collective while decoding), 'tensor' (heads/MLP/vocab over the
-  # 'tensor' axis, replicated over the others) or 'train' (no copy: the FSDP-sharded train
-  # params, re-gathered at every decode step; float32 only).
+  # the memory and bandwidth, tokens may differ) and its layout on the decode mesh (the same
+  # devices as data x tensor, so no row is decoded twice): 'replicated' (whole model on every
+  # device, each decodes its own rows), 'tensor' (heads, KV heads, MLP and vocabulary split over
+  # opd.rollout_tensor devices, rows over the rest; no weight collective while decoding) or
+  # 'train' (no copy: the FSDP-sharded train params, re-gathered at every decode step; float32).
   c.opd.rollout_dtype = "float32"  # 'float32' | 'bfloat16'
   c.opd.rollout_sharding = "replicated"  # 'replicated' | 'tensor' | 'train'
+  c.opd.rollout_tensor = 0  # devices per tensor group for 'tensor'; 0 = as many as the KV heads allow
 
   c.rock = ml_collections.ConfigDict()
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |

@@ -94,9 +94,10 @@ def get_config():
   c.opd.normalizer = "sequence"
   c.opd.grad_norm_metric = False  # two extra head passes per step at 151,936 ids
   c.opd.loss_sharding = "vocab"  # each chip keeps 151,936 / 8 head columns, no head gather
-  # Rollouts from a bf16 copy on every chip: 4.0B params x 2 bytes = 7.5 GiB per chip while
-  # decoding (freed before the update), no weight gathers in the 8000 decode steps.
-  c.opd.rollout_dtype, c.opd.rollout_sharding = "bfloat16", "replicated"
+  # Rollouts from a bf16 copy split tensor-parallel over the 8 chips (8 KV heads: one per chip;
+  # docs/design.md, "Decode layouts"): 0.94 GiB of weights per chip while decoding (freed before
+  # the update), each of the 8 rows decoded once, no weight collective in the decode loop.
+  c.opd.rollout_dtype, c.opd.rollout_sharding = "bfloat16", "tensor"
   # Original: nothing frozen (statistics are still tracked every step). Every other rock.*
   # field is the detection rule of the published list (see the analysis block below).
   c.rock.mode = "off"

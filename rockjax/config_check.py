@@ -196,6 +196,16 @@ def _rollout_copy(c) -> Iterator[str]:
       f"opd.rollout_dtype={c.opd.rollout_dtype!r}: opd.rollout_sharding='train' samples the "
       "train params as they are (no copy); use 'replicated' or 'tensor' for a cast copy"
     )
+  if c.opd.rollout_tensor and c.opd.rollout_sharding != "tensor":
+    yield (
+      f"opd.rollout_tensor={c.opd.rollout_tensor}: only opd.rollout_sharding='tensor' splits "
+      f"the sampling copy (it is {c.opd.rollout_sharding!r}); set it to 0 or use 'tensor'"
+    )
+  devices = c.mesh.get("num_devices", 0)
+  if c.opd.rollout_tensor and devices and devices % c.opd.rollout_tensor:
+    yield (
+      f"opd.rollout_tensor={c.opd.rollout_tensor} does not divide mesh.num_devices={devices}"
+    )
 
 
 def _rock_rules(c, dry_run: bool) -> Iterator[str]:

@@ -61,6 +61,7 @@ RANGES: dict[str, str] = {
   "opd.sample_temperature": "> 0",
   "opd.top_p": "(0, 1]",
   "opd.top_k": ">= 0",
+  "opd.rollout_tensor": ">= 0",
   "rock.lam": "[0, 1]",  # a down-weight of rock positions: more than 1 would up-weight them
   "rock.k": ">= 1",
   "rock.min_freq": ">= 0",

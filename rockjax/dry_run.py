@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, hlo_cost, loading, rollout_params, run_length
+from rockjax import errors, hlo_cost, loading, rollout_cost, rollout_params, run_length
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -128,10 +128,15 @@ def _abstract(c: ml_collections.ConfigDict):
   return init, params, t_graphdef, t_params, schedule
 
 
-def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dict[str, Any]:
+def report(
+  c: ml_collections.ConfigDict, aot_topology: str | None = None, dump_dir: str | None = None
+) -> dict[str, Any]:
   """Per-device memory (GiB) of params, optimiser state, teacher; compiled-step figures.
 
-  With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology).
+  With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology); an
+  on-policy config also gets the compiled sampler's `rollout` section (rockjax.rollout_cost),
+  and with `dump_dir` both programs' optimised HLO text is written there
+  (train_step.hlo.txt, rollout.hlo.txt).
   `steps` says the run length the schedule was built for (data.epochs needs a prompt count).
   """
   c, how = run_length.resolve(c, dry_run=True)
@@ -158,7 +163,11 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
   # before the train step, so it is not part of the compiled step's peak below.
   out["per_device_gib"]["rollout_copy"] = (
     rollout_params.bytes_per_device(
-      params, abstract_mesh, dtype=c.opd.rollout_dtype, layout=c.opd.rollout_sharding
+      params,
+      abstract_mesh,
+      dtype=c.opd.rollout_dtype,
+      layout=c.opd.rollout_sharding,
+      tensor=c.opd.rollout_tensor,
     )
     / _GIB
   )
@@ -181,6 +190,7 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
       compiled = compile_step(c, devices)
       figures = aot_figures(compiled, devices, out["model_flops"]["total"])
       out["aot"] = {"topology": aot_topology, **figures}
+      _dump(dump_dir, "train_step.hlo.txt", compiled)
     except jax.errors.JaxRuntimeError as e:
       # XLA:TPU refuses to compile a program larger than HBM; its message has the sizes.
       if "RESOURCE_EXHAUSTED" not in str(e):
@@ -190,9 +200,45 @@ def report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> dic
       out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
       out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
     out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
+    if c.opd.mode == "on_policy":
+      out["rollout"] = _rollout_report(c, devices, out["aot"], dump_dir)
   elif n_devices <= jax.device_count():
     compiled = compile_step(c, jax.devices()[:n_devices])
     out["per_device_gib"]["xla_cpu_temp"] = compiled.memory_analysis().temp_size_in_bytes / _GIB
+  return out
+
+
+def _dump(dump_dir: str | None, name: str, compiled: jax.stages.Compiled) -> None:
+  """Writes a compiled program's optimised HLO text to dump_dir/name (no-op without a dir)."""
+  if dump_dir:
+    os.makedirs(dump_dir, exist_ok=True)
+    with open(os.path.join(dump_dir, name), "w") as f:
+      f.write(compiled.as_text())
+
+
+def _rollout_report(
+  c: ml_collections.ConfigDict,
+  devices: Sequence[jax.Device],
+  aot: dict[str, Any],
+  dump_dir: str | None,
+) -> dict[str, Any]:
+  """The compiled sampler's figures, beside the train step's time by the same cost model."""
+  start = time.perf_counter()
+  mesh = shd.make_mesh(declared_mesh_shape(c), devices=list(devices))
+  compiled = rollout_cost.compile_rollout(c, mesh)
+  _dump(dump_dir, "rollout.hlo.txt", compiled)
+  # What stays in HBM while rolling out: the train step's arguments (train state, teacher).
+  resident = aot.get("per_device_gib", {}).get("arguments", 0.0)
+  kind = devices[0].device_kind
+  out = rollout_cost.rollout_figures(
+    compiled, devices, c, mesh, resident, HBM_GIB.get(kind), FIT_FRACTION
+  )
+  train_s = aot.get("est_seconds")
+  out["train_step_est_seconds"] = train_s
+  rollout_s = out.get("est_rollout_seconds")
+  if train_s and rollout_s:
+    out["generation_share"] = rollout_s / (rollout_s + train_s)
+  out["compile_seconds"] = round(time.perf_counter() - start, 2)
   return out
 
 
@@ -303,6 +349,8 @@ def aot_figures(
     # XLA's cost analysis counts the body of every loop once (scanned layers, micro-batches,
     # attention blocks) and the splash kernels as 0, so these undercount the step.
     "xla_flops_per_device": flops,
+    # XLA:TPU's estimated cycles of the whole step (loops by their trips) at the chip's clock.
+    "est_seconds": rollout_cost.train_step_seconds(compiled, kind),
     "xla_flops_total": flops * len(devices),
     "fits": None if hbm is None else peak / _GIB <= FIT_FRACTION * hbm,
   }
@@ -335,9 +383,12 @@ def _count(tree) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
 
-def print_report(c: ml_collections.ConfigDict, aot_topology: str | None = None) -> None:
-  """What `python -m rockjax.main --dry_run [--aot_topology=T]` does: print the report as
-  indented JSON, then raise errors.UserError when the AOT peak does not fit (check_fits)."""
-  r = report(c, aot_topology)
+def print_report(
+  c: ml_collections.ConfigDict, aot_topology: str | None = None, dump_dir: str | None = None
+) -> None:
+  """What `python -m rockjax.main --dry_run [--aot_topology=T] [--aot_dump_dir=D]` does:
+  print the report as indented JSON, then raise errors.UserError when the AOT peak does not
+  fit (check_fits)."""
+  r = report(c, aot_topology, dump_dir)
   print(json.dumps(r, indent=1), flush=True)
   check_fits(r)

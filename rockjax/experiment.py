@@ -240,7 +240,11 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
   train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings, batch_sharding)
   sampling_copy = rollout_params.make_copier(
-    abstract_params, mesh, dtype=c.opd.rollout_dtype, layout=c.opd.rollout_sharding
+    abstract_params,
+    mesh,
+    dtype=c.opd.rollout_dtype,
+    layout=c.opd.rollout_sharding,
+    tensor=c.opd.rollout_tensor,
   )
   return Experiment(
     config=c,

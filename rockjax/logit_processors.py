@@ -83,26 +83,63 @@ def sampling_logits(
   return top_p_filter(top_k_filter(scaled_NxV, top_k), top_p)
 
 
-def inverse_cdf_sample(logits_NxV: jax.Array, row_keys_N: jax.Array) -> jax.Array:
+def _blocked(x_NxV: jax.Array, blocks: int) -> jax.Array:
+  """[N, V] -> [N, G, V/G] (G = blocks): block g holds ids [g V/G, (g+1) V/G), so with the
+  vocabulary split over G devices each block is one device's shard (no data moves)."""
+  N, V = x_NxV.shape
+  if blocks < 1 or V % blocks:
+    raise ValueError(f"vocabulary {V} does not split into {blocks} equal blocks")
+  return x_NxV.reshape(N, blocks, V // blocks)
+
+
+def inverse_cdf_sample(
+  logits_NxV: jax.Array, row_keys_N: jax.Array, *, blocks: int = 1
+) -> jax.Array:
   """One draw per row from softmax(logits) by inverting its CDF, row i using key i only.
 
   One uniform u per row: the draw is the first id whose cumulative probability exceeds u times
   the total, so an id of probability 0 (-inf logit: banned, filtered) is never drawn. Exact, and
   far cheaper per decode step than Gumbel-max, which needs V random numbers per row. Per-row
   keys make each row's draw independent of how the batch is split over devices.
+
+  blocks=G: the CDF is a cumulative sum within each of G equal vocabulary blocks plus the
+  exclusive sum of the block totals ([N, G]), so with the logits split over G devices (the
+  sampler's vocabulary-parallel head) only G numbers per row cross devices, never the
+  logits. G=1 is the plain cumulative sum.
   """
   V = logits_NxV.shape[-1]
   probs_NxV = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
-  cdf_NxV = jnp.cumsum(probs_NxV, axis=-1)
+  cdf_NxGxU = jnp.cumsum(_blocked(probs_NxV, blocks), axis=-1)
+  total_NxG = cdf_NxGxU[..., -1]
+  before_NxG = jnp.cumsum(total_NxG, axis=-1) - total_NxG if blocks > 1 else 0.0 * total_NxG
+  cdf_NxGxU = cdf_NxGxU + before_NxG[..., None]
   u_N = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(row_keys_N)
-  draw_N = jnp.sum(cdf_NxV <= (u_N * cdf_NxV[:, -1])[:, None], axis=-1)
+  target_N = u_N * (before_NxG[:, -1] + total_NxG[:, -1])
+  draw_N = jnp.sum(cdf_NxGxU <= target_N[:, None, None], axis=(1, 2))
   # u * total < total, so some id is always past the target; the clamp to the last id with
   # mass only guards float rounding at the very top.
-  last_live_N = V - 1 - jnp.argmax((probs_NxV > 0)[:, ::-1], axis=-1)
+  ids_V = jnp.arange(V, dtype=jnp.int32)
+  last_live_N = jnp.max(jnp.where(probs_NxV > 0, ids_V[None], -1), axis=-1)
   return jnp.minimum(draw_N, last_live_N).astype(jnp.int32)
 
 
+def greedy(logits_NxV: jax.Array, *, blocks: int = 1) -> jax.Array:
+  """argmax per row (the first id on ties), as int32; blocks=G takes each of G equal
+  vocabulary blocks' first maximum, then the first block holding the row's maximum, so a
+  vocabulary split over G devices moves [N, G] pairs, not the logits."""
+  if blocks == 1:
+    return jnp.argmax(logits_NxV, axis=-1).astype(jnp.int32)
+  logits_NxGxU = _blocked(logits_NxV, blocks)
+  best_NxG = jnp.max(logits_NxGxU, axis=-1)
+  where_NxG = jnp.argmax(logits_NxGxU, axis=-1).astype(jnp.int32)
+  g_N = jnp.argmax(best_NxG, axis=-1)
+  local_N = jnp.take_along_axis(where_NxG, g_N[:, None], axis=-1)[:, 0]
+  return (g_N * logits_NxGxU.shape[-1] + local_N).astype(jnp.int32)
+
+
 def token_logprob(logits_NxV: jax.Array, tokens_N: jax.Array) -> jax.Array:
-  """log softmax(logits)[token] per row, in float32."""
+  """log softmax(logits)[token] per row, in float32 (a masked sum over the vocabulary, not a
+  gather: it stays a reduction when the vocabulary is split over devices)."""
   logp_NxV = jax.nn.log_softmax(logits_NxV.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp_NxV, tokens_N[:, None], axis=-1)[:, 0]
+  ids_V = jnp.arange(logp_NxV.shape[-1], dtype=jnp.int32)
+  return jnp.sum(jnp.where(ids_V[None] == tokens_N[:, None], logp_NxV, 0.0), axis=-1)

@@ -1,18 +1,22 @@
-"""The student's sampling copy: cast and resharded once per step, freed before the update.
+"""The student's sampling copy: cast and laid out for decoding once per step, freed before the update.
 
 Sampling from the train state's FSDP-sharded parameters makes every decode step of the
 while_loop all-gather every weight (thousands of times per rollout). Instead, once per step,
-one jitted function casts the parameters to `opd.rollout_dtype` and lays them out for decoding
-(`opd.rollout_sharding`):
+one jitted function casts the parameters to `opd.rollout_dtype` and reshards them onto the
+decode mesh (`opd.rollout_sharding`): the same devices as the train mesh, in the same order,
+arranged as data x tensor with fsdp = context = 1, so no decode row is computed twice:
 
-- 'replicated': every device holds the whole model; decode needs no parameter collective.
-- 'tensor': heads / MLP / vocabulary over the 'tensor' mesh axis (Megatron-style), replicated
-  over the other axes; decode all-reduces activations, never gathers a weight.
+- 'tensor': heads, KV heads, MLP and vocabulary over `tensor` devices (opd.rollout_tensor;
+  0 = the most that the device count and the KV heads allow), rows over the rest ('data').
+  Each device reads 1/tensor of the weights and of the KV cache per token; a layer
+  all-reduces its [rows, D] activations twice; the embedding lookup and the LM head use the
+  table where it lies (vocabulary-parallel: the sampler reduces the sharded logits per shard,
+  rockjax.sampling.vocab_blocks), so no weight moves inside the decode loop.
+- 'replicated': tensor = 1: every device holds the whole model and decodes its own rows.
 - 'train': no copy; decode reads the train state's parameters in their training layout.
 
-The decode rows follow the usual 'batch' rule (sharded over the batch axes when they divide,
-else replicated); the copy's layout decides only the weights. The copy lives for the duration
-of one `generate` call: `release` deletes its buffers right after, before the train step runs.
+The copy lives for the duration of one `generate` call: `release` deletes its buffers right
+after, before the train step runs.
 """
 
 from __future__ import annotations
@@ -25,32 +29,64 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
+from rockjax import errors
 from rockjax import sharding as shd
 
 LAYOUTS = ("replicated", "tensor", "train")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def tensor_rules(rules: shd.LogicalRules | None = None) -> shd.LogicalRules:
-  """The logical rules with every mesh axis but 'tensor' dropped (replicated over the rest)."""
-  out = []
-  for name, target in shd.DEFAULT_RULES if rules is None else rules:
-    axes = (target,) if isinstance(target, str) else tuple(target or ())
-    out.append((name, "tensor" if "tensor" in axes else None))
-  return tuple(out)
+def _kv_head_sizes(params: nnx.State) -> set[int]:
+  """The sizes of every parameter dimension named 'kv_heads' (what tensor must divide)."""
+  sizes = set()
+  for x in jax.tree.leaves(params, is_leaf=lambda v: isinstance(v, nnx.Variable)):
+    if isinstance(x, nnx.Variable):
+      for name, dim in zip(shd.variable_logical_axes(x), x.get_value().shape):
+        if name == "kv_heads":
+          sizes.add(dim)
+  return sizes
 
 
-def copy_shardings(params: nnx.State, mesh: Mesh, layout: str) -> Any:
-  """NamedShardings of the sampling copy of `params` (concrete or abstract) on `mesh`."""
+def decode_tensor(params: nnx.State, devices: int, layout: str, tensor: int = 0) -> int:
+  """The decode mesh's tensor size: 1 for 'replicated'; for 'tensor' `tensor`, or when 0 the
+  largest divisor of `devices` that divides the KV heads (each device keeps whole KV heads)."""
   if layout == "replicated":
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda _: replicated, params)
-  if layout == "tensor":
-    return shd.tree_shardings(params, mesh, tensor_rules())
-  raise ValueError(f"rollout layout {layout!r} has no copy; expected one of {LAYOUTS[:2]}")
+    return 1
+  if tensor:
+    if devices % tensor:
+      raise errors.ConfigError(f"opd.rollout_tensor={tensor} does not divide the {devices} devices")
+    return tensor
+  kv = _kv_head_sizes(params)
+  return max(t for t in range(1, devices + 1) if devices % t == 0 and all(k % t == 0 for k in kv))
+
+
+def decode_mesh(
+  params: nnx.State, mesh: Mesh | AbstractMesh, layout: str, tensor: int = 0
+) -> Mesh | AbstractMesh:
+  """The mesh the sampler runs on: `mesh` itself for 'train', else `mesh`'s devices (same
+  order, so the copy is a reshard within one device assignment) as data x 1 x 1 x tensor."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"rollout layout {layout!r}; expected one of {LAYOUTS}")
+  if layout == "train":
+    return mesh
+  n = math.prod(mesh.axis_sizes)
+  t = decode_tensor(params, n, layout, tensor)
+  shape = (n // t, 1, 1, t)
+  if isinstance(mesh, AbstractMesh):
+    return AbstractMesh(shape, shd.MESH_AXES)
+  return Mesh(np.asarray(list(mesh.devices.flat)).reshape(shape), shd.MESH_AXES)
+
+
+def copy_shardings(params: nnx.State, mesh: Mesh, layout: str, tensor: int = 0) -> Any:
+  """NamedShardings of the sampling copy of `params` (concrete or abstract): the logical
+  rules on the decode mesh (rockjax.sharding.DEFAULT_RULES; 'embed' has no axis there)."""
+  if layout == "train":
+    raise ValueError(f"rollout layout {layout!r} has no copy; expected one of {LAYOUTS[:2]}")
+  return shd.tree_shardings(params, decode_mesh(params, mesh, layout, tensor))
 
 
 def _cast(x: jax.Array, dtype: Any) -> jax.Array:
@@ -59,7 +95,7 @@ def _cast(x: jax.Array, dtype: Any) -> jax.Array:
 
 
 def make_copier(
-  params: nnx.State, mesh: Mesh, *, dtype: str, layout: str
+  params: nnx.State, mesh: Mesh, *, dtype: str, layout: str, tensor: int = 0
 ) -> Callable[[nnx.State], nnx.State]:
   """params -> their sampling copy (`dtype`, `layout`), one jitted program; identity for 'train'.
 
@@ -73,7 +109,7 @@ def make_copier(
     if DTYPES[dtype] != jnp.float32:
       raise ValueError(f"rollout layout 'train' samples the train parameters: dtype {dtype!r}")
     return lambda p: p
-  out_shardings = copy_shardings(params, mesh, layout)
+  out_shardings = copy_shardings(params, mesh, layout, tensor)
   cast = functools.partial(_cast, dtype=DTYPES[dtype])
   return jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=out_shardings)
 
@@ -110,13 +146,15 @@ def sampling_model(
     release(copy, params)
 
 
-def bytes_per_device(params: nnx.State, mesh: Mesh, *, dtype: str, layout: str) -> int:
+def bytes_per_device(
+  params: nnx.State, mesh: Mesh, *, dtype: str, layout: str, tensor: int = 0
+) -> int:
   """Bytes one device holds for the sampling copy of `params` (0 for 'train': no copy)."""
   if layout == "train":
     return 0
   itemsize = jnp.dtype(DTYPES[dtype]).itemsize
   total = 0
-  for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(copy_shardings(params, mesh, layout))):
+  for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(copy_shardings(params, mesh, layout, tensor))):
     shard = s.shard_shape(x.shape)
     size = itemsize if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(x.dtype).itemsize
     total += math.prod(shard) * size

@@ -21,6 +21,7 @@ the key and the row index, never on how the batch is sharded.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,18 @@ from rockjax import logit_processors as lp
 from rockjax import sharding as shd
 
 LogitProcessor = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_NxV, step) -> logits_NxV
+LOOP_SCOPE = "decode_loop"  # the decode while_loop's name scope (its op_name in compiled HLO)
+
+
+def vocab_blocks(vocab_size: int) -> int:
+  """Over how many devices the decode logits' vocabulary is split under the current mesh
+  (jax.set_mesh; 1 without one): the shards `Decoder.logits` constrains them to."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  spec = shd.logical_to_spec(("act_vocab",), (vocab_size,), mesh)[0]
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  return math.prod(sizes[a] for a in shd.spec_axes(spec))
 
 
 @struct.dataclass
@@ -98,16 +111,21 @@ def _choose(
   temperature: jax.Array,
   cfg: SamplingConfig,
   banned_NxK: jax.Array | None = None,
+  blocks: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N)."""
+  """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N).
+
+  blocks: how many devices the vocabulary of the logits is split over (vocab_blocks); the
+  choice then reduces per block and moves [N, blocks] numbers, never the logits.
+  """
   processed_NxV = _process(logits_NxV, step, cfg, banned_NxK)
   if cfg.greedy:
-    tokens_N = jnp.argmax(processed_NxV, axis=-1).astype(jnp.int32)
+    tokens_N = lp.greedy(processed_NxV, blocks=blocks)
     sample_logprob_N = jnp.zeros(tokens_N.shape, jnp.float32)
   else:
     final_NxV = lp.sampling_logits(processed_NxV, temperature, cfg.top_k, cfg.top_p)
     step_keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
-    tokens_N = lp.inverse_cdf_sample(final_NxV, step_keys_N)
+    tokens_N = lp.inverse_cdf_sample(final_NxV, step_keys_N, blocks=blocks)
     sample_logprob_N = lp.token_logprob(final_NxV, tokens_N)
   return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
 
@@ -130,8 +148,9 @@ def decode(
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
   batch = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1), strict=False)
 
+  blocks = vocab_blocks(model.cfg.vocab_size)
   # Prefill the B distinct prompts once; only the last position's logits are needed.
-  cache = model.init_cache(B, S, cfg.cache_dtype)
+  cache = model.init_cache(B, S, cfg.cache_dtype).constrained()
   hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
   first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
 
@@ -148,7 +167,9 @@ def decode(
   def emit(carry, logits_NxV, step):
     """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
     tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
-    tokens_N, logp_N, slogp_N = _choose(logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK)
+    tokens_N, logp_N, slogp_N = _choose(
+      logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK, blocks
+    )
     live_N = ~done_N
     tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
@@ -182,7 +203,9 @@ def decode(
   # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
   out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
   loop = (jnp.int32(1), first_N, cache, out)
-  _, _, _, out = jax.lax.while_loop(cond, body, loop)
+  # Named so the dry run finds this loop in the compiled program (rockjax.hlo_cycles).
+  with jax.named_scope(LOOP_SCOPE):
+    _, _, _, out = jax.lax.while_loop(cond, body, loop)
   gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, done_N = out
 
   prompt_ids_NxP, prompt_mask_NxP = rep(prompt_ids_BxP.astype(jnp.int32)), rep(prompt_mask_BxP)
@@ -237,7 +260,9 @@ def generate(
   the first eos id, else 0). logit_processor:
   optional `f(logits_NxV, step) -> logits_NxV`, applied before bans (hashed by identity: pass
   the same function object to avoid recompiling). mesh: if given, prompts are placed on
-  ('data', 'fsdp') and the program runs under it; otherwise inputs' shardings are followed.
+  ('data', 'fsdp') and the program runs under it (its logical rules lay out the cache, the
+  activations and the logits); default: the mesh the model's parameters are placed on when
+  it has more than one device, else none (inputs' shardings are followed).
   Returns a `Rollout` (see its docstring, notably which distribution `logprobs` is under).
   """
   if max_new_tokens < 1 or num_samples < 1:
@@ -268,6 +293,9 @@ def generate(
   graphdef, state = nnx.split(model)
   temperature = jnp.float32(1.0 if greedy else temperature)
   if mesh is None:
+    # A model placed on a mesh (e.g. the sampling copy on its decode mesh) decodes under it.
+    mesh = _placed_mesh(state)
+  if mesh is None:
     return decode_jit(
       graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
     )
@@ -283,6 +311,15 @@ def generate(
       cfg,
       put(banned_ids_BxK),
     )
+
+
+def _placed_mesh(state: nnx.State) -> Mesh | None:
+  """The mesh of the parameters' NamedShardings when it spans several devices, else None."""
+  for x in jax.tree.leaves(state):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+      return sharding.mesh
+  return None
 
 
 TRUNCATED_POLICIES = ("keep", "drop")  # config field opd.truncated_rollouts

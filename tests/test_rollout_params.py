@@ -134,6 +134,11 @@ def test_train_layout_gathers_weights_in_the_decode_loop(setup, train_path):
 def test_copy_decodes_without_weight_gathers(setup, train_path, layout, dtype):
   mesh, graphdef, params, ids, mask = setup
   copy = rp.make_copier(params, mesh, dtype=dtype, layout=layout)(params)
+  # The copy lives on the decode mesh (same devices, data x tensor); prompts go there too.
+  dmesh = rp.decode_mesh(params, mesh, layout)
+  assert list(dmesh.devices.flat) == list(mesh.devices.flat)
+  assert dmesh.shape["fsdp"] == dmesh.shape["context"] == 1
+  ids, mask = (jax.device_put(x, shd.batch_sharding(x.shape, dmesh)) for x in (ids, mask))
   # Values: exactly numpy's cast of the train params (round to nearest even for bfloat16).
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(copy)):
@@ -149,7 +154,7 @@ def test_copy_decodes_without_weight_gathers(setup, train_path, layout, dtype):
   held = sum(s.data.nbytes for y in jax.tree.leaves(copy) for s in y.addressable_shards[:1])
   assert held == rp.bytes_per_device(params, mesh, dtype=dtype, layout=layout)
 
-  out, hlo = _decode(mesh, graphdef, copy, ids, mask)
+  out, hlo = _decode(dmesh, graphdef, copy, ids, mask)
   gathered, body = _weight_gathers(hlo, copy)
   assert not gathered, f"weight all-gathers {gathered} in the decode loop (all: {body})"
   everywhere = [s for s in _all_gathers(hlo) if s in _parameter_shapes(copy)]

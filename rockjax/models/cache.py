@@ -71,6 +71,13 @@ class KVCache(NamedTuple):
       index=self.index,
     )
 
+  def constrained(self) -> "KVCache":
+    """The cache with its layout pinned under the current mesh (rows on 'batch', kv heads on
+    'kv_heads'; a no-op without one), so XLA allocates it in place where decoding reads it."""
+    kv = lambda x: shd.constrain(x, KV_AXES, strict=False)
+    mask = shd.constrain(self.mask_BxS, MASK_AXES, strict=False)
+    return KVCache(k=kv(self.k), v=kv(self.v), mask_BxS=mask, index=self.index)
+
   def shardings(self, mesh: Mesh, rules: shd.LogicalRules | None = None) -> "KVCache":
     """NamedShardings for every leaf (batch on 'batch', kv heads on 'kv_heads')."""
     kv = lambda x: shd.logical_sharding(KV_AXES, x.shape, mesh, rules)

@@ -46,10 +46,12 @@ class DecoderLayer(nnx.Module):
     mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
+    layer: jax.Array | int = 0,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """mask: the attention mask [B, L] without kv, allowed_BxLxS with it (layers.Attention)."""
+    """mask: the attention mask [B, L] without kv, (allowed_old_BxLxS, allowed_new_BxLxL)
+    with it; kv: all layers' stacked cache, this one's at index `layer` (layers.Attention)."""
     h_BxLxD, new_kv = self.self_attn(
-      self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index
+      self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index, layer
     )
     # Named for the 'save_names' / 'offload' remat policies (identity otherwise).
     x_BxLxD = x_BxLxD + checkpoint_name(h_BxLxD, remat_lib.ATTN_OUT)
@@ -228,24 +230,35 @@ class Decoder(nnx.Module):
     allowed_BxLxS = (slots_S[None, None, :] <= query_slots_L[None, :, None]) & (
       valid_BxS[:, None, :] > 0
     )
+    # Split once for all layers: slots cached before this call, and this call's own L slots.
+    allowed = (
+      allowed_BxLxS & (slots_S < index)[None, None, :],
+      jax.lax.dynamic_slice_in_dim(allowed_BxLxS, index, L, axis=2),
+    )
 
-    def block(layer: DecoderLayer, x_BxLxD, k_BxKxSxE, v_BxKxSxE):
-      x_BxLxD, kv = layer(x_BxLxD, positions_BxL, allowed_BxLxS, (k_BxKxSxE, v_BxKxSxE), index)
+    # The stacked cache is a carry, not scanned xs -> ys: each layer writes its L new slots in
+    # place and reads its own slice where it lies (layers.Attention), so nothing else moves.
+    def block(layer: DecoderLayer, x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, i):
+      kv = (k_NxBxKxSxE, v_NxBxKxSxE)
+      x_BxLxD, kv = layer(x_BxLxD, positions_BxL, allowed, kv, index, i)
       return (x_BxLxD, *kv)
 
+    # The stacked cache is a carry, not scanned xs -> ys (which copied each layer's whole
+    # cache out and back every step): each layer reads its slice where it lies, then writes its
+    # L new slots in place (layers.Attention).
+    k_NxBxKxSxE, v_NxBxKxSxE = cache.k, cache.v
     if self.cfg.scans_layers:
-      scan = nnx.scan(
-        block,
-        in_axes=(0, nnx.Carry, 0, 0),
-        out_axes=(nnx.Carry, 0, 0),
-        graph_updates=False,
-      )
-      x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE = scan(self.layers, x_BxLxD, cache.k, cache.v)
+
+      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph_updates=False)
+      def scan(layer: DecoderLayer, carry):
+        x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, i = carry
+        return (*block(layer, x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, i), i + 1)
+
+      carry = (x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, jnp.int32(0))
+      x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, _ = scan(self.layers, carry)
     else:
-      k_NxBxKxSxE, v_NxBxKxSxE = cache.k, cache.v
       for i, layer in enumerate(self.layers):
-        x_BxLxD, k, v = block(layer, x_BxLxD, k_NxBxKxSxE[i], v_NxBxKxSxE[i])
-        k_NxBxKxSxE, v_NxBxKxSxE = k_NxBxKxSxE.at[i].set(k), v_NxBxKxSxE.at[i].set(v)
+        x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE = block(layer, x_BxLxD, k_NxBxKxSxE, v_NxBxKxSxE, i)
     new_cache = KVCache(k=k_NxBxKxSxE, v=v_NxBxKxSxE, mask_BxS=mask_BxS, index=index + L)
     return x_BxLxD, new_cache
 

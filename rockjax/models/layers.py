@@ -167,14 +167,17 @@ class Attention(nnx.Module):
     mask: jax.Array,
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | int | None = None,
+    layer: jax.Array | int = 0,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Self-attention of the L positions; with `kv`, over a KV cache after writing L entries.
 
     Without kv, `mask` is the attention mask [B, L] (1 real, 0 padding), used as segment ids
     by `attention.attend` with the configured implementation (cfg.attention).
-    With kv, `mask` is allowed_BxLxS and kv the per-layer cache (k_BxKxSxE, v_BxKxSxE): this
-    step's keys/values are written at slots [cache_index, cache_index + L) and the queries
-    attend over all S slots where allowed (dense einsum).
+    With kv, `mask` is (allowed_old_BxLxS, allowed_new_BxLxL) (attention.cached_attention)
+    and kv all layers' stacked cache (k_NxBxKxSxE,
+    v_NxBxKxSxE): this step's keys/values are written at slots [cache_index, cache_index + L)
+    of layer `layer` in place (only those L slots move), and the queries attend over that
+    layer's S slots where allowed (dense einsum reading the buffer where it lies).
     """
     q_BxLxHxE = self.q_proj(x_BxLxD)
     k_BxLxKxE = self.k_proj(x_BxLxD)
@@ -196,16 +199,28 @@ class Attention(nnx.Module):
         block_size=self.attention_block,
       )
       return self.o_proj(out_BxLxHxE), None
-    k_cache, v_cache = kv
-    start = (0, 0, jnp.asarray(cache_index, jnp.int32), 0)
-    # The cache is heads-major [B, K, S, E].
-    for_cache = lambda x: jnp.swapaxes(x, 1, 2).astype(k_cache.dtype)
-    k_cache = jax.lax.dynamic_update_slice(k_cache, for_cache(k_BxLxKxE), start)
-    v_cache = jax.lax.dynamic_update_slice(v_cache, for_cache(v_BxLxKxE), start)
-    out_BxLxHxE = attention.masked_attention(
-      q_BxLxHxE, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask, self.scale
+    k_NxBxKxSxE, v_NxBxKxSxE = kv
+    layer = jnp.asarray(layer, jnp.int32)
+    index = jnp.asarray(cache_index, jnp.int32)
+    # Read this layer's cached slots where they lie (before this call's write, so XLA can fuse
+    # the read into the attention matmuls), with this call's keys/values attended separately.
+    read = lambda x: jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False).astype(self.dtype)
+    out_BxLxHxE = attention.cached_attention(
+      q_BxLxHxE,
+      read(k_NxBxKxSxE),
+      read(v_NxBxKxSxE),
+      k_BxLxKxE.astype(k_NxBxKxSxE.dtype).astype(self.dtype),
+      v_BxLxKxE.astype(v_NxBxKxSxE.dtype).astype(self.dtype),
+      *mask,
+      self.scale,
     )
-    return self.o_proj(out_BxLxHxE), (k_cache, v_cache)
+    # Then write the L new slots: a dynamic_update_slice of a buffer nothing reads afterwards is
+    # done in place, so a decode step moves 2 x B x K x E values per layer, not the cache.
+    for_cache = lambda x: jnp.swapaxes(x, 1, 2)[None].astype(k_NxBxKxSxE.dtype)
+    start = (layer, 0, 0, index, 0)
+    k_NxBxKxSxE = jax.lax.dynamic_update_slice(k_NxBxKxSxE, for_cache(k_BxLxKxE), start)
+    v_NxBxKxSxE = jax.lax.dynamic_update_slice(v_NxBxKxSxE, for_cache(v_BxLxKxE), start)
+    return self.o_proj(out_BxLxHxE), (k_NxBxKxSxE, v_NxBxKxSxE)
 
 
 def token_chunked(
