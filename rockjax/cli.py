@@ -157,6 +157,19 @@ def verbose(argv: list[str]) -> bool:
     return False
 
 
+def profile_steps(value: str | None) -> tuple[int, int] | None:
+  """--profile_steps=a,b as (a, b): two step numbers with 1 <= a <= b (None when not given)."""
+  if value is None:
+    return None
+  m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", value)
+  if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+    raise errors.UserError(
+      f"--profile_steps={value}: expected two step numbers a,b with 1 <= a <= b (the first "
+      f"step is 1, as in metrics.jsonl), e.g. --profile_steps=3,5"
+    )
+  return int(m.group(1)), int(m.group(2))
+
+
 def _one_line(message: str) -> str:
   return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 

@@ -43,6 +43,12 @@ _AOT_TOPOLOGY = flags.DEFINE_string(
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "allow_config_change", False, "run in a workdir whose recorded config differs from this one"
 )
+_PROFILE_STEPS = flags.DEFINE_string(
+  "profile_steps",
+  None,
+  "a,b: write a jax.profiler trace of the main stage's train steps a..b (inclusive; the first "
+  "step is 1, as in metrics.jsonl) into WORKDIR/profile/ (TensorBoard's profile plugin, xprof)",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -50,7 +56,12 @@ def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
   """The one call site of a run: every stage the config asks for, then the summary."""
   from rockjax import pipeline  # pylint: disable=g-import-not-at-top
 
-  return pipeline.run(config, workdir, allow_config_change=allow_config_change)
+  return pipeline.run(
+    config,
+    workdir,
+    allow_config_change=allow_config_change,
+    profile_steps=cli.profile_steps(_PROFILE_STEPS.value),  # checked in _main already
+  )
 
 
 def main(argv):
@@ -66,6 +77,8 @@ def _main() -> None:
     raise errors.UserError(f"--aot_topology={_AOT_TOPOLOGY.value} needs --dry_run")
   if not dry_run and not workdir:
     raise errors.WorkdirError("--workdir is required (except with --dry_run)")
+  if cli.profile_steps(_PROFILE_STEPS.value) and dry_run:  # a bad value raises its one line
+    raise errors.UserError(f"--profile_steps={_PROFILE_STEPS.value}: a dry run runs no step")
   import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
 
   if _AOT_TOPOLOGY.value and not os.environ.get("JAX_PLATFORMS"):

@@ -221,9 +221,11 @@ def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
   }
 
 
-def _run_stage(stage: Stage) -> dict[str, Any] | None:
-  """Train one stage to its end; its record, or None when it stopped early (stop_after)."""
-  result = train.run(stage.config, str(stage.workdir))
+def _run_stage(stage: Stage, profile_steps: tuple[int, int] | None = None) -> dict[str, Any] | None:
+  """Train one stage to its end; its record, or None when it stopped early (stop_after).
+
+  profile_steps: train.run's (a, b) trace of the stage's steps a..b (None: no trace)."""
+  result = train.run(stage.config, str(stage.workdir), profile_steps=profile_steps)
   if result["interrupted"]:
     raise errors.Interrupted(
       f"{result['interrupted']}: stopped in stage {stage.name} at step {result['step']}/"
@@ -240,12 +242,18 @@ def _run_stage(stage: Stage) -> dict[str, Any] | None:
 
 
 def run(
-  config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
+  profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
   """Run every stage the config asks for in `workdir` (skipping completed ones); the summary.
 
   The whole config is validated first (rockjax.config_check), before anything touches disk;
   `steps` is resolved from data.epochs (rockjax.run_length) before the workdir records it.
+  profile_steps=(a, b): a jax.profiler trace of the main stage's steps a..b (the first step is
+  1) in WORKDIR/profile/ (main --profile_steps); the preliminary stages are not traced.
   """
   config_check.validate(config)
   preflight.check_files(config)  # model/tokenizer directories: no remote code, safetensors
@@ -261,7 +269,7 @@ def run(
       records.append(json.loads(done.read_text()))
       continue
     ran = True
-    record = _run_stage(stage)
+    record = _run_stage(stage, profile_steps if stage.name == "main" else None)
     if record is None:  # stop_after: a deliberate partial run, no summary yet
       return {"stages": records, "complete": False}
     records.append(record)

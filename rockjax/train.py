@@ -5,18 +5,21 @@ rockjax.data.host_share gives it (its shard of the batch, or all of it when the 
 split across hosts) and XLA collectives do the rest.
 """
 
+import contextlib
 import logging
 import signal
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 
 from rockjax import metrics as metrics_lib
-from rockjax import objective, rollout_params
+from rockjax import objective, rollout_params, storage
 from rockjax import settings as settings_lib
 from rockjax import sharding as shd
 from rockjax import state as state_lib
@@ -39,6 +42,11 @@ def _rollout(
     exp.mesh,
     global_rows=exp.config.data.prompts_per_step,
   )
+  # time/rollout_s starts once the weights it samples from are ready, so it never counts the
+  # previous train step (a no-op after an on-policy step, which waited for it in _train; at a
+  # run's first step it waits for the initialised or restored state).
+  jax.block_until_ready(state.params)
+  t0 = time.perf_counter()
   # Decode from the sampling copy (opd.rollout_dtype / rollout_sharding), made once per step.
   # The copy is freed before the train step runs: leaving the block deletes its buffers
   # (rollout_params.release; PJRT frees them once the enqueued decode is done), and only the
@@ -56,7 +64,27 @@ def _rollout(
       eos_ids=exp.eos_ids,
       num_samples=c.samples_per_prompt,
     )
-  return sampling.train_batch(out, c.truncated_rollouts)
+  jax.block_until_ready(out)  # the copy and the whole decode loop are done
+  seconds = time.perf_counter() - t0
+  batch, made = sampling.train_batch(out, c.truncated_rollouts)
+  return batch, {**made, **_rollout_metrics(out.lengths, seconds)}
+
+
+def _rollout_metrics(lengths_N: jax.Array, seconds: float) -> dict[str, tuple[Any, Any]]:
+  """A rollout's timing metrics as (sum, count) pairs, so window averages stay exact.
+
+  time/rollout_s: wall seconds from the sampling copy to the rollout's tokens being ready.
+  rollout/tokens_per_s: (generated tokens, seconds): every response token, EOS included, of
+    every row (also rows that opd.truncated_rollouts='drop' leaves out of the loss).
+  rollout/decode_steps: the token positions the sampler decoded, the first from the prefill's
+    logits; = the longest response, since its loop runs until every row has emitted an EOS or
+    max_new_tokens positions are done.
+  """
+  return {
+    "time/rollout_s": (seconds, 1.0),
+    "rollout/tokens_per_s": (jnp.sum(lengths_N), seconds),
+    "rollout/decode_steps": (jnp.max(lengths_N), 1.0),
+  }
 
 
 def _next_batch(exp: Experiment, state, step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
@@ -76,6 +104,62 @@ def _next_batch(exp: Experiment, state, step: int) -> tuple[dict[str, jax.Array]
 def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """Pipeline names (`tokens_BxL`) -> step names (`tokens`)."""
   return {k.removesuffix("_BxL"): v for k, v in batch.items()}
+
+
+def _train(
+  exp: Experiment, state: state_lib.TrainState, batch: dict[str, jax.Array], timed: bool
+) -> tuple[state_lib.TrainState, dict[str, Any]]:
+  """Dispatch the train step; with `timed` (on-policy steps) wait for it and log time/train_s.
+
+  time/train_s runs from the step's dispatch (the host's argument handling, and the compile on
+  a run's first step) until every output of it (new state, metrics) is ready on the device;
+  pulling the metrics to the host comes later and is not counted. Waiting is an extra sync
+  that only on-policy steps make: the next rollout samples from this state, so the device
+  could not overlap the two anyway; what is lost is the overlap of this step with host work
+  (pulling the previous step's metrics, fetching the next prompts). Off-policy steps stay fully
+  asynchronous and log no times.
+  """
+  t0 = time.perf_counter()
+  state, dev_metrics = exp.train_step(state, exp.teacher_params, _rename(batch))
+  if timed:
+    jax.block_until_ready((state, dev_metrics))
+    dev_metrics = {**dev_metrics, "time/train_s": (time.perf_counter() - t0, 1.0)}
+  return state, dev_metrics
+
+
+class _Profiler:
+  """A jax.profiler trace of train steps a..b (inclusive, numbered as metrics.jsonl numbers
+  them: the first step is 1) in WORKDIR/profile/.
+
+  A resumed run traces the steps of a..b it runs. A cloud workdir is traced to a local
+  temporary directory and uploaded when the trace stops.
+  """
+
+  def __init__(self, workdir: str, steps: tuple[int, int] | None):
+    if steps is not None and not 1 <= steps[0] <= steps[1]:
+      raise ValueError(f"profile_steps={steps}: expected (a, b) with 1 <= a <= b")
+    self.steps = steps
+    self.directory = epath.Path(workdir) / "profile"
+    self._open: contextlib.ExitStack | None = None
+
+  def before(self, n: int) -> None:
+    """Start tracing if step `n` (about to run) is in a..b and no trace is running."""
+    if self.steps and self._open is None and self.steps[0] <= n <= self.steps[1]:
+      self._open = contextlib.ExitStack()
+      local = self._open.enter_context(storage.staged_dir(self.directory))
+      jax.profiler.start_trace(local)
+      self._open.callback(jax.profiler.stop_trace)  # runs before staged_dir uploads
+
+  def after(self, n: int, outputs: Any) -> None:
+    """Stop after step b, once its `outputs` are ready (the trace holds its device work)."""
+    if self._open is not None and n >= self.steps[1]:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self._open is not None:
+      stack, self._open = self._open, None
+      stack.close()
 
 
 class _StopSignals:
@@ -115,8 +199,13 @@ def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: 
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict, workdir: str, *, profile_steps: tuple[int, int] | None = None
+) -> dict[str, Any]:
   """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
+
+  profile_steps=(a, b): write a jax.profiler trace of steps a..b (the first step is 1) into
+  workdir/profile/ (see _Profiler).
 
   Returns {state, metrics (last logged averages), experiment, data_state, step,
   completed (reached config.steps), interrupted (the signal's name, or None), eval_correct
@@ -128,6 +217,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   c = exp.config
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   signals = _StopSignals()
+  profiler = _Profiler(workdir, profile_steps)
+  on_policy = c.opd.mode != "off_policy"
   state, start = exp.state, exp.start_step
   # Prompts truncated/dropped and bad records skipped while building the data: written once,
   # with the first metrics line of this (re)start.
@@ -172,11 +263,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   try:
     with jax.set_mesh(exp.mesh):
       for step in range(start, c.steps):
+        profiler.before(step + 1)
         batch, batch_metrics = _next_batch(exp, state, step)
-        state, dev_metrics = exp.train_step(state, exp.teacher_params, _rename(batch))
+        state, dev_metrics = _train(exp, state, batch, timed=on_policy)
+        profiler.after(step + 1, state)
         dev_metrics = {**dev_metrics, **batch_metrics}
         if pending is not None:
-          finish(*pending)  # step N's metrics are pulled while step N+1 runs
+          # step N's metrics are pulled while step N+1 runs (on-policy, N+1 has already
+          # finished: _train waited for it to time it)
+          finish(*pending)
         pending = (step + 1, dev_metrics)
         bar.update(1)
         done = step + 1
@@ -196,6 +291,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           writer.flush()  # a cloud workdir's metrics are uploaded at least this often
         if stop:
           break
+      profiler.stop()  # a run that ended before step b
       if pending is not None:
         finish(*pending)
       if start >= c.steps:
@@ -207,6 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_state = exp.train_data.get_state()
     table = _report_rocks(exp, state, loss)  # all processes compute; process 0 writes
   finally:
+    profiler.stop()
     bar.close()
     writer.close()
     signals.restore()
