@@ -8,6 +8,11 @@ same prompts (left-padded), pure sampling at temperature 1 (no top-k/top-p) and 
   python benchmarks/sampling.py                                  # hidden 256, 4 layers, V 4096
   python benchmarks/sampling.py --batch 4 --new-tokens 32 --repeats 2   # a quick look
 
+With libtpu installed (the `aot` extra) it also adds `paper_rollout_estimate`: the sampler of
+configs/qwen3_30b_a3b_to_4b.py compiled for v5p:2x2x2 (no TPU needed) and XLA:TPU's estimate
+of one decode step and of the whole rollout (rockjax.rollout_cost; --paper-estimate=off skips
+it, about a minute of compiling).
+
 `tokens_per_s` counts generated tokens (batch * new_tokens) over the median of --repeats
 timed calls. For JAX the first call (trace + XLA compile + one run) is untimed and reported as
 `compile_seconds` (first call minus the median call). Shared CPUs are noisy: compare ratios.
@@ -155,6 +160,34 @@ def _greedy_agreement(args, hf_model, jax_model, ids, mask, steps=16):
   return float(np.mean(np.asarray(ours.tokens)[:, -steps:] == theirs[:, -steps:].numpy()))
 
 
+def _paper_estimate():
+  """The paper config's rollout compiled for v5p:2x2x2: XLA:TPU's estimates (no TPU needed)."""
+  import sys  # pylint: disable=g-import-not-at-top
+
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from configs import qwen3_30b_a3b_to_4b  # pylint: disable=g-import-not-at-top
+  from rockjax import dry_run, rollout_cost  # pylint: disable=g-import-not-at-top
+  from rockjax import sharding as shd  # pylint: disable=g-import-not-at-top
+
+  topology = "v5p:2x2x2"
+  c = dry_run.for_topology(qwen3_30b_a3b_to_4b.get_config(), topology)
+  devices = dry_run.topology_devices(topology)
+  mesh = shd.make_mesh(dry_run.declared_mesh_shape(c), devices=list(devices))
+  start = time.perf_counter()
+  compiled = rollout_cost.compile_rollout(c, mesh)
+  kind = devices[0].device_kind
+  fig = rollout_cost.rollout_figures(
+    compiled, devices, c, mesh, 0.0, dry_run.HBM_GIB.get(kind), dry_run.FIT_FRACTION
+  )
+  keep = ("layout", "decode_mesh", "rows", "max_new_tokens", "peak_gib", "cache_moves")
+  keep += ("est_ms_per_decode_step", "est_prefill_ms", "est_rollout_seconds")
+  keep += ("loop_collective_bytes_per_step",)
+  out = {k: fig.get(k) for k in keep}
+  out["large_loop_collectives"] = len(fig["large_loop_collectives"])
+  out["topology"], out["compile_seconds"] = topology, round(time.perf_counter() - start, 1)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--hidden", type=int, default=256)
@@ -174,6 +207,12 @@ def main():
     help="torch threads; 0: try 1 and all cores, report the faster (on a "
     "busy machine all-core torch can be >10x slower than one thread)",
   )
+  parser.add_argument(
+    "--paper-estimate",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="add the paper config's v5p rollout estimate (auto: when libtpu is installed)",
+  )
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -189,6 +228,13 @@ def main():
   hf_result = max(hf_runs, key=lambda r: r["tokens_per_s"])
   hf_result["tokens_per_s_by_threads"] = {r["torch_threads"]: r["tokens_per_s"] for r in hf_runs}
   agreement = _greedy_agreement(args, hf_model, jax_result.pop("model"), ids, mask)
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  estimate = None
+  if args.paper_estimate == "on" or (
+    args.paper_estimate == "auto" and importlib.util.find_spec("libtpu") is not None
+  ):
+    estimate = _paper_estimate()
   print(
     json.dumps(
       {
@@ -210,6 +256,7 @@ def main():
         "transformers": hf_result,
         "speedup_rockjax_over_transformers": jax_result["tokens_per_s"] / hf_result["tokens_per_s"],
         "greedy_token_agreement": agreement,
+        "paper_rollout_estimate": estimate,
         "backend": jax.default_backend(),
         "cpu_count": os.cpu_count(),
         "versions": {

@@ -157,7 +157,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'train' (no copy: the FSDP-sharded train params, re-gathered at every decode step; float32).
   c.opd.rollout_dtype = "float32"  # 'float32' | 'bfloat16'
   c.opd.rollout_sharding = "replicated"  # 'replicated' | 'tensor' | 'train'
-  c.opd.rollout_tensor = 0  # devices per tensor group for 'tensor'; 0 = as many as the KV heads allow
+  c.opd.rollout_tensor = (
+    0  # devices per tensor group for 'tensor'; 0 = as many as the KV heads allow
+  )
 
   c.rock = ml_collections.ConfigDict()
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |

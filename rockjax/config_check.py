@@ -203,9 +203,7 @@ def _rollout_copy(c) -> Iterator[str]:
     )
   devices = c.mesh.get("num_devices", 0)
   if c.opd.rollout_tensor and devices and devices % c.opd.rollout_tensor:
-    yield (
-      f"opd.rollout_tensor={c.opd.rollout_tensor} does not divide mesh.num_devices={devices}"
-    )
+    yield (f"opd.rollout_tensor={c.opd.rollout_tensor} does not divide mesh.num_devices={devices}")
 
 
 def _rock_rules(c, dry_run: bool) -> Iterator[str]:

@@ -200,7 +200,7 @@ def report(
       out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
       out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
     out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
-    if c.opd.mode == "on_policy":
+    if c.opd.mode == "on_policy" and "xla_error" not in out["aot"]:
       out["rollout"] = _rollout_report(c, devices, out["aot"], dump_dir)
   elif n_devices <= jax.device_count():
     compiled = compile_step(c, jax.devices()[:n_devices])
@@ -225,7 +225,13 @@ def _rollout_report(
   """The compiled sampler's figures, beside the train step's time by the same cost model."""
   start = time.perf_counter()
   mesh = shd.make_mesh(declared_mesh_shape(c), devices=list(devices))
-  compiled = rollout_cost.compile_rollout(c, mesh)
+  try:
+    compiled = rollout_cost.compile_rollout(c, mesh)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+    return {"layout": c.opd.rollout_sharding, "xla_error": reason, "fits_beside_train_state": False}
   _dump(dump_dir, "rollout.hlo.txt", compiled)
   # What stays in HBM while rolling out: the train step's arguments (train state, teacher).
   resident = aot.get("per_device_gib", {}).get("arguments", 0.0)

@@ -40,6 +40,12 @@ _AOT_TOPOLOGY = flags.DEFINE_string(
   "with --dry_run: compile the step for a TPU topology (e.g. v5p:2x2x2; needs libtpu, no TPU) "
   "and report its memory per device; exits 2 when the peak exceeds 80% of HBM",
 )
+_AOT_DUMP_DIR = flags.DEFINE_string(
+  "aot_dump_dir",
+  None,
+  "with --aot_topology: write the optimised HLO text of the compiled train step and sampler "
+  "(train_step.hlo.txt, rollout.hlo.txt) into this directory",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
   "allow_config_change", False, "run in a workdir whose recorded config differs from this one"
 )
@@ -75,6 +81,8 @@ def _main() -> None:
   workdir, dry_run = _WORKDIR.value, _DRY_RUN.value
   if _AOT_TOPOLOGY.value and not dry_run:
     raise errors.UserError(f"--aot_topology={_AOT_TOPOLOGY.value} needs --dry_run")
+  if _AOT_DUMP_DIR.value and not _AOT_TOPOLOGY.value:
+    raise errors.UserError(f"--aot_dump_dir={_AOT_DUMP_DIR.value} needs --aot_topology")
   if not dry_run and not workdir:
     raise errors.WorkdirError("--workdir is required (except with --dry_run)")
   if cli.profile_steps(_PROFILE_STEPS.value) and dry_run:  # a bad value raises its one line
@@ -98,7 +106,8 @@ def _main() -> None:
     if topology:
       config = dry_run_lib.for_topology(config, topology)  # mesh.num_devices from the topology
     config_check.validate(config, dry_run=True)
-    dry_run_lib.print_report(config, topology)  # raises after printing when it does not fit
+    # Raises after printing when it does not fit.
+    dry_run_lib.print_report(config, topology, _AOT_DUMP_DIR.value)
     return
   _run(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)  # validates before touching the disk
 

@@ -80,13 +80,13 @@ def layer_cache_bytes(c: ml_collections.ConfigDict, mesh: Mesh) -> int:
   """Bytes of one layer's K (or V) cache on one device of the decode mesh."""
   cfg = loading.arch_config(c.model)
   graphdef, params = loading.abstract_params(cfg)
-  dmesh = rollout_params.decode_mesh(
-    params, mesh, c.opd.rollout_sharding, c.opd.rollout_tensor
-  )
+  dmesh = rollout_params.decode_mesh(params, mesh, c.opd.rollout_sharding, c.opd.rollout_tensor)
   rows = c.data.prompts_per_step * c.opd.samples_per_prompt
   slots = c.data.max_prompt_len + c.opd.max_new_tokens - 1
   shape = (1, rows, cfg.num_kv_heads, slots, cfg.head_dim)
-  spec = shd.logical_to_spec(("layers", "batch", "kv_heads", "cache_length", "head_dim"), shape, dmesh)
+  spec = shd.logical_to_spec(
+    ("layers", "batch", "kv_heads", "cache_length", "head_dim"), shape, dmesh
+  )
   sizes = dict(zip(dmesh.axis_names, dmesh.axis_sizes))
   split = math.prod(sizes[a] for entry in spec for a in shd.spec_axes(entry))
   itemsize = jnp.dtype(rollout_params.DTYPES.get(c.opd.rollout_dtype, jnp.float32)).itemsize
@@ -168,10 +168,7 @@ def rollout_figures(
   """The rollout section of the dry-run report (see the module docstring)."""
   m = compiled.memory_analysis()
   peak = (
-    m.argument_size_in_bytes
-    + m.temp_size_in_bytes
-    + m.output_size_in_bytes
-    - m.alias_size_in_bytes
+    m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
   ) / _GIB
   kind = devices[0].device_kind
   clock = hlo_cycles.CLOCK_GHZ.get(kind)
@@ -179,6 +176,7 @@ def rollout_figures(
   step, _, _ = hlo_cycles.loop_iteration(text, sampling.LOOP_SCOPE)
   module = parse_module(text)
   whole = hlo_cycles.cycles(module, module.entry)  # the decode loop counted once (unknown trips)
+  prefill_cycles = whole.cycles - step.cycles
   collectives = loop_collectives(text)
   moves = loop_moves(text, layer_cache_bytes(c, mesh))
   out: dict[str, Any] = {
@@ -201,11 +199,11 @@ def rollout_figures(
     "unknown_loops": step.unknown_loops,
   }
   if clock:
-    ms = step.cycles / clock / 1e6
-    prefill_ms = (whole.cycles - step.cycles) / clock / 1e6
-    out["est_ms_per_decode_step"] = ms
-    out["est_prefill_ms"] = prefill_ms
-    out["est_rollout_seconds"] = (prefill_ms + ms * c.opd.max_new_tokens) / 1e3
+    to_ms = lambda cycles: cycles / clock / 1e6
+    out["est_ms_per_decode_step"] = to_ms(out["est_cycles_per_decode_step"])
+    out["est_prefill_ms"] = to_ms(prefill_cycles)
+    steps = c.opd.max_new_tokens - 1  # the first token comes from the prefill's logits
+    out["est_rollout_seconds"] = to_ms(prefill_cycles + step.cycles * steps) / 1e3
   return out
 
 

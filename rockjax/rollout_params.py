@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import AbstractMesh, Mesh, NamedSharding
+from jax.sharding import AbstractMesh, Mesh
 
 from rockjax import errors
 from rockjax import sharding as shd
@@ -154,7 +154,9 @@ def bytes_per_device(
     return 0
   itemsize = jnp.dtype(DTYPES[dtype]).itemsize
   total = 0
-  for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(copy_shardings(params, mesh, layout, tensor))):
+  for x, s in zip(
+    jax.tree.leaves(params), jax.tree.leaves(copy_shardings(params, mesh, layout, tensor))
+  ):
     shard = s.shard_shape(x.shape)
     size = itemsize if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(x.dtype).itemsize
     total += math.prod(shard) * size

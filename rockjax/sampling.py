@@ -300,14 +300,17 @@ def generate(
       graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
     )
   put = lambda x: x if x is None else jax.device_put(x, shd.batch_sharding(x.shape, mesh))
+  # The key and temperature may live on another mesh of the same devices (the train state's
+  # rng, when decoding on the decode mesh): replicate them onto this one.
+  whole = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P()))
   with jax.set_mesh(mesh):
     return decode_jit(
       graphdef,
       state,
       put(prompt_ids_BxP),
       put(prompt_mask_BxP),
-      key,
-      temperature,
+      whole(key),
+      whole(temperature),
       cfg,
       put(banned_ids_BxK),
     )

@@ -67,6 +67,9 @@ def _rollout(
   jax.block_until_ready(out)  # the copy and the whole decode loop are done
   seconds = time.perf_counter() - t0
   batch, made = sampling.train_batch(out, c.truncated_rollouts)
+  # The rollout comes back on the decode mesh (rollout_params.decode_mesh): one reshard per step
+  # to the train step's rows layout on the train mesh (the same devices).
+  batch = {k: jax.device_put(v, shd.batch_sharding(v.shape, exp.mesh)) for k, v in batch.items()}
   return batch, {**made, **_rollout_metrics(out.lengths, seconds)}
 
 
