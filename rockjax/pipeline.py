@@ -42,8 +42,8 @@ SUMMARY_FILE = "summary.json"
 EXPORT_DIR = "export_hf"  # the main stage's HF export (ckpt.export_hf)
 # Fields that may change between runs in one workdir: they do not change what is computed
 # (the attention implementations agree to float rounding; prefixes cover attention_block;
-# mlp_chunk only changes how the MLP is tiled; rollout_sharding only where the sampling copy
-# lives).
+# mlp_chunk only changes how the MLP is tiled; rollout_sharding and rollout_tensor only where
+# the sampling copy lives, its tokens equal to float rounding).
 RESUMABLE_FIELDS = (
   "stop_after",
   "log_every",
@@ -54,6 +54,7 @@ RESUMABLE_FIELDS = (
   "teacher.mlp_chunk",
   "analysis.",  # the analysis reads the trained models; it changes nothing they compute
   "opd.rollout_sharding",
+  "opd.rollout_tensor",
   "preflight.",  # checks before step 1; they change nothing the run computes
 )
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
