@@ -150,7 +150,7 @@ def decode(
 
   blocks = vocab_blocks(model.cfg.vocab_size)
   # Prefill the B distinct prompts once; only the last position's logits are needed.
-  cache = model.init_cache(B, S, cfg.cache_dtype).constrained()
+  cache = model.init_cache(B, S, cfg.cache_dtype)
   hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
   first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
 

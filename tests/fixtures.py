@@ -305,7 +305,7 @@ def hf_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def assert_same_update(
-  p0, ref, got, *, metric_rtol: float, param_rtol: float, kl_atol: float = 0.0
+  p0, ref, got, *, metric_rtol: float, param_rtol: float, kl_atol: float = 0.0, param_atol=1e-7
 ):
   """Two train steps from the same parameters `p0` agree: `ref` and `got` are each
   (new state, metrics); metrics (same keys), parameter updates, RockStats and rock mask."""
@@ -314,7 +314,7 @@ def assert_same_update(
   for key in m_ref:
     np.testing.assert_allclose(m_got[key], m_ref[key], rtol=metric_rtol, atol=1e-7, err_msg=key)
   for a, b, c in zip(*(jax.tree.leaves(x) for x in (p0, s_ref.params, s_got.params))):
-    np.testing.assert_allclose(a - c, a - b, rtol=param_rtol, atol=1e-7)
+    np.testing.assert_allclose(a - c, a - b, rtol=param_rtol, atol=param_atol)
   np.testing.assert_array_equal(s_got.rock.count_V, s_ref.rock.count_V)
   np.testing.assert_allclose(
     s_got.rock.kl_sum_V, s_ref.rock.kl_sum_V, rtol=metric_rtol, atol=kl_atol

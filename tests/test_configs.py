@@ -53,8 +53,11 @@ def test_paper_configs_dry_run(name):
   assert gib["params"] == pytest.approx(student * 4 / 64 / 2**30, rel=0.02)
   assert gib["opt_state"] == pytest.approx(2 * gib["params"], rel=0.01)
   assert gib["teacher_params"] == pytest.approx(teacher * 2 / 64 / 2**30, rel=0.02)
-  # Rollouts sample from a whole bfloat16 copy on every device (freed before the update).
-  assert gib["rollout_copy"] == pytest.approx(student * 2 / 2**30)
+  # Rollouts sample from a bfloat16 copy split tensor-parallel over 8 devices (the student's 8
+  # KV heads; rows over the other 8 groups of the 64), freed before the update: every matrix
+  # and the tied table / 8, only the norm vectors whole.
+  assert c.opd.rollout_sharding == "tensor" and c.opd.rollout_tensor == 0
+  assert gib["rollout_copy"] == pytest.approx(student * 2 / 8 / 2**30, rel=0.01)
   assert r["mesh"] == {"data": 1, "fsdp": 32, "context": 2, "tensor": 1}
   # OPD: 2 prompts x 4 samples, 800 prompt + 8000 new tokens padded to 512s; stage 1: 4 rows
   # of 800 + 8000 tokens.

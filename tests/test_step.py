@@ -188,8 +188,10 @@ def test_sharded_equals_unsharded_over_three_steps(devices8, chunked, micro_batc
   np.testing.assert_array_equal(s8.rock.count_V, s1.rock.count_V)
   np.testing.assert_allclose(s8.rock.kl_sum_V, s1.rock.kl_sum_V, rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(s8.rock_mask, s1.rock_mask)
+  # atol: after 3 Adam steps one parameter of ~2e-4 differed by 1.15e-6 on this project's CI
+  # machine (2026-12-07; float32 sums split 8 ways vs whole), at both this commit and before.
   for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s1.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
 
 
 def test_overfits_a_fixed_batch_on_8_devices(devices8):
@@ -322,7 +324,11 @@ def test_padding_changes_nothing(chunked):
       new_state, m = fn(state, t_params, padded)
     results.append((p0, jax.device_get(new_state), jax.device_get(m)))
   (p0, s1, m1), (_, s16, m16) = results
-  assert_same_update(p0, (s1, m1), (s16, m16), metric_rtol=1e-5, param_rtol=1e-4, kl_atol=1e-7)
+  # param_atol: on some CPUs one update of ~1e-4 (a near-cancelling gradient sum) differs by
+  # ~1.2e-7 between the two column counts (seen on this project's CI machine, 2026-12-07).
+  assert_same_update(
+    p0, (s1, m1), (s16, m16), metric_rtol=1e-5, param_rtol=1e-4, kl_atol=1e-7, param_atol=2.5e-7
+  )
 
 
 def test_shift_keeps_the_full_length():

@@ -112,9 +112,10 @@ class Decoder(nnx.Module):
     return shd.constrain(logits_BxLxV, ("batch", "length", "act_vocab"), strict=strict)
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-    """An empty KVCache with `max_len` slots (dtype defaults to the compute dtype)."""
+    """An empty KVCache with `max_len` slots (dtype defaults to the compute dtype), laid out
+    by the current mesh's rules (KVCache.constrained; as created without one)."""
     cfg = self.cfg
-    return KVCache.init(
+    cache = KVCache.init(
       cfg.num_layers,
       batch,
       max_len,
@@ -122,6 +123,7 @@ class Decoder(nnx.Module):
       cfg.head_dim,
       cfg.dtype if dtype is None else dtype,
     )
+    return cache.constrained()
 
   def hidden_states(
     self,
