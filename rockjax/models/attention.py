@@ -5,8 +5,9 @@ segment_ids[i] == segment_ids[j]. Decoders pass the attention mask as segment id
 0 padding), so real tokens never see padding and padded queries give finite values that
 nobody reads. Implementations (model.attention):
 
-- `einsum`: dense float32 scores `[B, H, L, S]` and softmax; the reference, and what the KV-cache
-  decode path always uses (`masked_attention`).
+- `einsum`: dense float32 scores `[B, H, L, S]` and softmax; the reference. The KV-cache
+  decode path always uses its two-part form (`cached_attention`: the cache, then the call's
+  own keys, one softmax).
 - `blocked`: pure XLA online softmax over key blocks with a recomputing backward
   (rockjax.models.attention_blocked); memory O(L). Any platform; the CPU default.
 - `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bfloat16/float16).
