@@ -174,11 +174,9 @@ def _paper_estimate():
   devices = dry_run.topology_devices(topology)
   mesh = shd.make_mesh(dry_run.declared_mesh_shape(c), devices=list(devices))
   start = time.perf_counter()
-  compiled = rollout_cost.compile_rollout(c, mesh)
-  kind = devices[0].device_kind
-  fig = rollout_cost.rollout_figures(
-    compiled, devices, c, mesh, 0.0, dry_run.HBM_GIB.get(kind), dry_run.FIT_FRACTION
-  )
+  compiled, dmesh = rollout_cost.compile_rollout(c, mesh)
+  fig = rollout_cost.rollout_figures(compiled, devices[0].device_kind, c, dmesh)
+  fig["peak_gib"] = dry_run.peak_bytes(compiled.memory_analysis()) / 2**30
   keep = ("layout", "decode_mesh", "rows", "max_new_tokens", "peak_gib", "cache_moves")
   keep += ("est_ms_per_decode_step", "est_prefill_ms", "est_rollout_seconds")
   keep += ("loop_collective_bytes_per_step",)

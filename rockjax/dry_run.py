@@ -192,10 +192,7 @@ def report(
       out["aot"] = {"topology": aot_topology, **figures}
       _dump(dump_dir, "train_step.hlo.txt", compiled)
     except jax.errors.JaxRuntimeError as e:
-      # XLA:TPU refuses to compile a program larger than HBM; its message has the sizes.
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+      reason = _xla_refusal(e)
       kind = devices[0].device_kind
       out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
       out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
@@ -226,19 +223,18 @@ def _rollout_report(
   start = time.perf_counter()
   mesh = shd.make_mesh(declared_mesh_shape(c), devices=list(devices))
   try:
-    compiled = rollout_cost.compile_rollout(c, mesh)
+    compiled, dmesh = rollout_cost.compile_rollout(c, mesh)
   except jax.errors.JaxRuntimeError as e:
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    reason = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+    reason = _xla_refusal(e)
     return {"layout": c.opd.rollout_sharding, "xla_error": reason, "fits_beside_train_state": False}
   _dump(dump_dir, "rollout.hlo.txt", compiled)
+  kind = devices[0].device_kind
+  peak, hbm = peak_bytes(compiled.memory_analysis()) / _GIB, HBM_GIB.get(kind)
   # What stays in HBM while rolling out: the train step's arguments (train state, teacher).
   resident = aot.get("per_device_gib", {}).get("arguments", 0.0)
-  kind = devices[0].device_kind
-  out = rollout_cost.rollout_figures(
-    compiled, devices, c, mesh, resident, HBM_GIB.get(kind), FIT_FRACTION
-  )
+  out = {"peak_gib": peak, "resident_gib": resident}
+  out["fits_beside_train_state"] = None if hbm is None else peak + resident <= FIT_FRACTION * hbm
+  out.update(rollout_cost.rollout_figures(compiled, kind, c, dmesh))
   train_s = aot.get("est_seconds")
   out["train_step_est_seconds"] = train_s
   rollout_s = out.get("est_rollout_seconds")
@@ -246,6 +242,23 @@ def _rollout_report(
     out["generation_share"] = rollout_s / (rollout_s + train_s)
   out["compile_seconds"] = round(time.perf_counter() - start, 2)
   return out
+
+
+def _xla_refusal(e: jax.errors.JaxRuntimeError) -> str:
+  """XLA:TPU's one-line reason for refusing a program larger than HBM (it has the sizes);
+  any other error is re-raised."""
+  if "RESOURCE_EXHAUSTED" not in str(e):
+    raise e
+  return str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+
+
+def peak_bytes(m: Any) -> int:
+  """Everything live at once, less the donated inputs the outputs reuse (MaxText's "total"),
+  from a compiled program's memory analysis: XLA's own peak_memory_in_bytes can come out
+  below temp alone (it misses buffers inside loops), so verdicts use this upper bound."""
+  return (
+    m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  )
 
 
 def compile_step(
@@ -323,10 +336,7 @@ def aot_figures(
     "aliased": m.alias_size_in_bytes,
     "temp": m.temp_size_in_bytes,
   }
-  # Everything live at once, less the donated inputs the outputs reuse (MaxText's "total"):
-  # XLA's own peak_memory_in_bytes can come out below temp alone (it misses buffers inside
-  # loops), so it is reported for reference but the verdict uses this upper bound.
-  peak = sizes["arguments"] + sizes["temp"] + sizes["outputs"] - sizes["aliased"]
+  peak = peak_bytes(m)  # XLA's own peak_memory_in_bytes is reported for reference only
   kind = devices[0].device_kind
   hbm = HBM_GIB.get(kind)
   flops = float((compiled.cost_analysis() or {}).get("flops", 0.0))

@@ -106,11 +106,6 @@ class Collective:
   op_name: str
 
 
-def _op_name(instr: Instr) -> str:
-  m = re.search(r'op_name="([^"]*)"', instr.attrs)
-  return m.group(1) if m else ""
-
-
 def _operand_array(module: Module, instr: Instr, i: int) -> Array:
   return module.instr(instr.operands[i]).arrays[0]
 
@@ -180,7 +175,7 @@ def convolution_flops(module: Module, instr: Instr) -> float:
 def _kernel_name(instr: Instr) -> str:
   """The Mosaic kernel's name (its `kernel_name` attribute, else the jax op path)."""
   m = re.search(r'kernel_name="?([\w\-.]+)', instr.attrs)
-  return m.group(1) if m else f"{instr.name} {_op_name(instr)}"
+  return m.group(1) if m else f"{instr.name} {instr.op_name}"
 
 
 def custom_call_flops(module: Module, instr: Instr) -> tuple[str, float] | None:
@@ -253,9 +248,9 @@ def _computation_cost(module: Module, comp: str, memo: dict[str, FlopCount]) -> 
         _count(out, *counted)
     elif op == "while":
       trips, source = trip_count(module, comp, instr)
-      out.loops.append(Loop(instr.name, trips, source, _op_name(instr)))
+      out.loops.append(Loop(instr.name, trips, source, instr.op_name))
       if trips is None:
-        out.unknown_loops.append(f"{instr.name} ({_op_name(instr)}): counted once")
+        out.unknown_loops.append(f"{instr.name} ({instr.op_name}): counted once")
       (body,) = instr.called("body")
       _add(out, _computation_cost(module, body, memo), 1 if trips is None else trips)
     elif op == "conditional":
@@ -313,7 +308,7 @@ def collectives(hlo_text: str) -> list[Collective]:
         kind = module.computations[called].instrs[module.computations[called].root].opcode
       if kind in COLLECTIVES and not instr.opcode.endswith("-done"):
         arrays = parse_arrays(result.type_text)
-        found.append(Collective(kind, instr.name, arrays, comp, in_loop, times, _op_name(instr)))
+        found.append(Collective(kind, instr.name, arrays, comp, in_loop, times, instr.op_name))
   return found
 
 

@@ -83,7 +83,7 @@ def find_loop(module: Module, scope: str) -> tuple[str, Instr]:
   """(computation, while instruction) of the outermost loop whose op_name contains `scope`."""
   for comp in _reachable(module):
     for instr in module.computations[comp].instrs.values():
-      if instr.opcode == "while" and scope in (_op_name(instr) or ""):
+      if instr.opcode == "while" and scope in instr.op_name:
         return comp, instr
   raise ValueError(f"no while loop with {scope!r} in its op_name in the compiled program")
 
@@ -123,8 +123,3 @@ def _reachable(module: Module, start: str | None = None, *, fusions: bool = True
       for key in ("condition", "body", "calls", "to_apply", "branch_computations"):
         queue += instr.called(key)
   return order
-
-
-def _op_name(instr: Instr) -> str | None:
-  m = re.search(r'op_name="([^"]*)"', instr.attrs)
-  return m.group(1) if m else None

@@ -59,6 +59,12 @@ class Instr:
       return rest[: rest.index('"', 1) + 1]
     return re.match(r"[^,\s]*", rest).group(0)
 
+  @property
+  def op_name(self) -> str:
+    """The jax op path from the instruction's metadata ('' when it has none)."""
+    m = re.search(r'op_name="([^"]*)"', self.attrs)
+    return m.group(1) if m else ""
+
   def called(self, key: str) -> tuple[str, ...]:
     """Computation names in attribute `key` (calls=, body=, branch_computations={...})."""
     raw = self.attr(key)

@@ -6,8 +6,6 @@ opd.rollout_dtype on its decode mesh, data.prompts_per_step prompts of data.max_
 tokens, opd.samples_per_prompt samples of opd.max_new_tokens tokens) with abstract arguments,
 so no weight exists. `rollout_figures` reads the compiled program:
 
-- memory per device (XLA's analysis; the peak as in dry_run.aot_figures) and whether it fits
-  beside what stays resident while rolling out (train state and teacher);
 - `est_ms_per_decode_step`: the estimated cycles of one iteration of the decode while_loop
   (rockjax.hlo_cycles; nested layer loops by their trip counts) at the chip's clock;
   `est_prefill_ms`: everything outside that loop; `est_rollout_seconds`: the prefill plus
@@ -22,7 +20,6 @@ so no weight exists. `rollout_figures` reads the compiled program:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,8 +30,8 @@ from jax.sharding import Mesh
 from rockjax import hlo_cost, hlo_cycles, loading, rollout_params, sampling
 from rockjax import sharding as shd
 from rockjax.hlo_text import Array, Module, parse_module
+from rockjax.models.cache import KV_AXES
 
-_GIB = 2**30
 COLLECTIVE_LIMIT_BYTES = 2**20  # a collective this large inside the decode loop is a finding
 _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
 _ITEMSIZE.update({"f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8})
@@ -47,9 +44,9 @@ def array_bytes(a: Array) -> int:
   return a.size * _ITEMSIZE.get(a.dtype, 4)
 
 
-def compile_rollout(c: ml_collections.ConfigDict, mesh: Mesh) -> jax.stages.Compiled:
-  """The sampler of a run of config `c` on the train mesh `mesh`, compiled with abstract
-  arguments on the decode mesh of opd.rollout_sharding."""
+def compile_rollout(c: ml_collections.ConfigDict, mesh: Mesh) -> tuple[jax.stages.Compiled, Mesh]:
+  """(the sampler of a run of config `c` on the train mesh `mesh`, compiled with abstract
+  arguments on the decode mesh of opd.rollout_sharding; that decode mesh)."""
   graphdef, params = loading.abstract_params(loading.arch_config(c.model))
   layout, tensor = c.opd.rollout_sharding, c.opd.rollout_tensor
   dmesh = rollout_params.decode_mesh(params, mesh, layout, tensor)
@@ -73,20 +70,16 @@ def compile_rollout(c: ml_collections.ConfigDict, mesh: Mesh) -> jax.stages.Comp
   temperature = jax.ShapeDtypeStruct((), jnp.float32)
   with jax.set_mesh(dmesh):
     lowered = sampling.decode_jit.lower(graphdef, copy, prompts, prompts, key, temperature, cfg)
-    return lowered.compile()
+    return lowered.compile(), dmesh
 
 
-def layer_cache_bytes(c: ml_collections.ConfigDict, mesh: Mesh) -> int:
-  """Bytes of one layer's K (or V) cache on one device of the decode mesh."""
+def layer_cache_bytes(c: ml_collections.ConfigDict, dmesh: Mesh) -> int:
+  """Bytes of one layer's K (or V) cache on one device of the decode mesh `dmesh`."""
   cfg = loading.arch_config(c.model)
-  graphdef, params = loading.abstract_params(cfg)
-  dmesh = rollout_params.decode_mesh(params, mesh, c.opd.rollout_sharding, c.opd.rollout_tensor)
   rows = c.data.prompts_per_step * c.opd.samples_per_prompt
   slots = c.data.max_prompt_len + c.opd.max_new_tokens - 1
   shape = (1, rows, cfg.num_kv_heads, slots, cfg.head_dim)
-  spec = shd.logical_to_spec(
-    ("layers", "batch", "kv_heads", "cache_length", "head_dim"), shape, dmesh
-  )
+  spec = shd.logical_to_spec(KV_AXES, shape, dmesh)
   sizes = dict(zip(dmesh.axis_names, dmesh.axis_sizes))
   split = math.prod(sizes[a] for entry in spec for a in shd.spec_axes(entry))
   itemsize = jnp.dtype(rollout_params.DTYPES.get(c.opd.rollout_dtype, jnp.float32)).itemsize
@@ -157,38 +150,23 @@ def _written_bytes(module: Module, instr) -> int:
 
 
 def rollout_figures(
-  compiled: jax.stages.Compiled,
-  devices: Sequence[jax.Device],
-  c: ml_collections.ConfigDict,
-  mesh: Mesh,
-  resident_gib: float,
-  hbm_gib: float | None,
-  fit_fraction: float,
+  compiled: jax.stages.Compiled, device_kind: str, c: ml_collections.ConfigDict, dmesh: Mesh
 ) -> dict[str, Any]:
-  """The rollout section of the dry-run report (see the module docstring)."""
-  m = compiled.memory_analysis()
-  peak = (
-    m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-  ) / _GIB
-  kind = devices[0].device_kind
-  clock = hlo_cycles.CLOCK_GHZ.get(kind)
+  """The rollout section's cost figures (see the module docstring); the memory verdict is the
+  dry run's (rockjax.dry_run)."""
+  clock = hlo_cycles.CLOCK_GHZ.get(device_kind)
   text = compiled.as_text()
   step, _, _ = hlo_cycles.loop_iteration(text, sampling.LOOP_SCOPE)
   module = parse_module(text)
   whole = hlo_cycles.cycles(module, module.entry)  # the decode loop counted once (unknown trips)
   prefill_cycles = whole.cycles - step.cycles
   collectives = loop_collectives(text)
-  moves = loop_moves(text, layer_cache_bytes(c, mesh))
+  moves = loop_moves(text, layer_cache_bytes(c, dmesh))
   out: dict[str, Any] = {
     "layout": c.opd.rollout_sharding,
-    "decode_mesh": _decode_mesh_shape(c, mesh),
+    "decode_mesh": dict(zip(dmesh.axis_names, dmesh.axis_sizes)),
     "rows": c.data.prompts_per_step * c.opd.samples_per_prompt,
     "max_new_tokens": c.opd.max_new_tokens,
-    "peak_gib": peak,
-    "resident_gib": resident_gib,
-    "fits_beside_train_state": None
-    if hbm_gib is None
-    else peak + resident_gib <= fit_fraction * hbm_gib,
     "est_cycles_per_decode_step": step.cycles,
     "clock_ghz": clock,
     "loop_collectives": collectives,
@@ -200,17 +178,11 @@ def rollout_figures(
   }
   if clock:
     to_ms = lambda cycles: cycles / clock / 1e6
-    out["est_ms_per_decode_step"] = to_ms(out["est_cycles_per_decode_step"])
+    out["est_ms_per_decode_step"] = to_ms(step.cycles)
     out["est_prefill_ms"] = to_ms(prefill_cycles)
     steps = c.opd.max_new_tokens - 1  # the first token comes from the prefill's logits
     out["est_rollout_seconds"] = to_ms(prefill_cycles + step.cycles * steps) / 1e3
   return out
-
-
-def _decode_mesh_shape(c: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, int]:
-  _, params = loading.abstract_params(loading.arch_config(c.model))
-  dmesh = rollout_params.decode_mesh(params, mesh, c.opd.rollout_sharding, c.opd.rollout_tensor)
-  return dict(zip(dmesh.axis_names, dmesh.axis_sizes))
 
 
 def train_step_seconds(compiled: jax.stages.Compiled, device_kind: str) -> float | None:

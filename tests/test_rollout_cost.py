@@ -133,13 +133,14 @@ def test_decode_loop_moves_no_weight_and_no_cache_on_v5p(layout):
   c = dry_run.for_topology(c, "v5p:2x2x2")
   devices = dry_run.topology_devices("v5p:2x2x2")
   mesh = shd.make_mesh(dry_run.declared_mesh_shape(c), devices=list(devices))
-  text = rollout_cost.compile_rollout(c, mesh).as_text()
+  compiled, dmesh = rollout_cost.compile_rollout(c, mesh)
+  text = compiled.as_text()
   big = [
     c
     for c in rollout_cost.loop_collectives(text)
     if c["bytes"] >= rollout_cost.COLLECTIVE_LIMIT_BYTES
   ]
   assert not big, big
-  assert not rollout_cost.loop_moves(text, rollout_cost.layer_cache_bytes(c, mesh))
+  assert not rollout_cost.loop_moves(text, rollout_cost.layer_cache_bytes(c, dmesh))
   step, _, _ = hlo_cycles.loop_iteration(text, "decode_loop")
   assert step.cycles > 0 and not step.unknown_loops

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rockjax.models import attention
+from rockjax.models import attention, cached_attention
 from rockjax.models.config import ModelConfig, RopeConfig
 
 _INIT_STD = 0.02
@@ -173,7 +173,7 @@ class Attention(nnx.Module):
 
     Without kv, `mask` is the attention mask [B, L] (1 real, 0 padding), used as segment ids
     by `attention.attend` with the configured implementation (cfg.attention).
-    With kv, `mask` is (allowed_old_BxLxS, allowed_new_BxLxL) (attention.cached_attention)
+    With kv, `mask` is (allowed_old_BxLxS, allowed_new_BxLxL) (rockjax.models.cached_attention)
     and kv all layers' stacked cache (k_NxBxKxSxE,
     v_NxBxKxSxE): this step's keys/values are written at slots [cache_index, cache_index + L)
     of layer `layer` in place (only those L slots move), and the queries attend over that
@@ -205,7 +205,7 @@ class Attention(nnx.Module):
     # Read this layer's cached slots where they lie (before this call's write, so XLA can fuse
     # the read into the attention matmuls), with this call's keys/values attended separately.
     read = lambda x: jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False).astype(self.dtype)
-    out_BxLxHxE = attention.cached_attention(
+    out_BxLxHxE = cached_attention.cached_attention(
       q_BxLxHxE,
       read(k_NxBxKxSxE),
       read(v_NxBxKxSxE),
