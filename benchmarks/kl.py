@@ -41,9 +41,11 @@ import time
 
 # Measure this checkout's rockjax, not whichever copy the environment has installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py) then apply to every JAX
+# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py, as rockjax.main sets them) apply to every JAX
 # variant alike, the plain-JAX references included, as they do in a rockjax run.
-import rockjax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+from rockjax import xla_flags  # noqa: E402  pylint: disable=g-import-not-at-top
+
+xla_flags.apply()
 
 VARIANTS = ("jax_naive", "jax_fused", "jax_chunked", "torch_naive")
 LEAN = ("jax_fused", "jax_chunked")  # compared against jax_naive
@@ -98,6 +100,7 @@ def _loss_fn(variant, args, tokens):
   """The scalar loss of one JAX variant: (h_s [N, D], W_s, h_t, W_t) -> mean reverse KL."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from rockjax import losses  # pylint: disable=g-import-not-at-top
 
   weights = jnp.full((1, tokens), 1.0 / tokens, jnp.float32)  # the mean
@@ -192,7 +195,8 @@ def _aot_child(args):
   """Each JAX variant compiled for one chip of --aot-topology (bf16): XLA:TPU memory, in GiB."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from rockjax import dry_run  # pylint: disable=g-import-not-at-top
+
+  from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
 
   device = dry_run.topology_devices(args.aot_topology)[0]
   sharding = jax.sharding.SingleDeviceSharding(device)

@@ -22,12 +22,18 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from rockjax import xla_flags  # noqa: E402
+
+xla_flags.apply()  # before JAX starts, as rockjax.main does
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from rockjax import evaluation, experiment, pipeline, sampling  # noqa: E402
+from rockjax import evaluation, sampling  # noqa: E402
 from rockjax.analysis import knockout  # noqa: E402
+from rockjax.data.paths import task_files  # noqa: E402
+from rockjax.runner import experiment, stages  # noqa: E402
 
 
 def _candidates(workdir: str, count: int) -> list[int]:
@@ -73,9 +79,8 @@ def main() -> None:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  paths = experiment.task_files(config, args.workdir)
-  main_stage = pipeline.plan(config, args.workdir, paths)[-1]
-  exp = experiment.build_experiment(main_stage.config, args.workdir)
+  main_config = stages.main_stage_config(config, args.workdir, task_files(config, args.workdir))
+  exp = experiment.build_experiment(main_config, args.workdir)
   student = nnx.merge(exp.state.graphdef, exp.state.params)
   ids, mask = exp.eval_prompts["ids"], exp.eval_prompts["mask"]
   candidates = _candidates(args.workdir, args.candidates)

@@ -10,7 +10,7 @@ same prompts (left-padded), pure sampling at temperature 1 (no top-k/top-p) and 
 
 With libtpu installed (the `aot` extra) it also adds `paper_rollout_estimate`: the sampler of
 configs/qwen3_30b_a3b_to_4b.py compiled for v5p:2x2x2 (no TPU needed) and XLA:TPU's estimate
-of one decode step and of the whole rollout (rockjax.rollout_cost; --paper-estimate=off skips
+of one decode step and of the whole rollout (rockjax.dry_run.rollout_cost; --paper-estimate=off skips
 it, about a minute of compiling).
 
 `tokens_per_s` counts generated tokens (batch * new_tokens) over the median of --repeats
@@ -79,6 +79,7 @@ def _time(fn, repeats):
 
 def _run_rockjax(args, path, ids, mask):
   import jax  # pylint: disable=g-import-not-at-top
+
   import rockjax.models as rm  # pylint: disable=g-import-not-at-top
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
@@ -142,6 +143,7 @@ def _greedy_agreement(args, hf_model, jax_model, ids, mask, steps=16):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   from rockjax import sampling  # pylint: disable=g-import-not-at-top
 
   steps = min(steps, args.new_tokens)
@@ -166,8 +168,9 @@ def _paper_estimate():
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import qwen3_30b_a3b_to_4b  # pylint: disable=g-import-not-at-top
-  from rockjax import dry_run, rollout_cost  # pylint: disable=g-import-not-at-top
+  from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
   from rockjax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from rockjax.dry_run import rollout_cost
 
   topology = "v5p:2x2x2"
   c = dry_run.for_topology(qwen3_30b_a3b_to_4b.get_config(), topology)
@@ -187,6 +190,9 @@ def _paper_estimate():
 
 
 def main():
+  from rockjax import xla_flags  # pylint: disable=g-import-not-at-top
+
+  xla_flags.apply()  # before JAX starts, as rockjax.main does
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--hidden", type=int, default=256)
   parser.add_argument("--layers", type=int, default=4)

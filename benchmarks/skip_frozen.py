@@ -8,7 +8,7 @@ skip on with frozen_kl='forward' and with frozen_kl='skip'.
   python benchmarks/skip_frozen.py                 # V=32768, 8 rows of 256, 192 response
   python benchmarks/skip_frozen.py --repeats 1 --vocab 65536
 
-FLOPs are per step, from the compiled HLO (rockjax.hlo_cost). The skipping step holds a
+FLOPs are per step, from the compiled HLO (rockjax.dry_run.hlo_cost). The skipping step holds a
 `lax.cond` whose fallback branch is the full loss; hlo_cost counts a conditional's most
 expensive branch, so the skipping branch alone is counted from a second compile in which the
 cond is replaced by that branch (`skip_branch_flops`). Times are the median of --repeats
@@ -23,16 +23,23 @@ import statistics
 import time
 from unittest import mock
 
-import jax
+from rockjax import xla_flags
+
+xla_flags.apply()  # before JAX starts, as rockjax.main does
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from rockjax import hlo_cost, objective, rocks, skip_frozen, state as state_lib
-from rockjax import sharding as shd
-from rockjax import step as step_lib
 from rockjax import models as rm
+from rockjax import objective, rocks
+from rockjax import sharding as shd
+from rockjax import state as state_lib
+from rockjax import step as step_lib
+from rockjax.dry_run import hlo_cost
+from rockjax.losses import skip_frozen
 
 VARIANTS = {"off": {}, "forward": {"frozen_kl": "forward"}, "skip": {"frozen_kl": "skip"}}
 

@@ -42,9 +42,11 @@ import time
 
 # Measure this checkout's rockjax, not whichever copy the environment has installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py) then apply to every JAX
+# Before JAX starts: rockjax's XLA:CPU flags (rockjax/xla_flags.py, as rockjax.main sets them) apply to every JAX
 # variant alike, the plain-JAX references included, as they do in a rockjax run.
-import rockjax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import
+from rockjax import xla_flags  # noqa: E402  pylint: disable=g-import-not-at-top
+
+xla_flags.apply()
 
 import numpy as np
 
@@ -169,7 +171,9 @@ class Rockjax:
     """Compiles the step of one variant and makes its state; returns the first call's seconds."""
     import jax  # pylint: disable=g-import-not-at-top
 
-    from rockjax import objective, sharding as shd, state as state_lib  # noqa: I001  pylint: disable=g-import-not-at-top
+    from rockjax import objective  # noqa: I001  pylint: disable=g-import-not-at-top
+    from rockjax import sharding as shd
+    from rockjax import state as state_lib
     from rockjax import step as step_lib  # pylint: disable=g-import-not-at-top
 
     args = self.args
@@ -208,7 +212,7 @@ class Rockjax:
 
   def flops_per_step(self):
     """Analytic matmul FLOPs of one step (module docstring)."""
-    from rockjax import dry_run  # pylint: disable=g-import-not-at-top
+    from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
 
     tokens, length = self.args.batch * self.args.length, self.args.length
     student = dry_run.forward_flops_per_token(self.student_cfg, length)

@@ -277,7 +277,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
 
-  # Pre-flight checks before step 1 of every stage (rockjax.preflight; docs/running.md,
+  # Pre-flight checks before step 1 of every stage (rockjax.runner.preflight; docs/running.md,
   # "Pre-flight checks"). Model/tokenizer files and tokenizer ids vs embedding rows are always
   # checked; these two checks can be turned off.
   c.preflight = ml_collections.ConfigDict()

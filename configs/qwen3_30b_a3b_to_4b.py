@@ -35,7 +35,7 @@ QWEN3_VOCAB = 151936
 def get_config():
   c = default.get_config()
   # Run length: one epoch over the train prompts (the paper's); steps = ceil(prompts x epochs /
-  # prompts_per_step) is resolved from data.train_path before the run (rockjax.run_length).
+  # prompts_per_step) is resolved from data.train_path before the run (rockjax.config.run_length).
   c.data.epochs = 1.0
   c.data.num_train_prompts = 10_000  # dry-run hint: "about 10k" in the paper, not exact
   c.steps = 5000  # replaced by the epoch count above (kept for runs with data.epochs=0)

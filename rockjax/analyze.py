@@ -1,7 +1,7 @@
 """Rock analysis CLI: `python -m rockjax.analyze --config=CONFIG --workdir=DIR [--student=...]`.
 
 Decodes the evaluation set with the trained student, scores it with the teacher, selects the
-Rock Tokens and writes the report (rockjax.analysis.analyze.run_analysis) into
+Rock Tokens and writes the report (rockjax.analysis.run.run_analysis) into
 WORKDIR/analysis/ or --out. User errors are one line `rockjax: error: ...` (exit 2), as in
 rockjax.main.
 """
@@ -9,7 +9,15 @@ rockjax.main.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rockjax import cli, errors
+from rockjax import cli
+
+cli.setup_process()  # XLA_FLAGS and log filters, before any JAX backend starts or transformers logs
+
+from rockjax import errors  # noqa: E402
+from rockjax.analysis import run as analysis_run  # noqa: E402
+from rockjax.config import check as config_check  # noqa: E402
+from rockjax.data.paths import task_files  # noqa: E402
+from rockjax.runner import stages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "the run's config file (get_config())", lock_config=True
@@ -32,13 +40,10 @@ def _main() -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   if not _WORKDIR.value:
     raise errors.WorkdirError("--workdir is required: the trained run's directory")
-  from rockjax import config_check  # pylint: disable=g-import-not-at-top  (after flags: XLA_FLAGS)
-  from rockjax.analysis import analyze  # pylint: disable=g-import-not-at-top
-
-  config_check.validate(_CONFIG.value)
-  result = analyze.run_analysis(
-    _CONFIG.value, _WORKDIR.value, student=_STUDENT.value, out=_OUT.value
-  )
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  config_check.validate(config)
+  main_config = stages.main_stage_config(config, workdir, task_files(config, workdir))
+  result = analysis_run.run_analysis(main_config, workdir, student=_STUDENT.value, out=_OUT.value)
   print(f"rock analysis report: {result.get('markdown', result['out_dir'])} "
         f"({result['seconds']:.0f} s)")  # fmt: skip
 

@@ -7,6 +7,7 @@ config file and checks the override names first, so each mistake is one line nam
 
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -16,7 +17,29 @@ from typing import NoReturn
 
 from absl import flags
 
-from rockjax import errors
+from rockjax import errors, xla_flags
+
+
+class _NoTorchAdvice(logging.Filter):
+  """Drops transformers' import-time "PyTorch was not found" advice, and nothing else.
+
+  rockjax uses transformers only for configs and tokenizers, so on the JAX-only install that
+  message is noise. transformers logs it once, from its package __init__ on the "transformers"
+  logger (`logger.warning_advice`); its own switches (TRANSFORMERS_NO_ADVISORY_WARNINGS,
+  TRANSFORMERS_VERBOSITY) would also mute every other advisory or warning, process-wide.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("PyTorch was not found.")
+
+
+def setup_process() -> None:
+  """What an entry point sets for its whole process, before any JAX backend starts: rockjax's
+  XLA:CPU flags (rockjax/xla_flags.py) and the transformers log filter. Idempotent."""
+  xla_flags.apply()
+  log = logging.getLogger("transformers")
+  if not any(isinstance(f, _NoTorchAdvice) for f in log.filters):
+    log.addFilter(_NoTorchAdvice())
 
 
 def parse_flags(argv: list[str]) -> list[str]:

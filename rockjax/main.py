@@ -1,7 +1,7 @@
 """Entry point: `python -m rockjax.main --config=configs/demo.py --workdir=DIR [--config.a.b=v]`.
 
 A user error (an unknown flag or config field, a bad value, a config file that does not load,
-an unusable --workdir, a config that fails rockjax.config_check, any rockjax.errors.UserError
+an unusable --workdir, a config that fails rockjax.config.check, any rockjax.errors.UserError
 the run raises, Ctrl-C) prints ONE line `rockjax: error: ...` on stderr and exits 2; the
 traceback comes too with --verbosity=1 or higher. Anything else is a bug and keeps its
 traceback. The whole config is validated before anything is created on disk.
@@ -13,7 +13,16 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rockjax import cli, errors
+from rockjax import cli
+
+cli.setup_process()  # XLA_FLAGS and log filters, before any JAX backend starts or transformers logs
+
+import jax  # noqa: E402
+
+from rockjax import dry_run as dry_run_lib  # noqa: E402
+from rockjax import errors  # noqa: E402
+from rockjax.config import check as config_check  # noqa: E402
+from rockjax.runner import pipeline  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "config file (get_config())", lock_config=True
@@ -60,8 +69,6 @@ flags.mark_flags_as_required(["config"])
 
 def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
   """The one call site of a run: every stage the config asks for, then the summary."""
-  from rockjax import pipeline  # pylint: disable=g-import-not-at-top
-
   return pipeline.run(
     config,
     workdir,
@@ -87,8 +94,6 @@ def _main() -> None:
     raise errors.WorkdirError("--workdir is required (except with --dry_run)")
   if cli.profile_steps(_PROFILE_STEPS.value) and dry_run:  # a bad value raises its one line
     raise errors.UserError(f"--profile_steps={_PROFILE_STEPS.value}: a dry run runs no step")
-  import jax  # pylint: disable=g-import-not-at-top  (after flags, so XLA_FLAGS may be set)
-
   if _AOT_TOPOLOGY.value and not os.environ.get("JAX_PLATFORMS"):
     # An AOT dry run needs no accelerator (libtpu compiles for the topology's abstract
     # devices): leave any attached TPU/GPU alone.
@@ -100,8 +105,6 @@ def _main() -> None:
     "process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count()
   )
   if dry_run:
-    from rockjax import config_check, dry_run as dry_run_lib  # pylint: disable=g-import-not-at-top
-
     config, topology = _CONFIG.value, _AOT_TOPOLOGY.value
     if topology:
       config = dry_run_lib.for_topology(config, topology)  # mesh.num_devices from the topology

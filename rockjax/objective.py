@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rockjax import losses, rocks, skip_frozen
-
+from rockjax import losses, rocks
+from rockjax.losses import skip_frozen
 
 FROZEN_KL = ("forward", "skip")  # opd.frozen_kl: how skipping treats weight-0 response positions
 

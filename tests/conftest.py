@@ -10,7 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
 
-import rockjax  # noqa: E402,F401  (its XLA:CPU flags, rockjax/xla_flags.py, as a user's run gets them)
+from rockjax import cli  # noqa: E402
+
+cli.setup_process()  # XLA:CPU flags and log filters, as rockjax.main sets them for a user's run
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

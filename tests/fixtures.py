@@ -21,9 +21,11 @@ import optax
 from flax import nnx
 
 import rockjax.models as rm
-from rockjax import data, objective, rocks, sharding as shd, state as state_lib, step as step_lib
+from rockjax import data, objective, rocks
+from rockjax import sharding as shd
+from rockjax import state as state_lib
+from rockjax import step as step_lib
 from rockjax.models import ModelConfig
-
 
 # The small Qwen3 the sampler, ban and rollout-copy tests decode with (qk-norm on, 2 layers).
 SAMPLER_CFG = rm.ModelConfig(

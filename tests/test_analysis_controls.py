@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from rockjax import dry_run, rock_lists
+from rockjax.dry_run import report as dry_run
 from rockjax.analysis import controls
+from rockjax.rocks import lists as rock_lists
 
 
 def log_cost(freq, rocks, ctrl):

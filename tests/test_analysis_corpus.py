@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-
 from fixtures import (
   STUDENT,
   TEACHER,
@@ -16,8 +15,10 @@ from fixtures import (
   np_log_softmax,
   random_model,
 )
-from rockjax import rock_lists, sampling
+
+from rockjax import sampling
 from rockjax.analysis import corpus
+from rockjax.rocks import lists as rock_lists
 
 EOS = 5
 PROMPT_LENS = (3, 5, 2, 6, 4)  # five prompts, batch 2: the last batch is padded

@@ -1,11 +1,11 @@
 """Gradient geometry against a float64 numpy computation of g per position, averaged per id."""
 
+import fixtures
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 
-import fixtures
 from rockjax import objective
 from rockjax import sharding as shd
 from rockjax.analysis import geometry, groups

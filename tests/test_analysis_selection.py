@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rockjax import rock_lists, rocks
+from rockjax import rocks
 from rockjax.analysis import corpus, report, selection, selection_report
+from rockjax.rocks import lists as rock_lists
 
 V = 64
 PLANTED = np.array([7, 11, 23])  # frequent, constant high KL: the rocks

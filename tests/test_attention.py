@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import left_padded_batch, random_model
 from flax import nnx
 
 import rockjax.models as rm
-from fixtures import left_padded_batch, random_model
 from rockjax import sharding as shd
 from rockjax.models import attention
 from rockjax.models.decoder import DecoderLayer

@@ -7,9 +7,9 @@ import os
 import jax
 import numpy as np
 import pytest
+from fixtures import STUDENT, batches, build, one_device_mesh, position
 
 from rockjax import checkpoint, errors
-from fixtures import STUDENT, batches, build, one_device_mesh, position
 
 
 def abstract(state):

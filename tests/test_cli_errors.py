@@ -4,7 +4,6 @@ workdir. Each case is a subprocess (parse-time cases < 1 s, validation cases imp
 import json
 
 import pytest
-
 from fixtures import assert_one_line_error, cli
 
 

@@ -15,13 +15,15 @@ import jax
 import numpy as np
 import pytest
 from etils.epath import backend as epath_backend
+from fixtures import batches, build, one_device_mesh, position, random_model
 from flax import nnx
 
 from configs import tiny
-from fixtures import batches, build, one_device_mesh, position, random_model
-from rockjax import checkpoint, errors, experiment, metrics, models, pipeline, train
-from rockjax.analysis import rock_table
-from rockjax.tasks import arithmetic
+from rockjax import checkpoint, errors, metrics, models
+from rockjax.data.tasks import arithmetic
+from rockjax.rocks import table as rock_table
+from rockjax.runner import experiment, pipeline
+from rockjax.runner import loop as train
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""rockjax.config_check: each bad field is named in one line; the shipped configs pass."""
+"""rockjax.config.check: each bad field is named in one line; the shipped configs pass."""
 
 import importlib
 import json
@@ -6,10 +6,11 @@ import os
 
 import ml_collections
 import pytest
+from fixtures import CONFIG_NAMES
 
 from configs import tiny
-from fixtures import CONFIG_NAMES
-from rockjax import config_check, errors
+from rockjax import errors
+from rockjax.config import check as config_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

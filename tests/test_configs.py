@@ -3,10 +3,10 @@
 import importlib
 
 import pytest
-
 from fixtures import CONFIG_NAMES
-from rockjax import dry_run
-from rockjax.settings import batch_shape, step_settings
+
+from rockjax.dry_run import report as dry_run
+from rockjax.config.settings import batch_shape, step_settings
 
 
 def load(name):

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import left_padded_batch, random_model
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import rockjax.models as rm
-from fixtures import left_padded_batch, random_model
 from rockjax import sharding as shd
 from rockjax.models import attention
 

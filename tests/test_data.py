@@ -7,7 +7,7 @@ import pytest
 from fixtures import word_tokenizer
 
 from rockjax import data
-from rockjax import records as records_lib
+from rockjax.data import records as records_lib
 
 # Word-level test vocabulary: the expected ids below are read off this table by hand.
 VOCAB = {

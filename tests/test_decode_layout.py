@@ -1,19 +1,18 @@
-"""The sampler on its decode mesh (rockjax.rollout_params): greedy rows against a transformers
+"""The sampler on its decode mesh (rockjax.sampling.rollout_copy): greedy rows against a transformers
 reference, tied and untied, on 8 fake devices; sampled rows a function of the key alone."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import hf_logits, left_padded_batch, make_hf_model, np_log_softmax, save_hf_checkpoint
 from flax import nnx
 from jax.sharding import PartitionSpec
 
 import rockjax.models as rm
-from rockjax import rollout_params as rp
 from rockjax import sampling
 from rockjax import sharding as shd
-from fixtures import hf_logits, left_padded_batch, make_hf_model, np_log_softmax
-from fixtures import save_hf_checkpoint
+from rockjax.sampling import rollout_copy as rp
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.parity
@@ -115,7 +114,7 @@ def test_sampled_rows_depend_on_the_key_only(checkpoint, devices8):
 
 def test_blocked_choice_equals_the_plain_one(rng):
   """lp.greedy / inverse_cdf_sample with G vocabulary blocks against numpy on the whole row."""
-  from rockjax import logit_processors as lp
+  from rockjax.sampling import processors as lp
 
   logits = rng.normal(size=(5, 24)).astype(np.float32)
   logits[1, [3, 17]] = 9.0  # a tie across blocks: the first id wins

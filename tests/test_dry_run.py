@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import REPO, assert_one_line_error, cli
 
 from configs import qwen3_30b_a3b_to_4b, tiny
-from fixtures import REPO, assert_one_line_error, cli
-from rockjax import dry_run, errors, loading
-from rockjax import settings as settings_lib
+from rockjax import errors, loading
+from rockjax.dry_run import report as dry_run
 from rockjax import sharding as shd
 from rockjax import state as state_lib
+from rockjax.config import settings as settings_lib
 
 TOPOLOGY = "v5p:2x2x2"  # 8 TPU v5p chips (95 GiB HBM each)
 needs_libtpu = pytest.mark.skipif(
@@ -206,8 +207,9 @@ def test_model_flops_match_xla_on_an_unrolled_forward():
   """forward_flops_per_token against XLA:CPU's cost analysis of a loop-free forward pass (no
   scan, einsum attention, which computes the full L x L scores: the causal count's attention
   term doubles) of a model wide enough that elementwise work is small."""
-  from rockjax.models import Decoder, ModelConfig  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from rockjax.models import Decoder, ModelConfig  # pylint: disable=g-import-not-at-top
 
   cfg = ModelConfig(
     family="qwen3",

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import transformers
+from fixtures import make_tokenizer
 from flax import nnx
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 import rockjax.models as rm
 from configs import default
-from fixtures import make_tokenizer
 from rockjax import loading
 from rockjax.models import families
 from rockjax.models.config import FAMILIES
@@ -120,7 +120,7 @@ def _hf_config(name: str):
 
 def test_every_family_has_expectations():
   assert set(EXPECTED) == set(families.PRESETS)
-  assert set(FAMILIES.values()) == set(families.PRESETS)  # rockjax.config_check's view
+  assert set(FAMILIES.values()) == set(families.PRESETS)  # rockjax.config.check's view
   assert all(FAMILIES[t] == f.name for f in families.PRESETS.values() for t in f.model_types)
 
 

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rockjax import losses, sharding as shd
+from rockjax import losses
+from rockjax import sharding as shd
 from rockjax.losses import fused_divergence
 from tests.test_losses import KINDS, make_hidden, np_divergence, np_log_softmax
 

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from fixtures import STUDENT, TEACHER, build, make_batch
+
 from rockjax import sharding as shd
 from rockjax.losses import fused_divergence
 from rockjax.models.embed import embed_lookup

@@ -1,4 +1,4 @@
-"""rockjax.hlo_cost: matmul FLOPs per device read from compiled HLO, loops by trip count.
+"""rockjax.dry_run.hlo_cost: matmul FLOPs per device read from compiled HLO, loops by trip count.
 
 References are hand counts (2 x M x K x N per matmul, times the trips written in the test),
 dry_run.step_model_flops' analytic count for a real step, and XLA's own cost analysis of a
@@ -14,9 +14,11 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiny
-from rockjax import dry_run, hlo_cost, hlo_text, loading
-from rockjax import settings as settings_lib
+from rockjax import loading
+from rockjax.dry_run import report as dry_run
 from rockjax import sharding as shd
+from rockjax.config import settings as settings_lib
+from rockjax.dry_run import hlo_cost, hlo_text
 
 M, K, N = 16, 32, 24
 MATMUL = 2 * M * K * N

@@ -6,13 +6,19 @@ import os
 import jax
 import numpy as np
 import pytest
+from fixtures import (
+  CONFIGS,
+  forward,
+  hf_logits,
+  left_padded_batch,
+  make_hf_model,
+  save_hf_checkpoint,
+)
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import rockjax.models as rm
 from rockjax import sharding as shd
-from fixtures import CONFIGS, hf_logits, left_padded_batch, make_hf_model, save_hf_checkpoint
-from fixtures import forward
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.parity

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import SAMPLER_CFG, forward, left_padded_batch, make_tokenizer, random_model
 from flax import nnx
 
 import rockjax.models as rm
-from fixtures import left_padded_batch, make_tokenizer
-from fixtures import SAMPLER_CFG, forward, random_model
 from rockjax.models.layers import MLP
 from rockjax.models.moe import MoE
 

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import forward, left_padded_batch, random_model, stacked_copy
 from flax import nnx
 
 import rockjax.models as rm
 from rockjax.models import remat
 from rockjax.models.moe import MoE
-from fixtures import forward, left_padded_batch, random_model, stacked_copy
 
 DENSE = rm.ModelConfig(
   family="qwen3",

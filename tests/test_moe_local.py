@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import random_model
 from flax import nnx
 
 import rockjax.models as rm
 from rockjax import sharding as shd
 from rockjax.models import grouped_matmul as gm
 from rockjax.models.moe import MoE
-from fixtures import random_model
 
 # Shape letters: B batch, L positions, D hidden, X experts, K experts per token, F expert width.
 B, L, D, X, K, F = 8, 6, 16, 8, 2, 8
@@ -269,7 +269,7 @@ def test_experts_axis_must_divide_the_experts(devices8):
 def test_auto_moe_compiles_megablox_per_device_for_a_tpu_topology():
   """Compiled for v5p:2x2x2 from this CPU machine, `auto` picks megablox (the Mosaic kernel,
   not the interpreter), and each chip sorts only its own routed rows."""
-  from rockjax import dry_run  # pylint: disable=g-import-not-at-top
+  from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
 
   cfg = CFG.replace(hidden_size=256, moe_intermediate_size=128, dtype=jnp.bfloat16)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: MoE(cfg, rngs=nnx.Rngs(0))))

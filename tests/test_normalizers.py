@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from fixtures import ROCK_IDS, build, make_batch, np_log_softmax, one_device_mesh
+
 from rockjax import losses, objective
 
 V, ROCK = 8, 3

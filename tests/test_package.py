@@ -1,11 +1,12 @@
-"""Package-level set-up in rockjax/__init__.py."""
+"""The process set-up the entry points make (rockjax.cli.setup_process)."""
 
 import logging
 
-import rockjax  # noqa: F401  (installs the filter)
+from rockjax import cli
 
 
 def test_only_the_no_torch_advice_of_transformers_is_filtered():
+  cli.setup_process()
   records = []
 
   class Keep(logging.Handler):

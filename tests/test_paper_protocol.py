@@ -13,10 +13,10 @@ import sys
 
 import ml_collections
 import pytest
+from fixtures import REPO
 
 from configs import qwen3_30b_a3b_to_4b
-from fixtures import REPO
-from rockjax import config_check
+from rockjax.config import check as config_check
 
 DOC = pathlib.Path(REPO) / "docs" / "paper_protocol.md"
 # Table column -> config module.

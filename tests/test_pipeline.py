@@ -11,7 +11,10 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from rockjax import errors, evaluation, models, pipeline, train
+from rockjax import errors, evaluation, models
+from rockjax.runner import loop as train
+from rockjax.runner import pipeline, stages
+from rockjax.runner import summary as summary_lib
 
 
 def short_demo(**overrides):
@@ -94,7 +97,7 @@ def test_interrupted_stages_stop_the_pipeline_and_resume_to_the_same_state(tmp_p
   # A completed pipeline is never redone: a re-run trains nothing and rewrites nothing.
   before = {p: os.stat(p).st_mtime_ns for p in split.rglob("*") if p.is_file()}
   again = pipeline.run(short_demo(**{"eval.every": 0}), str(split))
-  assert again == json.loads((split / pipeline.SUMMARY_FILE).read_text())
+  assert again == json.loads((split / summary_lib.SUMMARY_FILE).read_text())
   assert {p: os.stat(p).st_mtime_ns for p in split.rglob("*") if p.is_file()} == before
 
 
@@ -114,7 +117,7 @@ def test_a_changed_config_is_refused_with_the_differing_fields(tmp_path):
   moved.mesh.fsdp, moved.stop_after = 2, 3
   pipeline.prepare_workdir(moved, str(tmp_path))
   pipeline.prepare_workdir(changed, str(tmp_path), allow_config_change=True)
-  assert json.loads((tmp_path / pipeline.CONFIG_FILE).read_text())["rock"]["mode"] == "dynamic"
+  assert json.loads((tmp_path / summary_lib.CONFIG_FILE).read_text())["rock"]["mode"] == "dynamic"
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
@@ -126,7 +129,7 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
 
 def test_plan_chains_the_stages_through_their_exports(tmp_path):
   paths = {"train": "t.jsonl", "eval": "e.jsonl", "tokenizer": "tok"}
-  teacher, student, main = pipeline.plan(short_demo(), str(tmp_path), paths)
+  teacher, student, main = stages.plan(short_demo(), str(tmp_path), paths)
   assert (teacher.name, teacher.config.teacher.source, teacher.config.opd.kd_ratio) == (
     "teacher_sft",
     "none",
@@ -148,7 +151,9 @@ def test_summary_effect_is_the_paired_difference_and_the_share_of_the_gap(tmp_pa
     "workdir": str(tmp_path / name),
     "export": None,
   }
-  s = pipeline.make_summary([rec("teacher_sft", t), rec("student_kd", b), rec("main", a)], tmp_path)
+  s = summary_lib.make_summary(
+    [rec("teacher_sft", t), rec("student_kd", b), rec("main", a)], tmp_path
+  )
   e = s["effect"]
   assert e["delta"] == pytest.approx(a.mean() - b.mean())
   assert e["gap_closed"] == pytest.approx((a.mean() - b.mean()) / (t.mean() - b.mean()))
@@ -157,7 +162,7 @@ def test_summary_effect_is_the_paired_difference_and_the_share_of_the_gap(tmp_pa
 
 
 def test_build_experiment_refuses_pipeline_sources(tmp_path):
-  from rockjax.experiment import build_experiment
+  from rockjax.runner.experiment import build_experiment
 
   with pytest.raises(errors.ConfigError, match=r"model.source='kd' is a pipeline stage"):
     build_experiment(short_demo(), str(tmp_path))

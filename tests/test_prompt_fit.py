@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from fixtures import word_tokenizer
 
-from rockjax import data, errors, prompt_fit
-from rockjax import records as records_lib
+from rockjax import data, errors
+from rockjax.data import prompt_fit
+from rockjax.data import records as records_lib
 
 # Word-level vocabulary: every expected id below is read off this table by hand.
 WORDS = [

@@ -3,7 +3,7 @@
 import numpy as np
 
 from rockjax import rocks
-from rockjax.analysis import rock_table
+from rockjax.rocks import table as rock_table
 
 
 class Tok:

@@ -1,12 +1,14 @@
-"""rockjax.rocks and rockjax.rock_lists against float64 numpy loops and hand-computed cases."""
+"""rockjax.rocks and rockjax.rocks.lists against float64 numpy loops and hand-computed cases."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from rockjax import rock_lists, rocks
+from rockjax import rocks
+from rockjax.rocks import lists as rock_lists
 
 V = 13  # small vocab: ids are drawn from [-2, V + 2) so out-of-range ids occur
 

@@ -1,5 +1,5 @@
 """The rollout's cost in the dry run: XLA:TPU estimated cycles summed by hand-checked rules
-(rockjax.hlo_cycles), and the decode-loop checks (rockjax.rollout_cost) against a program that
+(rockjax.dry_run.hlo_cycles), and the decode-loop checks (rockjax.dry_run.rollout_cost) against a program that
 moves its cache and gathers its head (the sampler before the decode layout) and, with libtpu,
 against today's sampler compiled for v5p:2x2x2."""
 
@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from rockjax import hlo_cycles, rollout_cost
-from rockjax.hlo_text import parse_module
+from rockjax.dry_run import hlo_cycles, rollout_cost
+from rockjax.dry_run.hlo_text import parse_module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 needs_libtpu = pytest.mark.skipif(
@@ -122,7 +122,7 @@ def test_decode_loop_moves_no_weight_and_no_cache_on_v5p(layout):
   test above reads that program). Shorter caches are not a test of this: XLA then moves a
   cache this small whole into on-chip memory, and the per-step logits outgrow a layer's cache."""
   from configs import qwen3_30b_a3b_to_4b
-  from rockjax import dry_run
+  from rockjax.dry_run import report as dry_run
   from rockjax import sharding as shd
 
   c = qwen3_30b_a3b_to_4b.get_config()

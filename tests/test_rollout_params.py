@@ -1,4 +1,4 @@
-"""rockjax.rollout_params: the sampling copy against numpy casts, the compiled decode loop's
+"""rockjax.sampling.rollout_copy: the sampling copy against numpy casts, the compiled decode loop's
 collectives (read from the HLO text) and today's path (sampling from the train params)."""
 
 import itertools
@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from fixtures import SAMPLER_CFG, left_padded_batch, random_model, stacked_copy
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from rockjax import rollout_params as rp
 from rockjax import sampling
 from rockjax import sharding as shd
-from fixtures import left_padded_batch, random_model, stacked_copy
-from fixtures import SAMPLER_CFG
+from rockjax.sampling import rollout_copy as rp
 
 CFG = SAMPLER_CFG
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -220,7 +219,7 @@ def test_training_frees_the_copy_before_each_update(tmp_path, monkeypatch, devic
   """train.run on configs/tiny.py: the rollout's copy is deleted when the train step runs, and
   the evaluation after the last step samples from a copy of its own."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from rockjax import train  # pylint: disable=g-import-not-at-top
+  from rockjax.runner import loop as train  # pylint: disable=g-import-not-at-top
 
   c = tiny.get_config()
   c.update_from_flattened_dict({"steps": 2, "eval.every": 2, "eval.num_prompts": 4})

@@ -6,11 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from fixtures import assert_one_line_error, cli
 
 from configs import tiny
-from fixtures import assert_one_line_error, cli
 from rockjax import cli as cli_lib
-from rockjax import errors, pipeline, sampling, train
+from rockjax import errors, sampling
+from rockjax.runner import loop as train
+from rockjax.runner import pipeline
 
 TIMES = ("time/rollout_s", "time/train_s", "rollout/tokens_per_s", "rollout/decode_steps")
 
@@ -125,7 +127,8 @@ def test_profile_steps_with_dry_run_is_one_line_exit_2():
 # main's call site with pipeline.run patched: what the flag hands to the run.
 PASSED = """
 from absl import app
-from rockjax import main, pipeline
+from rockjax import main
+from rockjax.runner import pipeline
 pipeline.run = lambda config, workdir, **kw: print("profile_steps", kw["profile_steps"])
 app.run(main.main, flags_parser=main.cli.parse_flags)
 """

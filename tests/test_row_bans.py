@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import SAMPLER_CFG, left_padded_batch, random_model
 
 from rockjax import sampling
 from rockjax import sharding as shd
-from fixtures import left_padded_batch, random_model
-from fixtures import SAMPLER_CFG
 
 CFG = SAMPLER_CFG
 B, P, T, V = 4, 7, 6, CFG.vocab_size

@@ -1,4 +1,4 @@
-"""Steps from data.epochs (rockjax.run_length) by hand, resolved once before the workdir records
+"""Steps from data.epochs (rockjax.config.run_length) by hand, resolved once before the workdir records
 its config; the main stage's ckpt.export_hf export loads in transformers with the final
 checkpoint's logits."""
 
@@ -8,13 +8,16 @@ import types
 import jax
 import numpy as np
 import pytest
+from fixtures import CONFIGS, forward, hf_logits, left_padded_batch, make_tokenizer, random_model
 from flax import nnx
 
-from configs import default, tiny
 import rockjax.models as rm
-from fixtures import CONFIGS, forward, hf_logits, left_padded_batch, make_tokenizer, random_model
-from rockjax import errors, pipeline, run_length
-from rockjax.experiment import build_experiment
+from configs import default, tiny
+from rockjax import errors
+from rockjax.config import run_length
+from rockjax.runner import pipeline, stages
+from rockjax.runner import summary as summary_lib
+from rockjax.runner.experiment import build_experiment
 
 
 @pytest.mark.parametrize(
@@ -78,17 +81,17 @@ def test_the_workdir_records_the_resolved_steps_before_any_stage(tmp_path, monke
   c.data.epochs = 0.25
   with pytest.raises(_Stop):
     pipeline.run(c, str(tmp_path))
-  recorded = json.loads((tmp_path / pipeline.CONFIG_FILE).read_text())
+  recorded = json.loads((tmp_path / summary_lib.CONFIG_FILE).read_text())
   assert (recorded["steps"], recorded["data"]["num_train_prompts"]) == (2, 64)
 
 
 def test_plan_exports_the_main_stage_only_with_export_hf(tmp_path):
   c = tiny.get_config()
   paths = {"train": "t.jsonl", "eval": "", "tokenizer": "tok"}
-  assert pipeline.plan(c, str(tmp_path), paths)[-1].export is None
+  assert stages.plan(c, str(tmp_path), paths)[-1].export is None
   c.ckpt.export_hf, c.data.epochs, c.model.source = True, 1.0, "kd"
-  kd, main = pipeline.plan(c, str(tmp_path), paths)
-  assert main.export == tmp_path / pipeline.EXPORT_DIR
+  kd, main = stages.plan(c, str(tmp_path), paths)
+  assert main.export == tmp_path / stages.EXPORT_DIR
   # The stage-1 stage keeps its own export and its stage_steps length.
   assert kd.export == tmp_path / "student_kd" / "hf"
   assert (kd.config.ckpt.export_hf, kd.config.data.epochs, kd.config.steps) == (False, 0.0, 300)
@@ -103,19 +106,19 @@ def test_export_of_the_main_stage_loads_in_transformers_with_the_same_logits(tmp
   model = random_model(cfg, seed=3)
   graphdef, params = nnx.split(model)
   tok = transformers.AutoTokenizer.from_pretrained(make_tokenizer(tmp_path / "tok", ["a", "b"]))
-  stage = pipeline.Stage("main", tiny.get_config(), tmp_path, tmp_path / pipeline.EXPORT_DIR)
+  stage = stages.Stage("main", tiny.get_config(), tmp_path, tmp_path / stages.EXPORT_DIR)
   state = types.SimpleNamespace(graphdef=graphdef, params=params)
   pipeline._export(stage, {"state": state, "experiment": types.SimpleNamespace(tokenizer=tok)})
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export_hf", "tok"]  # no .tmp left
   hf = transformers.AutoModelForCausalLM.from_pretrained(
-    tmp_path / pipeline.EXPORT_DIR, attn_implementation="eager"
+    tmp_path / stages.EXPORT_DIR, attn_implementation="eager"
   ).eval()
   ids, mask = left_padded_batch(cfg.vocab_size, seed=2)
   real = mask > 0
   np.testing.assert_allclose(
     hf_logits(hf, ids, mask)[real], np.asarray(forward(model, ids, mask))[real], atol=1e-5, rtol=0
   )
-  assert (tmp_path / pipeline.EXPORT_DIR / "tokenizer_config.json").is_file()
+  assert (tmp_path / stages.EXPORT_DIR / "tokenizer_config.json").is_file()
 
 
 @pytest.mark.slow
@@ -131,12 +134,12 @@ def test_pipeline_records_epoch_steps_and_exports_the_final_student(tmp_path):
   c.data.epochs, c.ckpt.export_hf, c.ckpt.every = 0.25, True, 0
   workdir = tmp_path / "run"
   summary = pipeline.run(c, str(workdir))
-  recorded = json.loads((workdir / pipeline.CONFIG_FILE).read_text())
+  recorded = json.loads((workdir / summary_lib.CONFIG_FILE).read_text())
   assert (recorded["steps"], recorded["data"]["num_train_prompts"]) == (2, 64)
   assert summary["stages"][0]["steps"] == 2
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   assert json.loads(lines[-1])["step"] == 2
-  export = workdir / pipeline.EXPORT_DIR
+  export = workdir / stages.EXPORT_DIR
   assert summary["outputs"]["hf_exports"] == [str(export)]
   assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("export_hf")) == [
     "export_hf"

@@ -4,13 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import SAMPLER_CFG, forward, left_padded_batch, random_model, stacked_copy
 
-from rockjax import logit_processors as lp
 from rockjax import sampling
 from rockjax import sharding as shd
-from fixtures import left_padded_batch
-from fixtures import SAMPLER_CFG
-from fixtures import forward, random_model, stacked_copy
+from rockjax.sampling import processors as lp
 
 CFG = SAMPLER_CFG
 B, P, T = 4, 7, 8  # rows left-padded by 0, 2, 4, 6 tokens: four prompt lengths in one batch

@@ -6,10 +6,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from fixtures import forward, random_model
 from jax.sharding import PartitionSpec as P
 
 import rockjax.models as rm
-from fixtures import forward, random_model
 from rockjax import sharding as shd
 
 

@@ -13,9 +13,9 @@ import optax
 import pytest
 from flax import nnx
 
-from rockjax import objective, rocks, skip_frozen
+from rockjax import objective, rocks
 from rockjax import sharding as shd
-from rockjax.losses import kept
+from rockjax.losses import kept, skip_frozen
 from tests.fixtures import (
   ROCK_IDS,
   STUDENT,

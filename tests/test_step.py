@@ -8,8 +8,6 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 from fixtures import (
   ROCK_IDS,
   STUDENT,
@@ -22,7 +20,11 @@ from fixtures import (
   one_device_mesh,
   random_model,
 )
-from rockjax import objective, sharding as shd, state as state_lib
+from flax import nnx
+
+from rockjax import objective
+from rockjax import sharding as shd
+from rockjax import state as state_lib
 
 
 def reference_logits(batch):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from rockjax.tasks import arithmetic
+from rockjax.data.tasks import arithmetic
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _VERB_OPS = {"add": "+", "subtract": "-", "multiply by": "*"}
@@ -170,7 +170,8 @@ def test_single_digit_space_fits_the_demo(tokenizer_dir):
   """configs/demo.py: 4000 train + 200 eval prompts of the 6041 there are, and every problem
   fits data.max_prompt_len=24 and max_len=64 (completion + eos <= 40 ids): nothing is cut."""
   import transformers
-  from rockjax import records as records_lib
+
+  from rockjax.data import records as records_lib
 
   train = arithmetic.make_problems(4000, seed=0, difficulty="single_digit")
   evals = arithmetic.make_problems(

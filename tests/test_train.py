@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rockjax import settings, train
+from rockjax.config import settings
+from rockjax.runner import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import STUDENT, V, build, left_padded_batch, one_device_mesh, random_model
 
 from configs import tiny
-from fixtures import STUDENT, V, build, left_padded_batch, one_device_mesh, random_model
-from rockjax import objective, sampling, train
+from rockjax import objective, sampling
+from rockjax.runner import loop as train
 
 B, N_SAMPLES, P, T = 4, 2, 5, 5  # 8 rows, 5 prompt columns, at most 5 new tokens
 EOS = 7

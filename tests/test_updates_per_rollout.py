@@ -6,13 +6,14 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from fixtures import STUDENT, TEACHER, build, make_batch, one_device_mesh, random_model
 from flax import nnx
 
 from configs import tiny
-from fixtures import STUDENT, TEACHER, build, make_batch, one_device_mesh, random_model
-from rockjax import config_check, errors
+from rockjax import errors
 from rockjax import sharding as shd
 from rockjax import state as state_lib
+from rockjax.config import check as config_check
 
 U = 2
 
@@ -179,7 +180,7 @@ def test_config_errors_name_the_field(overrides, field, says):
 
 def test_schedule_spans_steps_times_updates():
   """The lr schedule's length is config.steps x opd.updates_per_rollout optimiser updates."""
-  from rockjax import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  from rockjax.config import settings as settings_lib  # pylint: disable=g-import-not-at-top
 
   c = tiny.get_config()
   c.steps, c.opd.updates_per_rollout = 6, U
@@ -193,7 +194,7 @@ def test_schedule_spans_steps_times_updates():
 def test_resume_with_two_updates_per_batch_equals_uninterrupted(tmp_path):
   """Train 2 batches (4 updates) == train 1, stop, resume, train 1: a train_step call is the
   unit of checkpointing, so the state (update count and AdamW counts included) replays."""
-  from rockjax import train  # pylint: disable=g-import-not-at-top
+  from rockjax.runner import loop as train  # pylint: disable=g-import-not-at-top
 
   def small(**overrides):
     c = tiny.get_config()

@@ -1,4 +1,4 @@
-"""rockjax/xla_flags.py: which XLA_FLAGS `import rockjax` adds, and that XLA:CPU obeys them."""
+"""rockjax/xla_flags.py: which XLA_FLAGS the entry points add, and that XLA:CPU obeys them."""
 
 import os
 import subprocess
@@ -48,7 +48,9 @@ def test_unchecked_jaxlib_or_opt_out_gets_nothing(jaxlib):
 
 
 _PROBE = """
-import rockjax, jax, jax.numpy as jnp, re
+from rockjax import cli
+cli.setup_process()
+import jax, jax.numpy as jnp, re
 f = jax.jit(lambda h, w: jax.nn.log_softmax(h @ w, axis=-1))
 text = f.lower(jnp.ones((64, 32)), jnp.ones((32, 512))).compile().as_text()
 comps = dict(re.findall(r"^%(\\S+) \\(.*?\\{\\n(.*?)^\\}", text, re.M | re.S))
@@ -59,7 +61,7 @@ print(sum("reduce(" in comps[c] for c in ynn), len(ynn))
 
 def _ynn_fusions(opt_out: str) -> tuple[int, int]:
   """(YNNPACK fusions that hold a reduction, all YNNPACK fusions) of h @ w then log_softmax,
-  compiled by a fresh process that imports rockjax first."""
+  compiled by a fresh process that sets rockjax's process state first (cli.setup_process)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(JAX_PLATFORMS="cpu", ROCKJAX_XLA_FLAGS=opt_out)
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True)
@@ -75,3 +77,18 @@ def test_xla_cpu_no_longer_fuses_the_head_matmul_with_its_reduction():
   assert with_reduce == 0 and total >= 1  # YNNPACK still runs the matmul, alone
   # Without the flag jaxlib's default fuses the matmul with the max over V (what it fixes).
   assert _ynn_fusions("0")[0] >= 1
+
+
+def test_importing_rockjax_changes_nothing_process_wide():
+  """`import rockjax` (and its subpackages) leaves XLA_FLAGS and the logging set-up alone."""
+  probe = (
+    "import logging, os\n"
+    "before = (os.environ.get('XLA_FLAGS'), logging.getLogger('transformers').filters[:])\n"
+    "import rockjax, rockjax.losses, rockjax.models, rockjax.runner.pipeline, rockjax.analysis.run\n"
+    "after = (os.environ.get('XLA_FLAGS'), logging.getLogger('transformers').filters[:])\n"
+    "print(before == after, repr(after[0]))\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["True", "None"], out.stdout

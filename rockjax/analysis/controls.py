@@ -19,9 +19,9 @@ import scipy.optimize
 from etils import epath
 from matplotlib.figure import Figure
 
-from rockjax import rock_lists
-from rockjax.analysis.groups import rounded
 from rockjax.analysis import report
+from rockjax.analysis.groups import rounded
+from rockjax.rocks import lists as rock_lists
 
 CONTROL_LIST_NAME = "random_control_ids.txt"  # written beside the rock list
 # The stated match tolerance: a control id within a factor of 2 of its rock's frequency.

@@ -179,7 +179,7 @@ def build_corpus(
 ) -> dict[str, Any]:
   """Decode every prompt with the student, score it with both models, write `path` (Parquet).
 
-  Prompts are left-padded (rockjax.records.left_pad). Batches hold `batch_size` prompts; the
+  Prompts are left-padded (rockjax.data.records.left_pad). Batches hold `batch_size` prompts; the
   last one is filled with copies of prompt 0 (dropped) so every batch has one shape and the
   sampler and scorer compile once. Sampling (greedy=False) uses fold_in(PRNGKey(seed), batch).
   With `mesh`, prompts are sharded on its 'batch' axes and both programs run under it.

@@ -15,8 +15,9 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from rockjax import rock_lists, rocks
+from rockjax import rocks
 from rockjax.analysis.corpus import SequenceSums
+from rockjax.rocks import lists as rock_lists
 
 # The paper's detection corpus has 500 problems; its sub-corpus sizes are read against it.
 PAPER_CORPUS_SIZE = 500
@@ -115,7 +116,7 @@ def rock_density(seqs: SequenceSums, rock_ids: np.ndarray) -> np.ndarray:
 
 
 def export_rock_ids(path: str, ids: np.ndarray, provenance: dict[str, Any]) -> str:
-  """Write the rock list in rockjax.rock_lists format (rock.mode='static' reads it); its path."""
+  """Write the rock list in rockjax.rocks.lists format (rock.mode='static' reads it); its path."""
   header = "Rock Tokens selected by python -m rockjax.analyze (rank order)\n" + "\n".join(
     f"{k}: {v}" for k, v in provenance.items()
   )

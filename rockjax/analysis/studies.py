@@ -1,6 +1,6 @@
 """The studies after rock selection, as report sections: controls, persistence, geometry, knockout.
 
-Each study takes the `AnalysisContext` that rockjax.analysis.analyze built (models, prompts,
+Each study takes the `AnalysisContext` that rockjax.analysis.run built (models, prompts,
 the corpus and the selected rocks) and returns its report sections; `SECTIONS` lists them in
 report order and `run_analysis` calls them after the selection sections.
 
@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from rockjax import evaluation, records, settings
+from rockjax import evaluation
 from rockjax.analysis import controls, corpus, geometry, knockout, persistence, report
 from rockjax.analysis.context import AnalysisContext, load_student
+from rockjax.config import settings
+from rockjax.data import records
 
 EARLY_CORPUS_FILE = "corpus_early.parquet"
 # Geometry holds both models' [B, L, V] float32 logits of a batch: rows per batch are chosen

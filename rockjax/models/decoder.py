@@ -17,14 +17,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
 from jax.ad_checkpoint import checkpoint_name
 
 from rockjax import sharding as shd
 from rockjax.models import remat as remat_lib
 from rockjax.models.cache import KVCache
-from rockjax.models.embed import embed_lookup
 from rockjax.models.config import ModelConfig
+from rockjax.models.embed import embed_lookup
 from rockjax.models.layers import MLP, Attention, RMSNorm, param
 from rockjax.models.moe import MoE
 

@@ -24,8 +24,8 @@ from jax.sharding import PartitionSpec
 
 from rockjax import sharding as shd
 from rockjax.models.config import ModelConfig
-from rockjax.models.moe_routing import exchanged_experts, route, routed_experts
 from rockjax.models.layers import param, token_chunked
+from rockjax.models.moe_routing import exchanged_experts, route, routed_experts
 
 
 class MoE(nnx.Module):

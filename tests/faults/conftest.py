@@ -1,7 +1,6 @@
 """The fault suite's shared reference run."""
 
 import pytest
-
 import workdirs
 
 

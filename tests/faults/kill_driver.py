@@ -149,7 +149,9 @@ def install(phase: str, n: int, delay_s: float) -> None:
   """Wrap the phase's function in place (module attributes the pipeline looks up per call)."""
   from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
 
-  from rockjax import checkpoint, models, pipeline, sampling, train  # pylint: disable=g-import-not-at-top
+  from rockjax import checkpoint, models, sampling  # pylint: disable=g-import-not-at-top
+  from rockjax.runner import loop as train
+  from rockjax.runner import pipeline
 
   if phase == "rollout":
     sampling.generate = _counting(sampling.generate, n, delay_s)
@@ -180,7 +182,7 @@ def install(phase: str, n: int, delay_s: float) -> None:
   elif phase == "export":
     models.save_pretrained = _counting(models.save_pretrained, n, delay_s, after=True)
   elif phase == "stage_record":
-    real_write = pipeline._write_json
+    real_write = pipeline.write_json
     calls = [0]
 
     def write_json(path, obj):
@@ -190,7 +192,7 @@ def install(phase: str, n: int, delay_s: float) -> None:
           _die()
       return real_write(path, obj)
 
-    pipeline._write_json = write_json
+    pipeline.write_json = write_json
   elif phase == "task":
     _kill_after_writing("tokenizer_config.json", n)
   elif phase == "enospc_ckpt":
@@ -205,7 +207,8 @@ def main(argv: list[str]) -> None:
   workdir = argv[1]
   if len(argv) > 2:
     install(argv[2], int(argv[3]), float(argv[4]))
-  from rockjax import cli, pipeline  # pylint: disable=g-import-not-at-top
+  from rockjax import cli  # pylint: disable=g-import-not-at-top
+  from rockjax.runner import pipeline
 
   # As rockjax.main runs it: a UserError is one line on stderr and exit status 2.
   cli.run_guarded(lambda: pipeline.run(fault_config(), workdir))

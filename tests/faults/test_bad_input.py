@@ -8,12 +8,15 @@ import re
 import shutil
 
 import pytest
+from fixtures import assert_one_line_error, cli, make_tokenizer
 from flax import nnx
 
 from configs import tiny
-from fixtures import assert_one_line_error, cli, make_tokenizer
-from rockjax import config_check, errors, experiment, loading, models, preflight, rock_lists
-from rockjax.tasks import arithmetic
+from rockjax import errors, loading, models
+from rockjax.config import check as config_check
+from rockjax.data.tasks import arithmetic
+from rockjax.rocks import lists as rock_lists
+from rockjax.runner import experiment, preflight
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "rockjax"
 

@@ -7,8 +7,8 @@ import os
 import re
 
 import numpy as np
-
 import workdirs
+
 from rockjax import storage
 
 

@@ -8,7 +8,6 @@ import random
 import signal
 
 import pytest
-
 import workdirs
 
 # (phase, n-th call of the restarted process, delay range in seconds). Ordered along the

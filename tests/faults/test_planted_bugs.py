@@ -14,8 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-
 from fixtures import (
   TEACHER,
   assert_same_update,
@@ -25,6 +23,8 @@ from fixtures import (
   one_device_mesh,
   random_model,
 )
+from flax import nnx
+
 from rockjax import sharding as shd
 from rockjax.losses import fused_divergence
 

@@ -1,4 +1,4 @@
-"""rockjax.preflight: tokenizer ids vs embedding rows, teacher/student tokenizer agreement and
+"""rockjax.runner.preflight: tokenizer ids vs embedding rows, teacher/student tokenizer agreement and
 teacher determinism, each refused with one line naming both sides."""
 
 import re
@@ -6,13 +6,14 @@ import re
 import jax
 import numpy as np
 import pytest
+from fixtures import forward, make_tokenizer, np_log_softmax
 from flax import nnx
 
 from configs import tiny
-from fixtures import forward, make_tokenizer, np_log_softmax
-from rockjax import errors, experiment, loading, models, preflight
+from rockjax import errors, loading, models
 from rockjax import sharding as shd
-from rockjax.tasks import arithmetic
+from rockjax.data.tasks import arithmetic
+from rockjax.runner import experiment, preflight
 
 # What the Whitespace pre-tokenizer of fixtures.make_tokenizer splits text into (its regex).
 WORDS = re.findall(r"\w+|[^\w\s]+", preflight.PROBE_TEXT)

@@ -30,7 +30,8 @@ from jax.experimental import multihost_utils
 
 from rockjax import errors, objective
 from rockjax import sharding as shd
-from rockjax.models import hf_dirs, tokenizer as tokenizer_lib
+from rockjax.models import hf_dirs
+from rockjax.models import tokenizer as tokenizer_lib
 
 _log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _probe_ids(tokenizer: Any) -> dict[str, list[int]]:
   """The probe encodings: plain text, and the chat template when the tokenizer has one."""
   out = {"probe text": list(tokenizer.encode(PROBE_TEXT, add_special_tokens=False))}
   if getattr(tokenizer, "chat_template", None):
-    # Rendered then encoded without extra specials, as rockjax.records.format_prompt does.
+    # Rendered then encoded without extra specials, as rockjax.data.records.format_prompt does.
     rendered = tokenizer.apply_chat_template(PROBE_CHAT, tokenize=False, add_generation_prompt=True)
     out["probe chat template"] = list(tokenizer.encode(rendered, add_special_tokens=False))
   return out
@@ -191,7 +192,7 @@ def check_tokenizers(
 ) -> None:
   """The data tokenizer against each model's embedding `rows` ('model', 'teacher' when there
   is one), then against each model directory's own tokenizer (unless preflight.enabled=False).
-  Reads no weights: rockjax.experiment.build_experiment calls it before loading any."""
+  Reads no weights: rockjax.runner.experiment.build_experiment calls it before loading any."""
   data_name = repr(tokenizer_path)
   for g, n in rows.items():
     check_vocab(tokenizer, data_name, n, _model_name(c, g))

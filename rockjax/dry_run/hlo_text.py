@@ -1,5 +1,5 @@
 """A reader for XLA's optimised HLO text (`compiled.as_text()`): computations, instructions,
-shapes and the attributes the cost counter needs (rockjax.hlo_cost).
+shapes and the attributes the cost counter needs (rockjax.dry_run.hlo_cost).
 
 Only what the text states is parsed; no XLA library is involved, so the same reader serves
 XLA:CPU executables and those libtpu compiles ahead of time for a TPU topology.

@@ -1,4 +1,4 @@
-"""Trip counts of XLA while loops in optimised HLO (rockjax.hlo_text).
+"""Trip counts of XLA while loops in optimised HLO (rockjax.dry_run.hlo_text).
 
 XLA records `known_trip_count` in a while's backend_config when it proves the count (XLA:CPU
 does; XLA:TPU's printed HLO does not). Otherwise the count is read from the loop itself: the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from rockjax.hlo_text import Instr, Module
+from rockjax.dry_run.hlo_text import Instr, Module
 
 
 def _scalar(module: Module, comp: str, name: str, env: dict[str, object]):

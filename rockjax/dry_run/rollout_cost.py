@@ -7,7 +7,7 @@ tokens, opd.samples_per_prompt samples of opd.max_new_tokens tokens) with abstra
 so no weight exists. `rollout_figures` reads the compiled program:
 
 - `est_ms_per_decode_step`: the estimated cycles of one iteration of the decode while_loop
-  (rockjax.hlo_cycles; nested layer loops by their trip counts) at the chip's clock;
+  (rockjax.dry_run.hlo_cycles; nested layer loops by their trip counts) at the chip's clock;
   `est_prefill_ms`: everything outside that loop; `est_rollout_seconds`: the prefill plus
   max_new_tokens decode steps (a batch whose rows all stop early runs fewer);
 - `loop_collectives`: every collective inside the decode loop with its per-device result
@@ -27,10 +27,12 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from rockjax import hlo_cost, hlo_cycles, loading, rollout_params, sampling
+from rockjax import loading, sampling
 from rockjax import sharding as shd
-from rockjax.hlo_text import Array, Module, parse_module
+from rockjax.dry_run import hlo_cost, hlo_cycles
+from rockjax.dry_run.hlo_text import Array, Module, parse_module
 from rockjax.models.cache import KV_AXES
+from rockjax.sampling import rollout_copy as rollout_params
 
 COLLECTIVE_LIMIT_BYTES = 2**20  # a collective this large inside the decode loop is a finding
 _ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}

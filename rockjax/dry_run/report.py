@@ -12,7 +12,7 @@ Two compiled figures, both of the real jitted train step lowered with abstract a
   needed. XLA:TPU's memory analysis gives the bytes per device of the arguments, outputs,
   aliased (donated) buffers and temporaries; the peak is arguments + temp + outputs - aliased
   (an upper bound); the matmul FLOPs per device are counted from the optimised HLO with loops
-  by their trip counts (rockjax.hlo_cost; XLA's cost analysis, kept as xla_flops_*, counts
+  by their trip counts (rockjax.dry_run.hlo_cost; XLA's cost analysis, kept as xla_flops_*, counts
   each loop body once), and `redundancy` compares them with an even split of the analytic
   `model_flops` (1 = no repeated work; 8 = every one of 8 devices does everything). The step
   fits when the peak is at most FIT_FRACTION of the device's HBM (HBM_GIB). XLA:TPU refuses to compile a step that
@@ -33,12 +33,15 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, hlo_cost, loading, rollout_cost, rollout_params, run_length
-from rockjax import settings as settings_lib
+from rockjax import errors, loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
+from rockjax.config import run_length
+from rockjax.config import settings as settings_lib
+from rockjax.dry_run import hlo_cost, rollout_cost
 from rockjax.models.config import ModelConfig
+from rockjax.sampling import rollout_copy as rollout_params
 
 _GIB = 2**30
 
@@ -134,7 +137,7 @@ def report(
   """Per-device memory (GiB) of params, optimiser state, teacher; compiled-step figures.
 
   With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology); an
-  on-policy config also gets the compiled sampler's `rollout` section (rockjax.rollout_cost),
+  on-policy config also gets the compiled sampler's `rollout` section (rockjax.dry_run.rollout_cost),
   and with `dump_dir` both programs' optimised HLO text is written there
   (train_step.hlo.txt, rollout.hlo.txt).
   `steps` says the run length the schedule was built for (data.epochs needs a prompt count).
@@ -159,7 +162,7 @@ def report(
       / _GIB,
     },
   }
-  # The sampling copy (rockjax.rollout_params) is live only while rolling out: it is freed
+  # The sampling copy (rockjax.sampling.rollout_copy) is live only while rolling out: it is freed
   # before the train step, so it is not part of the compiled step's peak below.
   out["per_device_gib"]["rollout_copy"] = (
     rollout_params.bytes_per_device(
@@ -327,7 +330,7 @@ def aot_figures(
   model_flops_total: float | None = None,
 ) -> dict[str, Any]:
   """XLA's memory (GiB per device) and cost analysis of a compiled step, the matmul FLOPs per
-  device counted from its HLO (rockjax.hlo_cost), their redundancy against an even split of
+  device counted from its HLO (rockjax.dry_run.hlo_cost), their redundancy against an even split of
   `model_flops_total` (the analytic step count), and the verdict."""
   m = compiled.memory_analysis()
   sizes = {

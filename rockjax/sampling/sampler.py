@@ -31,8 +31,8 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from rockjax import logit_processors as lp
 from rockjax import sharding as shd
+from rockjax.sampling import processors as lp
 
 LogitProcessor = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_NxV, step) -> logits_NxV
 LOOP_SCOPE = "decode_loop"  # the decode while_loop's name scope (its op_name in compiled HLO)
@@ -203,7 +203,7 @@ def decode(
   # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
   out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
   loop = (jnp.int32(1), first_N, cache, out)
-  # Named so the dry run finds this loop in the compiled program (rockjax.hlo_cycles).
+  # Named so the dry run finds this loop in the compiled program (rockjax.dry_run.hlo_cycles).
   with jax.named_scope(LOOP_SCOPE):
     _, _, _, out = jax.lax.while_loop(cond, body, loop)
   gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, done_N = out

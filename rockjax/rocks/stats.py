@@ -14,7 +14,7 @@ Windows (every statistic is a per-id `(count, kl_sum)` pair, so all windows work
   'snapshot'        the cumulative sums frozen by the last `snapshot` (zeros before the first).
 
 All functions here are pure and jittable and never loop over the vocabulary in Python; the
-static-list helpers re-exported from rockjax.rock_lists (load_id_list, ids_to_mask) run on host.
+static-list helpers re-exported from rockjax.rocks.lists (load_id_list, ids_to_mask) run on host.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from rockjax.rock_lists import ids_to_mask, load_id_list, paper_rock_ids  # noqa: F401 (re-export)
+from rockjax.rocks.lists import ids_to_mask, load_id_list, paper_rock_ids  # noqa: F401 (re-export)
 
 WINDOWS = ("cumulative", "recent", "since_snapshot", "snapshot")
 SELECTORS = ("rock_score", "frequency", "mean_kl")

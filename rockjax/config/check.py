@@ -2,8 +2,8 @@
 
 `validate(config)` raises `errors.ConfigError` with one line naming the culprit field, its value
 and what is expected, e.g. `rock.mode='dynamc': expected one of 'off', 'static', 'dynamic'`.
-The checks are the tables of rockjax.config_fields (allowed values, ranges) plus a short list of cross-field rules that
-mirror what the code requires (rockjax.sharding, rockjax.data, rockjax.experiment).
+The checks are the tables of rockjax.config.fields (allowed values, ranges) plus a short list of cross-field rules that
+mirror what the code requires (rockjax.sharding, rockjax.data, rockjax.runner.experiment).
 
 A dry run (`dry_run=True`) reads no file (it builds `arch` abstractly, rockjax.dry_run), so the
 path checks are skipped there and the mesh is checked against `mesh.num_devices` when set.
@@ -15,8 +15,9 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from rockjax import config_mesh, errors, storage
-from rockjax.config_fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
+from rockjax import errors, storage
+from rockjax.config import mesh as config_mesh
+from rockjax.config.fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
 from rockjax.models import attention, families
 
 _GROUPS = ("model", "teacher")
@@ -190,7 +191,7 @@ def _prompts(c) -> Iterator[str]:
 
 
 def _rollout_copy(c) -> Iterator[str]:
-  """opd.rollout_sharding='train' samples the train params themselves (rockjax.rollout_params)."""
+  """opd.rollout_sharding='train' samples the train params themselves (rockjax.sampling.rollout_copy)."""
   if c.opd.rollout_sharding == "train" and c.opd.rollout_dtype != "float32":
     yield (
       f"opd.rollout_dtype={c.opd.rollout_dtype!r}: opd.rollout_sharding='train' samples the "

@@ -19,11 +19,13 @@ import tqdm
 from etils import epath
 
 from rockjax import metrics as metrics_lib
-from rockjax import objective, rollout_params, storage
-from rockjax import settings as settings_lib
+from rockjax import objective, sampling, storage
 from rockjax import sharding as shd
 from rockjax import state as state_lib
-from rockjax.experiment import Experiment, build_experiment
+from rockjax.config import settings as settings_lib
+from rockjax.rocks import table as rock_table
+from rockjax.runner.experiment import Experiment, build_experiment
+from rockjax.sampling import rollout_copy as rollout_params
 
 _log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ def _rollout(
 ) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
   """Student samples completions for the step's prompts (on-policy); returns a token batch
   (opd.truncated_rollouts applied) and the rollout's metrics."""
-  from rockjax import sampling  # pylint: disable=g-import-not-at-top
-
   c = exp.config.opd
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
   g = shd.host_to_global(
@@ -214,7 +214,7 @@ def run(
   completed (reached config.steps), interrupted (the signal's name, or None), eval_correct
   (per-prompt correctness of the last evaluation, or None), rock_table, seconds}. A SIGTERM or
   Ctrl-C ends the loop after the current step with a checkpoint; the caller decides what an
-  interrupted run means (rockjax.pipeline stops every later stage).
+  interrupted run means (rockjax.runner.pipeline stops every later stage).
   """
   exp = build_experiment(config, workdir)
   c = exp.config
@@ -328,8 +328,6 @@ def run(
 
 def _report_rocks(exp: Experiment, state: state_lib.TrainState, loss) -> dict[str, Any]:
   """Write workdir/rocks.json (every observed id) and print the top of the labelled table."""
-  from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
-
   table = rock_table.rock_table(
     state.rock,
     exp.tokenizer,

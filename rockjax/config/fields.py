@@ -1,25 +1,25 @@
 """What each config field may hold: allowed values, numeric ranges, legacy spellings and paths.
 
-The tables rockjax.config_check checks a config against, one row per field (`configs/default.py`
+The tables rockjax.config.check checks a config against, one row per field (`configs/default.py`
 documents each field). Cross-field rules (mesh, stages, micro-batches, files) live in
-rockjax.config_check.
+rockjax.config.check.
 """
 
 from typing import Any
 
+from rockjax.data.prompt_fit import OVERFLOW_POLICIES
+from rockjax.data.tasks.arithmetic import DIFFICULTIES
+from rockjax.loading import DTYPES
 from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
-from rockjax.loading import DTYPES
-from rockjax.objective import FROZEN_KL
 from rockjax.models import attention, grouped_matmul, remat
 from rockjax.models.config import FAMILIES
-from rockjax.prompt_fit import OVERFLOW_POLICIES
-from rockjax.rocks import SELECTORS, WINDOWS
-from rockjax.sampling import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
+from rockjax.objective import FROZEN_KL
+from rockjax.rocks.stats import SELECTORS, WINDOWS
+from rockjax.sampling.rollout_copy import DTYPES as ROLLOUT_DTYPES
+from rockjax.sampling.rollout_copy import LAYOUTS as ROLLOUT_LAYOUTS
+from rockjax.sampling.sampler import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
 from rockjax.sharding import MESH_AXES
-from rockjax.rollout_params import DTYPES as ROLLOUT_DTYPES
-from rockjax.rollout_params import LAYOUTS as ROLLOUT_LAYOUTS
-from rockjax.tasks.arithmetic import DIFFICULTIES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}
 _GROUPS = ("model", "teacher")
@@ -108,7 +108,7 @@ RANGES: dict[str, str] = {
   "analysis.knockout_eps": ">= 0",
   "analysis.bootstrap_resamples": ">= 1",
   "analysis.alpha": "(0, 1)",
-  "preflight.determinism_tol": ">= 0",  # rockjax.preflight; 0 = no teacher probe
+  "preflight.determinism_tol": ">= 0",  # rockjax.runner.preflight; 0 = no teacher probe
 }
 for _g in _GROUPS:
   ENUMS.update(

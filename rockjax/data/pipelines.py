@@ -3,7 +3,7 @@
 Letters: B = per-host batch, P = max_prompt_len, L = max_len (prompt + completion region).
 
 Two pipelines share one recipe (grain MapDataset over record indices):
-  fit prompts to P (rockjax.prompt_fit: format once; drop, refuse or mark the over-long) ->
+  fit prompts to P (rockjax.data.prompt_fit: format once; drop, refuse or mark the over-long) ->
   host shard -> shuffle(seed, reshuffled each epoch) -> repeat(num_epochs) -> pad -> batch
 - `PromptPipeline` (on-policy OPD): `prompt_ids_BxP` LEFT-padded (what the sampler expects),
   `prompt_mask_BxP`, `index_B` (record index; look the answer up in `pipeline.answers`).
@@ -11,7 +11,7 @@ Two pipelines share one recipe (grain MapDataset over record indices):
   train step serves both: columns [0, P) hold the left-padded prompt, columns [P, L) the
   completion + eos, right-padded. `response_mask_BxL` is 1 exactly on completion + eos.
 
-Many hosts: `host_share` (rockjax.data_hosts) is the one rule for which rows of a global batch
+Many hosts: `host_share` (rockjax.data.hosts) is the one rule for which rows of a global batch
 a host reads (its own disjoint shard, or the whole batch when the batch cannot be split across
 the hosts); pass its rows / shard / shards as a pipeline's batch_size / process_index /
 process_count.
@@ -36,12 +36,18 @@ from typing import Any, Callable, Sequence
 import grain
 import numpy as np
 
-from rockjax import errors, prompt_fit
-from rockjax import records as records_lib
+from rockjax import errors
+from rockjax.data import prompt_fit
+from rockjax.data import records as records_lib
 
 # The multi-host rule is part of the data API (rockjax.data.host_share): re-exported.
-from rockjax.data_hosts import FILLER_INDEX, HostShare, host_indices, host_share  # noqa: F401
-from rockjax.data_hosts import resolve_process_count
+from rockjax.data.hosts import (  # noqa: F401
+  FILLER_INDEX,
+  HostShare,
+  host_indices,
+  host_share,
+  resolve_process_count,
+)
 
 
 def _batch_name(row_key: str) -> str:

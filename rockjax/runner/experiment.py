@@ -1,5 +1,5 @@
 """Everything one training run needs, built from a config: mesh, tokenizer, models, data, state,
-step. Building trains nothing; multi-stage runs (teacher SFT, stage-1 KD) are rockjax.pipeline.
+step. Building trains nothing; multi-stage runs (teacher SFT, stage-1 KD) are rockjax.runner.pipeline.
 
 Resume order: the run's own workdir checkpoint, then `ckpt.resume`, then init.
 """
@@ -15,15 +15,18 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from rockjax import checkpoint as ckpt_lib
-from rockjax import errors
 from rockjax import data as data_lib
-from rockjax import records as records_lib
-from rockjax import rollout_params
-from rockjax import evaluation, loading, models, preflight, prompt_fit, rock_lists
-from rockjax import settings as settings_lib
+from rockjax import errors, evaluation, loading, models, sampling
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
+from rockjax.config import settings as settings_lib
+from rockjax.data import prompt_fit
+from rockjax.data import records as records_lib
+from rockjax.data.paths import task_files
+from rockjax.rocks import lists as rock_lists
+from rockjax.runner import preflight
+from rockjax.sampling import rollout_copy as rollout_params
 
 _log = logging.getLogger(__name__)
 
@@ -58,8 +61,6 @@ class Experiment:
     """
     if self.eval_prompts is None:
       return {}, None
-    from rockjax import sampling  # pylint: disable=g-import-not-at-top
-
     e = self.config.eval
     prompts = shd.host_to_global(self.eval_prompts, self.mesh, global_rows=len(self.eval_answers))
     # The same sampling copy as the rollouts, of the current params (freed on leaving).
@@ -91,43 +92,9 @@ class Experiment:
     )
 
 
-def task_files(c: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Data paths: the config's, or the embedded synthetic task (written into workdir/task once)."""
-  paths = {"train": c.data.train_path, "eval": c.data.eval_path, "tokenizer": c.data.tokenizer_path}
-  if not c.data.train_path:
-    from rockjax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
-
-    task_dir = epath.Path(workdir) / "task"
-    if jax.process_index() == 0 and not task_dir.exists():
-      # Written whole into task.tmp, then renamed: a run killed mid-write (the tokenizer writes
-      # tokenizer_config.json before tokenizer.json) leaves only task.tmp, rewritten next time.
-      tmp = task_dir.parent / "task.tmp"
-      if tmp.exists():
-        tmp.rmtree()
-      arithmetic.prepare_demo(
-        tmp, n_train=c.data.task_size, seed=c.seed, difficulty=c.data.task_difficulty
-      )
-      tmp.rename(task_dir)
-    if jax.process_count() > 1:  # the other hosts read what process 0 wrote
-      multihost_utils.sync_global_devices("rockjax:task_written")
-    paths["train"] = paths["train"] or str(task_dir / "train.jsonl")
-    paths["eval"] = paths["eval"] or str(task_dir / "eval.jsonl")
-    paths["tokenizer"] = paths["tokenizer"] or str(task_dir / "tokenizer")
-  if not paths["tokenizer"]:
-    for m in (c.teacher, c.model):
-      if m.source == "hf":
-        paths["tokenizer"] = m.path
-        break
-  if not paths["tokenizer"]:
-    raise ValueError(
-      "data.tokenizer_path is empty and neither model is a HF directory: say which tokenizer to use"
-    )
-  return paths
-
-
 def _rock_mask(c: ml_collections.ConfigDict, vocab: int) -> np.ndarray | None:
   if c.rock.mode != "static":
-    return None  # rockjax.config_check makes sure a static mode has a list_path
+    return None  # rockjax.config.check makes sure a static mode has a list_path
   return rock_lists.ids_to_mask(rock_lists.load_id_list(c.rock.list_path, vocab_size=vocab), vocab)
 
 
@@ -184,7 +151,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     if c[group].source in ("sft", "kd"):
       raise errors.ConfigError(
         f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
-        f"then load its export): run it with rockjax.pipeline.run, not build_experiment"
+        f"then load its export): run it with rockjax.runner.pipeline.run, not build_experiment"
       )
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ici, dcn = shd.config_mesh_shapes(c.mesh)
@@ -203,7 +170,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     teacher_cfg = loading.model_config(c.teacher, field="teacher")
     models.check_vocab_compatible(teacher_cfg, student_cfg)
     rows["teacher"] = teacher_cfg.vocab_size
-  # Pre-flight (rockjax.preflight), before any weights are read, then the teacher probe.
+  # Pre-flight (rockjax.runner.preflight), before any weights are read, then the teacher probe.
   preflight.check_tokenizers(c, tokenizer, paths["tokenizer"], rows)
   teacher_graphdef = teacher_params = None
   if teacher_cfg is not None:

@@ -3,9 +3,9 @@
 XLA:TPU writes an `estimated_cycles` figure into the backend_config of most top-level
 instructions of its optimised HLO (fusions, copies, pads, slices...). `cycles` sums them over
 one run of a computation: a `while` counts its condition and body times its trip count
-(rockjax.hlo_loops), a `conditional` its most expensive branch, calls are entered, fusions are
+(rockjax.dry_run.hlo_loops), a `conditional` its most expensive branch, calls are entered, fusions are
 not (their figure covers what they fuse). Collectives carry no figure: `collective_bytes`
-lists them so a report can show what moves (rockjax.hlo_cost.collectives).
+lists them so a report can show what moves (rockjax.dry_run.hlo_cost.collectives).
 
 `loop_iteration(hlo, scope)` finds the while loop whose op_name contains `scope` (a
 jax.named_scope around the loop, e.g. the sampler's 'decode_loop') and returns the cycles of
@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from rockjax.hlo_loops import trip_count
-from rockjax.hlo_text import Instr, Module, parse_module
+from rockjax.dry_run.hlo_loops import trip_count
+from rockjax.dry_run.hlo_text import Instr, Module, parse_module
 
 # TensorCore clock by device_kind (public spec sheets); used only to turn cycles into seconds.
 CLOCK_GHZ = {

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rockjax import errors
-from rockjax import records as records_lib
+from rockjax.data import records as records_lib
 
 _log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The rock analysis of a trained run: corpus -> selection -> other analyses -> report.
 
-`run_analysis(config, workdir)` is what `python -m rockjax.analyze` and the pipeline's last
+`run_analysis(main_config, workdir)` is what `python -m rockjax.analyze` and the pipeline's last
 stage (analysis.enabled) run. Models: the student is the workdir's main-stage final checkpoint
 (or `student`: a Hugging Face directory, or an orbax checkpoint directory); the teacher is the
 main stage's (the config's HF directory, or the pipeline's exported teacher). Prompts: the
@@ -18,24 +18,18 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from rockjax import errors, loading, models, prompt_fit, records, settings, storage
+from rockjax import errors, loading, models, storage
 from rockjax import sharding as shd
 from rockjax.analysis import corpus, selection, selection_report, studies
 from rockjax.analysis.context import AnalysisContext, load_student
 from rockjax.analysis.report import write_report
-from rockjax.config_fields import int_list
+from rockjax.config import settings
+from rockjax.config.fields import int_list
+from rockjax.data import prompt_fit, records
 
 ANALYSIS_DIR = "analysis"
 CORPUS_FILE = "corpus.parquet"
 ROCK_IDS_FILE = "rock_ids.txt"
-
-
-def main_stage_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-  """The config the main stage trained with (pipeline exports resolved as HF directories)."""
-  from rockjax import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports us)
-  from rockjax.experiment import task_files  # pylint: disable=g-import-not-at-top
-
-  return pipeline.plan(config, workdir, task_files(config, workdir))[-1].config
 
 
 def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
@@ -52,10 +46,13 @@ def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
 def run_analysis(
   config: ml_collections.ConfigDict, workdir: str, *, student: str = "", out: str = ""
 ) -> dict[str, Any]:
-  """Corpus, selection, the registered analyses and the report; {paths..., seconds}."""
+  """Corpus, selection, the registered analyses and the report; {paths..., seconds}.
+
+  `config` is the main stage's (rockjax.runner.stages.main_stage_config): its teacher is the
+  one the student was distilled from, preliminary stages' exports included."""
   t0 = time.perf_counter()
   a = config.analysis
-  c = main_stage_config(config, workdir)
+  c = config
   out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
   storage.check_checkpoint_dir(out_dir, field="--out")
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)

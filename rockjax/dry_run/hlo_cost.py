@@ -2,7 +2,7 @@
 
 XLA's `compiled.cost_analysis()` counts the body of every while loop once (scanned layers,
 fused-loss token blocks, micro-batches) and a Mosaic kernel without a cost estimate (the TPU
-splash attention) as 0. `matmul_flops` walks the HLO instead (rockjax.hlo_text):
+splash attention) as 0. `matmul_flops` walks the HLO instead (rockjax.dry_run.hlo_text):
 
 - `dot` and `ragged-dot`: 2 x output elements x the lhs contracting size (a ragged dot
   [M, K] x [G, K, N] is 2 x M x K x N: each row meets one group);
@@ -35,8 +35,8 @@ import dataclasses
 import math
 import re
 
-from rockjax.hlo_loops import trip_count
-from rockjax.hlo_text import Array, Instr, Module, parse_arrays, parse_module
+from rockjax.dry_run.hlo_loops import trip_count
+from rockjax.dry_run.hlo_text import Array, Instr, Module, parse_arrays, parse_module
 
 SPLASH_CAUSAL_FRACTION = 0.5
 # Matmul units (multiples of b h Lq Lk E) of the splash kernels, before the causal fraction.

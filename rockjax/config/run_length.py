@@ -10,7 +10,9 @@ import math
 
 import ml_collections
 
-from rockjax import records as records_lib
+from rockjax.data import prompt_fit
+from rockjax.data import records as records_lib
+from rockjax.models import tokenizer as tokenizer_lib
 
 
 def epoch_steps(num_prompts: int, epochs: float, prompts_per_step: int) -> int:
@@ -21,7 +23,7 @@ def epoch_steps(num_prompts: int, epochs: float, prompts_per_step: int) -> int:
 
 
 def _tokenizer_path(c: ml_collections.ConfigDict) -> str:
-  """The data tokenizer's directory as rockjax.experiment.task_files picks it, '' if none yet."""
+  """The data tokenizer's directory as rockjax.runner.experiment.task_files picks it, '' if none yet."""
   if c.data.tokenizer_path:
     return c.data.tokenizer_path
   return next((m.path for m in (c.teacher, c.model) if m.source == "hf"), "")
@@ -47,9 +49,6 @@ def count_train_prompts(c: ml_collections.ConfigDict) -> tuple[int, str]:
   tokenizer_path = _tokenizer_path(c)
   if c.data.prompt_overflow != "drop" or not tokenizer_path:
     return len(loaded.records), source
-  from rockjax import prompt_fit  # pylint: disable=g-import-not-at-top
-  from rockjax.models import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-
   fitted = prompt_fit.fit_prompts(
     loaded.records,
     tokenizer_lib.load_tokenizer(tokenizer_path),

@@ -8,9 +8,10 @@ import numpy as np
 from etils import epath
 
 from rockjax import evaluation
-from rockjax.analysis.rock_table import STAGE_NAMES, quantity_title
+from rockjax.rocks import table as rock_table
+from rockjax.rocks.table import STAGE_NAMES, quantity_title
 
-CONFIG_FILE = "config.json"  # a workdir's recorded config (rockjax.pipeline writes it)
+CONFIG_FILE = "config.json"  # a workdir's recorded config (rockjax.runner.pipeline writes it)
 SUMMARY_FILE = "summary.json"
 
 
@@ -104,7 +105,5 @@ def format_summary(summary: dict[str, Any], rock_table_text: str | None = None) 
 
 def final_table_text(root: epath.Path) -> str | None:
   """The main stage's rock table, re-rendered from its rocks.json (for a re-run)."""
-  from rockjax.analysis import rock_table  # pylint: disable=g-import-not-at-top
-
   path = root / "rocks.json"
   return rock_table.format_table(json.loads(path.read_text()), limit=10) if path.exists() else None

@@ -1,4 +1,4 @@
-"""Config rules for the batches a run trains on and the mesh they run on (rockjax.config_check).
+"""Config rules for the batches a run trains on and the mesh they run on (rockjax.config.check).
 
 Each rule yields one-line messages naming the culprit field; config_check.validate raises the
 first. They mirror what the code requires: rockjax.step (updates and micro-batches split the
@@ -16,11 +16,11 @@ from rockjax import sharding as shd
 
 @dataclasses.dataclass(frozen=True)
 class TrainBatch:
-  """One kind of batch the run trains on (rockjax.settings.batch_shape)."""
+  """One kind of batch the run trains on (rockjax.config.settings.batch_shape)."""
 
   where: str  # where its rows come from, for messages
   rows: int  # rows per batch
-  updates: int  # opd.updates_per_rollout of this batch (pre-stages use 1, rockjax.pipeline)
+  updates: int  # opd.updates_per_rollout of this batch (pre-stages use 1, rockjax.runner.pipeline)
   length: int  # padded length (data.pad_to_multiple)
 
 
