@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 
 from rockjax import models as rm
-from rockjax import objective, rocks
+from rockjax import losses, objective, rocks
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
@@ -93,7 +93,11 @@ def build(args, variant: dict, rock_ids):
   t_shardings = shd.tree_shardings(t_params, mesh)
   skip = dict(kept_capacity=args.kept_capacity, response_len=args.response) if variant else {}
   loss = objective.LossSettings(
-    rock_mode="static", lam=0.0, block_size=args.block_size, **skip, **variant
+    rock_mode="static",
+    lam=0.0,
+    spec=losses.DivergenceSpec(block_size=args.block_size),
+    **skip,
+    **variant,
   )
   settings = step_lib.StepSettings(loss=loss, teacher_graphdef=t_graphdef, schedule=lambda n: 0.0)
   fn = step_lib.jit_train_step(settings, shardings, t_shardings, shd.batch_sharding((8, 1), mesh))

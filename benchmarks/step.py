@@ -171,7 +171,7 @@ class Rockjax:
     """Compiles the step of one variant and makes its state; returns the first call's seconds."""
     import jax  # pylint: disable=g-import-not-at-top
 
-    from rockjax import objective  # noqa: I001  pylint: disable=g-import-not-at-top
+    from rockjax import losses, objective  # noqa: I001  pylint: disable=g-import-not-at-top
     from rockjax import sharding as shd
     from rockjax import state as state_lib
     from rockjax import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -187,8 +187,7 @@ class Rockjax:
       rock_mode=rock_mode,
       lam=0.0,
       response_len=args.response,  # as the trainer sets it on-policy (opd.max_new_tokens)
-      block_size=args.block_size,
-      chunk_size=args.chunk_size,
+      spec=losses.DivergenceSpec(block_size=args.block_size, chunk_size=args.chunk_size),
       **loss_kw,
     )
     settings = step_lib.StepSettings(

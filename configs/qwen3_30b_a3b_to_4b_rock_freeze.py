@@ -1,7 +1,7 @@
 """The paper's Rock-Freeze run: the published 100 Qwen3 rock ids get weight 0 from the start of OPD.
 
 Only rock.* fields differ from configs/qwen3_30b_a3b_to_4b.py (the Original), so the two runs
-compare freezing alone (tests/test_paper_protocol.py checks it):
+compare freezing alone (tests/contracts/test_paper_protocol.py checks it):
   python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_rock_freeze.py --workdir=DIR \\
       --config.model.path=STAGE1_DIR/export_hf --config.teacher.path=... \\
       --config.data.train_path=... --config.data.eval_path=/data/math500.jsonl

@@ -13,6 +13,7 @@ shards divide.
 import dataclasses
 from typing import Any, NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -28,13 +29,11 @@ class LossSettings:
   """Static (hashable) settings of the per-token loss; built from config.opd / config.rock."""
 
   mode: str = "on_policy"  # 'on_policy' (OPD divergence) | 'off_policy' (stage-1 KD / SFT)
-  divergence: str = "reverse_kl"  # on-policy divergence: one of losses.KINDS
-  jsd_beta: float = 0.5  # teacher weight in the JSD mixture
-  skew_alpha: float = 0.9  # teacher weight in the skew_reverse_kl mixture (1 = reverse_kl)
-  temperature: float = 1.0
+  # The on-policy divergence and all its settings (kind, temperature, jsd beta, skew alpha,
+  # vocabulary chunk and token block sizes); off-policy stages use its forward_kl twin
+  # (`divergence_spec`). Every loss path, metric and report reads this one spec.
+  spec: losses.DivergenceSpec = losses.DivergenceSpec()
   chunked: bool = True  # memory-lean loss from hidden states (never builds [B, L, V])
-  chunk_size: int = 8192  # vocabulary columns per chunk (chunked CE / head-gradient updates)
-  block_size: int = 512  # tokens per block of the fused divergence (losses.fused_divergence)
   loss_sharding: str = "tokens"  # the fused divergence's head layout: 'tokens' | 'vocab'
   kd_ratio: float = 0.5  # off-policy: kd_ratio * forward_kl + (1 - kd_ratio) * cross-entropy
   normalizer: str = "tokens"  # one of losses.NORMALIZERS: 'tokens' | 'weights' | 'sequence'
@@ -49,7 +48,6 @@ class LossSettings:
   frozen_kl: str = "forward"
 
   def __post_init__(self):
-    losses.check_kind(self.divergence)
     if self.mode not in ("on_policy", "off_policy"):
       raise ValueError(f"opd.mode must be 'on_policy' or 'off_policy', got {self.mode!r}")
     if self.rock_mode not in ("off", "static", "dynamic"):
@@ -68,8 +66,6 @@ class LossSettings:
       raise ValueError(f"opd.frozen_kl must be one of {FROZEN_KL}, got {self.frozen_kl!r}")
     if not 0.0 <= self.kd_ratio <= 1.0:
       raise ValueError(f"opd.kd_ratio must be in [0, 1], got {self.kd_ratio}")
-    if not 0.0 <= self.skew_alpha <= 1.0:
-      raise ValueError(f"opd.skew_alpha must be in [0, 1], got {self.skew_alpha}")
 
   @property
   def needs_teacher(self) -> bool:
@@ -90,7 +86,12 @@ class LossSettings:
   @property
   def divergence_kind(self) -> str:
     """The divergence the loss uses: opd.divergence on-policy, forward KL off-policy."""
-    return self.divergence if self.stage == "opd" else "forward_kl"
+    return self.spec.kind if self.stage == "opd" else "forward_kl"
+
+  @property
+  def divergence_spec(self) -> losses.DivergenceSpec:
+    """The spec of the divergence the loss uses (`spec`, as forward KL off-policy)."""
+    return dataclasses.replace(self.spec, kind=self.divergence_kind)
 
   @property
   def ce_share(self) -> float:
@@ -142,30 +143,94 @@ def pad_batch(batch: dict[str, jax.Array], multiple: int) -> dict[str, jax.Array
   return {k: jnp.pad(v, ((0, 0), (0, extra))) for k, v in batch.items()}
 
 
+@flax.struct.dataclass
+class StudentOut:
+  """A model's output as a loss path uses it: the chunked path's (hidden [B, L, D], LM head
+  [D, V]), or the full-logit path's logits [B, L, V] (the other fields None). The teacher's
+  output (`teacher_outputs`) is the same record."""
+
+  hidden_BxLxD: jax.Array | None = None
+  head_DxV: jax.Array | None = None
+  logits_BxLxV: jax.Array | None = None
+
+  @property
+  def hidden_and_head(self) -> tuple[jax.Array, jax.Array]:
+    return self.hidden_BxLxD, self.head_DxV
+
+
+def model_outputs(model: Any, inputs_BxL: jax.Array, mask_BxL: jax.Array, chunked: bool):
+  """`StudentOut` of a model on a batch: hidden + head when `chunked`, else logits."""
+  if chunked:
+    return StudentOut(model.hidden_states(inputs_BxL, mask_BxL), model.lm_head_weight())
+  return StudentOut(logits_BxLxV=model(inputs_BxL, mask_BxL))
+
+
 def teacher_outputs(
   teacher: Any, inputs_BxL: jax.Array, mask_BxL: jax.Array, settings: LossSettings
-) -> tuple[jax.Array, jax.Array] | None:
-  """Teacher (hidden, head) or (logits, None), as constants of the step (no gradient)."""
+) -> StudentOut | None:
+  """Teacher outputs (hidden + head, or logits), as constants of the step (no gradient)."""
   if teacher is None or not settings.needs_teacher:
     return None
-  if settings.chunked:
-    out = (teacher.hidden_states(inputs_BxL, mask_BxL), teacher.lm_head_weight())
-  else:
-    out = (teacher(inputs_BxL, mask_BxL), None)
-  return jax.lax.stop_gradient(out)
+  return jax.lax.stop_gradient(model_outputs(teacher, inputs_BxL, mask_BxL, settings.chunked))
 
 
-@dataclasses.dataclass(frozen=True)
-class LossTerms:
-  """What the loss of one batch is made of (a pytree-free record used inside the step)."""
+@flax.struct.dataclass
+class LossAux:
+  """What the loss of one batch is made of: `loss_fn`'s auxiliary output (a pytree)."""
 
   total: jax.Array  # sum over tokens of weight * per-token loss (the differentiable part)
   count: jax.Array  # the normaliser: loss = total / count
   kl_BxL: jax.Array  # per-token divergence the rock statistics track (no gradient needed)
-  grad_norm_BxL: jax.Array | None  # per-token |d kl / d student logits| when free, else None
-  student_out: Any  # (hidden, head) or (logits, None), for diagnostics
+  w_BxL: jax.Array  # the per-token factors of the sum (masking function x normaliser)
+  student_out: StudentOut  # the student's own outputs, for diagnostics
+  grad_norm_BxL: jax.Array | None = None  # per-token |d kl / d student logits| when free
   tracked_BxL: jax.Array | None = None  # 1 where kl_BxL holds the divergence; None: everywhere
   skip_overflow: jax.Array | None = None  # 1 when skipping fell back to the full computation
+
+
+def _chunked_terms(student_out, teacher_out, targets_BxL, loss_mask_BxL, w_BxL, s) -> LossAux:
+  """The fused divergence (+ chunked CE off-policy) from hidden states and heads."""
+  ce_share = s.ce_share
+  total, kl_BxL, grad_norm_BxL = jnp.float32(0), None, None
+  tracked_BxL = overflow = None
+  if s.needs_teacher:
+    div = skip_frozen.divergence(
+      student_out.hidden_and_head,
+      teacher_out.hidden_and_head,
+      w_BxL * (1.0 - ce_share),  # already 0 off the loss mask
+      loss_mask_BxL,
+      spec=s.divergence_spec,
+      sharding=s.loss_sharding,
+      kept_capacity=s.kept_capacity,
+      response_len=s.response_len,
+      frozen_kl=s.frozen_kl,
+      rock_mode=s.rock_mode,
+    )
+    total, kl_BxL, grad_norm_BxL = div.total, div.kl_BxL, div.grad_norm_BxL
+    tracked_BxL, overflow = div.tracked_BxL, div.overflow
+  if ce_share > 0:
+    ce_BxL = losses.chunked_cross_entropy(
+      *student_out.hidden_and_head, targets_BxL, chunk_size=s.spec.chunk_size
+    )
+    total = total + ce_share * losses.reduce(ce_BxL, loss_mask_BxL, w_BxL)[0]
+    kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
+  return LossAux(total, None, kl_BxL, w_BxL, student_out, grad_norm_BxL, tracked_BxL, overflow)
+
+
+def _logit_terms(student_out, teacher_out, targets_BxL, loss_mask_BxL, w_BxL, s) -> LossAux:
+  """The divergence (+ CE off-policy) from full logits [B, L, V]."""
+  ce_share, logits = s.ce_share, student_out.logits_BxLxV
+  kl_BxL = None
+  if s.needs_teacher:
+    kl_BxL = losses.divergence(logits, teacher_out.logits_BxLxV, spec=s.divergence_spec)
+  loss_BxL = kl_BxL
+  if ce_share > 0:
+    logp_BxLxV = jax.nn.log_softmax(logits)
+    ce_BxL = -jnp.take_along_axis(logp_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    loss_BxL = ce_BxL if kl_BxL is None else (1.0 - ce_share) * kl_BxL + ce_share * ce_BxL
+    kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
+  total = losses.reduce(loss_BxL, loss_mask_BxL, w_BxL)[0]
+  return LossAux(total, None, kl_BxL, w_BxL, student_out)
 
 
 def loss_terms(
@@ -175,9 +240,9 @@ def loss_terms(
   targets_BxL: jax.Array,
   loss_mask_BxL: jax.Array,
   w_BxL: jax.Array,
-  teacher_out,
+  teacher_out: StudentOut | None,
   settings: LossSettings,
-) -> LossTerms:
+) -> LossAux:
   """The weighted loss of a batch and the per-token divergence.
 
   kl_BxL is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
@@ -186,47 +251,13 @@ def loss_terms(
   parameters); the other path reduces full logits.
   """
   s = settings
-  kind, ce_share = s.divergence_kind, s.ce_share
   count = losses.count(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
   # From here on w_BxL holds the per-token factors of the sum under opd.normalizer (divided
   # by each sequence's kept weight under 'sequence'), so every path below sums w * loss.
   w_BxL = losses.normalized_weights(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
-  if s.chunked:
-    student_out = (student.hidden_states(inputs_BxL, mask_BxL), student.lm_head_weight())
-    total, kl_BxL, grad_norm_BxL = jnp.float32(0), None, None
-    tracked_BxL = overflow = None
-    if s.needs_teacher:
-      div_w_BxL = w_BxL * (1.0 - ce_share)  # already 0 off the loss mask
-      div = skip_frozen.divergence(student_out, teacher_out, div_w_BxL, loss_mask_BxL, s)
-      total, kl_BxL, grad_norm_BxL = div.total, div.kl_BxL, div.grad_norm_BxL
-      tracked_BxL, overflow = div.tracked_BxL, div.overflow
-    if ce_share > 0:
-      ce_BxL = losses.chunked_cross_entropy(*student_out, targets_BxL, chunk_size=s.chunk_size)
-      total = total + ce_share * losses.reduce(ce_BxL, loss_mask_BxL, w_BxL)[0]
-      kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
-    return LossTerms(total, count, kl_BxL, grad_norm_BxL, student_out, tracked_BxL, overflow)
-
-  student_out = (student(inputs_BxL, mask_BxL), None)
-  logits = student_out[0]
-  kl_BxL = None
-  if s.needs_teacher:
-    kl_BxL = losses.divergence(
-      logits,
-      teacher_out[0],
-      kind=kind,
-      beta=s.jsd_beta,
-      alpha=s.skew_alpha,
-      temperature=s.temperature,
-    )
-  loss_BxL = kl_BxL
-  if ce_share > 0:
-    ce_BxL = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets_BxL[..., None], axis=-1)[
-      ..., 0
-    ]
-    loss_BxL = ce_BxL if kl_BxL is None else (1.0 - ce_share) * kl_BxL + ce_share * ce_BxL
-    kl_BxL = ce_BxL if kl_BxL is None else kl_BxL
-  total = losses.reduce(loss_BxL, loss_mask_BxL, w_BxL)[0]
-  return LossTerms(total, count, kl_BxL, None, student_out)
+  student_out = model_outputs(student, inputs_BxL, mask_BxL, s.chunked)
+  terms = _chunked_terms if s.chunked else _logit_terms
+  return terms(student_out, teacher_out, targets_BxL, loss_mask_BxL, w_BxL, s).replace(count=count)
 
 
 def loss_weights(
@@ -259,9 +290,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
   the normaliser of `shifted` itself, and a micro-batch passes its whole batch's
   (`batch_count`) so that the micro-batches' losses (and gradients) add up to the batch's.
 
-  aux holds the per-token divergence, the weights, the (sum, count) of the loss, the per-token
-  logit-gradient norm when it came for free, and the student's own outputs (hidden+head or
-  logits) for diagnostics.
+  aux is a `LossAux`: the per-token divergence, the weights, the (total, count) of the loss,
+  the per-token logit-gradient norm when it came for free, and the student's own outputs.
   """
 
   def loss_fn(
@@ -279,16 +309,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
     count = terms.count if count is None else jnp.asarray(count, jnp.float32)
     # A batch whose weights are all zero has loss 0, not nan.
     loss = terms.total / jnp.where(count > 0, count, 1.0)
-    aux = {
-      "kl_BxL": terms.kl_BxL,
-      "w_BxL": w_BxL,
-      "sum": terms.total,
-      "count": count,
-      "grad_norm_BxL": terms.grad_norm_BxL,
-      "student_out": terms.student_out,
-      "tracked_BxL": terms.tracked_BxL,
-      "skip_overflow": terms.skip_overflow,
-    }
+    aux = terms.replace(count=count)
     return loss, aux
 
   return loss_fn

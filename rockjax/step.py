@@ -63,15 +63,12 @@ def _token_grad_norm(aux, teacher_out, s: StepSettings) -> jax.Array | None:
   ls = s.loss
   if not ls.grad_norm_metric or teacher_out is None:
     return None
-  gnorm_MxL = aux["grad_norm_BxL"]
+  gnorm_MxL = aux.grad_norm_BxL
   if gnorm_MxL is None:
     gnorm_MxL = losses.logit_gradient_norm(
-      jax.lax.stop_gradient(aux["student_out"][0]),
-      teacher_out[0],
-      kind=ls.divergence_kind,
-      temperature=ls.temperature,
-      beta=ls.jsd_beta,
-      alpha=ls.skew_alpha,
+      jax.lax.stop_gradient(aux.student_out.logits_BxLxV),
+      teacher_out.logits_BxLxV,
+      spec=ls.divergence_spec,
     )
   return jax.lax.stop_gradient(gnorm_MxL)
 
@@ -124,12 +121,12 @@ def _update(
     )
     grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
     per_token = {
-      "kl": jax.lax.stop_gradient(aux["kl_BxL"]),
+      "kl": jax.lax.stop_gradient(aux.kl_BxL),
       "grad_norm": _token_grad_norm(aux, teacher_out, s),
-      "tracked": aux["tracked_BxL"],  # None unless frozen positions were skipped untracked
-      "overflow": aux["skip_overflow"],  # None unless Rock-Freeze skipping is on
+      "tracked": aux.tracked_BxL,  # None unless frozen positions were skipped untracked
+      "overflow": aux.skip_overflow,  # None unless Rock-Freeze skipping is on
     }
-    return (grads_acc, total + aux["sum"]), per_token
+    return (grads_acc, total + aux.total), per_token
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
   micro = objective.Shifted(*(_split(x, k) for x in shifted))
@@ -149,16 +146,32 @@ def _update(
   if per_token["tracked"] is not None:
     tracked = loss_mask * _unsplit(per_token["tracked"])
   new_step = state.step + 1
-  rock = rocks.update(state.rock, targets, kl_RxL, tracked, decay=s.rock_schedule.decay)
+  rock, rock_mask = _rock_update(state, targets, kl_RxL, tracked, new_step, s)
+  metrics = _metrics(state, shifted, s, total, count, grads, kl_RxL, gnorm_RxL, tracked)
+  if per_token["overflow"] is not None:  # micro-batches that fell back to the full loss
+    metrics["opd/skip_overflow"] = (jnp.sum(per_token["overflow"]), jnp.float32(k))
+  new_state = state.replace(
+    step=new_step, params=params, opt_state=opt_state, rock=rock, rock_mask=rock_mask
+  )
+  return new_state, metrics
+
+
+def _rock_update(state: TrainState, targets_RxL, kl_RxL, tracked_RxL, new_step, s: StepSettings):
+  """(rock statistics with this update's forward added, the rock mask for the next update)."""
+  rock = rocks.update(state.rock, targets_RxL, kl_RxL, tracked_RxL, decay=s.rock_schedule.decay)
   if s.rock_schedule.snapshot_step > 0:
     rock = jax.lax.cond(
       new_step == s.rock_schedule.snapshot_step, rocks.snapshot, lambda r: r, rock
     )
-  rock_mask = _next_rock_mask(rock, state.rock_mask, new_step, s)
+  return rock, _next_rock_mask(rock, state.rock_mask, new_step, s)
 
-  metrics: Metrics = {
+
+def _metrics(state, shifted, s, total, count, grads, kl_RxL, gnorm_RxL, tracked_RxL) -> Metrics:
+  """One update's (sum, count) metrics; rock shares use the mask its loss used (state's)."""
+  _, _, targets, loss_mask = shifted
+  return {
     "opd/loss": (total, count),
-    "opd/kl": losses.reduce(kl_RxL, tracked),
+    "opd/kl": losses.reduce(kl_RxL, tracked_RxL),
     "opd/response_tokens": (jnp.sum(loss_mask, dtype=jnp.float32), jnp.float32(1)),
     "opt/grad_norm": (optax.global_norm(grads), jnp.float32(1)),
     "opt/lr": (jnp.asarray(s.schedule(state.step), jnp.float32), jnp.float32(1)),
@@ -167,12 +180,6 @@ def _update(
     **rocks.rock_shares(state.rock_mask, targets, kl_RxL, loss_mask),
     **_grad_norm_share(gnorm_RxL, targets, loss_mask, state.rock_mask),
   }
-  if per_token["overflow"] is not None:  # micro-batches that fell back to the full loss
-    metrics["opd/skip_overflow"] = (jnp.sum(per_token["overflow"]), jnp.float32(k))
-  new_state = state.replace(
-    step=new_step, params=params, opt_state=opt_state, rock=rock, rock_mask=rock_mask
-  )
-  return new_state, metrics
 
 
 def train_step(

@@ -21,7 +21,7 @@ import optax
 from flax import nnx
 
 import rockjax.models as rm
-from rockjax import data, objective, rocks
+from rockjax import data, losses, objective, rocks
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib
@@ -42,13 +42,12 @@ SAMPLER_CFG = rm.ModelConfig(
 )
 
 
+# The repository root: the working directory of CLI runs and the base of repo-relative paths.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every shipped config (configs/*.py), so a new one is covered by the config tests at once.
 CONFIG_NAMES = sorted(
-  p.stem
-  for p in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
-  if p.stem != "__init__"
+  p.stem for p in (pathlib.Path(REPO) / "configs").glob("*.py") if p.stem != "__init__"
 )
 
 
@@ -78,6 +77,50 @@ def np_log_softmax(x):
   m = np.max(x, axis=-1, keepdims=True)
   m = np.where(np.isfinite(m), m, 0.0)
   return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+# The (kind, beta) cases of the loss tests: every divergence, JSD at its interior and end betas.
+KIND_BETAS = [
+  ("reverse_kl", 0.5),
+  ("forward_kl", 0.5),
+  ("jsd", 0.5),
+  ("jsd", 0.1),
+  ("jsd", 0.0),
+  ("jsd", 1.0),
+]
+
+
+def np_kl(logp_a, logp_b):
+  """KL(a || b) per row, 0 * log 0 = 0."""
+  p_a = np.exp(logp_a)
+  with np.errstate(invalid="ignore"):
+    terms = np.where(p_a > 0, p_a * (logp_a - logp_b), 0.0)
+  return terms.sum(-1)
+
+
+def np_divergence(s, t, kind, beta=0.5, temperature=1.0):
+  ls = np_log_softmax(np.asarray(s, np.float64) / temperature)
+  lt = np_log_softmax(np.asarray(t, np.float64) / temperature)
+  if kind == "reverse_kl":
+    return np_kl(ls, lt)
+  if kind == "forward_kl":
+    return np_kl(lt, ls)
+  with np.errstate(divide="ignore"):
+    m = np.log(beta * np.exp(lt) + (1 - beta) * np.exp(ls))
+  # A term with weight 0 is absent (not 0 * inf when M underflows where the other has mass).
+  return (beta * np_kl(lt, m) if beta > 0 else 0.0) + (
+    (1 - beta) * np_kl(ls, m) if beta < 1 else 0.0
+  )
+
+
+def make_hidden(rng, b=2, l=5, d_s=16, d_t=24, v=53):
+  """Random (h_s, w_s, h_t, w_t) float32 hidden states and unembeddings for the loss tests."""
+  return (
+    rng.normal(size=(b, l, d_s)).astype(np.float32),
+    (rng.normal(size=(d_s, v)) * 0.7).astype(np.float32),
+    rng.normal(size=(b, l, d_t)).astype(np.float32),
+    (rng.normal(size=(d_t, v)) * 0.7).astype(np.float32),
+  )
 
 
 # ------------------------------------------------------------------ rockjax models
@@ -154,6 +197,24 @@ def make_batch(seed=0, b=8, l=10, prompt=3):
   return {"tokens": tokens, "attention_mask": attn, "response_mask": resp}
 
 
+# Flat keyword -> DivergenceSpec field: the divergence's own settings live in LossSettings.spec.
+_SPEC_FIELDS = {
+  "divergence": "kind",
+  "jsd_beta": "beta",
+  "skew_alpha": "alpha",
+  "temperature": "temperature",
+  "chunk_size": "chunk_size",
+  "block_size": "block_size",
+}
+
+
+def loss_settings(**kw: Any) -> objective.LossSettings:
+  """objective.LossSettings from flat keywords (divergence=, temperature=, chunk_size=, ...
+  go into its DivergenceSpec, as rockjax.config.settings puts the opd fields there)."""
+  spec = {_SPEC_FIELDS[k]: kw.pop(k) for k in list(kw) if k in _SPEC_FIELDS}
+  return objective.LossSettings(spec=losses.DivergenceSpec(**spec), **kw)
+
+
 def build(
   mesh,
   *,
@@ -182,7 +243,7 @@ def build(
   t_shardings = shd.tree_shardings(t_params, mesh)
   t_params = jax.device_put(t_params, t_shardings)
   settings = step_lib.StepSettings(
-    loss=objective.LossSettings(
+    loss=loss_settings(
       rock_mode=rock_mode, lam=lam, normalizer=normalizer, chunked=chunked, chunk_size=16, **loss_kw
     ),
     teacher_graphdef=t_graphdef,

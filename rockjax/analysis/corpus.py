@@ -58,17 +58,6 @@ SCHEMA = pa.schema(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoreSpec:
-  """Static settings of teacher-forced scoring (hashable: a jit static argument)."""
-
-  kind: str = "reverse_kl"  # one of losses.KINDS (config opd.divergence)
-  temperature: float = 1.0  # divergence temperature (config opd.temperature)
-  beta: float = 0.5  # jsd teacher weight (config opd.jsd_beta)
-  alpha: float = 0.9  # skew_reverse_kl teacher weight (config opd.skew_alpha)
-  block_size: int = 512  # positions whose logits exist at once (config opd.block_size)
-
-
 def _entropy(logits_CxV: jax.Array, temperature: float) -> jax.Array:
   """Entropy `[C]` (nats) of softmax(logits / temperature), float32."""
   logp = jax.nn.log_softmax(logits_CxV.astype(jnp.float32) / temperature, axis=-1)
@@ -103,14 +92,7 @@ def _score(s_graphdef, s_state, t_graphdef, t_state, tokens_BxL, attn_BxL, resp_
     """kl, student entropy, teacher entropy `[C]` of one block of positions (Decoder.logits)."""
     zs_CxV = jnp.einsum("cd,dv->cv", h[0], ws_DxV, preferred_element_type=jnp.float32)
     zt_CxV = jnp.einsum("cd,dv->cv", h[1], wt_DxV, preferred_element_type=jnp.float32)
-    kl_C = losses.divergence(
-      zs_CxV,
-      zt_CxV,
-      kind=spec.kind,
-      temperature=spec.temperature,
-      beta=spec.beta,
-      alpha=spec.alpha,
-    )
+    kl_C = losses.divergence(zs_CxV, zt_CxV, spec=spec)
     return kl_C, _entropy(zs_CxV, spec.temperature), _entropy(zt_CxV, spec.temperature)
 
   out = jax.lax.map(block, (hs_MxCxD, ht_MxCxD))
@@ -119,7 +101,7 @@ def _score(s_graphdef, s_state, t_graphdef, t_state, tokens_BxL, attn_BxL, resp_
 
 
 def score_rollout(
-  student: nnx.Module, teacher: nnx.Module, rollout: sampling.Rollout, spec: ScoreSpec
+  student: nnx.Module, teacher: nnx.Module, rollout: sampling.Rollout, spec: losses.DivergenceSpec
 ) -> dict[str, np.ndarray]:
   """Teacher-forced per-position columns of a rollout's responses, host numpy `[B, L]` each."""
   s_graphdef, s_state = nnx.split(student)
@@ -160,6 +142,55 @@ def _batch_table(cols: dict[str, np.ndarray], seq_ids_B: np.ndarray, prompt_len:
   )
 
 
+def _divergence_metadata(spec: losses.DivergenceSpec) -> dict[str, Any]:
+  """How the file's `kl` column was scored, as recorded in its metadata."""
+  return {
+    "divergence": spec.kind,
+    "divergence_temperature": spec.temperature,
+    "jsd_beta": spec.beta,
+    "skew_alpha": spec.alpha,
+  }
+
+
+def _scored_batches(
+  student: nnx.Module,
+  teacher: nnx.Module,
+  prompt_ids_SxP: np.ndarray,
+  prompt_mask_SxP: np.ndarray,
+  *,
+  batch_size: int,
+  max_new_tokens: int,
+  eos_ids: Sequence[int],
+  greedy: bool,
+  temperature: float,
+  seed: int,
+  spec: losses.DivergenceSpec,
+  mesh: Mesh | None,
+  progress: bool,
+) -> Iterator[pa.Table]:
+  """The corpus rows of each batch of prompts: decoded by the student, scored by both models."""
+  num_seqs = prompt_ids_SxP.shape[0]
+  key = jax.random.PRNGKey(seed)
+  starts = range(0, num_seqs, batch_size)
+  for b, start in enumerate(tqdm.tqdm(starts, desc="corpus", disable=not progress)):
+    idx_B = np.arange(start, start + batch_size)
+    seq_ids_B = np.where(idx_B < num_seqs, idx_B, -1)
+    rows_B = np.where(idx_B < num_seqs, idx_B, 0)
+    rollout = sampling.generate(
+      student,
+      jnp.asarray(prompt_ids_SxP[rows_B]),
+      jnp.asarray(prompt_mask_SxP[rows_B]),
+      key=jax.random.fold_in(key, b),
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      greedy=greedy,
+      eos_ids=eos_ids,
+      mesh=mesh,
+    )
+    scored = score_rollout(student, teacher, rollout, spec)
+    yield _batch_table(scored, seq_ids_B, rollout.prompt_len)
+
+
 def build_corpus(
   student: nnx.Module,
   teacher: nnx.Module,
@@ -173,7 +204,7 @@ def build_corpus(
   greedy: bool = True,
   temperature: float = 1.0,
   seed: int = 0,
-  spec: ScoreSpec = ScoreSpec(),
+  spec: losses.DivergenceSpec = losses.DivergenceSpec(),
   metadata: dict[str, Any] | None = None,
   mesh: Mesh | None = None,
 ) -> dict[str, Any]:
@@ -184,6 +215,7 @@ def build_corpus(
   sampler and scorer compile once. Sampling (greedy=False) uses fold_in(PRNGKey(seed), batch).
   With `mesh`, prompts are sharded on its 'batch' axes and both programs run under it.
   Returns the settings recorded in the file's metadata plus sequences, tokens and seconds.
+  `spec` is the run's divergence: the `kl` column scores it (blocks of spec.block_size).
   """
   num_seqs = prompt_ids_SxP.shape[0]
   if num_seqs == 0 or batch_size < 1:
@@ -197,42 +229,23 @@ def build_corpus(
     "max_new_tokens": int(max_new_tokens),
     "batch_size": int(batch_size),
     "eos_ids": [int(i) for i in eos_ids],
-    "divergence": spec.kind,
-    "divergence_temperature": spec.temperature,
-    "jsd_beta": spec.beta,
-    "skew_alpha": spec.alpha,
+    **_divergence_metadata(spec),
     "num_sequences": int(num_seqs),
     **(metadata or {}),
   }
   schema = SCHEMA.with_metadata({METADATA_KEY: json.dumps(settings).encode()})
-  # Every process runs the same programs (global arrays); only process 0 touches the file.
-  write = jax.process_index() == 0
   t0, tokens = time.perf_counter(), 0
-  key = jax.random.PRNGKey(seed)
-  starts = range(0, num_seqs, batch_size)
+  write = jax.process_index() == 0  # every process decodes (global arrays); one writes
+  kw = dict(max_new_tokens=max_new_tokens, eos_ids=eos_ids, greedy=greedy, seed=seed)
+  kw.update(temperature=temperature, spec=spec, batch_size=batch_size, progress=write)
   with (
     jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext(),
     epath.Path(path).open("wb") if write else _NullFile() as f,
     pq.ParquetWriter(f, schema) if write else _NullFile() as writer,
   ):
-    for b, start in enumerate(tqdm.tqdm(starts, desc="corpus", disable=not write)):
-      idx_B = np.arange(start, start + batch_size)
-      seq_ids_B = np.where(idx_B < num_seqs, idx_B, -1)
-      rows_B = np.where(idx_B < num_seqs, idx_B, 0)
-      rollout = sampling.generate(
-        student,
-        jnp.asarray(prompt_ids_SxP[rows_B]),
-        jnp.asarray(prompt_mask_SxP[rows_B]),
-        key=jax.random.fold_in(key, b),
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        greedy=greedy,
-        eos_ids=eos_ids,
-        mesh=mesh,
-      )
-      table = _batch_table(
-        score_rollout(student, teacher, rollout, spec), seq_ids_B, rollout.prompt_len
-      )
+    for table in _scored_batches(
+      student, teacher, prompt_ids_SxP, prompt_mask_SxP, mesh=mesh, **kw
+    ):
       tokens += table.num_rows
       if write:
         writer.write_table(table)

@@ -73,13 +73,14 @@ def add_logits(
   loss_mask_BxL: jax.Array,
   segment_V: jax.Array,
   *,
-  kind: str = "reverse_kl",
-  temperature: float = 1.0,
+  spec: losses.DivergenceSpec = losses.DivergenceSpec(),
 ) -> GradientSums:
-  """Adds one batch: logits at position t, emitted id `targets[t]`, counted where mask != 0."""
-  g_BxLxV = losses.logit_gradient(
-    student_logits_BxLxV, teacher_logits_BxLxV, kind=kind, temperature=temperature
-  ).astype(jnp.float32)
+  """Adds one batch: logits at position t, emitted id `targets[t]`, counted where mask != 0.
+
+  `spec` is the run's divergence (kind, temperature, jsd beta, skew alpha): g is its gradient.
+  """
+  g_BxLxV = losses.logit_gradient(student_logits_BxLxV, teacher_logits_BxLxV, spec=spec)
+  g_BxLxV = g_BxLxV.astype(jnp.float32)
   num_segments = sums.count_S.shape[0]
   valid_BxL = jnp.asarray(loss_mask_BxL) != 0
   # Off-response positions add zeros to the dump segment (`where`, so a NaN cannot leak in).
@@ -95,12 +96,10 @@ def add_logits(
 
 
 # The sums are donated: each batch updates the [S, V] accumulator in place.
-add_logits_jit = jax.jit(add_logits, static_argnames=("kind", "temperature"), donate_argnums=0)
+add_logits_jit = jax.jit(add_logits, static_argnames=("spec",), donate_argnums=0)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("s_graph", "t_graph", "kind", "temperature"), donate_argnums=0
-)
+@functools.partial(jax.jit, static_argnames=("s_graph", "t_graph", "spec"), donate_argnums=0)
 def _add_batch(
   sums: GradientSums,
   s_graph: nnx.GraphDef,
@@ -110,8 +109,7 @@ def _add_batch(
   batch: dict[str, jax.Array],
   segment_V: jax.Array,
   *,
-  kind: str,
-  temperature: float,
+  spec: losses.DivergenceSpec,
 ) -> GradientSums:
   """Both forwards on one token batch, then `add_logits` (one compile per batch shape)."""
   shifted = objective.shift(batch)
@@ -125,8 +123,7 @@ def _add_batch(
     shifted.targets_BxL,
     shifted.loss_mask_BxL,
     segment_V,
-    kind=kind,
-    temperature=temperature,
+    spec=spec,
   )
 
 
@@ -137,8 +134,7 @@ def gradient_sums(
   group_ids: dict[str, np.ndarray],
   *,
   vocab_size: int,
-  kind: str = "reverse_kl",
-  temperature: float = 1.0,
+  spec: losses.DivergenceSpec = losses.DivergenceSpec(),
   mesh: jax.sharding.Mesh | None = None,
 ) -> GradientSums:
   """Sums over token batches ({'tokens', 'attention_mask', 'response_mask'} `[B, L]`, one shape).
@@ -167,8 +163,7 @@ def gradient_sums(
         t_state,
         batch,
         segment_V,
-        kind=kind,
-        temperature=temperature,
+        spec=spec,
       )
   return sums
 

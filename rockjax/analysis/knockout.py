@@ -20,6 +20,7 @@ problem, R rows (prompts) per batch, P prompt length.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -148,6 +149,155 @@ def _classify(
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """How the census decodes, batches and tests (census's keywords; see census)."""
+
+  max_new_tokens: int
+  eos_ids: tuple[int, ...]
+  greedy: bool
+  temperature: float
+  num_samples: int
+  batch_rows: int
+  eps: float
+  resamples: int
+  alpha: float
+  seed: int
+  progress: bool
+  generate_kw: dict[str, Any]  # census's extra keywords, for sampling.generate
+
+  def decode_kw(self) -> dict[str, Any]:
+    """sampling.generate's keywords besides each batch's prompts, bans and key."""
+    return dict(
+      max_new_tokens=self.max_new_tokens,
+      eos_ids=self.eos_ids,
+      greedy=self.greedy,
+      temperature=self.temperature,
+      num_samples=self.num_samples,
+      **self.generate_kw,
+    )
+
+  def recorded(self) -> dict[str, Any]:
+    """The settings the result records (a greedy decode has no temperature)."""
+    return dict(
+      greedy=self.greedy,
+      temperature=None if self.greedy else self.temperature,
+      seed=self.seed,
+      max_new_tokens=self.max_new_tokens,
+      eps=self.eps,
+      alpha=self.alpha,
+      resamples=self.resamples,
+      batch_rows=self.batch_rows,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoded:
+  """What the census's decodes gave: accuracy per condition and problem, and bookkeeping."""
+
+  acc_XxB: np.ndarray  # mean correctness over each problem's samples
+  emitted_V: np.ndarray  # each id's count in the baseline's responses
+  started: float  # time.perf_counter() when decoding began: wall_seconds counts from here
+  decode_seconds: float
+  num_compilations: int
+  num_batches: int
+  num_rows: int
+  num_padding_rows: int
+
+
+def _checked_candidates(
+  model: nnx.Module,
+  ids_BxP: np.ndarray,
+  answers: Sequence[Any],
+  candidate_ids: Sequence[int],
+  batch_rows: int,
+) -> list[int]:
+  """The candidate ids as ints, after checking the census's inputs fit together."""
+  B, C = ids_BxP.shape[0], len(candidate_ids)
+  vocab = model.cfg.vocab_size
+  candidates = [int(v) for v in candidate_ids]
+  if len(answers) != B or B == 0:
+    raise ValueError(f"census: {len(answers)} answers for {B} prompts; need one per prompt")
+  # A duplicate id would be tested twice and inflate the number of tests the corrections use.
+  if C == 0 or len(set(candidates)) != C or any(not 0 <= v < vocab for v in candidates):
+    raise ValueError(f"census: candidate ids must be distinct and in [0, {vocab}): {candidates}")
+  if batch_rows < 1:
+    raise ValueError(f"census: batch_rows={batch_rows} must be >= 1")
+  return candidates
+
+
+def _decode_conditions(
+  model: nnx.Module,
+  ids_BxP: np.ndarray,
+  mask_BxP: np.ndarray,
+  answers: Sequence[Any],
+  candidates: list[int],
+  grade: Callable[[str, Any], bool],
+  tokenizer: Any,
+  s: _Settings,
+) -> _Decoded:
+  """Decodes and grades the baseline and each candidate's condition on every problem."""
+  started = time.perf_counter()
+  B = ids_BxP.shape[0]
+  problem_R, ban_R, rows = _condition_rows(B, candidates, s.batch_rows)
+  compiled_before = sampling.decode_jit._cache_size()
+  correct_Rn, emitted_V, decode_seconds = _decode_and_grade(
+    model,
+    ids_BxP,
+    mask_BxP,
+    problem_R,
+    ban_R,
+    answers=answers,
+    grade=grade,
+    tokenizer=tokenizer,
+    batch_rows=s.batch_rows,
+    key=jax.random.key(s.seed),
+    progress=s.progress,
+    baseline_rows=B,
+    **s.decode_kw(),
+  )
+  num_compilations = sampling.decode_jit._cache_size() - compiled_before
+  # Rows were condition-major with n samples each: [X, B, n] once the padding is dropped.
+  n = s.num_samples
+  acc_XxB = correct_Rn[: rows * n].reshape(len(candidates) + 1, B, n).mean(axis=2)
+  return _Decoded(
+    acc_XxB=acc_XxB,
+    emitted_V=emitted_V,
+    started=started,
+    decode_seconds=decode_seconds,
+    num_compilations=num_compilations,
+    num_batches=len(problem_R) // s.batch_rows,
+    num_rows=rows,
+    num_padding_rows=len(problem_R) - rows,
+  )
+
+
+def _result(
+  decoded: _Decoded, candidates: list[int], tokenizer: Any, s: _Settings
+) -> dict[str, Any]:
+  """The census's JSON-ready result: classes and tests, each id's token, settings, bookkeeping."""
+  result = _classify(
+    decoded.acc_XxB, candidates, eps=s.eps, alpha=s.alpha, resamples=s.resamples, seed=s.seed
+  )
+  for entry in result["candidates"]:
+    token = tokenizer.convert_ids_to_tokens(entry["id"])  # None past the tokenizer's ids
+    entry["token"] = "" if token is None else str(token)
+    entry["baseline_emitted"] = int(decoded.emitted_V[entry["id"]])  # over all baseline samples
+  result.update(
+    num_problems=decoded.acc_XxB.shape[1],
+    num_samples=s.num_samples,
+    settings=s.recorded(),
+    num_batches=decoded.num_batches,
+    num_rows=decoded.num_rows,
+    num_padding_rows=decoded.num_padding_rows,
+    num_compilations=decoded.num_compilations,
+    decode_seconds=decoded.decode_seconds,
+    wall_seconds=time.perf_counter() - decoded.started,
+    correct_XxB=decoded.acc_XxB.tolist(),
+  )
+  return result
+
+
 def census(
   model: nnx.Module,
   prompt_ids_BxP: Any,
@@ -180,76 +330,31 @@ def census(
   fold_in(key(seed), b). Per-problem correctness is the mean over `num_samples`; the paired
   test is `evaluation.paired_bootstrap` with `resamples`, `alpha` and `seed`. `batch_rows`:
   prompts per decode call (x num_samples rows; with `mesh`, a multiple of its batch
-  shards). Extra keywords go to `sampling.generate`
-  (top_p, top_k, mesh, ...). Returns a JSON-ready dict (see `section` for what it shows),
-  including `num_compilations`: new programs the census compiled (1 when none was cached;
-  counted as the growth of `sampling.decode_jit`'s cache), `decode_seconds` (sampler time)
-  and `wall_seconds` (decoding, grading and statistics).
+  shards). Extra keywords go to `sampling.generate` (top_p, top_k, mesh, ...). Returns a
+  JSON-ready dict (see `section` for what it shows), including `num_compilations`: new programs
+  the census compiled (1 when none was cached; counted as the growth of `sampling.decode_jit`'s
+  cache), `decode_seconds` (sampler time) and `wall_seconds` (decoding, grading and statistics).
   """
   ids_BxP, mask_BxP = np.asarray(prompt_ids_BxP), np.asarray(prompt_mask_BxP)
-  B, C = ids_BxP.shape[0], len(candidate_ids)
-  vocab = model.cfg.vocab_size
-  candidates = [int(v) for v in candidate_ids]
-  if len(answers) != B or B == 0:
-    raise ValueError(f"census: {len(answers)} answers for {B} prompts; need one per prompt")
-  # A duplicate id would be tested twice and inflate the number of tests the corrections use.
-  if C == 0 or len(set(candidates)) != C or any(not 0 <= v < vocab for v in candidates):
-    raise ValueError(f"census: candidate ids must be distinct and in [0, {vocab}): {candidates}")
-  if batch_rows < 1:
-    raise ValueError(f"census: batch_rows={batch_rows} must be >= 1")
-  problem_R, ban_R, rows = _condition_rows(B, candidates, batch_rows)
-
-  start, compiled_before = time.perf_counter(), sampling.decode_jit._cache_size()
-  correct_Rn, emitted_V, decode_seconds = _decode_and_grade(
-    model,
-    ids_BxP,
-    mask_BxP,
-    problem_R,
-    ban_R,
-    answers=answers,
-    grade=grade,
-    tokenizer=tokenizer,
-    batch_rows=batch_rows,
-    key=jax.random.key(seed),
-    progress=progress,
-    baseline_rows=B,
+  candidates = _checked_candidates(model, ids_BxP, answers, candidate_ids, batch_rows)
+  settings = _Settings(
     max_new_tokens=max_new_tokens,
     eos_ids=tuple(eos_ids),
     greedy=greedy,
     temperature=temperature,
     num_samples=num_samples,
-    **generate_kw,
+    batch_rows=batch_rows,
+    eps=eps,
+    resamples=resamples,
+    alpha=alpha,
+    seed=seed,
+    progress=progress,
+    generate_kw=generate_kw,
   )
-  num_compilations = sampling.decode_jit._cache_size() - compiled_before
-  # Rows were condition-major with n samples each: [X, B, n] once the padding is dropped.
-  acc_XxB = correct_Rn[: rows * num_samples].reshape(C + 1, B, num_samples).mean(axis=2)
-  result = _classify(acc_XxB, candidates, eps=eps, alpha=alpha, resamples=resamples, seed=seed)
-  for entry in result["candidates"]:
-    token = tokenizer.convert_ids_to_tokens(entry["id"])  # None past the tokenizer's ids
-    entry["token"] = "" if token is None else str(token)
-    entry["baseline_emitted"] = int(emitted_V[entry["id"]])  # over all baseline samples
-  result.update(
-    num_problems=B,
-    num_samples=num_samples,
-    settings=dict(
-      greedy=greedy,
-      temperature=None if greedy else temperature,
-      seed=seed,
-      max_new_tokens=max_new_tokens,
-      eps=eps,
-      alpha=alpha,
-      resamples=resamples,
-      batch_rows=batch_rows,
-    ),
-    num_batches=len(problem_R) // batch_rows,
-    num_rows=rows,
-    num_padding_rows=len(problem_R) - rows,
-    num_compilations=num_compilations,
-    decode_seconds=decode_seconds,
-    wall_seconds=time.perf_counter() - start,
-    correct_XxB=acc_XxB.tolist(),
+  decoded = _decode_conditions(
+    model, ids_BxP, mask_BxP, answers, candidates, grade, tokenizer, settings
   )
-  return result
+  return _result(decoded, candidates, tokenizer, settings)
 
 
 # Bar colours per class (red: ban hurts, green: ban helps, grey: neither shown significant).
@@ -297,16 +402,15 @@ def _cell(text: str) -> str:
   return repr(text)[1:-1].replace("|", "\\|")
 
 
-def section(result: dict[str, Any], out_dir: str) -> report.Section:
-  """The census as a report section: a `rockjax.analysis.report.Section`.
+def _sig(p: float) -> float:
+  """A p-value to 4 significant digits, the precision the Markdown prints."""
+  return float(f"{p:.4g}")
 
-  Writes `knockout_delta.png` into out_dir (local or cloud). `text` refers to `numbers` by
-  `{name}` placeholders only; numbers are rounded here so the Markdown and the JSON agree.
-  """
+
+def _summary_numbers(result: dict[str, Any]) -> dict[str, Any]:
+  """The section's numbers about the census as a whole: settings, classes, tests, bookkeeping."""
   s, st = result["settings"], result["sign_test"]
-  # Rounded once, here: the JSON then holds exactly what the Markdown prints.
-  sig = lambda p: float(f"{p:.4g}")
-  numbers: dict[str, Any] = dict(
+  return dict(
     num_candidates=len(result["candidates"]),
     num_problems=result["num_problems"],
     num_samples=result["num_samples"],
@@ -322,33 +426,45 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     sign_negative=st["negative"],
     sign_positive=st["positive"],
     sign_zero=st["zero"],
-    sign_p=sig(st["p_value"]),
+    sign_p=_sig(st["p_value"]),
     significant_bonferroni=result["significant_bonferroni"],
     significant_bh=result["significant_bh"],
     num_batches=result["num_batches"],
     num_compilations=result["num_compilations"],
     wall_seconds=round(result["wall_seconds"], 1),
   )
-  rows = []
-  for e in result["candidates"]:
-    v = f"id{e['id']}"
-    numbers.update(
-      {
-        f"{v}_id": e["id"],
-        f"{v}_token": _cell(e["token"]),
-        f"{v}_emitted": e["baseline_emitted"],
-        f"{v}_delta": round(e["delta"], 4),
-        f"{v}_ci_low": round(e["ci_low"], 4),
-        f"{v}_ci_high": round(e["ci_high"], 4),
-        f"{v}_p": sig(e["p_value"]),
-        f"{v}_p_bonferroni": sig(e["p_bonferroni"]),
-        f"{v}_p_bh": sig(e["p_bh"]),
-        f"{v}_class": e["class"],
-      }
-    )
-    cells = ("id", "token", "emitted", "delta", "ci_low", "ci_high", "p", "p_bonferroni", "p_bh")
-    rows.append("| " + " | ".join(f"{{{v}_{c}}}" for c in cells) + f" | {{{v}_class}} |")
-  text = "\n".join(
+
+
+# The per-candidate numbers a table row shows, in column order (the class comes last).
+_ROW_CELLS = ("id", "token", "emitted", "delta", "ci_low", "ci_high", "p", "p_bonferroni", "p_bh")
+
+
+def _candidate_numbers(e: dict[str, Any]) -> dict[str, Any]:
+  """One candidate's numbers, named `id<id>_<cell>`."""
+  v = f"id{e['id']}"
+  return {
+    f"{v}_id": e["id"],
+    f"{v}_token": _cell(e["token"]),
+    f"{v}_emitted": e["baseline_emitted"],
+    f"{v}_delta": round(e["delta"], 4),
+    f"{v}_ci_low": round(e["ci_low"], 4),
+    f"{v}_ci_high": round(e["ci_high"], 4),
+    f"{v}_p": _sig(e["p_value"]),
+    f"{v}_p_bonferroni": _sig(e["p_bonferroni"]),
+    f"{v}_p_bh": _sig(e["p_bh"]),
+    f"{v}_class": e["class"],
+  }
+
+
+def _candidate_row(e: dict[str, Any]) -> str:
+  """One candidate's Markdown table row, all placeholders for its numbers."""
+  v = f"id{e['id']}"
+  return "| " + " | ".join(f"{{{v}_{c}}}" for c in _ROW_CELLS) + f" | {{{v}_class}} |"
+
+
+def _section_text(rows: list[str]) -> str:
+  """The section's Markdown: the method, the summary and the candidates' table `rows`."""
+  return "\n".join(
     [
       "Each candidate id gets -inf at every decoding step ({decoding}, at most {max_new_tokens}"
       " new tokens, seed {seed}, {num_samples} sample(s) per problem) on {num_problems}"
@@ -370,6 +486,19 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
       *rows,
     ]
   )
+
+
+def section(result: dict[str, Any], out_dir: str) -> report.Section:
+  """The census as a report section: a `rockjax.analysis.report.Section`.
+
+  Writes `knockout_delta.png` into out_dir (local or cloud). `text` refers to `numbers` by
+  `{name}` placeholders only; numbers are rounded here so the Markdown and the JSON agree.
+  """
+  # Rounded once, here (_sig, round): the JSON then holds exactly what the Markdown prints.
+  numbers: dict[str, Any] = _summary_numbers(result)
+  for e in result["candidates"]:
+    numbers.update(_candidate_numbers(e))
+  rows = [_candidate_row(e) for e in result["candidates"]]
   report.save_figure(delta_figure(result), out_dir, "knockout_delta.png")
   caption = (
     "Knockout: accuracy change (Delta) when each candidate id is banned, with paired-bootstrap"
@@ -380,5 +509,5 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     key="knockout",
     numbers=numbers,
     figures=(report.Figure("knockout_delta.png", caption),),
-    text=text,
+    text=_section_text(rows),
   )

@@ -70,10 +70,7 @@ def run_analysis(
   student_model, source = load_student(c, workdir, student, mesh)
   ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
 
-  loss = settings.loss_settings(c)
-  spec = corpus.ScoreSpec(
-    loss.divergence, loss.temperature, loss.jsd_beta, loss.skew_alpha, loss.block_size
-  )
+  spec = settings.divergence_spec(c)
   corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
   corpus_kwargs = dict(
     batch_size=-(-min(a.batch_size, len(ids)) // row_shards) * row_shards,

@@ -145,15 +145,13 @@ def _geometry(ctx: AnalysisContext) -> list[report.Section]:
   vocab = ctx.student.cfg.vocab_size
   length = ctx.prompt_ids_SxP.shape[1] + ctx.corpus_kwargs["max_new_tokens"]
   rows = int(max(1, min(a.batch_size, GEOMETRY_LOGITS_ELEMENTS // (length * vocab))))
-  loss = settings.loss_settings(ctx.config)
   sums = geometry.gradient_sums(
     ctx.student,
     ctx.teacher,
     _corpus_batches(ctx, rows),
     groups,
     vocab_size=vocab,
-    kind=loss.divergence,
-    temperature=loss.temperature,
+    spec=settings.divergence_spec(ctx.config),  # the run's divergence, every setting of it
   )
   return [geometry.section(geometry.geometry(sums, groups), ctx.out_dir)]
 

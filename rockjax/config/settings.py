@@ -10,21 +10,29 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from rockjax import objective, rocks
+from rockjax import losses, objective, rocks
 from rockjax import step as step_lib
+
+
+def divergence_spec(c: ml_collections.ConfigDict) -> losses.DivergenceSpec:
+  """The run's on-policy divergence and its settings (config group opd), used everywhere."""
+  o = c.opd
+  return losses.DivergenceSpec(
+    kind=o.divergence,
+    temperature=o.temperature,
+    beta=o.jsd_beta,
+    alpha=o.skew_alpha,
+    chunk_size=o.chunk_size,
+    block_size=o.block_size,
+  )
 
 
 def loss_settings(c: ml_collections.ConfigDict) -> objective.LossSettings:
   """The per-token loss from config groups opd and rock."""
   return objective.LossSettings(
     mode=c.opd.mode,
-    divergence=c.opd.divergence,
-    jsd_beta=c.opd.jsd_beta,
-    skew_alpha=c.opd.skew_alpha,
-    temperature=c.opd.temperature,
+    spec=divergence_spec(c),
     chunked=c.opd.chunked,
-    chunk_size=c.opd.chunk_size,
-    block_size=c.opd.block_size,
     loss_sharding=c.opd.loss_sharding,
     kd_ratio=c.opd.kd_ratio,
     normalizer=c.opd.normalizer,

@@ -143,6 +143,27 @@ def _digest(obj: Any) -> str:
   return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _fit_training_prompts(
+  records: Sequence[dict[str, Any]],
+  tokenizer: Any,
+  max_prompt_len: int,
+  prompt_format: records_lib.PromptFormat,
+  prompt_overflow: str,
+) -> prompt_fit.FittedPrompts:
+  """The records' prompts formatted and fitted to max_prompt_len; ValueError without records."""
+  if not records:
+    raise ValueError("pipeline: no records")
+  # Over-long prompts are dropped (or refused) here, before indices are shuffled or sharded.
+  return prompt_fit.fit_prompts(
+    records,
+    tokenizer,
+    max_prompt_len=max_prompt_len,
+    overflow=prompt_overflow,
+    prompt_format=prompt_format,
+    label="training prompts",
+  )
+
+
 class _Pipeline:
   """Common part: prompts fitted to P, grain dataset, resumable iterator, answers lookup."""
 
@@ -166,16 +187,8 @@ class _Pipeline:
     num_threads: int,
     prefetch: int,
   ):
-    if not records:
-      raise ValueError("pipeline: no records")
-    # Over-long prompts are dropped (or refused) here, before indices are shuffled or sharded.
-    fitted = prompt_fit.fit_prompts(
-      records,
-      tokenizer,
-      max_prompt_len=max_prompt_len,
-      overflow=prompt_overflow,
-      prompt_format=prompt_format,
-      label="training prompts",
+    fitted = _fit_training_prompts(
+      records, tokenizer, max_prompt_len, prompt_format, prompt_overflow
     )
     self.records, self.prompt_ids = fitted.records, fitted.ids
     # Counts the run writes once (data/prompts_truncated, data/prompts_dropped, ...).
@@ -211,11 +224,8 @@ class _Pipeline:
     )
     fingerprint = _digest(settings)
     # Few threads and a short buffer: tokenising is cheap next to a train step.
-    self.iterator = BatchIterator(
-      self.dataset,
-      fingerprint,
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch),
-    )
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    self.iterator = BatchIterator(self.dataset, fingerprint, read_options)
 
   @property
   def num_batches(self) -> int | None:

@@ -145,6 +145,17 @@ def report(
   c, how = run_length.resolve(c, dry_run=True)
   sizes = declared_mesh_shape(c)
   n_devices = math.prod(sizes.values())
+  out = _memory_report(c, how, sizes)
+  if aot_topology:
+    out.update(_aot_report(c, aot_topology, n_devices, out["model_flops"]["total"], dump_dir))
+  elif n_devices <= jax.device_count():
+    compiled = compile_step(c, jax.devices()[:n_devices])
+    out["per_device_gib"]["xla_cpu_temp"] = compiled.memory_analysis().temp_size_in_bytes / _GIB
+  return out
+
+
+def _memory_report(c: ml_collections.ConfigDict, how: str, sizes: dict[str, int]) -> dict[str, Any]:
+  """The report's sections sized from the abstract state's shardings alone (nothing compiled)."""
   abstract_mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
   init, params, _, t_params, _ = _abstract(c)
   abstract = jax.eval_shape(init, params)
@@ -181,30 +192,39 @@ def report(
     out["per_device_gib"]["teacher_params"] = _per_device_bytes(t_params, t_shardings, sizes) / _GIB
   # XLA:CPU's figure does not predict TPU/GPU memory; it is kept for CPU runs and tests.
   out["per_device_gib"]["xla_cpu_temp"] = None
-  if aot_topology:
-    devices = topology_devices(aot_topology)
-    if len(devices) != n_devices:
-      raise errors.ConfigError(
-        f"mesh.num_devices: the mesh has {n_devices} devices but --aot_topology={aot_topology} "
-        f"has {len(devices)}"
-      )
-    start = time.perf_counter()
-    try:
-      compiled = compile_step(c, devices)
-      figures = aot_figures(compiled, devices, out["model_flops"]["total"])
-      out["aot"] = {"topology": aot_topology, **figures}
-      _dump(dump_dir, "train_step.hlo.txt", compiled)
-    except jax.errors.JaxRuntimeError as e:
-      reason = _xla_refusal(e)
-      kind = devices[0].device_kind
-      out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
-      out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
-    out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
-    if c.opd.mode == "on_policy" and "xla_error" not in out["aot"]:
-      out["rollout"] = _rollout_report(c, devices, out["aot"], dump_dir)
-  elif n_devices <= jax.device_count():
-    compiled = compile_step(c, jax.devices()[:n_devices])
-    out["per_device_gib"]["xla_cpu_temp"] = compiled.memory_analysis().temp_size_in_bytes / _GIB
+  return out
+
+
+def _aot_report(
+  c: ml_collections.ConfigDict,
+  aot_topology: str,
+  n_devices: int,
+  model_flops_total: float,
+  dump_dir: str | None,
+) -> dict[str, Any]:
+  """The `aot` section (the step compiled by libtpu for the topology, or XLA's refusal) and,
+  for an on-policy config whose step compiled, the `rollout` section."""
+  devices = topology_devices(aot_topology)
+  if len(devices) != n_devices:
+    raise errors.ConfigError(
+      f"mesh.num_devices: the mesh has {n_devices} devices but --aot_topology={aot_topology} "
+      f"has {len(devices)}"
+    )
+  out: dict[str, Any] = {}
+  start = time.perf_counter()
+  try:
+    compiled = compile_step(c, devices)
+    figures = aot_figures(compiled, devices, model_flops_total)
+    out["aot"] = {"topology": aot_topology, **figures}
+    _dump(dump_dir, "train_step.hlo.txt", compiled)
+  except jax.errors.JaxRuntimeError as e:
+    reason = _xla_refusal(e)
+    kind = devices[0].device_kind
+    out["aot"] = {"topology": aot_topology, "device_kind": kind, "devices": len(devices)}
+    out["aot"].update(hbm_gib=HBM_GIB.get(kind), xla_error=reason, fits=False)
+  out["aot"]["compile_seconds"] = round(time.perf_counter() - start, 2)
+  if c.opd.mode == "on_policy" and "xla_error" not in out["aot"]:
+    out["rollout"] = _rollout_report(c, devices, out["aot"], dump_dir)
   return out
 
 

@@ -185,6 +185,7 @@ def chunked_divergence(
   temperature: float = 1.0,
   beta: float = 0.5,
   alpha: float = 0.9,
+  spec: registry.DivergenceSpec | None = None,
 ) -> jax.Array:
   """Per-token divergence `[B, L]` from hidden `[B, L, D]` and heads `[D, V]`, chunked over V.
 
@@ -192,7 +193,9 @@ def chunked_divergence(
   materialising the logits in forward or backward. Student and teacher widths may differ; their
   vocabularies may not. Gradients flow to the student hidden states and head only.
   """
-  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
+  spec = registry.spec_from(
+    spec, kind=kind, temperature=temperature, beta=beta, alpha=alpha, chunk_size=chunk_size
+  )
   lead, d_s, d_t = check_hidden_and_heads(
     student_hidden, student_head, teacher_hidden, teacher_head
   )
@@ -215,13 +218,16 @@ def chunked_logit_gradient_norm(
   temperature: float = 1.0,
   beta: float = 0.5,
   alpha: float = 0.9,
+  spec: registry.DivergenceSpec | None = None,
 ) -> jax.Array:
   """Per-token L2 norm `[B, L]` of d divergence / d student logits, chunked over V.
 
   A diagnostic (no gradient flows through it): for reverse_kl it is the norm of the paper's
   `g = p_s * (A - E_ps[A])`. Costs two extra passes over the heads.
   """
-  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size)
+  spec = registry.spec_from(
+    spec, kind=kind, temperature=temperature, beta=beta, alpha=alpha, chunk_size=chunk_size
+  )
   lead, d_s, d_t = check_hidden_and_heads(
     student_hidden, student_head, teacher_hidden, teacher_head
   )

@@ -28,9 +28,10 @@ def divergence(
   temperature: float = 1.0,
   beta: float = 0.5,
   alpha: float = 0.9,
+  spec: DivergenceSpec | None = None,
 ) -> jax.Array:
-  """Per-token divergence `[..., V] -> [...]` of the named kind from full logits."""
-  spec = DivergenceSpec(kind, temperature, beta, alpha)
+  """Per-token divergence `[..., V] -> [...]` of the named kind from full logits (or `spec`)."""
+  spec = registry.spec_from(spec, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
   return registry.value_and_aux(*_log_probs(student_logits, teacher_logits, spec), spec)[0]
 
 
@@ -75,14 +76,16 @@ def logit_gradient(
   temperature: float = 1.0,
   beta: float = 0.5,
   alpha: float = 0.9,
+  spec: DivergenceSpec | None = None,
 ) -> jax.Array:
   """d divergence / d tempered student logits `[..., V]`, in closed form (the registry's).
 
   For reverse_kl this is the paper's `g = p_s * (A - E_ps[A])`, `A = log p_s - log p_t + 1`
   (docs/method.md, "Gradient geometry"; the +1 cancels in A - E[A]).
-  At temperature T it is the gradient w.r.t. the tempered logits z/T.
+  At temperature T it is the gradient w.r.t. the tempered logits z/T. `spec` gives all the
+  divergence's settings at once (instead of the keywords).
   """
-  spec = DivergenceSpec(kind, temperature, beta, alpha)
+  spec = registry.spec_from(spec, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
   logp_s, logp_t = _log_probs(student_logits, teacher_logits, spec)
   _, aux = registry.value_and_aux(logp_s, logp_t, spec)
   return registry.logit_grad(logp_s, logp_t, aux, spec)
@@ -96,9 +99,9 @@ def logit_gradient_norm(
   temperature: float = 1.0,
   beta: float = 0.5,
   alpha: float = 0.9,
+  spec: DivergenceSpec | None = None,
 ) -> jax.Array:
   """Per-token L2 norm `[B, L]` of `logit_gradient`."""
-  g = logit_gradient(
-    student_logits, teacher_logits, kind=kind, temperature=temperature, beta=beta, alpha=alpha
-  )
+  spec = registry.spec_from(spec, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
+  g = logit_gradient(student_logits, teacher_logits, spec=spec)
   return jnp.sqrt(jnp.sum(jnp.square(g), axis=-1))

@@ -262,6 +262,7 @@ def fused_divergence(
   block_size: int = 512,
   chunk_size: int = 8192,
   sharding: str = "tokens",
+  spec: registry.DivergenceSpec | None = None,
 ) -> FusedDivergence:
   """`sum(weights * divergence(h_s @ W_s, h_t @ W_t))` with its gradient formed in the forward.
 
@@ -276,7 +277,15 @@ def fused_divergence(
   """
   if sharding not in SHARDINGS:
     raise ValueError(f"fused_divergence sharding must be one of {SHARDINGS}, got {sharding!r}")
-  spec = registry.DivergenceSpec(kind, temperature, beta, alpha, chunk_size, block_size)
+  spec = registry.spec_from(
+    spec,
+    kind=kind,
+    temperature=temperature,
+    beta=beta,
+    alpha=alpha,
+    chunk_size=chunk_size,
+    block_size=block_size,
+  )
   lead, d_s, d_t = check_hidden_and_heads(
     student_hidden, student_head, teacher_hidden, teacher_head
   )

@@ -55,6 +55,22 @@ class DivergenceSpec:
       )
 
 
+def spec_from(spec: DivergenceSpec | None, **settings) -> DivergenceSpec:
+  """`spec`, or one built from a public function's keyword `settings`; never both at once.
+
+  The public functions take the divergence's settings as keywords (kind=, temperature=, beta=,
+  alpha=, ...) or whole, as `spec=`: the train step, the rock analysis and the reports pass the
+  run's one spec, so a setting added to DivergenceSpec reaches every path without new keywords.
+  """
+  if spec is None:
+    return DivergenceSpec(**settings)
+  defaults = {f.name: f.default for f in dataclasses.fields(DivergenceSpec)}
+  given = sorted(k for k, v in settings.items() if v != defaults[k])
+  if given:
+    raise ValueError(f"pass the divergence as spec= or as keywords, not both (also got {given})")
+  return spec
+
+
 @dataclasses.dataclass(frozen=True)
 class Divergence:
   """One registered kind (see the module docstring for the signatures)."""

@@ -4,15 +4,19 @@ step. Building trains nothing; multi-stage runs (teacher SFT, stage-1 KD) are ro
 Resume order: the run's own workdir checkpoint, then `ckpt.resume`, then init.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from rockjax import checkpoint as ckpt_lib
 from rockjax import data as data_lib
@@ -28,7 +32,17 @@ from rockjax.rocks import lists as rock_lists
 from rockjax.runner import preflight
 from rockjax.sampling import rollout_copy as rollout_params
 
+if TYPE_CHECKING:
+  # Annotations only: rockjax.models.load_tokenizer imports transformers (seconds) when called.
+  from transformers import PreTrainedTokenizerBase
+
 _log = logging.getLogger(__name__)
+
+# rockjax.step.jit_train_step's program: (state, teacher params or None, batch) -> (state, metrics).
+_TrainStep = Callable[
+  [state_lib.TrainState, nnx.State | None, dict[str, jax.Array]],
+  tuple[state_lib.TrainState, step_lib.Metrics],
+]
 
 
 @dataclasses.dataclass
@@ -37,20 +51,20 @@ class Experiment:
 
   config: ml_collections.ConfigDict
   workdir: str
-  mesh: Any
-  tokenizer: Any
+  mesh: Mesh
+  tokenizer: PreTrainedTokenizerBase
   eos_ids: tuple[int, ...]
   student_cfg: models.ModelConfig
-  teacher_params: Any
+  teacher_params: nnx.State | None  # None without a teacher (teacher.source "none")
   state: state_lib.TrainState
   start_step: int
-  train_step: Callable
-  train_data: Any
+  train_step: _TrainStep
+  train_data: data_lib.PromptPipeline | data_lib.CompletionPipeline
   checkpointer: ckpt_lib.Checkpointer
   eval_prompts: dict[str, np.ndarray] | None
   eval_answers: list[str]
   # params -> the student's sampling copy (opd.rollout_dtype / rollout_sharding; rollout_params)
-  sampling_copy: Callable[[Any], Any] = lambda params: params
+  sampling_copy: Callable[[nnx.State], nnx.State] = lambda params: params
 
   def evaluate(
     self, state: state_lib.TrainState, step: int
@@ -144,19 +158,28 @@ def _pipelines(c, paths, tokenizer, mesh):
   return train, prompts, answers
 
 
-def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-  """Build (or restore) everything for a run in `workdir`."""
-  c = config
+def _refuse_pipeline_stages(c: ml_collections.ConfigDict) -> None:
+  """A model that an earlier stage trains (sft, kd) is built by the pipeline, not here."""
   for group in ("model", "teacher"):
     if c[group].source in ("sft", "kd"):
       raise errors.ConfigError(
         f"{group}.source={c[group].source!r} is a pipeline stage (train that model first, "
         f"then load its export): run it with rockjax.runner.pipeline.run, not build_experiment"
       )
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  ici, dcn = shd.config_mesh_shapes(c.mesh)
-  mesh = shd.make_mesh(ici, dcn=dcn)
-  paths = task_files(c, workdir)
+
+
+@dataclasses.dataclass
+class _Models:
+  """The run's tokenizer and student config, and the teacher's weights (None without one)."""
+
+  tokenizer: PreTrainedTokenizerBase
+  student_cfg: models.ModelConfig
+  teacher_graphdef: nnx.GraphDef | None
+  teacher_params: nnx.State | None
+
+
+def _load_models(c: ml_collections.ConfigDict, paths: dict[str, str], mesh: Mesh) -> _Models:
+  """Tokenizer, model configs and the teacher, each checked before the next is read."""
   # The field an error about the data tokenizer names: where its path came from.
   tok_field = next(
     (f"{g}.path" for g in ("teacher", "model") if c[g].path == paths["tokenizer"]),
@@ -176,6 +199,55 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   if teacher_cfg is not None:
     teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
     preflight.check_teacher(c, (teacher_graphdef, teacher_params), tokenizer, mesh)
+  return _Models(tokenizer, student_cfg, teacher_graphdef, teacher_params)
+
+
+def _restore(
+  c: ml_collections.ConfigDict,
+  checkpointer: ckpt_lib.Checkpointer,
+  like: state_lib.TrainState,
+  data_iterator: data_lib.BatchIterator,
+) -> tuple[state_lib.TrainState, int] | None:
+  """(state, step) from the run's own checkpoint, else from `ckpt.resume`; None if neither."""
+  # Each host restores its own data position into data_iterator.
+  restored = checkpointer.restore(like, data_iterator=data_iterator)
+  if restored is None and c.ckpt.resume:
+    restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(
+      like, data_iterator=data_iterator
+    )
+  if restored is None:
+    return None
+  state, _, start = restored
+  _log.info("resumed from step %d", start)
+  return state, start
+
+
+def _jit_step(
+  c: ml_collections.ConfigDict,
+  m: _Models,
+  schedule: Callable[[Any], jax.Array],
+  shardings: Any,
+  mesh: Mesh,
+) -> _TrainStep:
+  """The jitted train step, its inputs sharded as the state, the teacher and a batch are."""
+  step_settings = settings_lib.step_settings(c, m.teacher_graphdef, schedule)
+  teacher_shardings = (
+    None if m.teacher_params is None else jax.tree.map(lambda x: x.sharding, m.teacher_params)
+  )
+  batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
+  return step_lib.jit_train_step(step_settings, shardings, teacher_shardings, batch_sharding)
+
+
+def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """Build (or restore) everything for a run in `workdir`."""
+  c = config
+  _refuse_pipeline_stages(c)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  ici, dcn = shd.config_mesh_shapes(c.mesh)
+  mesh = shd.make_mesh(ici, dcn=dcn)
+  paths = task_files(c, workdir)
+  m = _load_models(c, paths, mesh)
+  student_cfg = m.student_cfg
 
   tx, schedule = state_lib.make_optimizer(c.opt, settings_lib.total_updates(c))
   rock_mask = _rock_mask(c, student_cfg.vocab_size)
@@ -185,27 +257,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   )
   like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
 
-  train_data, eval_prompts, eval_answers = _pipelines(c, paths, tokenizer, mesh)
+  train_data, eval_prompts, eval_answers = _pipelines(c, paths, m.tokenizer, mesh)
   checkpointer = ckpt_lib.Checkpointer(str(epath.Path(workdir) / "ckpt"), keep=c.ckpt.keep)
-  # Each host restores its own data position into train_data.iterator.
-  restored = checkpointer.restore(like, data_iterator=train_data.iterator)
-  if restored is None and c.ckpt.resume:
-    restored = ckpt_lib.Checkpointer(c.ckpt.resume, keep=c.ckpt.keep).restore(
-      like, data_iterator=train_data.iterator
-    )
-  if restored is not None:
-    state, _, start = restored
-    _log.info("resumed from step %d", start)
-  else:
+  restored = _restore(c, checkpointer, like, train_data.iterator)
+  if restored is None:
     _, params = loading.load_params(c.model, student_cfg, mesh, c.seed)
-    state, start = state_lib.init_state(init, params, shardings, mesh), 0
+    restored = state_lib.init_state(init, params, shardings, mesh), 0
+  state, start = restored
 
-  step_settings = settings_lib.step_settings(c, teacher_graphdef, schedule)
-  teacher_shardings = (
-    None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
-  )
-  batch_sharding = shd.batch_sharding(settings_lib.batch_shape(c), mesh)
-  train_step = step_lib.jit_train_step(step_settings, shardings, teacher_shardings, batch_sharding)
+  train_step = _jit_step(c, m, schedule, shardings, mesh)
   sampling_copy = rollout_params.make_copier(
     abstract_params,
     mesh,
@@ -217,10 +277,10 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
     config=c,
     workdir=workdir,
     mesh=mesh,
-    tokenizer=tokenizer,
-    eos_ids=models.eos_ids(tokenizer),
+    tokenizer=m.tokenizer,
+    eos_ids=models.eos_ids(m.tokenizer),
     student_cfg=student_cfg,
-    teacher_params=teacher_params,
+    teacher_params=m.teacher_params,
     state=state,
     start_step=int(start),
     train_step=train_step,

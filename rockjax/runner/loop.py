@@ -6,6 +6,7 @@ split across hosts) and XLA collectives do the rest.
 """
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -202,128 +203,166 @@ def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: 
     )
 
 
+@dataclasses.dataclass
+class RunResult:
+  """What one stage's training run leaves (rockjax.runner.pipeline records and exports it)."""
+
+  state: state_lib.TrainState  # the last state (saved as the last checkpoint)
+  metrics: dict[str, float]  # the last logged window averages (+ data counts, last eval)
+  experiment: Experiment  # what the run was built from (mesh, tokenizer, start_step, ...)
+  data_state: dict[str, Any]  # the train pipeline's iterator state at the end
+  step: int  # train steps done (config.steps when completed)
+  completed: bool  # reached config.steps
+  interrupted: str | None  # the stop signal's name (SIGTERM / SIGINT), None if none came
+  eval_correct: np.ndarray | None  # per-prompt correctness [P, N] of the last evaluation
+  rock_table: dict[str, Any]  # the labelled per-id rock table (also WORKDIR/rocks.json)
+  seconds: float  # wall time of this call
+
+
+class _MetricLog:
+  """The host side of the metrics: step N's device metrics are pulled while step N+1 runs,
+  checked for NaN, windowed and written every log_every steps (metrics.jsonl, TensorBoard),
+  with the progress bar's postfix."""
+
+  def __init__(self, exp: Experiment, workdir: str, loss) -> None:
+    c = exp.config
+    self.exp, self.every, self.steps = exp, c.log_every, c.steps
+    self.writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    # Prompts truncated/dropped and bad records skipped while building the data: written
+    # once, with the first metrics line of this (re)start.
+    self.data_counts = dict(exp.train_data.counts)
+    self.unwritten = dict(self.data_counts)
+    self.last: dict[str, float] = {}
+    self.window: dict[str, list[float]] = {}
+    self.pending = None  # (step, device metrics) of the previous step
+    # opd/kl holds the stage's per-token quantity (cross-entropy in plain SFT): name it so.
+    self.label = "ce" if loss.tracked == "cross_entropy" else "kl"
+    self.bar = tqdm.tqdm(
+      total=c.steps,
+      initial=exp.start_step,
+      desc=loss.stage,
+      disable=jax.process_index() != 0,
+      dynamic_ncols=True,
+    )
+    self.t0 = time.perf_counter()
+
+  def push(self, step_done: int, dev_metrics) -> None:
+    """Hold this step's metrics; pull the previous step's (it has finished by now)."""
+    self.flush()
+    self.pending = (step_done, dev_metrics)
+    self.bar.update(1)
+
+  def flush(self) -> None:
+    """Pull, check and window the pending step's metrics (before an eval or a checkpoint)."""
+    if self.pending is None:
+      return
+    step_done, dev_metrics = self.pending
+    self.pending = None
+    host = metrics_lib.to_host(dev_metrics)
+    _check_finite(step_done, host, self.exp)
+    metrics_lib.accumulate(self.window, host)
+    if step_done % self.every == 0 or step_done == self.steps:
+      self._write_window(step_done)
+
+  def _write_window(self, step_done: int) -> None:
+    values = metrics_lib.averages({k: tuple(v) for k, v in self.window.items()})
+    now = time.perf_counter()
+    values["perf/seconds_per_step"] = (now - self.t0) / self.every
+    self.t0 = now
+    values.update(self.unwritten)
+    self.unwritten.clear()
+    self.writer.write(step_done, values)
+    self.last = values
+    self.window.clear()
+    kl, share = values.get("opd/kl", float("nan")), values.get("rock/share_tokens", float("nan"))
+    self.bar.set_postfix({self.label: f"{kl:.4f}", "rock_share": f"{share:.2f}"})
+
+  def write(self, step: int, values: dict[str, float]) -> None:
+    """Write values outside the window (evaluations) and remember them as last logged."""
+    self.writer.write(step, values)
+    self.last.update(values)
+
+  def close(self) -> None:
+    self.bar.close()
+    self.writer.close()
+
+
+def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, int, Any]:
+  """The training loop proper: (last state, steps done, last evaluation's correctness)."""
+  c, on_policy = exp.config, exp.config.opd.mode != "off_policy"
+  state, done, eval_correct = exp.state, exp.start_step, None
+  for step in range(exp.start_step, c.steps):
+    profiler.before(step + 1)
+    batch, batch_metrics = _next_batch(exp, state, step)
+    state, dev_metrics = _train(exp, state, batch, timed=on_policy)
+    profiler.after(step + 1, state)
+    # step N's metrics are pulled while step N+1 runs (on-policy, N+1 has already finished:
+    # _train waited for it to time it)
+    log.push(step + 1, {**dev_metrics, **batch_metrics})
+    done = step + 1
+    if c.eval.every and (done % c.eval.every == 0 or done == c.steps):  # and after the last
+      log.flush()
+      values, eval_correct = exp.evaluate(state, done)
+      log.write(done, values)
+    stop = signals.requested or (c.stop_after and done >= c.stop_after)
+    if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or stop:
+      log.flush()  # verify the state to be saved is finite first
+      exp.checkpointer.save(done, state, exp.train_data.iterator)  # each host its own
+      log.writer.flush()  # a cloud workdir's metrics are uploaded at least this often
+    if stop:
+      break
+  return state, done, eval_correct
+
+
 def run(
   config: ml_collections.ConfigDict, workdir: str, *, profile_steps: tuple[int, int] | None = None
-) -> dict[str, Any]:
+) -> RunResult:
   """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
 
   profile_steps=(a, b): write a jax.profiler trace of steps a..b (the first step is 1) into
-  workdir/profile/ (see _Profiler).
-
-  Returns {state, metrics (last logged averages), experiment, data_state, step,
-  completed (reached config.steps), interrupted (the signal's name, or None), eval_correct
-  (per-prompt correctness of the last evaluation, or None), rock_table, seconds}. A SIGTERM or
-  Ctrl-C ends the loop after the current step with a checkpoint; the caller decides what an
-  interrupted run means (rockjax.runner.pipeline stops every later stage).
+  workdir/profile/ (see _Profiler). A SIGTERM or Ctrl-C ends the loop after the current step
+  with a checkpoint; the caller decides what an interrupted run means
+  (rockjax.runner.pipeline stops every later stage).
   """
   exp = build_experiment(config, workdir)
-  c = exp.config
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  signals = _StopSignals()
-  profiler = _Profiler(workdir, profile_steps)
-  on_policy = c.opd.mode != "off_policy"
-  state, start = exp.state, exp.start_step
-  # Prompts truncated/dropped and bad records skipped while building the data: written once,
-  # with the first metrics line of this (re)start.
-  data_counts = dict(exp.train_data.counts)
-  unwritten = dict(data_counts)
-  last: dict[str, float] = {}
-  eval_correct = None
-  pending = None  # (step, device metrics) of the previous step: pulled after dispatching next
-  window: dict[str, list[float]] = {}
-  loss = settings_lib.loss_settings(c)
-  kind = loss.stage
-  # opd/kl holds the stage's per-token quantity (cross-entropy in plain SFT): name it so.
-  loss_label = "ce" if loss.tracked == "cross_entropy" else "kl"
-  bar = tqdm.tqdm(
-    total=c.steps, initial=start, desc=kind, disable=jax.process_index() != 0, dynamic_ncols=True
+  c, loss = exp.config, settings_lib.loss_settings(exp.config)
+  log, signals, profiler = (
+    _MetricLog(exp, workdir, loss),
+    _StopSignals(),
+    _Profiler(workdir, profile_steps),
   )
-  t_start = t0 = time.perf_counter()
-  done = start
-
-  def finish(step_done: int, dev_metrics) -> None:
-    nonlocal last, t0
-    host = metrics_lib.to_host(dev_metrics)
-    _check_finite(step_done, host, exp)
-    metrics_lib.accumulate(window, host)
-    if step_done % c.log_every == 0 or step_done == c.steps:
-      values = metrics_lib.averages({k: tuple(v) for k, v in window.items()})
-      now = time.perf_counter()
-      values["perf/seconds_per_step"] = (now - t0) / c.log_every
-      t0 = now
-      values.update(unwritten)
-      unwritten.clear()
-      writer.write(step_done, values)
-      last = values
-      window.clear()
-      bar.set_postfix(
-        {
-          loss_label: f"{values.get('opd/kl', float('nan')):.4f}",
-          "rock_share": f"{values.get('rock/share_tokens', float('nan')):.2f}",
-        }
-      )
-
+  t_start = time.perf_counter()
   try:
     with jax.set_mesh(exp.mesh):
-      for step in range(start, c.steps):
-        profiler.before(step + 1)
-        batch, batch_metrics = _next_batch(exp, state, step)
-        state, dev_metrics = _train(exp, state, batch, timed=on_policy)
-        profiler.after(step + 1, state)
-        dev_metrics = {**dev_metrics, **batch_metrics}
-        if pending is not None:
-          # step N's metrics are pulled while step N+1 runs (on-policy, N+1 has already
-          # finished: _train waited for it to time it)
-          finish(*pending)
-        pending = (step + 1, dev_metrics)
-        bar.update(1)
-        done = step + 1
-        # Evaluate every eval.every steps and always after the last one.
-        if c.eval.every and (done % c.eval.every == 0 or done == c.steps):
-          finish(*pending)
-          pending = None
-          values, eval_correct = exp.evaluate(state, done)
-          writer.write(done, values)
-          last.update(values)
-        stop = signals.requested or (c.stop_after and done >= c.stop_after)
-        if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or stop:
-          if pending is not None:
-            finish(*pending)  # verify the state to be saved is finite first
-            pending = None
-          exp.checkpointer.save(done, state, exp.train_data.iterator)  # each host its own
-          writer.flush()  # a cloud workdir's metrics are uploaded at least this often
-        if stop:
-          break
+      state, done, eval_correct = _steps(exp, log, signals, profiler)
       profiler.stop()  # a run that ended before step b
-      if pending is not None:
-        finish(*pending)
-      if start >= c.steps:
+      log.flush()
+      if exp.start_step >= c.steps:
         # Resumed at its last step (stopped after the final checkpoint, before the caller
         # recorded the run): report what the finished run logged and evaluated, not nothing.
-        last = metrics_lib.logged_at(workdir, start)
+        log.last = metrics_lib.logged_at(workdir, exp.start_step)
         if c.eval.every:
-          _, eval_correct = exp.evaluate(state, start)
+          _, eval_correct = exp.evaluate(state, exp.start_step)
     data_state = exp.train_data.get_state()
     table = _report_rocks(exp, state, loss)  # all processes compute; process 0 writes
   finally:
     profiler.stop()
-    bar.close()
-    writer.close()
+    log.close()
     signals.restore()
     exp.checkpointer.close()
     exp.train_data.close()
-  return {
-    "state": state,
-    "metrics": {**data_counts, **last},
-    "experiment": exp,
-    "data_state": data_state,
-    "step": done,
-    "completed": done >= c.steps,
-    "interrupted": signals.requested,
-    "eval_correct": eval_correct,
-    "rock_table": table,
-    "seconds": time.perf_counter() - t_start,
-  }
+  return RunResult(
+    state=state,
+    metrics={**log.data_counts, **log.last},
+    experiment=exp,
+    data_state=data_state,
+    step=done,
+    completed=done >= c.steps,
+    interrupted=signals.requested,
+    eval_correct=eval_correct,
+    rock_table=table,
+    seconds=time.perf_counter() - t_start,
+  )
 
 
 def _report_rocks(exp: Experiment, state: state_lib.TrainState, loss) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from rockjax.analysis import run as analysis_run
 from rockjax.config import check as config_check
 from rockjax.config import run_length, settings
 from rockjax.data.paths import task_files
-from rockjax.runner import loop as train
+from rockjax.runner import loop
 from rockjax.runner import preflight
 from rockjax.runner.stages import Stage, plan
 from rockjax.runner.summary import (
@@ -40,7 +40,7 @@ from rockjax.runner.workdir import prepare_workdir, write_json
 STAGE_FILE = "stage.json"  # written when a stage has completed (and been exported)
 
 
-def _export(stage: Stage, result: dict[str, Any]) -> None:
+def _export(stage: Stage, result: loop.RunResult) -> None:
   """Write the stage's trained model and tokenizer as a HF directory (hf.tmp renamed to hf).
 
   The rename is atomic on a local disk only; on gs:// it is a copy then a delete. Either way
@@ -48,7 +48,7 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
   stopped in between exports again from the stage's last checkpoint.
   """
   # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
-  params = multihost_utils.process_allgather(result["state"].params, tiled=True)
+  params = multihost_utils.process_allgather(result.state.params, tiled=True)
   if jax.process_index() == 0:
     tmp = stage.export.parent / (stage.export.name + ".tmp")
     for d in (tmp, stage.export):
@@ -56,8 +56,8 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
         d.rmtree()
     try:
       with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
-        models.save_pretrained(nnx.merge(result["state"].graphdef, params), local)
-        result["experiment"].tokenizer.save_pretrained(local)
+        models.save_pretrained(nnx.merge(result.state.graphdef, params), local)
+        result.experiment.tokenizer.save_pretrained(local)
     except Exception as err:  # pylint: disable=broad-except  (safetensors wraps its OS errors)
       if not storage.is_disk_full(err):
         raise
@@ -71,19 +71,19 @@ def _export(stage: Stage, result: dict[str, Any]) -> None:
     multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")
 
 
-def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
+def _stage_record(stage: Stage, result: loop.RunResult) -> dict[str, Any]:
   """What a completed stage reports (written to its stage.json)."""
   loss = settings.loss_settings(stage.config)
-  correct = result["eval_correct"]
+  correct = result.eval_correct
   return {
     "stage": stage.name,
     "kind": loss.stage,
     "quantity": loss.tracked,
-    "steps": int(result["step"]),
-    "metrics": result["metrics"],
+    "steps": int(result.step),
+    "metrics": result.metrics,
     "eval_correct": None if correct is None else correct.astype(float).tolist(),
-    "seconds": result["seconds"],
-    "resumed_from": int(result["experiment"].start_step),
+    "seconds": result.seconds,
+    "resumed_from": int(result.experiment.start_step),
     "workdir": str(stage.workdir),
     "export": str(stage.export) if stage.export else None,
   }
@@ -92,15 +92,15 @@ def _stage_record(stage: Stage, result: dict[str, Any]) -> dict[str, Any]:
 def _run_stage(stage: Stage, profile_steps: tuple[int, int] | None = None) -> dict[str, Any] | None:
   """Train one stage to its end; its record, or None when it stopped early (stop_after).
 
-  profile_steps: train.run's (a, b) trace of the stage's steps a..b (None: no trace)."""
-  result = train.run(stage.config, str(stage.workdir), profile_steps=profile_steps)
-  if result["interrupted"]:
+  profile_steps: loop.run's (a, b) trace of the stage's steps a..b (None: no trace)."""
+  result = loop.run(stage.config, str(stage.workdir), profile_steps=profile_steps)
+  if result.interrupted:
     raise errors.Interrupted(
-      f"{result['interrupted']}: stopped in stage {stage.name} at step {result['step']}/"
+      f"{result.interrupted}: stopped in stage {stage.name} at step {result.step}/"
       f"{stage.config.steps} with a checkpoint in {stage.workdir / 'ckpt'}; run the same "
       f"command to resume"
     )
-  if not result["completed"]:
+  if not result.completed:
     return None
   if stage.export is not None:
     _export(stage, result)

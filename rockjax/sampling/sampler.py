@@ -21,6 +21,7 @@ the key and the row index, never on how the batch is sharded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -130,6 +131,106 @@ def _choose(
   return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
 
 
+def _batch(x: jax.Array) -> jax.Array:
+  """x constrained to rows on the 'batch' logical axis (non-strict: any mesh, or none)."""
+  return shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1), strict=False)
+
+
+def _repeat_rows(x: jax.Array, n: int) -> jax.Array:
+  """x's rows repeated n times prompt-major (row i*n + j <- row i)."""
+  return jnp.repeat(x, n, axis=0) if n > 1 else x
+
+
+def _emit(
+  carry: tuple,
+  logits_NxV: jax.Array,
+  step: jax.Array,
+  *,
+  row_keys_N: jax.Array,
+  temperature: jax.Array,
+  eos_E: jax.Array,
+  cfg: SamplingConfig,
+  banned_NxK: jax.Array | None,
+  blocks: int,
+) -> tuple[tuple, jax.Array]:
+  """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
+  tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
+  tokens_N, logp_N, slogp_N = _choose(
+    logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK, blocks
+  )
+  live_N = ~done_N
+  tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
+  put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
+  carry = (
+    put(tokens_NxT, tokens_N),
+    put(mask_NxT, live_N),
+    put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
+    put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
+    done_N | (live_N & jnp.isin(tokens_N, eos_E)),
+  )
+  return carry, tokens_N
+
+
+def _decode_loop(
+  model: nnx.Module,
+  cache: Any,
+  first_logits_NxV: jax.Array,
+  emit: Callable[[tuple, jax.Array, jax.Array], tuple[tuple, jax.Array]],
+  cfg: SamplingConfig,
+) -> tuple:
+  """Emits token 0 from the prefill's logits, then decodes the rest in one `lax.while_loop`.
+
+  Returns the final `_emit` carry: (tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N).
+  """
+  N, T = first_logits_NxV.shape[0], cfg.max_new_tokens
+
+  def cond(loop):
+    step, _, _, out = loop
+    return (step < T) & ~jnp.all(out[-1])
+
+  def body(loop):
+    """Feed the previous token (cache slot P+step-1) and choose token `step`."""
+    step, prev_N, cache, out = loop
+    logits_Nx1xV, cache = model(prev_N[:, None], jnp.ones((N, 1), jnp.int32), cache=cache)
+    out, tokens_N = emit(out, logits_Nx1xV[:, 0], step)
+    return step + 1, tokens_N, cache, out
+
+  out = (
+    _batch(jnp.full((N, T), cfg.pad_id, jnp.int32)),
+    _batch(jnp.zeros((N, T), jnp.int32)),
+    _batch(jnp.zeros((N, T), jnp.float32)),
+    _batch(jnp.zeros((N, T), jnp.float32)),
+    _batch(jnp.zeros((N,), bool)),
+  )
+  # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
+  out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
+  loop = (jnp.int32(1), first_N, cache, out)
+  # Named so the dry run finds this loop in the compiled program (rockjax.dry_run.hlo_cycles).
+  with jax.named_scope(LOOP_SCOPE):
+    _, _, _, out = jax.lax.while_loop(cond, body, loop)
+  return out
+
+
+def _rollout(out: tuple, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, n: int) -> Rollout:
+  """The Rollout of the decode loop's buffers behind the prompts (each repeated n times)."""
+  gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, done_N = out
+  N, P = gen_NxT.shape[0], prompt_ids_BxP.shape[1]
+  prompt_ids_NxP = _repeat_rows(prompt_ids_BxP.astype(jnp.int32), n)
+  prompt_mask_NxP = _repeat_rows(prompt_mask_BxP, n)
+  zeros_NxP = jnp.zeros((N, P), jnp.int32)
+  cat = lambda a, b: _batch(jnp.concatenate([a, b], axis=1))
+  return Rollout(
+    tokens=cat(prompt_ids_NxP, gen_NxT),
+    response_mask=cat(zeros_NxP, gen_mask_NxT),
+    attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
+    lengths=_batch(jnp.sum(gen_mask_NxT, axis=1)),
+    truncated=_batch(~done_N),
+    logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
+    sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
+    prompt_len=P,
+  )
+
+
 def decode(
   graphdef: nnx.GraphDef,
   state: nnx.State,
@@ -146,7 +247,6 @@ def decode(
   n, T = cfg.num_samples, cfg.max_new_tokens
   N, S = B * n, P + T - 1  # the last token is never fed back
   prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
-  batch = lambda x: shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1), strict=False)
 
   blocks = vocab_blocks(model.cfg.vocab_size)
   # Prefill the B distinct prompts once; only the last position's logits are needed.
@@ -155,72 +255,26 @@ def decode(
   first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
 
   # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
-  rep = lambda x: jnp.repeat(x, n, axis=0) if n > 1 else x
   cache = cache.repeat_rows(n)
-  first_logits_NxV = rep(first_logits_BxV)
-  row_keys_N = batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
+  first_logits_NxV = _repeat_rows(first_logits_BxV, n)
+  row_keys_N = _batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
   temperature = jnp.asarray(temperature, jnp.float32)
   eos_E = jnp.asarray(cfg.eos_ids, jnp.int32)
   # Per-prompt bans are data: repeated with their prompt, so sample j of prompt i keeps them.
-  banned_NxK = None if banned_ids_BxK is None else batch(rep(banned_ids_BxK.astype(jnp.int32)))
-
-  def emit(carry, logits_NxV, step):
-    """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
-    tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
-    tokens_N, logp_N, slogp_N = _choose(
-      logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK, blocks
-    )
-    live_N = ~done_N
-    tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
-    carry = (
-      put(tokens_NxT, tokens_N),
-      put(mask_NxT, live_N),
-      put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
-      put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
-      done_N | (live_N & jnp.isin(tokens_N, eos_E)),
-    )
-    return carry, tokens_N
-
-  def cond(loop):
-    step, _, _, out = loop
-    return (step < T) & ~jnp.all(out[-1])
-
-  def body(loop):
-    """Feed the previous token (cache slot P+step-1) and choose token `step`."""
-    step, prev_N, cache, out = loop
-    logits_Nx1xV, cache = model(prev_N[:, None], jnp.ones((N, 1), jnp.int32), cache=cache)
-    out, tokens_N = emit(out, logits_Nx1xV[:, 0], step)
-    return step + 1, tokens_N, cache, out
-
-  out = (
-    batch(jnp.full((N, T), cfg.pad_id, jnp.int32)),
-    batch(jnp.zeros((N, T), jnp.int32)),
-    batch(jnp.zeros((N, T), jnp.float32)),
-    batch(jnp.zeros((N, T), jnp.float32)),
-    batch(jnp.zeros((N,), bool)),
+  banned_NxK = None
+  if banned_ids_BxK is not None:
+    banned_NxK = _batch(_repeat_rows(banned_ids_BxK.astype(jnp.int32), n))
+  emit = functools.partial(
+    _emit,
+    row_keys_N=row_keys_N,
+    temperature=temperature,
+    eos_E=eos_E,
+    cfg=cfg,
+    banned_NxK=banned_NxK,
+    blocks=blocks,
   )
-  # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
-  out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
-  loop = (jnp.int32(1), first_N, cache, out)
-  # Named so the dry run finds this loop in the compiled program (rockjax.dry_run.hlo_cycles).
-  with jax.named_scope(LOOP_SCOPE):
-    _, _, _, out = jax.lax.while_loop(cond, body, loop)
-  gen_NxT, gen_mask_NxT, logp_NxT, slogp_NxT, done_N = out
-
-  prompt_ids_NxP, prompt_mask_NxP = rep(prompt_ids_BxP.astype(jnp.int32)), rep(prompt_mask_BxP)
-  zeros_NxP = jnp.zeros((N, P), jnp.int32)
-  cat = lambda a, b: batch(jnp.concatenate([a, b], axis=1))
-  return Rollout(
-    tokens=cat(prompt_ids_NxP, gen_NxT),
-    response_mask=cat(zeros_NxP, gen_mask_NxT),
-    attention_mask=cat(prompt_mask_NxP, gen_mask_NxT),
-    lengths=batch(jnp.sum(gen_mask_NxT, axis=1)),
-    truncated=batch(~done_N),
-    logprobs=cat(zeros_NxP.astype(jnp.float32), logp_NxT),
-    sample_logprobs=cat(zeros_NxP.astype(jnp.float32), slogp_NxT),
-    prompt_len=P,
-  )
+  out = _decode_loop(model, cache, first_logits_NxV, emit, cfg)
+  return _rollout(out, prompt_ids_BxP, prompt_mask_BxP, n)
 
 
 # The one place the sampler is jitted: the model structure and settings are static; params,
@@ -257,27 +311,67 @@ def generate(
   step (compile-time constants). banned_ids_BxK: optional int [B, K], prompt i's own banned ids
   (-1 pads), passed as data so one program serves any ids; all samples of prompt i keep them
   (the knockout census batches candidates this way). pad_id: id written after EOS (default:
-  the first eos id, else 0). logit_processor:
-  optional `f(logits_NxV, step) -> logits_NxV`, applied before bans (hashed by identity: pass
-  the same function object to avoid recompiling). mesh: if given, prompts are placed on
-  ('data', 'fsdp') and the program runs under it (its logical rules lay out the cache, the
-  activations and the logits); default: the mesh the model's parameters are placed on when
-  it has more than one device, else none (inputs' shardings are followed).
-  Returns a `Rollout` (see its docstring, notably which distribution `logprobs` is under).
+  the first eos id, else 0). logit_processor: optional `f(logits_NxV, step) -> logits_NxV`,
+  applied before bans (hashed by identity: pass the same function object to avoid recompiling).
+  mesh: if given, prompts are placed on ('data', 'fsdp') and the program runs under it (its
+  logical rules lay out the cache, the activations and the logits); default: the mesh the
+  model's parameters are placed on when it has more than one device, else none (inputs'
+  shardings are followed). Returns a `Rollout` (see its docstring, notably which distribution
+  `logprobs` is under).
   """
+  cfg, banned_ids_BxK = _sampling_config(
+    model.cfg.vocab_size,
+    prompt_ids_BxP.shape[0],
+    banned_ids_BxK,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_p=top_p,
+    top_k=top_k,
+    greedy=greedy,
+    eos_ids=eos_ids,
+    banned_ids=banned_ids,
+    num_samples=num_samples,
+    pad_id=pad_id,
+    logit_processor=logit_processor,
+    cache_dtype=cache_dtype,
+  )
+  graphdef, state = nnx.split(model)
+  temperature = jnp.float32(1.0 if greedy else temperature)
+  return _decode_placed(
+    mesh, graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
+  )
+
+
+def _sampling_config(
+  vocab: int,
+  num_prompts: int,
+  banned_ids_BxK: Any,
+  *,
+  max_new_tokens: int,
+  temperature: float,
+  top_p: float,
+  top_k: int,
+  greedy: bool,
+  eos_ids: Sequence[int],
+  banned_ids: Sequence[int],
+  num_samples: int,
+  pad_id: int | None,
+  logit_processor: LogitProcessor | None,
+  cache_dtype: Any,
+) -> tuple[SamplingConfig, Any]:
+  """`generate`'s settings checked (ValueError) as one SamplingConfig; its per-prompt bans."""
   if max_new_tokens < 1 or num_samples < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} and num_samples={num_samples} must be >= 1")
   if not greedy and not temperature > 0:
     raise ValueError(f"temperature={temperature} must be > 0 when sampling; use greedy=True")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p} must be in (0, 1]")
-  vocab = model.cfg.vocab_size
   bad = [i for i in (*eos_ids, *banned_ids) if not 0 <= int(i) < vocab]
   if bad:
     raise ValueError(f"eos/banned ids {bad} outside the vocabulary [0, {vocab})")
   eos_ids = tuple(int(i) for i in eos_ids)
   if banned_ids_BxK is not None:
-    banned_ids_BxK = _check_row_bans(banned_ids_BxK, prompt_ids_BxP.shape[0], vocab)
+    banned_ids_BxK = _check_row_bans(banned_ids_BxK, num_prompts, vocab)
   cfg = SamplingConfig(
     max_new_tokens=int(max_new_tokens),
     top_p=float(top_p),
@@ -290,8 +384,21 @@ def generate(
     logit_processor=logit_processor,
     cache_dtype=cache_dtype,
   )
-  graphdef, state = nnx.split(model)
-  temperature = jnp.float32(1.0 if greedy else temperature)
+  return cfg, banned_ids_BxK
+
+
+def _decode_placed(
+  mesh: Mesh | None,
+  graphdef: nnx.GraphDef,
+  state: nnx.State,
+  prompt_ids_BxP: jax.Array,
+  prompt_mask_BxP: jax.Array,
+  key: jax.Array,
+  temperature: jax.Array,
+  cfg: SamplingConfig,
+  banned_ids_BxK: Any,
+) -> Rollout:
+  """`decode_jit` under `mesh` (default: the parameters'), per-prompt inputs on its batch axes."""
   if mesh is None:
     # A model placed on a mesh (e.g. the sampling copy on its decode mesh) decodes under it.
     mesh = _placed_mesh(state)

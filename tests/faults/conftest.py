@@ -1,7 +1,8 @@
 """The fault suite's shared reference run."""
 
 import pytest
-import workdirs
+
+from tests.faults import workdirs
 
 
 @pytest.fixture(scope="session")

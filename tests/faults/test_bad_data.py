@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from etils import epath
-from fixtures import assert_one_line_error, cli, make_tokenizer
 
 from rockjax import errors
 from rockjax.data import records as records_lib
+from tests.fixtures import assert_one_line_error, cli, make_tokenizer
 
 GOOD = '{"prompt": "a b", "answer": "1"}\n'
 

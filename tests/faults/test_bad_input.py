@@ -8,7 +8,6 @@ import re
 import shutil
 
 import pytest
-from fixtures import assert_one_line_error, cli, make_tokenizer
 from flax import nnx
 
 from configs import tiny
@@ -17,8 +16,9 @@ from rockjax.config import check as config_check
 from rockjax.data.tasks import arithmetic
 from rockjax.rocks import lists as rock_lists
 from rockjax.runner import experiment, preflight
+from tests.fixtures import REPO, assert_one_line_error, cli, make_tokenizer
 
-PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "rockjax"
+PACKAGE = pathlib.Path(REPO) / "rockjax"
 
 
 def config(**overrides):

@@ -7,9 +7,9 @@ import os
 import re
 
 import numpy as np
-import workdirs
 
 from rockjax import storage
+from tests.faults import workdirs
 
 
 def _complete_steps(ckpt_dir) -> list[str]:

@@ -8,7 +8,8 @@ import random
 import signal
 
 import pytest
-import workdirs
+
+from tests.faults import workdirs
 
 # (phase, n-th call of the restarted process, delay range in seconds). Ordered along the
 # pipeline so that every planned kill fires: the teacher SFT stage, its export, then OPD.

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from fixtures import (
+from flax import nnx
+
+from rockjax import sharding as shd
+from rockjax.losses import fused_divergence
+from tests.fixtures import (
   TEACHER,
   assert_same_update,
   build,
@@ -23,10 +27,6 @@ from fixtures import (
   one_device_mesh,
   random_model,
 )
-from flax import nnx
-
-from rockjax import sharding as shd
-from rockjax.losses import fused_divergence
 
 
 # ------------------------------------------------ a. the fused backward uses its cotangent

@@ -6,7 +6,6 @@ import re
 import jax
 import numpy as np
 import pytest
-from fixtures import forward, make_tokenizer, np_log_softmax
 from flax import nnx
 
 from configs import tiny
@@ -14,6 +13,7 @@ from rockjax import errors, loading, models
 from rockjax import sharding as shd
 from rockjax.data.tasks import arithmetic
 from rockjax.runner import experiment, preflight
+from tests.fixtures import forward, make_tokenizer, np_log_softmax
 
 # What the Whitespace pre-tokenizer of fixtures.make_tokenizer splits text into (its regex).
 WORDS = re.findall(r"\w+|[^\w\s]+", preflight.PROBE_TEXT)

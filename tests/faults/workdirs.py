@@ -14,8 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tests.fixtures import REPO
+
 FAULTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(FAULTS))
 DRIVER = os.path.join(FAULTS, "kill_driver.py")
 STAGE_DIRS = ("teacher_sft", ".")  # the pre-stage's workdir, then the main stage's (the root)
 # Per-run facts that differ by design between a resumed and an uninterrupted run.
