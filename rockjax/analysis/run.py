@@ -43,57 +43,19 @@ def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
   return ids, mask, [r.get("answer", "") for r in fitted.records]
 
 
-def run_analysis(
-  config: ml_collections.ConfigDict, workdir: str, *, student: str = "", out: str = ""
-) -> dict[str, Any]:
-  """Corpus, selection, the registered analyses and the report; {paths..., seconds}.
-
-  `config` is the main stage's (rockjax.runner.stages.main_stage_config): its teacher is the
-  one the student was distilled from, preliminary stages' exports included."""
-  t0 = time.perf_counter()
-  a = config.analysis
-  c = config
-  out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
-  storage.check_checkpoint_dir(out_dir, field="--out")
-  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  # The training mesh with its sequence axis folded into fsdp: decodes and teacher scoring
-  # split rows only (their lengths need not divide a context axis); the batch is rounded up
-  # to the row shards below.
+def _analysis_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The training mesh with its sequence axis folded into fsdp: decodes and teacher scoring
+  split rows only (their lengths need not divide a context axis)."""
   ici, dcn = shd.config_mesh_shapes(c.mesh)
   ici["fsdp"], ici["context"] = -1 if ici["fsdp"] == -1 else ici["fsdp"] * ici["context"], 1
-  mesh = shd.make_mesh(ici, dcn=dcn)
-  row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  tokenizer = models.load_tokenizer(c.data.tokenizer_path)
-  eos_ids = models.eos_ids(tokenizer)
-  teacher_cfg = loading.model_config(c.teacher, field="teacher")
-  teacher = nnx.merge(*loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1))
-  student_model, source = load_student(c, workdir, student, mesh)
-  ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
+  return shd.make_mesh(ici, dcn=dcn)
 
-  spec = settings.divergence_spec(c)
-  corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
-  corpus_kwargs = dict(
-    batch_size=-(-min(a.batch_size, len(ids)) // row_shards) * row_shards,
-    max_new_tokens=a.max_new_tokens or c.eval.max_new_tokens,
-    eos_ids=eos_ids,
-    greedy=a.greedy,
-    temperature=a.temperature,
-    seed=a.seed,
-    spec=spec,
-    mesh=mesh,
-  )
-  built = corpus.build_corpus(
-    student_model,
-    teacher,
-    ids,
-    mask,
-    corpus_path,
-    metadata={"student": source, "teacher": c.teacher.path or c.teacher.source},
-    **corpus_kwargs,
-  )
-  vocab = student_model.cfg.vocab_size
+
+def _select(c: ml_collections.ConfigDict, corpus_path: str, vocab: int) -> dict[str, Any]:
+  """The rock selection (and its k / sub-corpus sweeps) from the corpus's per-id sums."""
+  a = c.analysis
   freq_V, kl_sum_V = corpus.id_sums(corpus_path, vocab)
-  chosen = selection.analyze_selection(
+  return selection.analyze_selection(
     freq_V,
     kl_sum_V,
     corpus.sequence_sums(corpus_path, vocab),
@@ -103,14 +65,63 @@ def run_analysis(
     subcorpus_repeats=a.subcorpus_repeats,
     seed=a.seed,
   )
+
+
+def _provenance(a, source: str, built: dict[str, Any], chosen, spec) -> dict[str, str]:
+  """How the report's rocks were found, as its header and the rock list's comments say."""
   sel = chosen["selection"]
-  provenance = {
+  return {
     "student": source,
     "corpus": f"{built['num_sequences']} sequences, {built['num_tokens']} response tokens",
     "decoding": "greedy" if a.greedy else f"temperature {a.temperature}, seed {a.seed}",
     "settings": f"k={sel.k} min_freq={sel.min_freq} exclude_top_freq={sel.exclude_top_freq} "
     f"selector={sel.selector} divergence={spec.kind}",
   }
+
+
+def _corpus_kwargs(c, num_prompts: int, eos_ids, spec, mesh) -> dict[str, Any]:
+  """build_corpus's settings (the studies decode again with the same ones); the batch is
+  rounded up to the mesh's row shards."""
+  a, row_shards = c.analysis, mesh.shape["data"] * mesh.shape["fsdp"]
+  return dict(
+    batch_size=-(-min(a.batch_size, num_prompts) // row_shards) * row_shards,
+    max_new_tokens=a.max_new_tokens or c.eval.max_new_tokens,
+    eos_ids=eos_ids,
+    greedy=a.greedy,
+    temperature=a.temperature,
+    seed=a.seed,
+    spec=spec,
+    mesh=mesh,
+  )
+
+
+def run_analysis(
+  config: ml_collections.ConfigDict, workdir: str, *, student: str = "", out: str = ""
+) -> dict[str, Any]:
+  """Corpus, selection, the registered analyses and the report; {paths..., seconds}.
+
+  `config` is the main stage's (rockjax.runner.stages.main_stage_config): its teacher is the
+  one the student was distilled from, preliminary stages' exports included."""
+  t0, c = time.perf_counter(), config
+  a = c.analysis
+  out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
+  storage.check_checkpoint_dir(out_dir, field="--out")
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+  mesh = _analysis_mesh(c)
+  tokenizer = models.load_tokenizer(c.data.tokenizer_path)
+  teacher_cfg = loading.model_config(c.teacher, field="teacher")
+  teacher = nnx.merge(*loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1))
+  student_model, source = load_student(c, workdir, student, mesh)
+  ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
+  spec = settings.divergence_spec(c)  # the run's divergence scores the corpus
+  corpus_path = str(epath.Path(out_dir) / CORPUS_FILE)
+  corpus_kwargs = _corpus_kwargs(c, len(ids), models.eos_ids(tokenizer), spec, mesh)
+  metadata = {"student": source, "teacher": c.teacher.path or c.teacher.source}
+  built = corpus.build_corpus(
+    student_model, teacher, ids, mask, corpus_path, metadata=metadata, **corpus_kwargs
+  )
+  chosen = _select(c, corpus_path, student_model.cfg.vocab_size)
+  provenance = _provenance(a, source, built, chosen, spec)
   rock_ids_path = str(epath.Path(out_dir) / ROCK_IDS_FILE)
   if jax.process_index() == 0:
     selection.export_rock_ids(rock_ids_path, chosen["rock_ids"], provenance)
@@ -120,7 +131,7 @@ def run_analysis(
     out_dir=out_dir,
     mesh=mesh,
     tokenizer=tokenizer,
-    eos_ids=eos_ids,
+    eos_ids=corpus_kwargs["eos_ids"],
     student=student_model,
     teacher=teacher,
     student_source=source,
@@ -137,10 +148,5 @@ def run_analysis(
     sections += study(ctx)
   meta = {**provenance, "corpus_seconds": round(built["seconds"], 1)}
   paths = write_report(out_dir, sections, meta) if jax.process_index() == 0 else {}
-  return {
-    **paths,
-    "corpus": corpus_path,
-    "rock_ids": rock_ids_path,
-    "out_dir": out_dir,
-    "seconds": time.perf_counter() - t0,
-  }
+  out = {"corpus": corpus_path, "rock_ids": rock_ids_path, "out_dir": out_dir}
+  return {**paths, **out, "seconds": time.perf_counter() - t0}

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from rockjax import sampling
+from rockjax import losses, sampling
 from rockjax.analysis import corpus
 from rockjax.rocks import lists as rock_lists
 from tests.fixtures import (
@@ -48,7 +48,7 @@ def test_corpus_rows_are_the_greedy_decode_scored_in_float64(tmp_path):
     batch_size=2,
     max_new_tokens=T,
     eos_ids=(EOS,),
-    spec=corpus.ScoreSpec(block_size=5),  # blocks straddle rows; the last one is padded
+    spec=losses.DivergenceSpec(block_size=5),  # blocks straddle rows; the last one is padded
   )
   # Three batches (the last padded with a filler row): one sampler and one scorer program.
   assert sampling.decode_jit._cache_size() - compiled[0] == 1
