@@ -168,8 +168,8 @@ def _paper_estimate():
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import qwen3_30b_a3b_to_4b  # pylint: disable=g-import-not-at-top
-  from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
   from rockjax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
   from rockjax.dry_run import rollout_cost
 
   topology = "v5p:2x2x2"

@@ -33,8 +33,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rockjax import models as rm
 from rockjax import losses, objective, rocks
+from rockjax import models as rm
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib

@@ -145,6 +145,19 @@ def paired_bootstrap(
   b = baseline. Entries may be booleans or per-problem accuracies in [0, 1] (e.g. averaged
   over runs).
   """
+  a_P, b_P = _paired_inputs(correct_a_P, correct_b_P, n_resamples, alpha)
+  delta = float(np.mean(a_P - b_P))
+  if a_P.size == 1:  # nothing to resample: one problem carries no evidence either way
+    return dict(delta=delta, ci_low=delta, ci_high=delta, p_value=1.0)
+  low, high = _bootstrap_interval(a_P, b_P, n_resamples, alpha, seed)
+  p_value = _permutation_p_value(a_P, b_P, n_resamples, seed)
+  return dict(delta=delta, ci_low=low, ci_high=high, p_value=p_value)
+
+
+def _paired_inputs(
+  correct_a_P: Any, correct_b_P: Any, n_resamples: int, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """Both systems' results as float64 [P] after checking the shapes and settings (ValueError)."""
   a_P = np.asarray(correct_a_P, dtype=np.float64)
   b_P = np.asarray(correct_b_P, dtype=np.float64)
   if a_P.ndim != 1 or a_P.shape != b_P.shape or a_P.size == 0:
@@ -157,9 +170,13 @@ def paired_bootstrap(
       f"paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got "
       f"alpha={alpha}, n_resamples={n_resamples}"
     )
-  delta = float(np.mean(a_P - b_P))
-  if a_P.size == 1:  # nothing to resample: one problem carries no evidence either way
-    return dict(delta=delta, ci_low=delta, ci_high=delta, p_value=1.0)
+  return a_P, b_P
+
+
+def _bootstrap_interval(
+  a_P: np.ndarray, b_P: np.ndarray, n_resamples: int, alpha: float, seed: int
+) -> tuple[float, float]:
+  """The percentile (1 - alpha) interval of mean(a - b) over problems resampled in pairs."""
   interval = stats.bootstrap(
     (a_P, b_P),
     _mean_difference,
@@ -170,6 +187,11 @@ def paired_bootstrap(
     method="percentile",
     rng=np.random.default_rng(seed),
   ).confidence_interval
+  return float(interval.low), float(interval.high)
+
+
+def _permutation_p_value(a_P: np.ndarray, b_P: np.ndarray, n_resamples: int, seed: int) -> float:
+  """Two-sided p-value of mean(a - b) = 0, the pair's labels swapped per problem."""
   test = stats.permutation_test(
     (a_P, b_P),
     _mean_difference,
@@ -179,12 +201,7 @@ def paired_bootstrap(
     alternative="two-sided",
     rng=np.random.default_rng(seed),
   )
-  return dict(
-    delta=delta,
-    ci_low=float(interval.low),
-    ci_high=float(interval.high),
-    p_value=float(min(1.0, test.pvalue)),
-  )
+  return float(min(1.0, test.pvalue))
 
 
 def sign_test(n_neg: int, n_pos: int) -> float:

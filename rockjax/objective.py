@@ -11,6 +11,7 @@ shards divide.
 """
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rockjax import losses, rocks
+from rockjax.batch import TokenBatch
 from rockjax.losses import skip_frozen
 
 FROZEN_KL = ("forward", "skip")  # opd.frozen_kl: how skipping treats weight-0 response positions
@@ -113,34 +115,21 @@ def _shift_left(x_BxL: jax.Array) -> jax.Array:
   return jnp.pad(x_BxL[:, 1:], ((0, 0), (0, 1)))
 
 
-def shift(batch: dict[str, jax.Array]) -> Shifted:
+def shift(batch: TokenBatch | Mapping[str, jax.Array]) -> Shifted:
   """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
-  tokens_BxL = batch["tokens"]
-  attn_BxL = batch["attention_mask"].astype(jnp.int32)
+  batch = TokenBatch.of(batch)
+  tokens_BxL = batch.tokens_BxL
+  attn_BxL = jnp.asarray(batch.attention_mask_BxL).astype(jnp.int32)
   # The attention mask bounds the loss: a dataset's response mask may run into padding
   # (tests/faults/test_planted_bugs.py). Both as 0/1, so counts never see a 2 or a 0.5.
-  on_BxL = (jnp.asarray(batch["response_mask"]) != 0) & (attn_BxL != 0)
+  on_BxL = (jnp.asarray(batch.response_mask_BxL) != 0) & (attn_BxL != 0)
   loss_mask_BxL = _shift_left(on_BxL.astype(jnp.int32))
   return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
 
 
-def padded_length(length: int, multiple: int) -> int:
-  """`length` rounded up to a multiple of `multiple` (config field data.pad_to_multiple)."""
-  return -(-length // multiple) * multiple
-
-
-def pad_batch(batch: dict[str, jax.Array], multiple: int) -> dict[str, jax.Array]:
-  """Right-pads every `[B, L]` array of a token batch with zeros to a multiple of `multiple`.
-
-  Zeros are right for every field: token 0, attention mask 0 and response mask 0, so padded
-  columns are never attended to and never scored; the loss, the metrics and the rock
-  statistics do not change. A batch already of that length is returned as it is.
-  """
-  length = next(iter(batch.values())).shape[1]
-  extra = padded_length(length, multiple) - length
-  if extra == 0:
-    return batch
-  return {k: jnp.pad(v, ((0, 0), (0, extra))) for k, v in batch.items()}
+def pad_batch(batch: TokenBatch | Mapping[str, jax.Array], multiple: int) -> TokenBatch:
+  """`TokenBatch.of(batch).pad(multiple)`: right-padded to a multiple of `multiple` columns."""
+  return TokenBatch.of(batch).pad(multiple)
 
 
 @flax.struct.dataclass

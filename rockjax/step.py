@@ -9,6 +9,7 @@ A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask`
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import jax
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 
 from rockjax import losses, objective, rocks
+from rockjax.batch import TokenBatch
 from rockjax.state import TrainState
 
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -185,7 +187,7 @@ def _metrics(state, shifted, s, total, count, grads, kl_RxL, gnorm_RxL, tracked_
 def train_step(
   state: TrainState,
   teacher_params: nnx.State | None,
-  batch: dict[str, jax.Array],
+  batch: TokenBatch | Mapping[str, jax.Array],
   *,
   settings: StepSettings,
 ) -> tuple[TrainState, Metrics]:

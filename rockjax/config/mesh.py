@@ -10,7 +10,7 @@ import dataclasses
 import math
 from typing import Iterator
 
-from rockjax import objective
+from rockjax import batch as batch_lib
 from rockjax import sharding as shd
 
 
@@ -27,7 +27,7 @@ class TrainBatch:
 def train_batches(c) -> list[TrainBatch]:
   """The on-policy rollout batch and/or the off-policy rows (stages included) the run trains on."""
   prompts = c.data.prompts_per_step
-  pad = lambda n: objective.padded_length(n, c.data.pad_to_multiple)
+  pad = lambda n: batch_lib.padded_length(n, c.data.pad_to_multiple)
   on_policy = c.opd.mode == "on_policy"
   out = []
   if on_policy:

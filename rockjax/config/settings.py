@@ -10,6 +10,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from rockjax import batch as batch_lib
 from rockjax import losses, objective, rocks
 from rockjax import step as step_lib
 
@@ -97,10 +98,10 @@ def total_updates(c: ml_collections.ConfigDict) -> int:
 
 def batch_shape(c: ml_collections.ConfigDict) -> tuple[int, int]:
   """(rows, length) of a global train batch: rollouts on-policy, given completions off-policy;
-  the length rounded up to a multiple of data.pad_to_multiple (objective.pad_batch)."""
+  the length rounded up to a multiple of data.pad_to_multiple (rockjax.batch.TokenBatch.pad)."""
   if loss_settings(c).mode == "on_policy":
     rows = c.data.prompts_per_step * c.opd.samples_per_prompt
     length = c.data.max_prompt_len + c.opd.max_new_tokens
   else:
     rows, length = c.data.prompts_per_step, c.data.max_len
-  return rows, objective.padded_length(length, c.data.pad_to_multiple)
+  return rows, batch_lib.padded_length(length, c.data.pad_to_multiple)

@@ -6,6 +6,8 @@
 loop trip counts, XLA:TPU's estimated cycles).
 """
 
-from rockjax.dry_run.report import check_fits, for_topology, print_report, report
+# The report module's `report` function is not re-exported: the name would hide the module
+# (`from rockjax.dry_run import report` must give the module).
+from rockjax.dry_run.report import check_fits, for_topology, print_report
 
-__all__ = ["check_fits", "for_topology", "print_report", "report"]
+__all__ = ["check_fits", "for_topology", "print_report"]

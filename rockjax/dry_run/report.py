@@ -137,9 +137,9 @@ def report(
   """Per-device memory (GiB) of params, optimiser state, teacher; compiled-step figures.
 
   With `aot_topology`, c.mesh.num_devices must equal its device count (see for_topology); an
-  on-policy config also gets the compiled sampler's `rollout` section (rockjax.dry_run.rollout_cost),
-  and with `dump_dir` both programs' optimised HLO text is written there
-  (train_step.hlo.txt, rollout.hlo.txt).
+  on-policy config also gets the compiled sampler's `rollout` section
+  (rockjax.dry_run.rollout_cost), and with `dump_dir` both programs' optimised HLO text is
+  written there (train_step.hlo.txt, rollout.hlo.txt).
   `steps` says the run length the schedule was built for (data.epochs needs a prompt count).
   """
   c, how = run_length.resolve(c, dry_run=True)
@@ -202,8 +202,7 @@ def _aot_report(
   model_flops_total: float,
   dump_dir: str | None,
 ) -> dict[str, Any]:
-  """The `aot` section (the step compiled by libtpu for the topology, or XLA's refusal) and,
-  for an on-policy config whose step compiled, the `rollout` section."""
+  """Sections `aot` (libtpu's compiled step, or XLA's refusal) and, on-policy, `rollout`."""
   devices = topology_devices(aot_topology)
   if len(devices) != n_devices:
     raise errors.ConfigError(

@@ -294,20 +294,7 @@ def fused_divergence(
       f"weights {weights.shape} must have the hidden states' batch/length dims {tuple(lead)}"
     )
   n = math.prod(lead)
-  axes, shards = vl.split_axes(n)
-  plan = None
-  if sharding == "vocab" and not jax.sharding.get_abstract_mesh().empty:
-    plan = vl.plan(axes, student_head.shape, teacher_head.shape)
-  vocab_shards = 1 if plan is None else math.prod(vl.mesh_sizes()[a] for a in plan.layout.vocab)
-  # Equal chunks over this device's columns: the last chunk is shifted left onto counted
-  # columns (`_head_grads`), which costs up to a whole chunk of matmul when chunks are ragged
-  # (V/8 = 18,992 in 8,192-column chunks would compute 24,576).
-  cols = student_head.shape[1] // vocab_shards
-  spec = dataclasses.replace(
-    spec,
-    block_size=min(spec.block_size, n // shards),
-    chunk_size=-(-cols // -(-cols // min(spec.chunk_size, cols))),
-  )
+  axes, plan, spec = _device_layout(spec, sharding, n, student_head.shape, teacher_head.shape)
   args = (
     student_hidden.reshape(n, d_s),
     student_head,
@@ -315,23 +302,57 @@ def fused_divergence(
     teacher_head,
     weights.reshape(n).astype(jnp.float32),
   )
-  if plan is not None:  # (a vocabulary no mesh axis divides falls back to whole heads)
-    total, value, norm = _fused_vocab(*args, spec, plan)
-  elif not axes:
-    total, value, norm = _fused(*args, spec)
-  else:
-    tokens, whole = PartitionSpec(axes), PartitionSpec()
-
-    def local(h_s, w_s, h_t, w_t, w_N):
-      total, value, norm = _fused(h_s, w_s, h_t, w_t, w_N, spec)
-      return jax.lax.psum(total, axes), value, norm
-
-    total, value, norm = jax.shard_map(
-      local,
-      in_specs=(tokens, whole, tokens, whole, tokens),
-      out_specs=(whole, tokens, tokens),
-      axis_names=set(axes),
-      check_vma=False,
-    )(*args)
+  total, value, norm = _fused_by_layout(args, spec, axes, plan)
   value, norm = jax.lax.stop_gradient((value, norm))
   return FusedDivergence(total, value.reshape(lead), norm.reshape(lead))
+
+
+def _device_layout(
+  spec: registry.DivergenceSpec,
+  sharding: str,
+  n: int,
+  student_head_shape: tuple[int, ...],
+  teacher_head_shape: tuple[int, ...],
+) -> tuple[tuple[str, ...], vl.Plan | None, registry.DivergenceSpec]:
+  """(token mesh axes, vocabulary plan or None, spec with block/chunk sizes fitted per device)."""
+  axes, shards = vl.split_axes(n)
+  plan = None
+  if sharding == "vocab" and not jax.sharding.get_abstract_mesh().empty:
+    plan = vl.plan(axes, student_head_shape, teacher_head_shape)
+  vocab_shards = 1 if plan is None else math.prod(vl.mesh_sizes()[a] for a in plan.layout.vocab)
+  # Equal chunks over this device's columns: the last chunk is shifted left onto counted
+  # columns (`_head_grads`), which costs up to a whole chunk of matmul when chunks are ragged
+  # (V/8 = 18,992 in 8,192-column chunks would compute 24,576).
+  cols = student_head_shape[1] // vocab_shards
+  spec = dataclasses.replace(
+    spec,
+    block_size=min(spec.block_size, n // shards),
+    chunk_size=-(-cols // -(-cols // min(spec.chunk_size, cols))),
+  )
+  return axes, plan, spec
+
+
+def _fused_by_layout(
+  args: tuple[jax.Array, ...],
+  spec: registry.DivergenceSpec,
+  axes: tuple[str, ...],
+  plan: vl.Plan | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(weighted sum, value [N], |g| [N]) of the flat args: vocab plan, else one device or tokens."""
+  if plan is not None:  # (a vocabulary no mesh axis divides falls back to whole heads)
+    return _fused_vocab(*args, spec, plan)
+  if not axes:
+    return _fused(*args, spec)
+  tokens, whole = PartitionSpec(axes), PartitionSpec()
+
+  def local(h_s, w_s, h_t, w_t, w_N):
+    total, value, norm = _fused(h_s, w_s, h_t, w_t, w_N, spec)
+    return jax.lax.psum(total, axes), value, norm
+
+  return jax.shard_map(
+    local,
+    in_specs=(tokens, whole, tokens, whole, tokens),
+    out_specs=(whole, tokens, tokens),
+    axis_names=set(axes),
+    check_vma=False,
+  )(*args)

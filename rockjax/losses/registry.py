@@ -3,7 +3,7 @@
 Every loss path (full logits, vocab-chunked, token-blocked fused, the logit-gradient helpers)
 dispatches through `get(spec.kind)`, so a kind is defined once, here, and an unknown kind raises
 the same one-line error everywhere. Adding a kind is one `register(Divergence(...))` below plus
-its float64 reference in tests/test_divergences.py.
+its float64 reference in tests/losses/test_divergences.py.
 
 Functions of a kind work on float32 log-probabilities `logp_[..., V]` of any leading shape (a
 whole vocabulary or a chunk of it): the divergence is the sum of `terms` over V, and

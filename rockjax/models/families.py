@@ -3,7 +3,7 @@
 ModelConfig.from_hf / to_hf_dict, the checkpoint names (hf_names.py), the `arch`-built configs
 (rockjax.loading, rockjax.config.check) and the EOS helper (tokenizer.eos_ids) all read
 `PRESETS`. A new family whose layers the decoder already implements is one `Family` entry here
-(and one row of expectations in tests/test_families.py); a new kind of layer (activation, norm,
+(and one row of expectations in tests/models/test_families.py); a new kind of layer (activation, norm,
 attention) also needs rockjax/models/layers.py and the check in `Family.__post_init__`.
 """
 

@@ -20,9 +20,10 @@ import tqdm
 from etils import epath
 
 from rockjax import metrics as metrics_lib
-from rockjax import objective, sampling, storage
+from rockjax import sampling, storage
 from rockjax import sharding as shd
 from rockjax import state as state_lib
+from rockjax.batch import FIELDS, TokenBatch
 from rockjax.config import settings as settings_lib
 from rockjax.rocks import table as rock_table
 from rockjax.runner.experiment import Experiment, build_experiment
@@ -33,7 +34,7 @@ _log = logging.getLogger(__name__)
 
 def _rollout(
   exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray], step: int
-) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+) -> tuple[TokenBatch, dict[str, tuple[jax.Array, jax.Array]]]:
   """Student samples completions for the step's prompts (on-policy); returns a token batch
   (opd.truncated_rollouts applied) and the rollout's metrics."""
   c = exp.config.opd
@@ -70,7 +71,7 @@ def _rollout(
   batch, made = sampling.train_batch(out, c.truncated_rollouts)
   # The rollout comes back on the decode mesh (rollout_params.decode_mesh): one reshard per step
   # to the train step's rows layout on the train mesh (the same devices).
-  batch = {k: jax.device_put(v, shd.batch_sharding(v.shape, exp.mesh)) for k, v in batch.items()}
+  batch = jax.tree.map(lambda v: jax.device_put(v, shd.batch_sharding(v.shape, exp.mesh)), batch)
   return batch, {**made, **_rollout_metrics(out.lengths, seconds)}
 
 
@@ -91,27 +92,22 @@ def _rollout_metrics(lengths_N: jax.Array, seconds: float) -> dict[str, tuple[An
   }
 
 
-def _next_batch(exp: Experiment, state, step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+def _next_batch(exp: Experiment, state, step: int) -> tuple[TokenBatch, dict[str, Any]]:
   """The step's token batch (padded to settings.batch_shape) and the metrics of making it."""
   host = next(exp.train_data)
   made: dict[str, Any] = {}
   if exp.config.opd.mode == "off_policy":
-    keys = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
-    batch = shd.host_to_global(
-      {k: host[k] for k in keys}, exp.mesh, global_rows=exp.config.data.prompts_per_step
-    )
+    rows = exp.config.data.prompts_per_step
+    token_batch = TokenBatch.of(host)  # the pipeline's token fields, this host's rows
+    fields = {f: getattr(token_batch, f) for f in FIELDS}
+    batch = TokenBatch(**shd.host_to_global(fields, exp.mesh, global_rows=rows))
   else:
     batch, made = _rollout(exp, state, host, step)
-  return objective.pad_batch(batch, exp.config.data.pad_to_multiple), made
-
-
-def _rename(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Pipeline names (`tokens_BxL`) -> step names (`tokens`)."""
-  return {k.removesuffix("_BxL"): v for k, v in batch.items()}
+  return batch.pad(exp.config.data.pad_to_multiple), made
 
 
 def _train(
-  exp: Experiment, state: state_lib.TrainState, batch: dict[str, jax.Array], timed: bool
+  exp: Experiment, state: state_lib.TrainState, batch: TokenBatch, timed: bool
 ) -> tuple[state_lib.TrainState, dict[str, Any]]:
   """Dispatch the train step; with `timed` (on-policy steps) wait for it and log time/train_s.
 
@@ -124,7 +120,7 @@ def _train(
   asynchronous and log no times.
   """
   t0 = time.perf_counter()
-  state, dev_metrics = exp.train_step(state, exp.teacher_params, _rename(batch))
+  state, dev_metrics = exp.train_step(state, exp.teacher_params, batch)
   if timed:
     jax.block_until_ready((state, dev_metrics))
     dev_metrics = {**dev_metrics, "time/train_s": (time.perf_counter() - t0, 1.0)}

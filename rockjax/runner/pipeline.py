@@ -26,8 +26,7 @@ from rockjax.analysis import run as analysis_run
 from rockjax.config import check as config_check
 from rockjax.config import run_length, settings
 from rockjax.data.paths import task_files
-from rockjax.runner import loop
-from rockjax.runner import preflight
+from rockjax.runner import loop, preflight
 from rockjax.runner.stages import Stage, plan
 from rockjax.runner.summary import (
   SUMMARY_FILE,

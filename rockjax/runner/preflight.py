@@ -28,7 +28,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from rockjax import errors, objective
+from rockjax import batch as batch_lib
+from rockjax import errors
 from rockjax import sharding as shd
 from rockjax.models import hf_dirs
 from rockjax.models import tokenizer as tokenizer_lib
@@ -121,7 +122,7 @@ def probe_batch(tokenizer: Any, mesh: Any, multiple: int = 1) -> tuple[np.ndarra
   tokens, row r rotated by r; R fills the mesh's batch axes, L divides its context axis."""
   ids = [i for v in _probe_ids(tokenizer).values() for i in v] or [0]
   rows = mesh.shape["data"] * mesh.shape["fsdp"]
-  length = objective.padded_length(PROBE_LENGTH, math.lcm(multiple, mesh.shape["context"]))
+  length = batch_lib.padded_length(PROBE_LENGTH, math.lcm(multiple, mesh.shape["context"]))
   row_L = np.resize(np.asarray(ids, np.int32), length)
   ids_RxL = np.stack([np.roll(row_L, r) for r in range(rows)])
   return ids_RxL, np.ones_like(ids_RxL)

@@ -33,6 +33,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from rockjax import sharding as shd
+from rockjax.batch import TokenBatch
 from rockjax.sampling import processors as lp
 
 LogitProcessor = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_NxV, step) -> logits_NxV
@@ -178,10 +179,7 @@ def _decode_loop(
   emit: Callable[[tuple, jax.Array, jax.Array], tuple[tuple, jax.Array]],
   cfg: SamplingConfig,
 ) -> tuple:
-  """Emits token 0 from the prefill's logits, then decodes the rest in one `lax.while_loop`.
-
-  Returns the final `_emit` carry: (tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N).
-  """
+  """Token 0 from the prefill's logits, the rest in a `lax.while_loop`; the final `_emit` carry."""
   N, T = first_logits_NxV.shape[0], cfg.max_new_tokens
 
   def cond(loop):
@@ -437,7 +435,7 @@ TRUNCATED_POLICIES = ("keep", "drop")  # config field opd.truncated_rollouts
 
 def train_batch(
   rollout: Rollout, truncated: str = "keep"
-) -> tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+) -> tuple[TokenBatch, dict[str, tuple[jax.Array, jax.Array]]]:
   """The train step's token batch from a rollout, and its `rollout/truncated` metric.
 
   truncated='keep' trains on every row as sampled; 'drop' zeroes the response mask of rows
@@ -452,11 +450,7 @@ def train_batch(
   response_mask = rollout.response_mask
   if truncated == "drop":
     response_mask = jnp.where(rollout.truncated[:, None], 0, response_mask)
-  batch = {
-    "tokens": rollout.tokens,
-    "attention_mask": rollout.attention_mask,
-    "response_mask": response_mask,
-  }
+  batch = TokenBatch(rollout.tokens, rollout.attention_mask, response_mask)
   rows = rollout.truncated.shape[0]
   metric = (jnp.sum(rollout.truncated, dtype=jnp.float32), jnp.float32(rows))
   return batch, {"rollout/truncated": metric}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from rockjax.dry_run import report as dry_run
 from rockjax.analysis import controls
+from rockjax.dry_run import report as dry_run
 from rockjax.rocks import lists as rock_lists
 
 

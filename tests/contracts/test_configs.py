@@ -4,8 +4,8 @@ import importlib
 
 import pytest
 
-from rockjax.dry_run import report as dry_run
 from rockjax.config.settings import batch_shape, step_settings
+from rockjax.dry_run import report as dry_run
 from tests.fixtures import CONFIG_NAMES
 
 

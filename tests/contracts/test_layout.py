@@ -24,7 +24,7 @@ LAYERS = [
   {"loading", "rocks"},
   {"models", "data", "checkpoint"},
   {"losses", "sampling", "storage", "metrics", "cli"},
-  {"sharding", "errors", "evaluation", "xla_flags"},
+  {"sharding", "errors", "evaluation", "xla_flags", "batch"},
 ]
 LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 MAX_FLAT_MODULES = 15

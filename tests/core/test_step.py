@@ -13,6 +13,7 @@ from flax import nnx
 from rockjax import objective
 from rockjax import sharding as shd
 from rockjax import state as state_lib
+from rockjax.batch import padded_length
 from tests.fixtures import (
   ROCK_IDS,
   STUDENT,
@@ -320,7 +321,7 @@ def test_padding_changes_nothing(chunked):
       one_device_mesh(), tx=optax.sgd(1.0), rock_mode="dynamic", chunked=chunked, block_size=7
     )
     padded = objective.pad_batch(batch, multiple)
-    assert padded["tokens"].shape == (8, 10 if multiple == 1 else 16)
+    assert padded.shape == (8, 10 if multiple == 1 else 16)
     p0 = jax.device_get(state.params)  # before the step: it donates `state`
     with jax.set_mesh(one_device_mesh()):
       new_state, m = fn(state, t_params, padded)
@@ -345,7 +346,7 @@ def test_shift_keeps_the_full_length():
   np.testing.assert_array_equal(shifted.input_mask_BxL, [[0, 1, 1, 1, 0]])
   np.testing.assert_array_equal(shifted.targets_BxL, [[6, 7, 8, 9, 0]])
   np.testing.assert_array_equal(shifted.loss_mask_BxL, [[0, 1, 1, 0, 0]])
-  assert objective.padded_length(9024, 512) == 9216 and objective.padded_length(16, 8) == 16
+  assert padded_length(9024, 512) == 9216 and padded_length(16, 8) == 16
 
 
 @pytest.mark.parametrize(

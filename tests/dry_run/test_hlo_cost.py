@@ -15,10 +15,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiny
 from rockjax import loading
-from rockjax.dry_run import report as dry_run
 from rockjax import sharding as shd
 from rockjax.config import settings as settings_lib
 from rockjax.dry_run import hlo_cost, hlo_text
+from rockjax.dry_run import report as dry_run
 
 M, K, N = 16, 32, 24
 MATMUL = 2 * M * K * N

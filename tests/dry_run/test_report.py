@@ -19,10 +19,10 @@ import pytest
 
 from configs import qwen3_30b_a3b_to_4b, tiny
 from rockjax import errors, loading
-from rockjax.dry_run import report as dry_run
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.config import settings as settings_lib
+from rockjax.dry_run import report as dry_run
 from tests.fixtures import REPO, assert_one_line_error, cli
 
 TOPOLOGY = "v5p:2x2x2"  # 8 TPU v5p chips (95 GiB HBM each)

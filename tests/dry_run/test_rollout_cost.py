@@ -122,8 +122,8 @@ def test_decode_loop_moves_no_weight_and_no_cache_on_v5p(layout):
   test above reads that program). Shorter caches are not a test of this: XLA then moves a
   cache this small whole into on-chip memory, and the per-step logits outgrow a layer's cache."""
   from configs import qwen3_30b_a3b_to_4b
-  from rockjax.dry_run import report as dry_run
   from rockjax import sharding as shd
+  from rockjax.dry_run import report as dry_run
 
   c = qwen3_30b_a3b_to_4b.get_config()
   assert c.model.arch.tie_word_embeddings

@@ -74,11 +74,11 @@ def test_scored_positions_and_truncated_count(rollout, policy):
   truncated, count = (float(x) for x in metrics["rollout/truncated"])
   assert (truncated, count) == (4.0, 8.0)  # rows 1, 3, 5, 7 under either policy
   kept_N = np.ones(8, bool) if policy == "keep" else EOS_STEP >= 0
-  loss_mask = np.asarray(objective.shift({k: jnp.asarray(v) for k, v in batch.items()})[3])
+  loss_mask = np.asarray(objective.shift(batch)[3])
   np.testing.assert_array_equal(loss_mask, hand_loss_mask(kept_N))
   # The tokens and attention are untouched: the batch keeps its shape and rows.
-  np.testing.assert_array_equal(batch["tokens"], rollout.tokens)
-  np.testing.assert_array_equal(batch["attention_mask"], rollout.attention_mask)
+  np.testing.assert_array_equal(batch.tokens_BxL, rollout.tokens)
+  np.testing.assert_array_equal(batch.attention_mask_BxL, rollout.attention_mask)
 
 
 @pytest.mark.parametrize("policy", ["keep", "drop"])

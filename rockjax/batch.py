@@ -1,0 +1,62 @@
+"""TokenBatch: the one token batch every stage trains on, and the padding that goes with it.
+
+The grain pipelines (off-policy: prompt + completion) and the sampler (on-policy: prompt +
+rollout) both produce it; the train step, the loss and the analysis read it. Rows are
+sequences, columns positions: `tokens_BxL` holds prompt and response, `attention_mask_BxL` the
+real (non-padding) positions, `response_mask_BxL` the positions the loss may score (the step
+shifts it to the targets, rockjax.objective.shift).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+FIELDS = ("tokens_BxL", "attention_mask_BxL", "response_mask_BxL")
+
+
+@flax.struct.dataclass
+class TokenBatch:
+  """One batch of token rows, `[B, L]` int arrays (numpy on a host, jax.Array in a step)."""
+
+  tokens_BxL: Any
+  attention_mask_BxL: Any
+  response_mask_BxL: Any
+
+  @classmethod
+  def of(cls, batch: "TokenBatch | Mapping[str, Any]") -> "TokenBatch":
+    """A TokenBatch from itself or a mapping: the pipelines' keys (`tokens_BxL`, ...; other
+    keys such as `index_B` are left out) or the short ones (`tokens`, `attention_mask`,
+    `response_mask`) that users' own dicts and the tests use."""
+    if isinstance(batch, TokenBatch):
+      return batch
+    try:
+      return cls(*(batch[f] if f in batch else batch[f.removesuffix("_BxL")] for f in FIELDS))
+    except KeyError as err:
+      raise KeyError(
+        f"a token batch needs {FIELDS} (or without _BxL); got {sorted(batch)}"
+      ) from err
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return tuple(self.tokens_BxL.shape)
+
+  def pad(self, multiple: int) -> "TokenBatch":
+    """Right-padded with zeros to a multiple of `multiple` columns (itself if it is one).
+
+    Zeros are right for every field: token 0, attention mask 0 and response mask 0, so padded
+    columns are never attended to and never scored; the loss, the metrics and the rock
+    statistics do not change.
+    """
+    length = self.shape[1]
+    extra = padded_length(length, multiple) - length
+    if extra == 0:
+      return self
+    return jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, extra))), self)
+
+
+def padded_length(length: int, multiple: int) -> int:
+  """`length` rounded up to a multiple of `multiple` (config field data.pad_to_multiple)."""
+  return -(-length // multiple) * multiple
