@@ -18,7 +18,7 @@ from rockjax import errors
 
 # The 100 Qwen3 ids the paper's authors froze, in Rock Score rank order
 # (docs/method.md, "The published freeze list").
-PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parent / "resources" / "qwen3_paper_rocks.txt"
+PAPER_QWEN3_ROCKS_PATH = pathlib.Path(__file__).parents[1] / "resources" / "qwen3_paper_rocks.txt"
 QWEN3_VOCAB_SIZE = 151936  # rows of the Qwen3 embedding (the tokenizer itself uses fewer)
 
 _INT = re.compile(r"[+-]?[0-9]+")

@@ -115,7 +115,8 @@ def test_export_of_the_main_stage_loads_in_transformers_with_the_same_logits(tmp
   tok = transformers.AutoTokenizer.from_pretrained(make_tokenizer(tmp_path / "tok", ["a", "b"]))
   stage = stages.Stage("main", tiny.get_config(), tmp_path, tmp_path / stages.EXPORT_DIR)
   state = types.SimpleNamespace(graphdef=graphdef, params=params)
-  pipeline._export(stage, {"state": state, "experiment": types.SimpleNamespace(tokenizer=tok)})
+  result = types.SimpleNamespace(state=state, experiment=types.SimpleNamespace(tokenizer=tok))
+  pipeline._export(stage, result)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["export_hf", "tok"]  # no .tmp left
   hf = transformers.AutoModelForCausalLM.from_pretrained(
     tmp_path / stages.EXPORT_DIR, attn_implementation="eager"
