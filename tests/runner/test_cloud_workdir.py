@@ -79,7 +79,7 @@ def record_batches(monkeypatch):
 
   def next_batch(exp, state, step):
     batch, made = real(exp, state, step)
-    seen.append(np.asarray(jax.device_get(batch["tokens_BxL"])))
+    seen.append(np.asarray(jax.device_get(batch.tokens_BxL)))
     return batch, made
 
   monkeypatch.setattr(train, "_next_batch", next_batch)
