@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from rockjax import evaluation, sampling  # noqa: E402
-from rockjax.analysis import knockout  # noqa: E402
+from rockjax.analysis import knockout, knockout_report  # noqa: E402
 from rockjax.data.paths import task_files  # noqa: E402
 from rockjax.runner import experiment, stages  # noqa: E402
 
@@ -99,7 +99,7 @@ def main() -> None:
   )
   out_dir = args.out or os.path.join(args.workdir, "analysis")
   os.makedirs(out_dir, exist_ok=True)
-  section = knockout.section(result, out_dir)
+  section = knockout_report.section(result, out_dir)
   with open(os.path.join(args.workdir, "stage.json")) as f:
     run_pass1 = json.load(f)["metrics"].get("eval/pass@1")
   report = {

@@ -17,7 +17,7 @@ timed at 1 and 2 threads and the better counts. torch is optional: `pip install 
 
 Figures (tokens/s counts response tokens, B x response length, over the best step time):
 - `rockjax_tokens_per_s`, `torch_tokens_per_s`, `rockjax_over_torch`;
-- `flops_per_step`: analytic matmul FLOPs, rockjax.dry_run.forward_flops_per_token per token
+- `flops_per_step`: analytic matmul FLOPs, rockjax.flops.forward_flops_per_token per token
   (2 x multiplied parameters incl. the LM head + causal attention 2 x 2 x H x E x L / 2 per
   layer), times 3 for the student (forward + backward) and 1 for the teacher, over B x L tokens;
   `achieved_flops_per_s` = that / step time; `matmul_flops_per_s` = 2 n^3 / time of a jitted
@@ -211,11 +211,11 @@ class Rockjax:
 
   def flops_per_step(self):
     """Analytic matmul FLOPs of one step (module docstring)."""
-    from rockjax.dry_run import report as dry_run  # pylint: disable=g-import-not-at-top
+    from rockjax.dry_run import flops  # pylint: disable=g-import-not-at-top
 
     tokens, length = self.args.batch * self.args.length, self.args.length
-    student = dry_run.forward_flops_per_token(self.student_cfg, length)
-    teacher = dry_run.forward_flops_per_token(self.teacher_cfg, length)
+    student = flops.forward_flops_per_token(self.student_cfg, length)
+    teacher = flops.forward_flops_per_token(self.teacher_cfg, length)
     return tokens * (3 * student + teacher)
 
   def rock_update(self):

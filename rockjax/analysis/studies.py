@@ -21,7 +21,15 @@ import numpy as np
 from etils import epath
 
 from rockjax import evaluation
-from rockjax.analysis import controls, corpus, geometry, knockout, persistence, report
+from rockjax.analysis import (
+  controls,
+  corpus,
+  geometry,
+  knockout,
+  knockout_report,
+  persistence,
+  report,
+)
 from rockjax.analysis.context import AnalysisContext, load_student
 from rockjax.config import settings
 from rockjax.data import records
@@ -183,7 +191,7 @@ def _knockout(ctx: AnalysisContext) -> list[report.Section]:
     alpha=a.alpha,
     seed=a.seed,
   )
-  return [knockout.section(result, ctx.out_dir)]
+  return [knockout_report.section(result, ctx.out_dir)]
 
 
 # Report order after the selection sections. Controls come first: the census uses its list.

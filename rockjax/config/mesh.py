@@ -10,6 +10,9 @@ import dataclasses
 import math
 from typing import Iterator
 
+import jax
+import ml_collections
+
 from rockjax import batch as batch_lib
 from rockjax import sharding as shd
 
@@ -141,3 +144,10 @@ def _activation_shards(
           "(mesh.tensor x mesh.dcn_tensor; attention heads are sharded over it)"
         )
         return
+
+
+def declared_mesh_shape(c: ml_collections.ConfigDict) -> dict[str, int]:
+  """Full mesh axis sizes the config declares (per slice x DCN); -1 resolves against
+  mesh.num_devices (or the local devices)."""
+  ici, dcn = shd.config_mesh_shapes(c.mesh)
+  return shd.resolve_mesh_shape(ici, c.mesh.get("num_devices", 0) or jax.device_count(), dcn)

@@ -22,7 +22,7 @@ operand), k [b, K, Lk, E] (the second; [Lk, E] for mqa): the forward is two matm
 and p v), 4 b h Lq Lk E; the dq kernel recomputes q k^T and does do v^T and ds k (6 b h Lq Lk
 E); the dkv kernel recomputes q k^T and does p^T do, do v^T and ds^T q (8 b h Lq Lk E; 10 when
 it also writes dq, the fused backward). All are times SPLASH_CAUSAL_FRACTION, the useful share
-of rockjax's causal mask, as in dry_run.step_model_flops (the kernel also computes the masked
+of rockjax's causal mask, as in dry_run.flops.step_model_flops (the kernel also computes the masked
 half of each diagonal block: the true work is (n + 1) / 2n of the square for n blocks).
 
 Elementwise work (norms, softmax, activations, optimiser) is not counted: matmuls dominate.

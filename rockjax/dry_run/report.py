@@ -39,8 +39,9 @@ from rockjax import state as state_lib
 from rockjax import step as step_lib
 from rockjax.config import run_length
 from rockjax.config import settings as settings_lib
+from rockjax.config.mesh import declared_mesh_shape
 from rockjax.dry_run import hlo_cost, rollout_cost
-from rockjax.models.config import ModelConfig
+from rockjax.dry_run.flops import step_model_flops
 from rockjax.sampling import rollout_copy as rollout_params
 
 _GIB = 2**30
@@ -58,13 +59,6 @@ HBM_GIB = {
 }
 # Headroom for what the memory analysis does not see (runtime, fragmentation, host transfers).
 FIT_FRACTION = 0.8
-
-
-def declared_mesh_shape(c: ml_collections.ConfigDict) -> dict[str, int]:
-  """Full mesh axis sizes the config declares (per slice x DCN); -1 resolves against
-  mesh.num_devices (or the local devices)."""
-  ici, dcn = shd.config_mesh_shapes(c.mesh)
-  return shd.resolve_mesh_shape(ici, c.mesh.get("num_devices", 0) or jax.device_count(), dcn)
 
 
 @functools.cache
@@ -309,38 +303,6 @@ def compile_step(
   fn = step_lib.jit_train_step(settings, shardings, t_sh, b_sh)
   with jax.set_mesh(mesh):
     return fn.lower(like, t_like, batch).compile()
-
-
-def forward_flops_per_token(cfg: ModelConfig, length: int) -> float:
-  """Matmul FLOPs of one token's forward pass through `cfg` in a causal sequence of `length`:
-  2 x (the parameters it multiplies: attention projections, the dense MLP or the routed
-  experts plus the router, the LM head) + the attention scores and values (2 x 2 x H x E x
-  length / 2 per layer on average under the causal mask)."""
-  D, H, K, E = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  attn_params = D * H * E * 2 + D * K * E * 2  # q, o; k, v
-  per_token = 0.0
-  for i in range(cfg.num_layers):
-    if cfg.is_moe_layer(i):
-      mlp = cfg.num_experts_per_tok * 3 * D * cfg.moe_intermediate_size + D * cfg.num_experts
-    else:
-      mlp = 3 * D * cfg.intermediate_size
-    per_token += 2 * (attn_params + mlp) + 2 * H * E * length
-  return per_token + 2 * D * cfg.vocab_size
-
-
-def step_model_flops(c: ml_collections.ConfigDict) -> dict[str, float]:
-  """Analytic FLOPs of one train step on the config's batch (rollouts not included): the
-  student's forward, backward (2 x forward) and, with remat, one more forward; the teacher's
-  forward. `per_device` is the total over the declared mesh's devices (an even split)."""
-  rows, length = settings_lib.batch_shape(c)
-  tokens = rows * length
-  student_cfg = loading.arch_config(c.model)
-  passes = 3 + (student_cfg.remat != "none")
-  total = passes * tokens * forward_flops_per_token(student_cfg, length)
-  if settings_lib.loss_settings(c).needs_teacher and c.teacher.source != "none":
-    total += tokens * forward_flops_per_token(loading.arch_config(c.teacher), length)
-  devices = math.prod(declared_mesh_shape(c).values())
-  return {"total": total, "per_device": total / devices}
 
 
 def aot_figures(

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx, struct
 
 from rockjax import sampling
-from rockjax.analysis import knockout
+from rockjax.analysis import knockout, knockout_report
 
 V, EOS = 32, 1
 A, B_, Z, N, W, S, D, E = 10, 11, 12, 13, 14, 15, 16, 17  # B_: B is the problems' letter
@@ -198,7 +198,7 @@ def test_epsilon_rule(delta, p, expected):
 
 
 def test_section_numbers_fill_the_text_and_the_figure_shows_the_deltas(result, tmp_path):
-  sec = knockout.section(result, str(tmp_path))
+  sec = knockout_report.section(result, str(tmp_path))
   assert sec.key == "knockout"
   text = sec.text.format(**sec.numbers)  # every placeholder has a number
   assert f"| {A} | t{A} | 27 | {round(1 / 40 - 28 / 40, 4)} |" in text
@@ -206,12 +206,12 @@ def test_section_numbers_fill_the_text_and_the_figure_shows_the_deltas(result, t
   png = (tmp_path / sec.figures[0].filename).read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and pystruct.unpack(">II", png[16:24])[0] > 300
   # The bars are the Deltas in candidate order, coloured by class.
-  ax = knockout.delta_figure(result).axes[0]
+  ax = knockout_report.delta_figure(result).axes[0]
   bars = [p for p in ax.patches if p.get_width() > 0]
   np.testing.assert_allclose(
     [b.get_height() for b in bars], [e["delta"] for e in result["candidates"]]
   )
-  colours = {knockout.COLOURS[e["class"]] for e in result["candidates"]}
+  colours = {knockout_report.COLOURS[e["class"]] for e in result["candidates"]}
   assert len(colours) == 3
 
 

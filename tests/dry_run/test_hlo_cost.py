@@ -1,7 +1,7 @@
 """rockjax.dry_run.hlo_cost: matmul FLOPs per device read from compiled HLO, loops by trip count.
 
 References are hand counts (2 x M x K x N per matmul, times the trips written in the test),
-dry_run.step_model_flops' analytic count for a real step, and XLA's own cost analysis of a
+flops.step_model_flops' analytic count for a real step, and XLA's own cost analysis of a
 loop-free convolution.
 """
 
@@ -18,6 +18,7 @@ from rockjax import loading
 from rockjax import sharding as shd
 from rockjax.config import settings as settings_lib
 from rockjax.dry_run import hlo_cost, hlo_text
+from rockjax.dry_run import flops
 from rockjax.dry_run import report as dry_run
 
 M, K, N = 16, 32, 24
@@ -233,7 +234,7 @@ def tiny_cpu_step(devices8):
 def attention_flops(cfg, tokens: int, length: int) -> float:
   """The analytic (causal) attention term of one forward pass over `tokens`."""
   return tokens * (
-    dry_run.forward_flops_per_token(cfg, length) - dry_run.forward_flops_per_token(cfg, 0)
+    flops.forward_flops_per_token(cfg, length) - flops.forward_flops_per_token(cfg, 0)
   )
 
 
@@ -251,7 +252,7 @@ def test_tiny_step_per_device_times_8_matches_the_analytic_count(tiny_cpu_step):
   passes = 3 + (student.remat != "none")
   full_square = passes * attention_flops(student, rows * length, length)
   full_square += attention_flops(teacher, rows * length, length)
-  want = dry_run.step_model_flops(c)["total"] + full_square
+  want = flops.step_model_flops(c)["total"] + full_square
   assert got.flops * 8 == pytest.approx(want, rel=0.02)
   # XLA's own figure counts each scanned layer once: well below.
   assert compiled.cost_analysis()["flops"] * 8 < 0.8 * want
@@ -331,7 +332,7 @@ def test_tiny_tpu_step_matches_the_analytic_count():
   passes = 3 + (student.remat != "none")
   full_square = passes * attention_flops(student, rows * length, length)
   full_square += attention_flops(teacher, rows * length, length)
-  want = dry_run.step_model_flops(c)["total"] + full_square
+  want = flops.step_model_flops(c)["total"] + full_square
   assert got.flops * 8 == pytest.approx(want, rel=0.02)
 
 

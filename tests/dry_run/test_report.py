@@ -22,6 +22,7 @@ from rockjax import errors, loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.config import settings as settings_lib
+from rockjax.dry_run import flops
 from rockjax.dry_run import report as dry_run
 from tests.fixtures import REPO, assert_one_line_error, cli
 
@@ -49,7 +50,7 @@ def tiny_aot():
   c = dry_run.for_topology(tiny.get_config(), TOPOLOGY)
   devices = dry_run.topology_devices(TOPOLOGY)
   compiled = dry_run.compile_step(c, devices)
-  total = dry_run.step_model_flops(c)["total"]
+  total = flops.step_model_flops(c)["total"]
   return c, devices, compiled, dry_run.aot_figures(compiled, devices, total)
 
 
@@ -92,13 +93,13 @@ def test_aot_flops_and_verdict(tiny_aot):
   assert fig["device_kind"] == "TPU v5" and fig["devices"] == 8
   assert fig["xla_flops_per_device"] > 0
   assert fig["xla_flops_total"] == 8 * fig["xla_flops_per_device"]
-  assert fig["xla_flops_total"] <= dry_run.step_model_flops(c)["total"]
+  assert fig["xla_flops_total"] <= flops.step_model_flops(c)["total"]
   # The HLO count (loops by their trips): above XLA's loop-once figure, its redundancy the
   # ratio to an even split of the analytic count (tiny's 16 rows split over the 8 chips: ~1,
   # above it by the blocked attention's full-square blocks and recomputing backward).
   assert fig["flops_per_device"] > fig["xla_flops_per_device"]
   assert fig["flops_total"] == 8 * fig["flops_per_device"]
-  even = dry_run.step_model_flops(c)["total"] / 8
+  even = flops.step_model_flops(c)["total"] / 8
   assert fig["redundancy"] == pytest.approx(fig["flops_per_device"] / even)
   assert 1 <= fig["redundancy"] < 1.25
   assert fig["flops_notes"] == {"unknown_loops": [], "unrecognised_custom_calls": []}
@@ -228,7 +229,7 @@ def test_model_flops_match_xla_on_an_unrolled_forward():
   ids = jax.ShapeDtypeStruct((1, L), jnp.int32)
   xla = fwd.lower(params, ids).compile().cost_analysis()["flops"]
   attention_full = 2 * cfg.num_heads * cfg.head_dim * L * cfg.num_layers  # per token, extra
-  want = L * (dry_run.forward_flops_per_token(cfg, L) + attention_full)
+  want = L * (flops.forward_flops_per_token(cfg, L) + attention_full)
   assert xla == pytest.approx(want, rel=0.05)
 
 
@@ -236,10 +237,10 @@ def test_step_model_flops_count_the_passes():
   """Student forward + backward (+ one forward with remat), teacher forward, over the batch."""
   c = tiny.get_config()
   rows, length = settings_lib.batch_shape(c)
-  s = dry_run.forward_flops_per_token(loading.arch_config(c.model), length)
-  t = dry_run.forward_flops_per_token(loading.arch_config(c.teacher), length)
+  s = flops.forward_flops_per_token(loading.arch_config(c.model), length)
+  t = flops.forward_flops_per_token(loading.arch_config(c.teacher), length)
   passes = 3 + (loading.arch_config(c.model).remat != "none")
-  got = dry_run.step_model_flops(c)
+  got = flops.step_model_flops(c)
   assert got["total"] == pytest.approx(rows * length * (passes * s + t))
 
 
