@@ -1,7 +1,7 @@
 """The OPD / KD loss factory: per-token losses of a batch, weighted by the masking function.
 
 Separate from the train step so users can jit and reuse the loss alone. Shape letters: B batch,
-L sequence length (padded, see `pad_batch`), D hidden width, V vocabulary.
+L sequence length (padded, `TokenBatch.pad`), D hidden width, V vocabulary.
 
 Alignment: the models run on all L positions and their output at position t predicts token
 t+1, so every per-token quantity here is `[B, L]` and column t refers to the *emitted* id
@@ -125,11 +125,6 @@ def shift(batch: TokenBatch | Mapping[str, jax.Array]) -> Shifted:
   on_BxL = (jnp.asarray(batch.response_mask_BxL) != 0) & (attn_BxL != 0)
   loss_mask_BxL = _shift_left(on_BxL.astype(jnp.int32))
   return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
-
-
-def pad_batch(batch: TokenBatch | Mapping[str, jax.Array], multiple: int) -> TokenBatch:
-  """`TokenBatch.of(batch).pad(multiple)`: right-padded to a multiple of `multiple` columns."""
-  return TokenBatch.of(batch).pad(multiple)
 
 
 @flax.struct.dataclass

@@ -1,6 +1,6 @@
 """The pure train step and the one place it is jitted.
 
-Shape letters: B batch (sequences), L sequence length (padded, objective.pad_batch), V vocab,
+Shape letters: B batch (sequences), L sequence length (padded, TokenBatch.pad), V vocab,
 U optimiser updates per batch (opd.updates_per_rollout), R = B / U rows per update,
 K micro-batches per update (opt.micro_batches), M = R / K rows per micro-batch.
 A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask` [B, L] and

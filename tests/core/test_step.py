@@ -13,7 +13,7 @@ from flax import nnx
 from rockjax import objective
 from rockjax import sharding as shd
 from rockjax import state as state_lib
-from rockjax.batch import padded_length
+from rockjax.batch import TokenBatch, padded_length
 from tests.fixtures import (
   ROCK_IDS,
   STUDENT,
@@ -313,14 +313,14 @@ def test_micro_batches_must_divide_the_rows():
 
 @pytest.mark.parametrize("chunked", [True, False])
 def test_padding_changes_nothing(chunked):
-  """The same batch right-padded from 10 to 16 columns (objective.pad_batch): same loss,
+  """The same batch right-padded from 10 to 16 columns (TokenBatch.pad): same loss,
   gradient (SGD with lr 1), rock statistics and metrics."""
   batch, results = make_batch(), []
   for multiple in (1, 8):
     fn, state, t_params = build(
       one_device_mesh(), tx=optax.sgd(1.0), rock_mode="dynamic", chunked=chunked, block_size=7
     )
-    padded = objective.pad_batch(batch, multiple)
+    padded = TokenBatch.of(batch).pad(multiple)
     assert padded.shape == (8, 10 if multiple == 1 else 16)
     p0 = jax.device_get(state.params)  # before the step: it donates `state`
     with jax.set_mesh(one_device_mesh()):
