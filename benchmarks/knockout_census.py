@@ -123,7 +123,7 @@ def main() -> None:
       {k: e[k] for k in ("id", "token", "baseline_emitted", "delta", "p_value", "class")}
       for e in result["candidates"]
     ],
-    "figure": os.path.join(out_dir, section["figures"][0]["filename"]),
+    "figure": os.path.join(out_dir, section.figures[0].filename),
   }
   if args.compare_static:
     start, before = time.perf_counter(), sampling.decode_jit._cache_size()

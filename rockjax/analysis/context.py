@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from typing import Any
 
 import ml_collections
@@ -13,6 +15,7 @@ from flax import nnx
 from rockjax import checkpoint as ckpt_lib
 from rockjax import errors, loading, models
 from rockjax import state as state_lib
+from rockjax.analysis import degenerate
 
 
 @dataclasses.dataclass
@@ -39,6 +42,7 @@ class AnalysisContext:
   extras: dict[str, Any] = dataclasses.field(
     default_factory=dict
   )  # studies' results for later ones
+  student_path: str = ""  # the directory the student was loaded from (HF export or ckpt dir)
 
 
 def _restore_student(c: ml_collections.ConfigDict, ckpt_dir: str, mesh) -> tuple[nnx.Module, str]:
@@ -68,3 +72,44 @@ def load_student(
   if student and (epath.Path(student) / "config.json").exists():
     return models.from_pretrained(student, mesh=mesh, **loading.numerics(c.model)), student
   return _restore_student(c, student or str(epath.Path(workdir) / "ckpt"), mesh)
+
+
+STAGE_FILE = "stage.json"  # a completed pipeline stage's record (rockjax.runner.pipeline)
+
+
+def _stage_record(stage_dir: epath.Path) -> dict[str, Any]:
+  """The stage.json in `stage_dir`, or {} when there is none (or it does not parse)."""
+  try:
+    return json.loads((stage_dir / STAGE_FILE).read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def student_path(workdir: str, student: str) -> str:
+  """The directory `load_student` reads: `student`, else WORKDIR/ckpt."""
+  return student or str(epath.Path(workdir) / "ckpt")
+
+
+def describe_checkpoint(path: str, source: str) -> dict[str, Any]:
+  """{'path', 'stage', 'step', 'text'} of a student directory, `source` its load_student text.
+
+  The stage is the pipeline stage whose workdir holds the directory (its stage.json: an HF
+  export it wrote, or its ckpt/); the step comes from the restored checkpoint ('... step N'),
+  else from the stage's record (its final step). Unknown parts are None.
+  """
+  root = epath.Path(path)
+  record = _stage_record(root.parent)
+  exported = record.get("export") or ""
+  ours = degenerate.same_path(exported, str(root)) or root.name == "ckpt"
+  stage = record.get("stage") if ours else None
+  match = re.search(r"step (\d+)", source)
+  step = int(match.group(1)) if match else (record.get("steps") if stage else None)
+  where = ", ".join(
+    part for part in (f"stage {stage}" if stage else "", f"step {step}" if step else "") if part
+  )
+  return {
+    "path": str(path),
+    "stage": stage,
+    "step": step,
+    "text": f"{path} ({where})" if where else f"{path} (stage and step unknown)",
+  }

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 from etils import epath
-from matplotlib.figure import Figure
 
-from rockjax.analysis import report
+from rockjax.analysis import degenerate, plotting, report
 from rockjax.analysis.groups import rounded
 from rockjax.rocks import lists as rock_lists
 
@@ -138,28 +137,46 @@ def control_result(
   }
 
 
-def _pairs_plot(result: dict[str, Any]) -> Figure:
-  """Each rock's frequency against its control's on log axes, with the tolerance band."""
-  fig = Figure(figsize=(5, 5), layout="constrained")
-  ax = fig.subplots()
+def _pair_labels(result: dict[str, Any]) -> list[str]:
+  """'i: rock -> control' per pair, tokens where the result has them (else ids)."""
+  rocks = result.get("rock_tokens") or [str(i) for i in result["rock_ids"]]
+  ctrls = result.get("control_tokens") or [str(i) for i in result["control_ids"]]
+  return [f"{i + 1}: {r} -> {c}" for i, (r, c) in enumerate(zip(rocks, ctrls))]
+
+
+def pairs_figure(result: dict[str, Any]):
+  """Left: each rock's frequency against its control's, log axes, pairs numbered. Right: one
+  row per pair, the control/rock frequency ratio, so that pairs on one spot stay apart."""
   rock_K, ctrl_K = result["rock_freq"], result["control_freq"]
-  ax.scatter(rock_K, ctrl_K, s=12, color="tab:red", alpha=0.7, label="rock / control pair")
-  lo, hi = min(rock_K.min(), ctrl_K.min()), max(rock_K.max(), ctrl_K.max())
+  k = len(rock_K)
+  title = f"Frequency-matched random control: {k} rock / control pairs"
+  fig, (ax1, ax2) = plotting.new_figure(title, (12, max(5.0, min(14.0, 0.25 * k))), ncols=2)
   band = math.exp(result["quality"]["tolerance"])
-  ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="equal frequency")
-  ax.fill_between(
-    [lo, hi],
-    [lo / band, hi / band],
-    [lo * band, hi * band],
-    alpha=0.15,
-    color="gray",
-    label=f"within a factor {band:.3g}",
-  )
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlabel("rock frequency")
-  ax.set_ylabel("matched control frequency")
-  ax.legend(fontsize=8)
+  lo, hi = min(rock_K.min(), ctrl_K.min()) / 1.5, max(rock_K.max(), ctrl_K.max()) * 1.5
+  ax1.fill_between([lo, hi], [lo / band, hi / band], [lo * band, hi * band], alpha=0.15,
+                   color="gray", label=f"within a factor {band:.3g}")  # fmt: skip
+  ax1.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="equal frequency")
+  ax1.scatter(rock_K, ctrl_K, s=22, facecolors="none", edgecolors="tab:red", label="pair")
+  ax1.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
+  ax1.set_xlabel("rock frequency (emitted tokens, log scale)")
+  ax1.set_ylabel("matched control frequency (emitted tokens, log scale)")
+  ax1.set_title("pairs numbered as in the right panel", fontsize=9)
+  plotting.plain_log_ticks(ax1)
+  ax1.legend(fontsize=8, loc="upper left")
+  plotting.place_labels(ax1, rock_K, ctrl_K, [str(i + 1) for i in range(k)])
+  ratio_K = ctrl_K / rock_K
+  y_K = np.arange(k)[::-1]
+  ax2.axvspan(1 / band, band, color="gray", alpha=0.15, label=f"within a factor {band:.3g}")
+  ax2.axvline(1.0, color="black", linewidth=0.8)
+  ax2.hlines(y_K, 1.0, ratio_K, color="tab:red", linewidth=1)
+  ax2.plot(ratio_K, y_K, "o", color="tab:red", ms=5)
+  ax2.set_xscale("log")
+  ax2.set_yticks(y_K, _pair_labels(result) if k <= 40 else [""] * k, fontsize=7)
+  ax2.set_xlabel("control frequency / rock frequency (log scale)")
+  ax2.set_ylabel("pair (rock -> control)")
+  ax2.set_title("each pair on its own row", fontsize=9)
+  ax2.legend(fontsize=8, loc="lower left")
+  plotting.plain_log_ticks(ax2, "x")
   return fig
 
 
@@ -169,22 +186,24 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   numbers = {k: (v if k == "num_pairs" else rounded(v)) for k, v in q.items()}
   numbers["tolerance_factor"] = rounded(math.exp(q["tolerance"]))
   if q["num_pairs"]:
-    report.save_figure(_pairs_plot(result), out_dir, FIGURE)
+    report.save_figure(pairs_figure(result), out_dir, FIGURE)
   text = (
     "{num_pairs} non-rock ids matched one-to-one to the rocks by a minimum-cost assignment on "
     "|log frequency| differences (written as " + CONTROL_LIST_NAME + "). |log frequency "
-    "ratio|: median {median_abs_log_ratio}, max {max_abs_log_ratio}; a share "
-    "{share_within_tolerance} of pairs is within the stated tolerance {tolerance} (a factor "
-    "{tolerance_factor})."
+    "ratio|: median {median_abs_log_ratio}, max {max_abs_log_ratio}; "
+    "{share_within_tolerance:.1%} of the pairs are within the stated tolerance {tolerance} (a "
+    "factor {tolerance_factor})."
   )
   caption = (
-    "Frequency of each rock (x) and of its matched control id (y), log axes; the grey band "
-    "is the stated tolerance around equal frequency."
+    "Left: frequency of each rock (x) and of its matched control id (y), log axes, pairs "
+    "numbered; the grey band is the stated tolerance around equal frequency. Right: each "
+    "pair's control/rock frequency ratio on its own row (rock token -> control token)."
   )
   return report.Section(
     title="Frequency-matched random control",
     key="controls",
     numbers=numbers,
     figures=(report.Figure(FIGURE, caption),) if q["num_pairs"] else (),
+    warnings=tuple(w for w in (degenerate.pairs_warning(q["num_pairs"]),) if w),
     text=text,
   )

@@ -26,12 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax import nnx
-from matplotlib.figure import Figure
-
 from rockjax import losses, objective
 from rockjax import sharding as shd
+from rockjax.analysis import degenerate, plotting, report
 from rockjax.analysis import groups as groups_lib
-from rockjax.analysis import report
+from rockjax.analysis.paper_reference import GEOMETRY_MEDIANS
 from rockjax.metrics import host_value
 
 FIGURE = "geometry_boxplots.png"
@@ -226,25 +225,47 @@ def geometry(sums: GradientSums, group_ids: dict[str, np.ndarray]) -> dict[str, 
   return result
 
 
-def _boxplots(result: dict[str, Any]) -> Figure:
-  """Two panels: |gbar_v| (log axis) and cosine with G_balanced, one box per group."""
-  fig = Figure(figsize=(9, 4), layout="constrained")
-  axes = fig.subplots(1, 2)
+def boxplot_figure(result: dict[str, Any]):
+  """Two panels: |gbar_v| (log axis) and cosine with G_balanced, one box per group, each id a
+  dot (small groups are visible as dots) and the paper's group medians as stars."""
+  fig, axes = plotting.new_figure("Gradient geometry of the id groups", (11, 4.6), ncols=2)
   names = [n for n in groups_lib.GROUPS if result["groups"][n]["n"]]
-  labels = [groups_lib.GROUP_TITLES[n] for n in names]
-  for ax, field, ylabel in (
-    (axes[0], "norm", "|mean gradient| per id"),
-    (axes[1], "cos", "cosine with G_balanced"),
-  ):
-    box = ax.boxplot([result["groups"][n][field] for n in names], patch_artist=True)
+  labels = [f"{groups_lib.GROUP_TITLES[n]}\n(n={result['groups'][n]['n']})" for n in names]
+  panels = (
+    (
+      axes[0],
+      "norm",
+      "|gbar_v| (nats per unit logit, log scale)",
+      "Norm of each id's mean gradient",
+    ),
+    (axes[1], "cos", "cosine with G_balanced (unitless)", "Alignment with the balanced direction"),
+  )
+  for ax, field, ylabel, title in panels:
+    values = [result["groups"][n][field] for n in names]
+    box = ax.boxplot(values, patch_artist=True, showfliers=False) if names else None
+    for i, (n, v) in enumerate(zip(names, values)):
+      box["boxes"][i].set_facecolor(groups_lib.GROUP_COLORS[n])
+      box["boxes"][i].set_alpha(0.4)
+      jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(v))
+      ax.scatter(i + 1 + jitter, v, s=9, color=groups_lib.GROUP_COLORS[n], zorder=3)
+      if n in GEOMETRY_MEDIANS[field]:
+        ax.plot(i + 1.3, GEOMETRY_MEDIANS[field][n], "*", ms=11, color="tab:orange",
+                markeredgecolor="black", label="paper median" if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(1, len(names) + 1), labels)
-    for patch, n in zip(box["boxes"], names):
-      patch.set_facecolor(groups_lib.GROUP_COLORS[n])
-      patch.set_alpha(0.5)
+    ax.set_xlabel("id group")
     ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
   axes[0].set_yscale("log")
   axes[1].axhline(0.0, color="black", linewidth=0.6)
   return fig
+
+
+def section_warnings(result: dict[str, Any]) -> tuple[str, ...]:
+  """Groups smaller than asked or than the minimum (rockjax.analysis.degenerate)."""
+  sizes = {name: result["groups"][name]["n"] for name in groups_lib.GROUPS}
+  requested = result.get("requested", {})
+  return tuple(degenerate.group_warnings(sizes, requested, result.get("eligible")))
 
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
@@ -257,7 +278,8 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   fields = ("median_norm", "median_cos", "median_contribution", "total_contribution")
   table, rows = groups_lib.group_table(result, fields)
   numbers.update(table)
-  report.save_figure(_boxplots(result), out_dir, FIGURE)
+  numbers |= {f"{n}_requested": v for n, v in result.get("requested", {}).items()}
+  report.save_figure(boxplot_figure(result), out_dir, FIGURE)
   text = (
     "Per id v, gbar_v is the mean over v's positions of the reverse-KL gradient with respect "
     "to the student logits; G_balanced sums gbar_v over the ids of all three groups (each "
@@ -265,7 +287,8 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     "| group | ids | median norm | median cosine | median contribution | total contribution |\n"
     "|---|---|---|---|---|---|\n"
     f"{rows}\n\n"
-    "Rock positions are {rock_token_share} of response tokens and carry {rock_grad_norm_share} "
+    "Rock positions are {rock_token_share:.1%} of response tokens and carry "
+    "{rock_grad_norm_share:.1%} "
     "of the summed per-token gradient norm. Mann-Whitney U, norms: rocks vs high-KL ids "
     "p = {norm_rocks_vs_high_kl_mannwhitney_p}, rocks vs random ids "
     "p = {norm_rocks_vs_random_mannwhitney_p}; cosines: rocks vs high-KL ids "
@@ -274,7 +297,8 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   )
   caption = (
     "Left: norm of each id's mean logit gradient (log axis); right: its cosine with the "
-    "balanced direction G_balanced. One box per group: rocks, high-KL ids, random ids."
+    "balanced direction G_balanced. One box per group (rocks, high-KL ids, random ids), each id "
+    "a dot; orange stars: the paper's group medians."
   )
   return report.Section(
     title="Gradient geometry",
@@ -282,4 +306,5 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     numbers=numbers,
     figures=(report.Figure(FIGURE, caption),),
     text=text,
+    warnings=section_warnings(result),
   )

@@ -69,9 +69,13 @@ def mann_whitney(a_N: np.ndarray, b_N: np.ndarray) -> tuple[float, float]:
   return float(res.statistic), float(res.pvalue)
 
 
-def group_table(result: dict[str, Any], fields: Sequence[str]) -> tuple[dict[str, Any], str]:
+def group_table(
+  result: dict[str, Any], fields: Sequence[str], specs: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
   """Report numbers `{group}_{field}` (n as is, the rest rounded) and `{test}_mannwhitney_p`
-  from a per-group result, and the Markdown table rows that print them, one row per group."""
+  from a per-group result, and the Markdown table rows that print them, one row per group
+  (`specs`: a field's format spec, e.g. ':.1%' for a share)."""
+  specs = specs or {}
   numbers: dict[str, Any] = {}
   for name in GROUPS:
     g = result["groups"][name]
@@ -80,7 +84,9 @@ def group_table(result: dict[str, Any], fields: Sequence[str]) -> tuple[dict[str
   for test, v in result["tests"].items():
     numbers[f"{test}_mannwhitney_p"] = rounded(v["mannwhitney_p"])
   rows = "\n".join(
-    f"| {GROUP_TITLES[n]} | {{{n}_n}} | " + " | ".join(f"{{{n}_{f}}}" for f in fields) + " |"
+    f"| {GROUP_TITLES[n]} | {{{n}_n}} | "
+    + " | ".join(f"{{{n}_{f}{specs.get(f, '')}}}" for f in fields)
+    + " |"
     for n in GROUPS
   )
   return numbers, rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from matplotlib import figure, lines, patches  # Figure without pyplot: Agg, no global state
+from matplotlib import figure, lines, patches, ticker  # no pyplot: Agg, no global state
 
 from rockjax.analysis import report
 from rockjax.analysis.knockout import CLASSES
@@ -39,15 +39,24 @@ def delta_figure(result: dict[str, Any]):
   for y in (-eps, eps):
     ax.axhline(y, color="black", linewidth=0.6, linestyle="--")
   ax.set_xticks(x_C, [_label(e) for e in entries], rotation=60, ha="right", fontsize=8)
-  ax.set_ylabel("accuracy change when banned (Delta)")
+  rocks = result.get("num_rocks")
+  if rocks and rocks < len(entries):  # the candidates are the rocks, then their controls
+    ax.axvline(rocks - 0.5, color="tab:blue", linewidth=1, linestyle=":")
+    ax.text(rocks - 0.6, ax.get_ylim()[0], "rocks | controls ", ha="right", va="bottom",
+            fontsize=8, color="tab:blue")  # fmt: skip
+  ax.set_xlabel("candidate id (token)")
+  ax.set_ylabel("accuracy change when banned (Delta, percentage points)")
+  ax.yaxis.set_major_formatter(ticker.PercentFormatter(xmax=1.0, decimals=0))
   ax.set_title(
-    f"Knockout census: {len(entries)} ids, baseline accuracy {result['baseline_accuracy']:.3f}"
+    f"Knockout census: {len(entries)} ids, baseline accuracy {result['baseline_accuracy']:.1%}"
   )
   # Every class in the legend, present or not, so figures of different runs read alike.
   ax.legend(
     handles=[patches.Patch(color=COLOURS[c], label=c.replace("_", " ")) for c in CLASSES]
     + [lines.Line2D([], [], color="black", linestyle="--", label=f"+/- eps {eps}")],
     fontsize=8,
+    loc="upper left",
+    bbox_to_anchor=(1.01, 1.0),
   )
   return fig
 
@@ -67,6 +76,7 @@ def _summary_numbers(result: dict[str, Any]) -> dict[str, Any]:
   s, st = result["settings"], result["sign_test"]
   return dict(
     num_candidates=len(result["candidates"]),
+    num_rock_candidates=result.get("num_rocks"),  # the first ones; the rest are controls
     num_problems=result["num_problems"],
     num_samples=result["num_samples"],
     decoding="greedy" if s["greedy"] else f"sampled at temperature {s['temperature']}",
@@ -114,7 +124,9 @@ def _candidate_numbers(e: dict[str, Any]) -> dict[str, Any]:
 def _candidate_row(e: dict[str, Any]) -> str:
   """One candidate's Markdown table row, all placeholders for its numbers."""
   v = f"id{e['id']}"
-  return "| " + " | ".join(f"{{{v}_{c}}}" for c in _ROW_CELLS) + f" | {{{v}_class}} |"
+  spec = {"delta": ":+.1%", "ci_low": ":+.1%", "ci_high": ":+.1%"}
+  cells = [f"{{{v}_{c}{spec.get(c, '')}}}" for c in _ROW_CELLS]
+  return "| " + " | ".join(cells) + f" | {{{v}_class}} |"
 
 
 def _section_text(rows: list[str]) -> str:
@@ -123,9 +135,10 @@ def _section_text(rows: list[str]) -> str:
     [
       "Each candidate id gets -inf at every decoding step ({decoding}, at most {max_new_tokens}"
       " new tokens, seed {seed}, {num_samples} sample(s) per problem) on {num_problems}"
-      " problems; Delta = accuracy with the id banned - baseline accuracy ({baseline_accuracy}).",
+      " problems; Delta = accuracy with the id banned - baseline accuracy"
+      " ({baseline_accuracy:.1%}), in percentage points.",
       "Interval: paired percentile bootstrap over problems ({resamples} resamples, level"
-      " 1 - {alpha}); p: paired permutation test. Strong Pillar: Delta <= -{eps} and p <"
+      " 1 - {alpha}); p: paired permutation test. Strong Pillar: Delta <= -{eps:.1%} and p <"
       " {alpha}; Strong Stumbling Block: the mirror; Neutral otherwise.",
       "",
       "Of {num_candidates} candidates: {num_strong_pillar} Strong Pillar(s),"

@@ -4,7 +4,9 @@ The paper (docs/method.md, "Rock Tokens") chooses the groups at the late checkpo
 each id's mean KL at both: rocks barely move (median 0.21 -> 0.19) while rare high-KL ids fall
 ~58%. Per group this gives medians, the median relative drop `(early - late) / early` (positive
 = fell, as in rockjax.rocks.stagnation), a Wilcoxon signed-rank test of the paired early/late
-values, and Mann-Whitney U tests of the drops between groups (scipy.stats).
+values, and Mann-Whitney U tests of the drops between groups (scipy.stats). The section names
+both checkpoints (path, pipeline stage, step) and warns when a group is too small or when the
+early checkpoint is the final one (rockjax.analysis.degenerate).
 
 Shape letters: V vocabulary size, N ids in a group.
 """
@@ -15,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import scipy.stats
-from matplotlib.figure import Figure
 
 from rockjax import rocks
+from rockjax.analysis import degenerate, plotting, report
 from rockjax.analysis import groups as groups_lib
-from rockjax.analysis import report
+from rockjax.analysis.paper_reference import PERSISTENCE_MEDIANS
 from rockjax.metrics import host_value
 
 FIGURE = "persistence_scatter.png"
@@ -77,7 +79,9 @@ def persistence(
     seed=seed,
     eligible_V=paired_V,
   )
-  result: dict[str, Any] = {"groups": {}, "tests": {}}
+  requested = {"rocks": k, "high_kl": k, "random": num_random}
+  result: dict[str, Any] = {"groups": {}, "tests": {}, "requested": requested}
+  result["eligible"] = int(paired_V.sum())  # ids seen at both points: the groups' pool
   drops = {}
   for name in groups_lib.GROUPS:
     all_N = ids[name]
@@ -104,10 +108,12 @@ def persistence(
   return result
 
 
-def _scatter(result: dict[str, Any]) -> Figure:
-  """Early vs late mean KL per id on log axes, one colour per group, with the y = x line."""
-  fig = Figure(figsize=(5.5, 5), layout="constrained")
-  ax = fig.subplots()
+def scatter_figure(result: dict[str, Any]):
+  """Early vs late mean KL per id on log axes, one colour per group, the y = x line and the
+  paper's group medians (stars)."""
+  early, late = result.get("early") or {}, result.get("late") or {}
+  title = "Persistence: per-id mean KL, early vs late checkpoint"
+  fig, ax = plotting.new_figure(title, (6.4, 6.0))
   lo, hi = np.inf, -np.inf
   for name in groups_lib.GROUPS:
     g = result["groups"][name]
@@ -115,32 +121,53 @@ def _scatter(result: dict[str, Any]) -> Figure:
     if keep.any():
       lo = min(lo, g["early"][keep].min(), g["late"][keep].min())
       hi = max(hi, g["early"][keep].max(), g["late"][keep].max())
-    ax.scatter(
-      g["early"][keep],
-      g["late"][keep],
-      s=12,
-      alpha=0.7,
-      color=groups_lib.GROUP_COLORS[name],
-      label=f"{groups_lib.GROUP_TITLES[name]} (n={int(keep.sum())})",
-    )
-  if np.isfinite(lo):
-    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="y = x (no change)")
+    colour = groups_lib.GROUP_COLORS[name]
+    ax.scatter(g["early"][keep], g["late"][keep], s=14, alpha=0.7, color=colour,
+               label=f"{groups_lib.GROUP_TITLES[name]} (n={int(keep.sum())})")  # fmt: skip
+    if g["n"]:
+      ax.plot(g["median_early"], g["median_late"], "D", ms=8, color=colour, markeredgecolor="k",
+              label=f"this run's median, {groups_lib.GROUP_TITLES[name]}")  # fmt: skip
+    if name in PERSISTENCE_MEDIANS:
+      ax.plot(*PERSISTENCE_MEDIANS[name], "*", ms=13, color=colour, markeredgecolor="black",
+              label=f"paper median, {groups_lib.GROUP_TITLES[name]}")  # fmt: skip
+  paper = [v for pair in PERSISTENCE_MEDIANS.values() for v in pair]
+  lo, hi = min(lo, *paper), max(hi, *paper)
+  ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="y = x (no change)")
   ax.set_xscale("log")
   ax.set_yscale("log")
-  ax.set_xlabel("mean KL, early checkpoint")
-  ax.set_ylabel("mean KL, late checkpoint")
-  ax.legend(fontsize=8)
+  ax.set_xlabel(f"mean KL (nats/token), early: {early.get('text', 'early checkpoint')}", fontsize=8)
+  ax.set_ylabel(f"mean KL (nats/token), late: {late.get('text', 'late checkpoint')}", fontsize=8)
+  if result.get("self_comparison"):
+    ax.set_title(
+      "the early checkpoint is the final one: no comparison", color="tab:red", fontsize=9
+    )
+  ax.legend(fontsize=7, loc="upper left")
   return fig
+
+
+def section_warnings(result: dict[str, Any]) -> tuple[str, ...]:
+  """Small groups and a self-comparison, as the section (and the Findings) show them."""
+  sizes = {name: result["groups"][name]["n"] for name in groups_lib.GROUPS}
+  out = degenerate.group_warnings(sizes, result.get("requested", {}), result.get("eligible"))
+  early = (result.get("early") or {}).get("text", "")
+  self_warning = degenerate.self_comparison_warning(result.get("self_comparison", ()), early)
+  return tuple(out + ([self_warning] if self_warning else []))
 
 
 def section(result: dict[str, Any], out_dir: str) -> report.Section:
   """The report section; saves the scatter."""
   fields = ("median_early", "median_late", "median_drop", "wilcoxon_p")
-  numbers, rows = groups_lib.group_table(result, fields)
-  report.save_figure(_scatter(result), out_dir, FIGURE)
+  numbers, rows = groups_lib.group_table(result, fields, specs={"median_drop": ":.1%"})
+  early, late = result.get("early") or {}, result.get("late") or {}
+  numbers |= {f"early_{k}": early.get(k) for k in ("path", "stage", "step", "text")}
+  numbers |= {f"late_{k}": late.get(k) for k in ("path", "stage", "step", "text")}
+  numbers["self_comparison"] = list(result.get("self_comparison", ()))
+  numbers |= {f"{n}_requested": v for n, v in result.get("requested", {}).items()}
+  report.save_figure(scatter_figure(result), out_dir, FIGURE)
   text = (
-    "Each id's mean KL at an early and a late checkpoint; groups chosen at the late one. "
-    "Drop = (early - late) / early (positive: the KL fell).\n\n"
+    "Early checkpoint: {early_text}. Late checkpoint: {late_text}.\n\n"
+    "Each id's mean KL (nats per token) at both, same prompts, same scoring; groups chosen at "
+    "the late one. Drop = (early - late) / early (positive: the KL fell).\n\n"
     "| group | ids | median early | median late | median drop | Wilcoxon p |\n"
     "|---|---|---|---|---|---|\n"
     f"{rows}\n\n"
@@ -149,7 +176,8 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   )
   caption = (
     "Per-id mean KL, early (x) vs late (y) checkpoint, log axes; points below the y = x line "
-    "fell. Rocks in red, high-KL ids in blue, random ids in grey."
+    "fell. Rocks in red, high-KL ids in blue, random ids in grey; diamonds: this run's group "
+    "medians; stars: the paper's (rocks 0.21 -> 0.19, high-KL ids 2.02 -> 0.85)."
   )
   return report.Section(
     title="Persistence",
@@ -157,4 +185,5 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     numbers=numbers,
     figures=(report.Figure(FIGURE, caption),),
     text=text,
+    warnings=section_warnings(result),
   )

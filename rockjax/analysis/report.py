@@ -1,8 +1,13 @@
 """The analysis report: Markdown with PNG figures and a JSON of every number in it.
 
 Each analysis contributes a `Section`: its numbers (a JSON-able dict), its figures (PNGs it has
-already saved into the report directory) and Markdown text whose `{name}` placeholders are
-filled from `numbers` when the report is written, so the Markdown and the JSON cannot disagree.
+already saved into the report directory), Markdown text whose `{name}` placeholders are
+filled from `numbers` when the report is written, so the Markdown and the JSON cannot disagree,
+and warnings (degenerate comparisons) shown under its title and kept in the JSON.
+
+Placeholders may carry a format spec: `{share:.1%}` prints the JSON's fraction 0.9666 as
+"96.7%" (shares are fractions in the JSON and percentages in the Markdown); a missing value
+(NaN, None in the JSON) prints as "n/a" whatever the spec.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import string
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +39,7 @@ class Section:
   numbers: dict
   figures: tuple[Figure, ...]
   text: str
+  warnings: tuple[str, ...] = ()  # degenerate comparisons: shown under the title, in the JSON
 
 
 def _json_safe(x: Any) -> Any:
@@ -49,10 +56,33 @@ def _json_safe(x: Any) -> Any:
   return x
 
 
+class _Formatter(string.Formatter):
+  """str.format_map with "n/a" for a missing value (None), whatever the format spec."""
+
+  def format_field(self, value: Any, format_spec: str) -> str:
+    return "n/a" if value is None else super().format_field(value, format_spec)
+
+
+def fill(text: str, numbers: dict[str, Any]) -> str:
+  """`text` with `{name}`, `{rows[0][id]}`, `{share:.1%}`... filled from the JSON-safe numbers."""
+  return _Formatter().vformat(text, (), _json_safe(numbers))
+
+
+def warning_lines(warnings: Sequence[str]) -> list[str]:
+  """Markdown lines: one block quote per warning (none for no warning)."""
+  return [line for w in warnings for line in (f"> **Warning:** {w}", "")]
+
+
+def section_json(section: Section) -> dict[str, Any]:
+  """What report.json holds for a section: its numbers, and its warnings when it has any."""
+  extra = {"warnings": list(section.warnings)} if section.warnings else {}
+  return _json_safe({**section.numbers, **extra})
+
+
 def render_section(section: Section) -> str:
-  """One section's Markdown: title, text with its numbers filled in, then its figures."""
-  # format_map fills `{name}`, `{rows[0][id]}`... from the JSON-safe numbers the JSON gets.
-  lines = [f"## {section.title}", "", section.text.format_map(_json_safe(section.numbers)), ""]
+  """One section's Markdown: title, warnings, text with its numbers filled in, its figures."""
+  lines = [f"## {section.title}", "", *warning_lines(section.warnings)]
+  lines += [fill(section.text, section.numbers), ""]
   for fig in section.figures:
     lines += [f"![{fig.caption}]({fig.filename})", "", f"*{fig.caption}*", ""]
   return "\n".join(lines)
@@ -72,7 +102,7 @@ def write_report(out_dir: str, sections: Sequence[Section], meta: dict[str, Any]
   # The figures are already in out_dir (each section saved its own); only the text is left.
   head = ["# Rock Token analysis", ""] + [f"- {k}: {v}" for k, v in meta.items()] + [""]
   md = "\n".join(head + [render_section(s) for s in sections])
-  payload = {"meta": _json_safe(meta), **{s.key: _json_safe(s.numbers) for s in sections}}
+  payload = {"meta": _json_safe(meta), **{s.key: section_json(s) for s in sections}}
   (root / REPORT_MD).write_text(md)
   (root / REPORT_JSON).write_text(json.dumps(payload, indent=1))
   return {

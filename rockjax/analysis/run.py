@@ -6,6 +6,8 @@ stage (analysis.enabled) run. Models: the student is the workdir's main-stage fi
 main stage's (the config's HF directory, or the pipeline's exported teacher). Prompts: the
 evaluation set (data.eval_path, or the synthetic task's held-out split). Everything goes into
 WORKDIR/analysis/ (or `out`): corpus.parquet, rock_ids.txt, report.md, report.json, *.png.
+The report opens with its Findings (rockjax.analysis.findings): each comparison with the paper
+and every warning the sections raised.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from flax import nnx
 
 from rockjax import errors, loading, models, storage
 from rockjax import sharding as shd
-from rockjax.analysis import corpus, selection, selection_report, studies
-from rockjax.analysis.context import AnalysisContext, load_student
+from rockjax.analysis import corpus, findings, selection, selection_report, studies
+from rockjax.analysis.context import AnalysisContext, load_student, student_path
 from rockjax.analysis.report import write_report
 from rockjax.config import settings
 from rockjax.config.fields import int_list
@@ -142,10 +144,12 @@ def run_analysis(
     rock_ids_path=rock_ids_path,
     selection=chosen,
     corpus_kwargs=corpus_kwargs,
+    student_path=student_path(workdir, student),
   )
   sections = selection_report.selection_sections(chosen, out_dir, tokenizer)
   for _, study in studies.SECTIONS:
     sections += study(ctx)
+  sections = [findings.section(sections), *sections]  # the Findings head the report
   meta = {**provenance, "corpus_seconds": round(built["seconds"], 1)}
   paths = write_report(out_dir, sections, meta) if jax.process_index() == 0 else {}
   out = {"corpus": corpus_path, "rock_ids": rock_ids_path, "out_dir": out_dir}

@@ -10,6 +10,11 @@ report order and `run_analysis` calls them after the selection sections.
   early_checkpoint, or the checkpoint the main stage started from), per-id mean KL early vs late.
 - geometry: per-id mean logit-space gradients of rocks / high-KL / random ids on the corpus.
 - knockout: the census, half rocks and half their frequency-matched controls as candidates.
+- training: the stages' metrics.jsonl as curves (loss, KL, pass@1, rock shares).
+
+Studies name what they compare (the early checkpoint's path, stage and step) and pass on what
+their warnings need (groups requested, ids eligible, whether the early checkpoint is the final
+one: same path, equal parameters or identical per-id KL; rockjax.analysis.degenerate).
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from rockjax import evaluation
 from rockjax.analysis import (
   controls,
   corpus,
+  degenerate,
   geometry,
   knockout,
   knockout_report,
   persistence,
   report,
+  selection_report,
+  training_curves,
 )
-from rockjax.analysis.context import AnalysisContext, load_student
+from rockjax.analysis.context import AnalysisContext, describe_checkpoint, load_student
 from rockjax.config import settings
 from rockjax.data import records
 
@@ -71,52 +79,66 @@ def _controls(ctx: AnalysisContext) -> list[report.Section]:
   )
   path = controls.write_control_list(controls.control_list_path(ctx.rock_ids_path), ids, header)
   result = controls.control_result(freq_V, rock_ids[: len(ids)], ids)
+  label = lambda i: selection_report.token_label(ctx.tokenizer, i)  # noqa: E731
+  result["rock_tokens"] = [label(i) for i in result["rock_ids"]]
+  result["control_tokens"] = [label(i) for i in ids]
   section = controls.section(result, ctx.out_dir)
   return [report.Section(**{**section.__dict__, "numbers": {**section.numbers, "path": path}})]
 
 
-def _early_student(ctx: AnalysisContext) -> tuple[Any, str] | None:
+def _early_path(ctx: AnalysisContext) -> str:
   """The early checkpoint: analysis.early_checkpoint, else the HF checkpoint OPD started from."""
   c = ctx.config
-  path = c.analysis.early_checkpoint or (c.model.path if c.model.source == "hf" else "")
-  if not path:
-    return None
-  return load_student(c, ctx.workdir, path, ctx.mesh)
+  return c.analysis.early_checkpoint or (c.model.path if c.model.source == "hf" else "")
 
 
-def _persistence(ctx: AnalysisContext) -> list[report.Section]:
-  """Per-id mean KL at the early checkpoint (same prompts, same scoring) vs the final one."""
-  early = _early_student(ctx)
-  if early is None:
-    why = "no early checkpoint: set analysis.early_checkpoint (a HF export or checkpoint dir)"
-    return [_note("Persistence", "persistence", why)]
-  student, source = early
-  path = str(epath.Path(ctx.out_dir) / EARLY_CORPUS_FILE)
+def _early_sums(ctx: AnalysisContext, path: str) -> tuple[Any, str, np.ndarray, np.ndarray]:
+  """(model, description, freq_V, kl_sum_V) at the early checkpoint; the final student's own
+  corpus when `path` is the final student's directory (nothing to decode again)."""
+  if degenerate.same_path(path, ctx.student_path):
+    return ctx.student, ctx.student_source, ctx.selection["freq_V"], ctx.selection["kl_sum_V"]
+  student, source = load_student(ctx.config, ctx.workdir, path, ctx.mesh)
+  out = str(epath.Path(ctx.out_dir) / EARLY_CORPUS_FILE)
   corpus.build_corpus(
     student,
     ctx.teacher,
     ctx.prompt_ids_SxP,
     ctx.prompt_mask_SxP,
-    path,
+    out,
     metadata={"student": source},
     **ctx.corpus_kwargs,
   )
-  vocab = ctx.student.cfg.vocab_size
-  early_freq, early_kl = corpus.id_sums(path, vocab)
+  return (student, source, *corpus.id_sums(out, ctx.student.cfg.vocab_size))
+
+
+def _persistence(ctx: AnalysisContext) -> list[report.Section]:
+  """Per-id mean KL at the early checkpoint (same prompts, same scoring) vs the final one."""
+  path = _early_path(ctx)
+  if not path:
+    why = "no early checkpoint: set analysis.early_checkpoint (a HF export or checkpoint dir)"
+    return [_note("Persistence", "persistence", why)]
+  student, source, early_freq, early_kl = _early_sums(ctx, path)
   late_freq, late_kl = ctx.selection["freq_V"], ctx.selection["kl_sum_V"]
+  early_mean, late_mean = _mean(early_freq, early_kl), _mean(late_freq, late_kl)
   a, sel = ctx.config.analysis, ctx.selection["selection"]
   result = persistence.persistence(
     early_freq,
-    _mean(early_freq, early_kl),
+    early_mean,
     late_freq,
-    _mean(late_freq, late_kl),
+    late_mean,
     ctx.selection["rock_ids"],
     k=sel.k,
     min_freq=max(sel.min_freq, 2),
     num_random=a.num_random,
     seed=a.seed,
   )
-  result["early"] = source
+  result["early"] = describe_checkpoint(path, source)
+  result["late"] = describe_checkpoint(ctx.student_path, ctx.student_source)
+  result["self_comparison"] = degenerate.self_comparison_reasons(
+    paths=degenerate.same_path(path, ctx.student_path),
+    parameters=degenerate.same_parameters(student, ctx.student),
+    corpus=degenerate.same_corpus(early_freq, early_mean, late_freq, late_mean),
+  )
   return [persistence.section(result, ctx.out_dir)]
 
 
@@ -161,7 +183,10 @@ def _geometry(ctx: AnalysisContext) -> list[report.Section]:
     vocab_size=vocab,
     spec=settings.divergence_spec(ctx.config),  # the run's divergence, every setting of it
   )
-  return [geometry.section(geometry.geometry(sums, groups), ctx.out_dir)]
+  result = geometry.geometry(sums, groups)
+  result["requested"] = {"rocks": sel.k, "high_kl": sel.k, "random": a.num_random}
+  result["eligible"] = int(np.sum(freq_V > 0))
+  return [geometry.section(result, ctx.out_dir)]
 
 
 def _knockout(ctx: AnalysisContext) -> list[report.Section]:
@@ -171,6 +196,7 @@ def _knockout(ctx: AnalysisContext) -> list[report.Section]:
   control_ids = [int(i) for i in ctx.extras.get("control_ids", ())]
   half = a.knockout_candidates // 2
   chosen = rock_ids[: a.knockout_candidates - min(half, len(control_ids))]
+  num_rocks = len(chosen)
   chosen += control_ids[: a.knockout_candidates - len(chosen)]
   if not chosen:
     return [_note("Knockout census", "knockout", "no candidate ids (no rocks selected)")]
@@ -191,7 +217,13 @@ def _knockout(ctx: AnalysisContext) -> list[report.Section]:
     alpha=a.alpha,
     seed=a.seed,
   )
+  result["num_rocks"] = num_rocks  # the first candidates are rocks, the rest their controls
   return [knockout_report.section(result, ctx.out_dir)]
+
+
+def _training(ctx: AnalysisContext) -> list[report.Section]:
+  """The stages' training curves, read from the workdir's metrics.jsonl files."""
+  return [training_curves.section(ctx.workdir, ctx.out_dir)]
 
 
 # Report order after the selection sections. Controls come first: the census uses its list.
@@ -200,4 +232,5 @@ SECTIONS: list[tuple[str, Callable[[AnalysisContext], list[report.Section]]]] = 
   ("persistence", _persistence),
   ("geometry", _geometry),
   ("knockout", _knockout),
+  ("training", _training),
 ]

@@ -201,7 +201,8 @@ def test_section_numbers_fill_the_text_and_the_figure_shows_the_deltas(result, t
   sec = knockout_report.section(result, str(tmp_path))
   assert sec.key == "knockout"
   text = sec.text.format(**sec.numbers)  # every placeholder has a number
-  assert f"| {A} | t{A} | 27 | {round(1 / 40 - 28 / 40, 4)} |" in text
+  assert f"| {A} | t{A} | 27 | -67.5% |" in text  # Delta 1/40 - 28/40, in percentage points
+  assert sec.numbers[f"id{A}_delta"] == round(1 / 40 - 28 / 40, 4)  # the JSON keeps fractions
   assert sec.numbers[f"id{A}_class"] == "strong_pillar"
   png = (tmp_path / sec.figures[0].filename).read_bytes()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and pystruct.unpack(">II", png[16:24])[0] > 300

@@ -191,12 +191,15 @@ def test_report_markdown_numbers_equal_the_json(planted, tmp_path):
 
   numbers = set(flat(data))
   body = re.sub(r"!\[.*?\]\(.*?\)|\*.*?\*|'.*?'", "", md)  # figures, captions, token labels
-  for s in re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])", body):
-    assert float(s) in numbers, s
+  for s, pct in re.findall(r"(?<![\w.])(-?\d+(?:\.\d+)?(?:e-?\d+)?)(?:(%)|(?![\w.%]))", body):
+    if pct:  # a share printed as a percentage: some JSON fraction rounds to it
+      assert any(round(100 * x, 1) == float(s) for x in numbers), s + pct
+    else:
+      assert float(s) in numbers, s
   assert data["rocks"]["coverage_at_k"] == pytest.approx(
     kl_sum[PLANTED].sum() / kl_sum.sum(), abs=1e-4
   )
-  assert f"carry {data['rocks']['coverage_at_k']} of the corpus KL" in md
+  assert f"carry {100 * data['rocks']['coverage_at_k']:.1f}% of the corpus KL" in md
   assert data["stability"]["selected"] == [len(_np_topk(freq, kl_sum, k)) for k in (1, 3, 10)]
   edges = data["rocks"]["density_hist_edges"]
   assert sum(data["rocks"]["density_hist_counts"]) == 40 and edges[-1] <= 1.0
