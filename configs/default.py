@@ -7,6 +7,11 @@ Launch (any config in configs/ works the same way; flags override single fields)
 Alone, this default runs OPD between two small random models on the embedded synthetic
 arithmetic task (configs/demo.py is the CPU default that first trains a real teacher).
 Expected: finite, slowly falling `opd/kl`; `rock/*` metrics once rock.mode != 'off'.
+
+Groups, in the order below: model, teacher, opd, rock, opt, data, mesh (axes data, fsdp,
+context, tensor; dcn_* across slices or nodes), ckpt, pipeline, eval, preflight (checks
+before step 1), analysis (the rock analysis after the last stage); top-level fields: seed,
+steps, log_every, stop_after.
 """
 
 import ml_collections
@@ -266,9 +271,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
   c.ckpt.keep = 3  # checkpoints kept
   c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
-  # Write the main stage's trained student as a Hugging Face directory (safetensors +
-  # tokenizer) at WORKDIR/export_hf when it completes, for separate evaluation.
-  c.ckpt.export_hf = False
+  # Write the main stage's trained student as a Hugging Face directory (safetensors, config,
+  # generation config, tokenizer: what transformers, vLLM and lm-eval read) at WORKDIR/export_hf
+  # when it completes (preliminary stages always export theirs). May change between runs in a
+  # workdir: turned on after a completed run, the next run exports its last checkpoint without
+  # training. Any checkpoint: python -m rockjax.export (docs/running.md, "Exporting").
+  c.ckpt.export_hf = True
+
+  # The stages around the main one (rockjax.runner.stages; docs/running.md, "Stages").
+  c.pipeline = ml_collections.ConfigDict()
+  # A finished workdir whose completed preliminary stages (teacher SFT, stage-1 KD) this run
+  # takes instead of training them again, each one whose config matches this run's (fields
+  # only the main stage reads, e.g. rock.*, may differ); '' = train every stage here. A stage
+  # that differs is trained here, and the run prints which fields differ.
+  c.pipeline.reuse = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every = 25  # steps between pass@1 evaluations; 0 = off

@@ -7,6 +7,7 @@ rockjax.main.
 """
 
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from rockjax import cli
@@ -35,12 +36,24 @@ def main(argv):
   cli.run_guarded(_main)
 
 
+def _check_workdir(workdir: str) -> None:
+  """A one-line WorkdirError unless --workdir is an existing directory (a trained run's)."""
+  root = epath.Path(workdir)
+  if not root.exists():
+    raise errors.WorkdirError(f"--workdir={workdir}: no such directory (the trained run's)")
+  if not root.is_dir():
+    raise errors.WorkdirError(
+      f"--workdir={workdir} is a file; it must be the trained run's directory"
+    )
+
+
 def _main() -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   if not _WORKDIR.value:
     raise errors.WorkdirError("--workdir is required: the trained run's directory")
   config, workdir = _CONFIG.value, _WORKDIR.value
+  _check_workdir(workdir)  # before the config's paths: a wrong --workdir is the likelier mistake
   config_check.validate(config)
   main_config = stages.main_stage_config(config, workdir, task_files(config, workdir))
   result = analysis_run.run_analysis(main_config, workdir, student=_STUDENT.value, out=_OUT.value)

@@ -35,8 +35,10 @@ class _NoTorchAdvice(logging.Filter):
 
 def setup_process() -> None:
   """What an entry point sets for its whole process, before any JAX backend starts: rockjax's
-  XLA:CPU flags (rockjax/xla_flags.py) and the transformers log filter. Idempotent."""
+  XLA:CPU flags and JAX_PLATFORMS=cpu where libtpu would only print its no-TPU warnings
+  (rockjax/xla_flags.py), and the transformers log filter. Idempotent."""
   xla_flags.apply()
+  xla_flags.skip_absent_tpu()
   log = logging.getLogger("transformers")
   if not any(isinstance(f, _NoTorchAdvice) for f in log.filters):
     log.addFilter(_NoTorchAdvice())
@@ -139,10 +141,39 @@ def _check_overrides(config, argv: list[str]) -> None:
 
 # Fields that were renamed: an old name gets the new one as its suggestion.
 RENAMED = {"opt.grad_accum": "opt.micro_batches"}
+# Other trainers' names for a field (the last part of a dotted name), too far apart for difflib.
+ALIASES = {
+  "learning_rate": "lr",
+  "min_lr": "end_lr",
+  "final_lr": "end_lr",
+  "beta1": "b1",
+  "beta2": "b2",
+  "grad_clip": "clip",
+  "max_grad_norm": "clip",
+  "gradient_accumulation_steps": "micro_batches",
+  "warmup_ratio": "warmup_frac",
+  "max_steps": "steps",
+  "num_steps": "steps",
+  "total_steps": "steps",
+  "lambda": "lam",
+}
+
+
+def _alias(field: str, names: list[str]) -> list[str]:
+  """[the field an ALIASES name means]: in the same group first (opt.learning_rate -> opt.lr),
+  else any field with that last part; [] when the last part is no alias."""
+  group, _, tail = field.rpartition(".")
+  if tail not in ALIASES:
+    return []
+  same = f"{group}.{ALIASES[tail]}" if group else ALIASES[tail]
+  if same in names:
+    return [same]
+  return [n for n in names if n.rsplit(".", 1)[-1] == ALIASES[tail]][:1]
 
 
 def _suggest(field: str, names: list[str]) -> str:
-  close = [RENAMED[field]] if field in RENAMED else difflib.get_close_matches(field, names, n=1)
+  close = [RENAMED[field]] if field in RENAMED else _alias(field, names)
+  close = close or difflib.get_close_matches(field, names, n=1)
   if not close:  # e.g. `lamda` for `rock.lam`: compare the last parts
     tails: dict[str, str] = {}
     for name in names:

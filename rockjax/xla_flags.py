@@ -11,10 +11,21 @@ Rules: a flag the user already has in XLA_FLAGS is left as it is; ROCKJAX_XLA_FL
 this off; a jaxlib outside the versions the flags were checked on gets none (XLA aborts on a
 flag it does not know). XLA reads XLA_FLAGS once, when the first backend starts: a process
 that ran JAX before `import rockjax` keeps what it had.
+
+`skip_absent_tpu`: with libtpu installed (the `aot` extra) JAX starts it on every machine, and
+where no TPU is attached libtpu prints start-up warnings (TPU_ACCELERATOR_TYPE,
+TPU_WORKER_HOSTNAMES, "Failed to find host bounds") before JAX falls back to the CPU. Where no
+TPU is attached (none of the PCI, /dev/accel or /dev/vfio devices JAX and libtpu look for) and
+no other PJRT plugin (GPU) is installed, it sets JAX_PLATFORMS=cpu: the backend JAX would end
+up with anyway. Any JAX_PLATFORMS of the user's (even '') or TPU setting is left alone; the
+AOT dry run still loads libtpu to compile for a topology (jax.experimental.topologies).
 """
 
+import glob
 import importlib.metadata
+import importlib.util
 import os
+import pathlib
 from collections.abc import MutableMapping
 
 CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": "dot"}
@@ -49,3 +60,55 @@ def apply(
   if added:
     environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   return added
+
+
+# Settings that say the user chose the platform or asked for a TPU: skip_absent_tpu leaves
+# the process alone when any is set.
+USER_PLATFORM_VARS = (
+  "JAX_PLATFORMS",
+  "JAX_FORCE_TPU_INIT",
+  "PJRT_NAMES_AND_LIBRARY_PATHS",
+  "TPU_LIBRARY_PATH",
+  "TPU_ACCELERATOR_TYPE",
+  "TPU_WORKER_HOSTNAMES",
+)
+GOOGLE_PCI_VENDOR = "0x1ae0"  # TPU chips' PCI vendor id (what jax._src.hardware_utils reads)
+
+
+def tpu_attached() -> bool:
+  """Whether this machine shows a TPU: a Google PCI device, /dev/accel*, or a VFIO group."""
+  for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+    try:
+      if pathlib.Path(vendor).read_text().strip() == GOOGLE_PCI_VENDOR:
+        return True
+    except OSError:
+      continue
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def other_pjrt_plugins() -> bool:
+  """Whether a PJRT plugin besides libtpu (e.g. jax-cuda12-plugin) is installed."""
+  return bool(importlib.metadata.entry_points(group="jax_plugins")) or (
+    importlib.util.find_spec("jax_plugins") is not None
+  )
+
+
+def skip_absent_tpu(
+  environ: MutableMapping[str, str] = os.environ,
+  *,
+  tpu: bool | None = None,
+  plugins: bool | None = None,
+) -> bool:
+  """Sets JAX_PLATFORMS=cpu where libtpu is installed but no TPU is attached and no other
+  plugin is (JAX would start libtpu only to fall back to the CPU); whether it did.
+  tpu / plugins: the probes' answers (None: tpu_attached(), other_pjrt_plugins())."""
+  if any(name in environ for name in USER_PLATFORM_VARS):
+    return False
+  if importlib.util.find_spec("libtpu") is None:  # JAX has no TPU to try: nothing printed
+    return False
+  if (tpu_attached() if tpu is None else tpu) or (
+    other_pjrt_plugins() if plugins is None else plugins
+  ):
+    return False
+  environ["JAX_PLATFORMS"] = "cpu"
+  return True

@@ -241,12 +241,15 @@ def _paths(c) -> Iterator[str]:
   """
   for g in _GROUPS:
     m = c[g]
-    found = storage.is_remote(m.path) or os.path.isfile(os.path.join(m.path, "config.json"))
-    if m.source == "hf" and not (m.path and found):
-      yield (
-        f"{g}.path={m.path!r}: no config.json there ({g}.source='hf' needs a Hugging "
-        "Face checkpoint directory)"
-      )
+    if m.source != "hf" or storage.is_remote(m.path):
+      continue
+    if not m.path or not os.path.isdir(m.path):
+      what = "no such directory" if m.path else "no directory given"
+    elif not os.path.isfile(os.path.join(m.path, "config.json")):
+      what = "no config.json there"
+    else:
+      continue
+    yield f"{g}.path={m.path!r}: {what} ({g}.source='hf' needs a Hugging Face checkpoint directory)"
   for field, kind in PATHS.items():
     path = get(c, field)
     exists = os.path.isfile if kind == "file" else os.path.isdir

@@ -172,4 +172,5 @@ PATHS = {
   "rock.list_path": "file",
   "ckpt.resume": "dir",
   "analysis.early_checkpoint": "dir",
+  "pipeline.reuse": "dir",
 }

@@ -21,6 +21,8 @@ from etils import epath
 from rockjax import errors
 
 _log = logging.getLogger(__name__)
+# Appended to a bad row's error (every read_records caller passes data.skip_bad_records).
+SKIP_HINT = "set data.skip_bad_records=True to skip bad records (counted as data/records_skipped)"
 
 
 def _field(
@@ -75,9 +77,11 @@ def _json_rows(path: epath.Path) -> Iterator[tuple[str, Any]]:
       if not line.strip():
         continue  # tolerate blank lines, e.g. a trailing newline
       try:
-        yield where, json.loads(line)
+        yield where, json.loads(line.rstrip("\r\n"))
       except json.JSONDecodeError as e:
-        yield where, errors.InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+        # e.msg may end in "at" ("Unterminated string starting at"); the column is 1-based
+        what = e.msg.removesuffix(" at")
+        yield where, errors.InputError(f"{where}: invalid JSON: {what} at column {e.pos + 1}")
 
 
 def _parquet_rows(path: epath.Path, fields: Sequence[str]) -> Iterator[tuple[str, Any]]:
@@ -142,7 +146,7 @@ def read_records(
         records.append(_record(row, where, fields))
       except errors.InputError as e:
         if not skip_bad:
-          raise
+          raise errors.InputError(f"{e}; {SKIP_HINT}") from None
         skipped.append(str(e))
   except OSError as e:
     raise errors.InputError(f"{path}: cannot read ({e.strerror or e})") from None

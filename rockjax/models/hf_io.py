@@ -28,10 +28,14 @@ from rockjax import storage
 from rockjax.models.config import ModelConfig
 from rockjax.models.decoder import Decoder
 from rockjax.models.hf_names import Box, Mapping, Source, moe_layout, param_sources, read_box, to_hf
+from rockjax.models.tokenizer import export_token_ids
 
 _log = logging.getLogger(__name__)
 _SINGLE = "model.safetensors"
 _INDEX = "model.safetensors.index.json"
+# Bytes per safetensors file of an export (larger models get several files and the index).
+# 5 GiB: the size the hub's checkpoints use; transformers and vLLM read any number of files.
+MAX_SHARD_BYTES = 5 * 2**30
 # Present in some checkpoints, recomputed by us.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -205,20 +209,49 @@ def _warn_unused(reader: CheckpointReader, sources: dict[str, Mapping], lm_head:
 
 
 def save_pretrained(
-  model: Decoder, path: str | os.PathLike, *, max_shard_size: int = 5 * 2**30, dtype: Any = None
+  model: Decoder,
+  path: str | os.PathLike,
+  *,
+  tokenizer: Any = None,
+  generation: dict[str, Any] | None = None,
+  max_shard_size: int = MAX_SHARD_BYTES,
+  dtype: Any = None,
 ) -> None:
   """Writes config.json + safetensors (HF names, hub per-expert layout) for transformers.
 
   Tensors are written in the parameter dtype (or `dtype`); above max_shard_size bytes the
-  weights are split into model-0000i-of-0000N.safetensors files plus an index. A gs:// or
-  s3:// `path` is written to a local temporary directory first, then uploaded.
+  weights are split into model-0000i-of-0000N.safetensors files plus their index
+  (model.safetensors.index.json). With `tokenizer` the directory is what transformers, vLLM
+  and lm-eval read: config.json carries its bos/eos/pad ids, its files and chat template are
+  written, and generation_config.json holds the ids a sample ends at (eos plus the chat
+  template's end-of-turn tokens: tokenizer.export_token_ids), the pad and bos ids, and
+  `generation`'s settings (transformers.GenerationConfig keywords: do_sample, temperature...).
+  A gs:// or s3:// `path` is written to a local temporary directory first, then uploaded.
   """
+  ids = None if tokenizer is None else export_token_ids(tokenizer)
   with storage.staged_dir(path) as local:
-    _save_local(model, local, max_shard_size, dtype)
+    _save_local(model, local, max_shard_size, dtype, ids and ids["config"])
+    if tokenizer is not None:
+      tokenizer.save_pretrained(local)
+      _save_generation_config(local, {**ids["generation"], **(generation or {})})
 
 
-def _save_local(model: Decoder, path: str, max_shard_size: int, dtype: Any) -> None:
-  """save_pretrained into an existing local directory."""
+def _save_generation_config(path: str, settings: dict[str, Any]) -> None:
+  """generation_config.json: `settings` as a transformers.GenerationConfig (validated)."""
+  import transformers  # local import: only export needs it
+
+  transformers.GenerationConfig(**settings).save_pretrained(path)
+
+
+def _save_local(
+  model: Decoder,
+  path: str,
+  max_shard_size: int,
+  dtype: Any,
+  special_ids: dict[str, Any] | None = None,
+) -> None:
+  """save_pretrained into an existing local directory; `special_ids` (bos/eos/pad: the
+  tokenizer's) replace config.json's where they are set."""
   import transformers  # local import: only export needs it
   from safetensors.numpy import save_file
 
@@ -263,5 +296,6 @@ def _save_local(model: Decoder, path: str, max_shard_size: int, dtype: Any) -> N
 
   hf_dict = cfg.to_hf_dict()
   hf_dict["dtype"] = out_dtype.name
+  hf_dict.update({k: v for k, v in (special_ids or {}).items() if v is not None})
   model_type = hf_dict.pop("model_type")
   transformers.AutoConfig.for_model(model_type, **hf_dict).save_pretrained(path)

@@ -1,4 +1,5 @@
-"""Tokenizer loading, the end-of-sequence ids, and the teacher/student vocabulary check."""
+"""Tokenizer loading, the end-of-sequence ids (and an export's special ids), and the
+teacher/student vocabulary check."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def eos_ids(tokenizer: Any, family: str | None = None) -> tuple[int, ...]:
     tokenizer.convert_tokens_to_ids(t) for t in families.eos_tokens(family) if t in vocab
   }
   return tuple(sorted(i for i in ids if i is not None))
+
+
+def export_token_ids(tokenizer: Any, family: str | None = None) -> dict[str, dict[str, Any]]:
+  """The special ids of a HF export: {'config': config.json's, 'generation': those of
+  generation_config.json}.
+
+  config.json gets the tokenizer's bos/eos/pad ids (eos one id, as transformers configs carry
+  it). generation_config.json's eos_token_id lists every id a sample ends at -- the tokenizer's
+  eos first, then the chat template's end-of-turn tokens (`eos_ids`; one id stays an int) --
+  and its pad_token_id falls back to the eos when the tokenizer has no pad token.
+  """
+  eos, bos, pad = tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id
+  stop = [i for i in (eos,) if i is not None]
+  stop += [i for i in eos_ids(tokenizer, family) if i != eos]
+  return {
+    "config": {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad},
+    "generation": {
+      "bos_token_id": bos,
+      "eos_token_id": stop[0] if len(stop) == 1 else (stop or None),
+      "pad_token_id": eos if pad is None else pad,
+    },
+  }
 
 
 def _describe(obj: Any) -> tuple[str, int, dict[str, Any]]:

@@ -18,56 +18,59 @@ from typing import Any
 import jax
 import ml_collections
 from etils import epath
-from flax import nnx
-from jax.experimental import multihost_utils
 
-from rockjax import errors, models, storage
+from rockjax import errors
 from rockjax.analysis import run as analysis_run
 from rockjax.config import check as config_check
 from rockjax.config import run_length, settings
 from rockjax.data.paths import task_files
-from rockjax.runner import loop, preflight
-from rockjax.runner.stages import Stage, plan
+from rockjax.runner import export, loop, preflight
+from rockjax.runner.stages import STAGE_FILE, Stage, plan, reused_main_record
 from rockjax.runner.summary import (
   SUMMARY_FILE,
   final_table_text,
   format_summary,
   make_summary,
+  rock_setting,
 )
-from rockjax.runner.workdir import prepare_workdir, write_json
-
-STAGE_FILE = "stage.json"  # written when a stage has completed (and been exported)
+from rockjax.runner.workdir import prepare_workdir, undo_failed_start, write_json
 
 
 def _export(stage: Stage, result: loop.RunResult) -> None:
-  """Write the stage's trained model and tokenizer as a HF directory (hf.tmp renamed to hf).
-
-  The rename is atomic on a local disk only; on gs:// it is a copy then a delete. Either way
-  the stage counts as complete only once stage.json is written, after this returns: a run
-  stopped in between exports again from the stage's last checkpoint.
+  """Write the stage's trained model and tokenizer as its HF directory (rockjax.runner.export's
+  writer: hf.tmp renamed to hf). The stage counts as complete only once stage.json is written,
+  after this returns: a run stopped in between exports again from the stage's last checkpoint.
   """
-  # Gather the (possibly multi-host sharded) weights on every host; process 0 writes them.
-  params = multihost_utils.process_allgather(result.state.params, tiled=True)
+  state = result.state
+  export.write_export(
+    stage.config, state.graphdef, state.params, result.experiment.tokenizer, stage.export
+  )
+
+
+def _export_if_missing(stage: Stage) -> bool:
+  """Export a completed stage whose export is asked for but missing (ckpt.export_hf turned on
+  after its run, or the directory deleted) from its last checkpoint, without training; whether
+  it did. Its stage.json then names the export; until it does, the export is redone.
+  """
+  done = stage.workdir / STAGE_FILE
+  if stage.export is None or stage.reused_from or not done.exists():
+    return False
+  record = json.loads(done.read_text())
+  if record.get("export") and stage.export.exists():  # (a moved workdir records its old path)
+    return False
+  step = int(record["steps"])
+  if step not in export.checkpoint_steps(stage):
+    raise errors.WorkdirError(
+      f"stage {stage.name} completed but its last checkpoint (step {step}) is gone from "
+      f"{stage.workdir / 'ckpt'}: it cannot be exported to {stage.export}"
+    )
   if jax.process_index() == 0:
-    tmp = stage.export.parent / (stage.export.name + ".tmp")
-    for d in (tmp, stage.export):
-      if d.exists():
-        d.rmtree()
-    try:
-      with storage.staged_dir(tmp) as local:  # a cloud workdir: written locally, then uploaded
-        models.save_pretrained(nnx.merge(result.state.graphdef, params), local)
-        result.experiment.tokenizer.save_pretrained(local)
-    except Exception as err:  # pylint: disable=broad-except  (safetensors wraps its OS errors)
-      if not storage.is_disk_full(err):
-        raise
-      # hf.tmp stays half written; it is never loaded and the next run deletes it.
-      raise errors.DiskFull(
-        f"HF export {stage.export}: no space left on device; free space and run the same "
-        f"command: the stage exports again from its last checkpoint"
-      ) from err
-    tmp.rename(stage.export)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"rockjax:{stage.name}_exported")
+    print(
+      f"{stage.name}: exporting its last checkpoint (step {step}) to {stage.export}", flush=True
+    )
+  export.export_checkpoint(stage, step, stage.export)
+  write_json(done, {**record, "export": str(stage.export)})
+  return True
 
 
 def _stage_record(stage: Stage, result: loop.RunResult) -> dict[str, Any]:
@@ -85,6 +88,7 @@ def _stage_record(stage: Stage, result: loop.RunResult) -> dict[str, Any]:
     "resumed_from": int(result.experiment.start_step),
     "workdir": str(stage.workdir),
     "export": str(stage.export) if stage.export else None,
+    "rock": rock_setting(stage.config),
   }
 
 
@@ -115,6 +119,21 @@ def run(
   allow_config_change: bool = False,
   profile_steps: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+  """_run, and a start that fails before any progress leaves `workdir` as it was
+  (rockjax.runner.workdir.undo_failed_start: no config.json to refuse the fixed command)."""
+  with undo_failed_start(workdir):
+    return _run(
+      config, workdir, allow_config_change=allow_config_change, profile_steps=profile_steps
+    )
+
+
+def _run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  allow_config_change: bool = False,
+  profile_steps: tuple[int, int] | None = None,
+) -> dict[str, Any]:
   """Run every stage the config asks for in `workdir` (skipping completed ones); the summary.
 
   The whole config is validated first (rockjax.config.check), before anything touches disk;
@@ -129,26 +148,40 @@ def run(
     print(f"run length: {how}", flush=True)
   root = prepare_workdir(config, workdir, allow_config_change=allow_config_change)
   stages = plan(config, workdir, task_files(config, workdir))
-  records, ran = [], False
+  records, ran, exported = [], False, False
   for stage in stages:
+    if stage.reuse_note and jax.process_index() == 0:
+      print(f"{stage.name}: {stage.reuse_note}; training it here", flush=True)
     done = stage.workdir / STAGE_FILE
+    exported |= _export_if_missing(stage)  # e.g. ckpt.export_hf turned on after the run
     if done.exists():
-      records.append(json.loads(done.read_text()))
+      record = json.loads(done.read_text())
+      records.append({**record, "reused_from": stage.reused_from} if stage.reused_from else record)
       continue
     ran = True
     record = _run_stage(stage, profile_steps if stage.name == "main" else None)
     if record is None:  # stop_after: a deliberate partial run, no summary yet
       return {"stages": records, "complete": False}
     records.append(record)
+  idle = not (ran or exported or _analysis_pending(config, workdir, stages[-1]))
   report = _analysis_stage(config, workdir, stages[-1], ran)
-  summary = make_summary(records, root, analysis_report=report)
-  if ran or not (root / SUMMARY_FILE).exists():
+  reference = reused_main_record(config)
+  summary = make_summary(records, root, analysis_report=report, reference=reference)
+  if ran or exported or not (root / SUMMARY_FILE).exists():
     write_json(root / SUMMARY_FILE, summary)
   if jax.process_index() == 0:
+    if idle:  # a re-run of a finished workdir: say so before its summary
+      print(f"nothing to do: every stage in {workdir} is complete (summary below)", flush=True)
     print(
       format_summary(summary, rock_table_text=None if ran else final_table_text(root)), flush=True
     )
   return summary
+
+
+def _analysis_pending(config: ml_collections.ConfigDict, workdir: str, main: Stage) -> bool:
+  """Whether _analysis_stage would run the analysis even when no stage trained (no report)."""
+  report = epath.Path(workdir) / analysis_run.ANALYSIS_DIR / "report.md"
+  return bool(config.analysis.enabled and main.config.data.eval_path and not report.exists())
 
 
 def _analysis_stage(

@@ -1,17 +1,48 @@
 """The stages a config asks for, as a pure plan: teacher SFT -> stage-1 KD -> main.
 
 `plan(config, workdir, data_paths)` says which stages run, each with the config it trains
-with and where it exports; it runs nothing, so the pipeline and the rock analysis's entry
-point read the same plan.
+with and where it exports; it trains nothing, so the pipeline and the rock analysis's entry
+point read the same plan. With `pipeline.reuse=W` a preliminary stage that W completed with
+the same config is taken from W (its workdir and export are W's); the plan reads W's records.
 """
 
 import dataclasses
+import json
+from typing import Any
 
 import ml_collections
 from etils import epath
 
+from rockjax import errors
+from rockjax.runner.summary import CONFIG_FILE, rock_setting
+from rockjax.runner.workdir import RESUMABLE_FIELDS, config_changes
+
 EXPORT_DIR = "export_hf"  # the main stage's HF export (ckpt.export_hf)
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
+STAGE_FILE = "stage.json"  # written in a stage's workdir when it has completed (and exported)
+# Fields a preliminary (off-policy) stage never reads, or overrides: they may differ between a
+# reused stage and this run's. The rock.* fields only shape its rock table (rock.mode is off).
+MAIN_ONLY_FIELDS = RESUMABLE_FIELDS + (
+  "rock.",
+  "analysis.",
+  "pipeline.",
+  "eval.every",
+  "ckpt.",
+  "steps",
+  "opt.lr",
+  "opd.mode",
+  "opd.kd_ratio",
+  "opd.samples_per_prompt",
+  "opd.max_new_tokens",
+  "opd.sample_temperature",
+  "opd.top_p",
+  "opd.top_k",
+  "opd.truncated_rollouts",
+  "opd.rollout_dtype",
+  "opd.updates_per_rollout",
+  "opd.kept_capacity",
+  "opd.frozen_kl",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +53,8 @@ class Stage:
   config: ml_collections.ConfigDict  # what rockjax.runner.loop.run trains with
   workdir: epath.Path
   export: epath.Path | None  # HF directory written after the last step (None: no export)
+  reused_from: str = ""  # pipeline.reuse's workdir when the stage is W's (workdir, export)
+  reuse_note: str = ""  # why pipeline.reuse's stage was not taken ('' when it was, or no reuse)
 
 
 def _unlocked_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -57,15 +90,61 @@ def plan(
   c = _unlocked_copy(config)
   c.data.train_path, c.data.eval_path = data_paths["train"], data_paths["eval"] or ""
   c.data.tokenizer_path = data_paths["tokenizer"]
-  stages = []
+  stages, reused = [], _reuse_plan(c, data_paths)
   for role in ("teacher", "model"):  # the teacher first: stage-1 KD learns from its export
     if c[role].source in ("sft", "kd"):
       stage = _pre_stage(c, root, role)
+      if reused is not None:
+        stage = _reused(stage, reused, c.pipeline.reuse)
       stages.append(stage)
       c[role].source, c[role].path = "hf", str(stage.export)
   # ckpt.export_hf: the main stage's student, exported like a preliminary stage's model.
   stages.append(Stage("main", c, root, root / EXPORT_DIR if c.ckpt.export_hf else None))
   return stages
+
+
+def _reuse_plan(
+  c: ml_collections.ConfigDict, data_paths: dict[str, str]
+) -> dict[str, Stage] | None:
+  """{stage name: stage} of the pipeline.reuse workdir's own plan (None: no reuse).
+
+  Planned with this run's data paths, so a synthetic task written into each workdir (the same
+  task for the same data.* fields) compares equal."""
+  reuse = c.get("pipeline", {}).get("reuse", "")
+  if not reuse:
+    return None
+  record = epath.Path(reuse) / CONFIG_FILE
+  if not record.exists():
+    raise errors.ConfigError(
+      f"pipeline.reuse={reuse!r}: no {CONFIG_FILE} there; name a rockjax workdir whose "
+      f"preliminary stages have completed"
+    )
+  theirs = ml_collections.ConfigDict(json.loads(record.read_text()))
+  return {s.name: s for s in plan(theirs, reuse, data_paths)[:-1]}
+
+
+def _reused(stage: Stage, theirs: dict[str, Stage], reuse: str) -> Stage:
+  """`stage` as pipeline.reuse's workdir completed it, or `stage` with a note saying why not."""
+  other = theirs.get(stage.name)
+  if other is None or not (other.workdir / STAGE_FILE).exists():
+    return dataclasses.replace(stage, reuse_note=f"{reuse} has no completed {stage.name} stage")
+  diffs = config_changes(other.config.to_dict(), stage.config)
+  changes = [d for d in diffs if not d.startswith(MAIN_ONLY_FIELDS)]
+  if changes:
+    shown = "; ".join(changes[:4]) + (f" (+{len(changes) - 4} more)" if len(changes) > 4 else "")
+    return dataclasses.replace(stage, reuse_note=f"not reused from {reuse}: {shown}")
+  return dataclasses.replace(other, reused_from=reuse)
+
+
+def reused_main_record(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The completed main stage's record (stage.json, with its rock setting) of pipeline.reuse's
+  workdir, which the summary compares this run's main stage with; None without one."""
+  reuse = config.get("pipeline", {}).get("reuse", "")
+  done = epath.Path(reuse) / STAGE_FILE if reuse else None
+  if done is None or not done.exists():
+    return None
+  theirs = ml_collections.ConfigDict(json.loads((epath.Path(reuse) / CONFIG_FILE).read_text()))
+  return {**json.loads(done.read_text()), "rock": rock_setting(theirs)}
 
 
 def main_stage_config(

@@ -256,6 +256,20 @@ def test_path_checks_name_the_field_and_skip_in_dry_runs(tmp_path, hf_dir, name)
     config_check.validate(config(**overrides), dry_run=True, device_count=8)
 
 
+@pytest.mark.parametrize("group", ["model", "teacher"])
+def test_a_missing_model_directory_is_named_as_missing_not_as_lacking_config_json(tmp_path, group):
+  need = f"({group}.source='hf' needs a Hugging Face checkpoint directory)"
+  missing = str(tmp_path / "nope")
+  message = rejects(config(**{f"{group}.source": "hf", f"{group}.path": missing}), f"{group}.path")
+  assert message == f"{group}.path={missing!r}: no such directory {need}"
+  message = rejects(
+    config(**{f"{group}.source": "hf", f"{group}.path": str(tmp_path)}), f"{group}.path"
+  )
+  assert message == f"{group}.path={str(tmp_path)!r}: no config.json there {need}"
+  message = rejects(config(**{f"{group}.source": "hf"}), f"{group}.path")
+  assert message == f"{group}.path='': no directory given {need}"
+
+
 def test_missing_field_is_named():
   d = tiny.get_config().to_dict()
   del d["rock"]["window"]

@@ -80,7 +80,10 @@ class _Stop(Exception):
 def test_the_workdir_records_the_resolved_steps_before_any_stage(tmp_path, monkeypatch):
   """tiny: 64 built-in records x 0.25 epochs / 8 per step = 2 steps in config.json."""
 
-  def stop(*args, **kwargs):
+  seen = []
+
+  def stop(*args, **kwargs):  # the first stage would start here: read what the workdir records
+    seen.append(json.loads((tmp_path / summary_lib.CONFIG_FILE).read_text()))
     raise _Stop
 
   monkeypatch.setattr(pipeline, "plan", stop)
@@ -88,13 +91,17 @@ def test_the_workdir_records_the_resolved_steps_before_any_stage(tmp_path, monke
   c.data.epochs = 0.25
   with pytest.raises(_Stop):
     pipeline.run(c, str(tmp_path))
-  recorded = json.loads((tmp_path / summary_lib.CONFIG_FILE).read_text())
+  (recorded,) = seen
   assert (recorded["steps"], recorded["data"]["num_train_prompts"]) == (2, 64)
+  # The start failed before any progress: the workdir is left as it was (absent).
+  assert not tmp_path.exists() or not (tmp_path / summary_lib.CONFIG_FILE).exists()
 
 
 def test_plan_exports_the_main_stage_only_with_export_hf(tmp_path):
   c = tiny.get_config()
+  assert c.ckpt.export_hf  # the default: every stage's final model is exported
   paths = {"train": "t.jsonl", "eval": "", "tokenizer": "tok"}
+  c.ckpt.export_hf = False
   assert stages.plan(c, str(tmp_path), paths)[-1].export is None
   c.ckpt.export_hf, c.data.epochs, c.model.source = True, 1.0, "kd"
   kd, main = stages.plan(c, str(tmp_path), paths)

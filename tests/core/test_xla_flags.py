@@ -1,5 +1,7 @@
-"""rockjax/xla_flags.py: which XLA_FLAGS the entry points add, and that XLA:CPU obeys them."""
+"""rockjax/xla_flags.py: which XLA_FLAGS the entry points add, that XLA:CPU obeys them, and that
+no libtpu warning is printed on a machine without a TPU (skip_absent_tpu)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -92,3 +94,33 @@ def test_importing_rockjax_changes_nothing_process_wide():
   out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split() == ["True", "None"], out.stdout
+
+
+LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+@pytest.mark.skipif(not LIBTPU, reason="libtpu (the aot extra) is not installed")
+def test_cpu_is_chosen_only_where_no_tpu_and_no_other_plugin_and_no_user_choice():
+  env = {}
+  assert xla_flags.skip_absent_tpu(env, tpu=False, plugins=False)
+  assert env == {"JAX_PLATFORMS": "cpu"}
+  for tpu, plugins in [(True, False), (False, True)]:  # a TPU VM; a GPU (jax-cuda12-plugin)
+    env = {}
+    assert not xla_flags.skip_absent_tpu(env, tpu=tpu, plugins=plugins) and env == {}
+  for name in xla_flags.USER_PLATFORM_VARS:  # the user's own choice, even JAX_PLATFORMS=''
+    env = {name: ""}
+    assert not xla_flags.skip_absent_tpu(env, tpu=False, plugins=False)
+    assert env == {name: ""}
+
+
+@pytest.mark.skipif(not LIBTPU, reason="libtpu (the aot extra) is not installed")
+def test_an_entry_point_on_a_cpu_machine_prints_nothing_from_libtpu(tmp_path):
+  if xla_flags.tpu_attached():
+    pytest.skip("a TPU is attached: libtpu starts for real here")
+  env = {k: v for k, v in os.environ.items() if k not in xla_flags.USER_PLATFORM_VARS}
+  # Another process's libtpu lockfile would quiet libtpu here (it stops before its warnings).
+  env.update(ALLOW_MULTIPLE_LIBTPU_LOAD="1", TPU_LOG_DIR=str(tmp_path))
+  code = "import rockjax.cli as c; c.setup_process(); import jax; print(jax.devices()[0].platform)"
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.split()[-1] == "cpu", out.stderr[-2000:]
+  assert "libtpu" not in out.stderr and "TPU" not in out.stderr, out.stderr[-2000:]
