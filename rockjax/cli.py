@@ -33,12 +33,39 @@ class _NoTorchAdvice(logging.Filter):
     return not str(record.msg).startswith("PyTorch was not found.")
 
 
+CACHE_ENV = "ROCKJAX_COMPILATION_CACHE"  # a directory, or off/0 (docs/running.md)
+
+
+def compilation_cache_dir(environ: dict[str, str] | None = None) -> str | None:
+  """The persistent XLA compilation cache directory an entry point turns on; None: off.
+
+  JAX_COMPILATION_CACHE_DIR (the user's own choice) stands; else ROCKJAX_COMPILATION_CACHE
+  (a directory, or off/0/false/none); else $XDG_CACHE_HOME/rockjax/jax_compilation
+  (~/.cache/...). A later run with the same programs (a resumed or restarted run, another
+  workdir with the same models and shapes) reads them from there instead of compiling.
+  """
+  env = os.environ if environ is None else environ
+  if env.get("JAX_COMPILATION_CACHE_DIR"):
+    return None
+  value = env.get(CACHE_ENV, "")
+  if value.lower() in ("0", "off", "false", "none"):
+    return None
+  base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return value or os.path.join(base, "rockjax", "jax_compilation")
+
+
 def setup_process() -> None:
   """What an entry point sets for its whole process, before any JAX backend starts: rockjax's
   XLA:CPU flags and JAX_PLATFORMS=cpu where libtpu would only print its no-TPU warnings
-  (rockjax/xla_flags.py), and the transformers log filter. Idempotent."""
+  (rockjax/xla_flags.py), the persistent compilation cache (compilation_cache_dir) and the
+  transformers log filter. Idempotent."""
   xla_flags.apply()
   xla_flags.skip_absent_tpu()
+  cache = compilation_cache_dir()
+  if cache:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache  # read when jax is imported (and by children)
+    if "jax" in sys.modules:  # imported already: set it on the live config too
+      sys.modules["jax"].config.update("jax_compilation_cache_dir", cache)
   log = logging.getLogger("transformers")
   if not any(isinstance(f, _NoTorchAdvice) for f in log.filters):
     log.addFilter(_NoTorchAdvice())

@@ -9,6 +9,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+# Every test compiles afresh, in this process and the entry points it starts (no compilation
+# cache in the user's home); tests/core/test_xla_flags.py turns it on where it tests it.
+os.environ.setdefault("ROCKJAX_COMPILATION_CACHE", "off")
 
 from rockjax import cli  # noqa: E402
 

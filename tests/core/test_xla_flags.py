@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rockjax import xla_flags
+from rockjax import cli, xla_flags
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
 
@@ -124,3 +124,40 @@ def test_an_entry_point_on_a_cpu_machine_prints_nothing_from_libtpu(tmp_path):
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
   assert out.returncode == 0 and out.stdout.split()[-1] == "cpu", out.stderr[-2000:]
   assert "libtpu" not in out.stderr and "TPU" not in out.stderr, out.stderr[-2000:]
+
+
+def test_compilation_cache_dir_follows_the_users_choice_then_ours_then_the_xdg_default():
+  home = {"XDG_CACHE_HOME": "/xdg"}
+  assert cli.compilation_cache_dir(home) == "/xdg/rockjax/jax_compilation"
+  assert cli.compilation_cache_dir({**home, cli.CACHE_ENV: "/mine"}) == "/mine"
+  for off in ("off", "0", "false", "None"):
+    assert cli.compilation_cache_dir({**home, cli.CACHE_ENV: off}) is None
+  # JAX's own variable wins: setup_process leaves it as the user set it.
+  assert cli.compilation_cache_dir({**home, "JAX_COMPILATION_CACHE_DIR": "/theirs"}) is None
+
+
+def test_an_entry_point_writes_its_compiled_programs_to_the_cache_and_reads_them_back(tmp_path):
+  """Two fresh processes compile the same program: the first writes a cache entry, the second
+  finds it (jax's persistent-cache hit counter) and writes nothing new."""
+  cache = tmp_path / "cache"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update({cli.CACHE_ENV: str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  code = (
+    "import rockjax.cli as c; c.setup_process(); import jax, jax.numpy as jnp\n"
+    "from jax._src import monitoring\n"
+    "hits = []\n"
+    "monitoring.register_event_listener(lambda e, **k: hits.append(e))\n"
+    "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n"
+    "print(sum('cache_hits' in e for e in hits))"
+  )
+
+  def run():
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split()[-1])
+
+  assert run() == 0  # a cold cache: no hit
+  entries = sorted(p.name for p in cache.iterdir())
+  assert entries, "no cache entry written"
+  assert run() >= 1  # the second process read the first one's programs
+  assert sorted(p.name for p in cache.iterdir()) == entries  # and compiled nothing new
