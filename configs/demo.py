@@ -15,9 +15,9 @@ tracked every step; (5) the run ends with the rock table: ids ranked by Rock Sco
 Expected (seen here, seed 0, 2-core CPU): pass@1 teacher 0.885, student 0.55 after stage 1,
 0.825 after the 250 OPD steps (0.395 at step 125). The summary prints the OPD effect, +0.275
 with a paired-bootstrap 95% interval of [+0.195, +0.350] over the 200 prompts, and says OPD
-closed 82% of the teacher-student gap. opd/kl falls from ~0.37 to ~0.05. Wall time about 2
-minutes on a quiet machine (teacher 31 s, stage 1 18 s, OPD 25 s, plus start-up, evaluations
-and the analysis), up to ~5 minutes on a busy one. The OPD rock table (training rollouts) is
+closed 82% of the teacher-student gap. opd/kl falls from ~0.37 to ~0.05. Wall time about 3.5
+minutes on a quiet 2-core machine (teacher 64 s, stage 1 42 s, OPD 54 s, plus start-up, exports
+and the analysis), up to ~6.5 minutes on a busy one. The OPD rock table (training rollouts) is
 nine of the ten digits and '$'. (6) The last stage is the rock analysis (about 15 s): the final
 student decodes the 200 held-out prompts greedily, the teacher scores them, and
 WORKDIR/analysis/report.md shows the ten digits as the top-10 rocks, carrying ~96% of the
