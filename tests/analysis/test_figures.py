@@ -9,7 +9,6 @@ Figure objects themselves; the inputs are planted by hand.
 import itertools
 
 import numpy as np
-import pytest
 
 from rockjax import rocks
 from rockjax.analysis import (
@@ -18,24 +17,9 @@ from rockjax.analysis import (
   knockout_report,
   persistence,
   plotting,
-  report,
   selection_figures,
   selection_report,
 )
-
-
-@pytest.fixture
-def saved(monkeypatch):
-  """{file name: Figure} of every figure the code under test saves."""
-  figs = {}
-
-  def record(fig, out_dir, name):
-    figs[name] = fig
-    return name
-
-  monkeypatch.setattr(report, "save_figure", record)
-  monkeypatch.setattr(selection_figures, "save_figure", record)
-  return figs
 
 
 def assert_titled_and_labelled(fig):

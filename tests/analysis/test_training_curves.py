@@ -5,21 +5,8 @@ workdir with no metrics at all gives a section without a figure instead of an er
 import json
 
 import numpy as np
-import pytest
 
 from rockjax.analysis import report, training_curves
-
-
-@pytest.fixture
-def saved(monkeypatch):
-  figs = {}
-
-  def record(fig, out_dir, name):
-    figs[name] = fig
-    return name
-
-  monkeypatch.setattr(report, "save_figure", record)
-  return figs
 
 
 def _write(path, lines):
