@@ -55,6 +55,7 @@ def _main() -> None:
   config, workdir = _CONFIG.value, _WORKDIR.value
   _check_workdir(workdir)  # before the config's paths: a wrong --workdir is the likelier mistake
   config_check.validate(config)
+  config = stages.with_recorded_reuse(config, workdir)  # its stages may be another workdir's
   main_config = stages.main_stage_config(config, workdir, task_files(config, workdir))
   result = analysis_run.run_analysis(main_config, workdir, student=_STUDENT.value, out=_OUT.value)
   print(f"rock analysis report: {result.get('markdown', result['out_dir'])} "

@@ -136,6 +136,24 @@ def _reused(stage: Stage, theirs: dict[str, Stage], reuse: str) -> Stage:
   return dataclasses.replace(other, reused_from=reuse)
 
 
+def with_recorded_reuse(
+  config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+  """`config` with the pipeline.reuse its workdir recorded, when it names none itself.
+
+  A workdir that reused another's stages finds their exports there; a later command on it
+  with the plain config file (python -m rockjax.analyze, rockjax.export) plans the same way."""
+  record = epath.Path(workdir) / CONFIG_FILE
+  if config.get("pipeline", {}).get("reuse", "") or not record.exists():
+    return config
+  reuse = json.loads(record.read_text()).get("pipeline", {}).get("reuse", "")
+  if not reuse:
+    return config
+  c = _unlocked_copy(config)
+  c.pipeline.reuse = reuse
+  return c
+
+
 def reused_main_record(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The completed main stage's record (stage.json, with its rock setting) of pipeline.reuse's
   workdir, which the summary compares this run's main stage with; None without one."""

@@ -122,3 +122,16 @@ def test_a_field_added_since_the_workdir_was_made_and_left_empty_is_no_change():
   assert workdir_lib.config_changes(recorded, config) == [
     "pipeline.reuse: '<absent>' -> '/elsewhere'"
   ]
+
+
+def test_a_later_command_with_the_plain_config_plans_with_the_recorded_reuse(tmp_path):
+  """rockjax.analyze on a reusing workdir with the config file alone finds the reused exports."""
+  recorded = short_demo(**{"pipeline.reuse": "/first"}).to_dict()
+  (tmp_path / summary_lib.CONFIG_FILE).write_text(json.dumps(recorded))
+  plain = short_demo()
+  assert stages.with_recorded_reuse(plain, str(tmp_path)).pipeline.reuse == "/first"
+  assert plain.pipeline.reuse == ""  # the caller's config is not changed
+  # A reuse the command names itself stands; a workdir that reused nothing changes nothing.
+  mine = short_demo(**{"pipeline.reuse": "/other"})
+  assert stages.with_recorded_reuse(mine, str(tmp_path)).pipeline.reuse == "/other"
+  assert stages.with_recorded_reuse(plain, str(tmp_path / "absent")) is plain
