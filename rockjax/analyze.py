@@ -6,7 +6,7 @@ WORKDIR/analysis/ or --out. User errors are one line `rockjax: error: ...` (exit
 rockjax.main.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
@@ -31,11 +31,6 @@ _OUT = flags.DEFINE_string("out", "", "report directory ('' = WORKDIR/analysis)"
 flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
-  del argv
-  cli.run_guarded(_main)
-
-
 def _check_workdir(workdir: str) -> None:
   """A one-line WorkdirError unless --workdir is an existing directory (a trained run's)."""
   root = epath.Path(workdir)
@@ -48,8 +43,6 @@ def _check_workdir(workdir: str) -> None:
 
 
 def _main() -> None:
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it reads at INFO
   if not _WORKDIR.value:
     raise errors.WorkdirError("--workdir is required: the trained run's directory")
   config, workdir = _CONFIG.value, _WORKDIR.value
@@ -61,6 +54,8 @@ def _main() -> None:
   print(f"rock analysis report: {result.get('markdown', result['out_dir'])} "
         f"({result['seconds']:.0f} s)")  # fmt: skip
 
+
+main = cli.entry_main(_main)
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)

@@ -211,6 +211,18 @@ class Checkpointer:
       )
     return None
 
+  def restore_params(self, like_params, step: int):
+    """The params alone of checkpoint `step`, in `like_params`' shapes, dtypes and shardings:
+    the optimiser moments are not read (an export needs the weights only). orbax's ValueError
+    when the checkpoint holds another model's params."""
+    target = {"params": like_params}
+    args = ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True,
+    )
+    return self._mngr.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
+
   def close(self) -> None:
     """Wait for pending writes and release the manager.
 

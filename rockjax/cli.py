@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from absl import flags
+from absl import logging as absl_logging
 
 from rockjax import errors, xla_flags
 
@@ -262,6 +263,19 @@ def exit_error(message: str, verbose: bool) -> NoReturn:
   sys.stderr.write(f"rockjax: error: {_one_line(message) or 'failed'}\n")
   sys.stderr.flush()
   sys.exit(2)
+
+
+def entry_main(body: Callable[[], None]) -> Callable[[list[str]], None]:
+  """An entry point's absl main: orbax's per-file INFO logs quiet unless --verbosity was given,
+  then `body` with a UserError or Ctrl-C as the one-line exit (run_guarded)."""
+
+  def main(argv: list[str]) -> None:
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+      absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file at INFO
+    run_guarded(body)
+
+  return main
 
 
 def run_guarded(entry: Callable[[], None]) -> None:

@@ -77,14 +77,7 @@ def _run(config, workdir: str, allow_config_change: bool) -> dict[str, Any]:
   )
 
 
-def main(argv):
-  del argv
-  cli.run_guarded(_main)
-
-
 def _main() -> None:
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   workdir, dry_run = _WORKDIR.value, _DRY_RUN.value
   if _AOT_TOPOLOGY.value and not dry_run:
     raise errors.UserError(f"--aot_topology={_AOT_TOPOLOGY.value} needs --dry_run")
@@ -114,6 +107,8 @@ def _main() -> None:
     return
   _run(_CONFIG.value, workdir, _ALLOW_CONFIG_CHANGE.value)  # validates before touching the disk
 
+
+main = cli.entry_main(_main)
 
 if __name__ == "__main__":
   app.run(main, flags_parser=cli.parse_flags)

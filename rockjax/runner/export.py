@@ -8,22 +8,19 @@ template's end-of-turn tokens) and the run's evaluation decoding (eval.temperatu
 written into DIR.tmp, then renamed to DIR: a directory named DIR is always whole.
 """
 
-import json
-
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from rockjax import checkpoint as ckpt_lib
 from rockjax import errors, loading, models, storage
 from rockjax import sharding as shd
 from rockjax.data.paths import task_files
 from rockjax.runner.stages import EXPORT_DIR, Stage, plan
 from rockjax.runner.summary import CONFIG_FILE
-
-STAGE_NAMES = ("teacher_sft", "student_kd", "main")
+from rockjax.runner.workdir import recorded_config
 
 
 def generation_settings(config: ml_collections.ConfigDict) -> dict[str, float | int | bool]:
@@ -81,13 +78,11 @@ def checkpoint_steps(stage: Stage) -> list[int]:
   directory = stage.workdir / "ckpt"
   if not directory.is_dir():
     return []
-  manager = ocp.CheckpointManager(
-    str(storage.resolve(directory)), options=ocp.CheckpointManagerOptions(create=False)
-  )
+  checkpointer = ckpt_lib.Checkpointer(str(directory))
   try:
-    return sorted(manager.all_steps())
+    return checkpointer.steps()
   finally:
-    manager.close()
+    checkpointer.close()
 
 
 def restore_params(stage: Stage, step: int) -> tuple[nnx.GraphDef, nnx.State]:
@@ -102,26 +97,16 @@ def restore_params(stage: Stage, step: int) -> tuple[nnx.GraphDef, nnx.State]:
     abstract,
     shd.tree_shardings(abstract, mesh),
   )
-  directory = storage.resolve(stage.workdir / "ckpt")
-  target = {"params": like}
-  args = ocp.args.PyTreeRestore(
-    item=target,
-    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-    partial_restore=True,  # the params only: no optimiser moments in memory
-  )
-  manager = ocp.CheckpointManager(
-    str(directory), options=ocp.CheckpointManagerOptions(create=False)
-  )
+  checkpointer = ckpt_lib.Checkpointer(str(stage.workdir / "ckpt"))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(state=args))
+    return graphdef, checkpointer.restore_params(like, step)
   except ValueError as err:  # orbax: the saved tree differs from this model's
     raise errors.CheckpointMismatch(
-      f"checkpoint {directory}/{step} does not hold the params of stage {stage.name}'s model "
-      f"({' '.join(str(err).split())[:300]})"
+      f"checkpoint {checkpointer.directory}/{step} does not hold the params of stage "
+      f"{stage.name}'s model ({' '.join(str(err).split())[:300]})"
     ) from err
   finally:
-    manager.close()
-  return graphdef, restored["state"]["params"]
+    checkpointer.close()
 
 
 def export_checkpoint(stage: Stage, step: int, out: epath.Path) -> None:
@@ -133,15 +118,13 @@ def export_checkpoint(stage: Stage, step: int, out: epath.Path) -> None:
 
 def recorded_stages(workdir: str) -> dict[str, Stage]:
   """{name: stage} a finished or running workdir planned, from the config it recorded."""
-  root = epath.Path(workdir)
-  if not root.is_dir():
+  if not epath.Path(workdir).is_dir():
     raise errors.WorkdirError(f"--workdir={workdir}: no such directory")
-  record = root / CONFIG_FILE
-  if not record.exists():
+  config = recorded_config(workdir)
+  if config is None:
     raise errors.WorkdirError(
       f"--workdir={workdir}: no {CONFIG_FILE} there; name the directory a run was started in"
     )
-  config = ml_collections.ConfigDict(json.loads(record.read_text()))
   return {s.name: s for s in plan(config, workdir, task_files(config, workdir))}
 
 

@@ -15,10 +15,11 @@ from etils import epath
 
 from rockjax import errors
 from rockjax.runner.summary import CONFIG_FILE, rock_setting
-from rockjax.runner.workdir import RESUMABLE_FIELDS, config_changes
+from rockjax.runner.workdir import RESUMABLE_FIELDS, config_changes, recorded_config
 
 EXPORT_DIR = "export_hf"  # the main stage's HF export (ckpt.export_hf)
 _PRE_STAGES = {"teacher": "teacher_sft", "model": "student_kd"}
+STAGE_NAMES = (*_PRE_STAGES.values(), "main")  # every stage a plan may hold, in run order
 STAGE_FILE = "stage.json"  # written in a stage's workdir when it has completed (and exported)
 # Fields a preliminary (off-policy) stage never reads, or overrides: they may differ between a
 # reused stage and this run's. The rock.* fields only shape its rock table (rock.mode is off).
@@ -113,13 +114,12 @@ def _reuse_plan(
   reuse = c.get("pipeline", {}).get("reuse", "")
   if not reuse:
     return None
-  record = epath.Path(reuse) / CONFIG_FILE
-  if not record.exists():
+  theirs = recorded_config(reuse)
+  if theirs is None:
     raise errors.ConfigError(
       f"pipeline.reuse={reuse!r}: no {CONFIG_FILE} there; name a rockjax workdir whose "
       f"preliminary stages have completed"
     )
-  theirs = ml_collections.ConfigDict(json.loads(record.read_text()))
   return {s.name: s for s in plan(theirs, reuse, data_paths)[:-1]}
 
 
@@ -143,10 +143,10 @@ def with_recorded_reuse(
 
   A workdir that reused another's stages finds their exports there; a later command on it
   with the plain config file (python -m rockjax.analyze, rockjax.export) plans the same way."""
-  record = epath.Path(workdir) / CONFIG_FILE
-  if config.get("pipeline", {}).get("reuse", "") or not record.exists():
+  if config.get("pipeline", {}).get("reuse", ""):
     return config
-  reuse = json.loads(record.read_text()).get("pipeline", {}).get("reuse", "")
+  recorded = recorded_config(workdir)
+  reuse = recorded.get("pipeline", {}).get("reuse", "") if recorded is not None else ""
   if not reuse:
     return config
   c = _unlocked_copy(config)
@@ -161,8 +161,7 @@ def reused_main_record(config: ml_collections.ConfigDict) -> dict[str, Any] | No
   done = epath.Path(reuse) / STAGE_FILE if reuse else None
   if done is None or not done.exists():
     return None
-  theirs = ml_collections.ConfigDict(json.loads((epath.Path(reuse) / CONFIG_FILE).read_text()))
-  return {**json.loads(done.read_text()), "rock": rock_setting(theirs)}
+  return {**json.loads(done.read_text()), "rock": rock_setting(recorded_config(reuse))}
 
 
 def main_stage_config(

@@ -68,6 +68,12 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict) 
   ]
 
 
+def recorded_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config a workdir recorded (its config.json); None when it has none."""
+  record = epath.Path(workdir) / CONFIG_FILE
+  return ml_collections.ConfigDict(json.loads(record.read_text())) if record.exists() else None
+
+
 def write_json(path: epath.Path, obj: Any) -> None:
   """Write atomically (a temp file renamed into place); process 0 only."""
   if jax.process_index() != 0:
