@@ -104,7 +104,7 @@ def init_state(
 ) -> TrainState:
   """The initial state, built by one jit that writes every shard (moments too) in place.
 
-  `params` are already placed (see rockjax.loading.load_params); they are donated, so the
+  `params` are already placed (see rockjax.models.loading.load_params); they are donated, so the
   full state is never materialised twice or on one device.
   """
   with jax.set_mesh(mesh):

@@ -13,7 +13,8 @@ from etils import epath
 from flax import nnx
 
 from rockjax import checkpoint as ckpt_lib
-from rockjax import errors, loading, models
+from rockjax import errors, models
+from rockjax.models import loading
 from rockjax import state as state_lib
 from rockjax.analysis import degenerate
 

@@ -20,7 +20,8 @@ import ml_collections
 from etils import epath
 from flax import nnx
 
-from rockjax import errors, loading, models, storage
+from rockjax import errors, models, storage
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax.analysis import corpus, findings, selection, selection_report, studies
 from rockjax.analysis.context import AnalysisContext, load_student, student_path

@@ -9,7 +9,7 @@ from typing import Any
 
 from rockjax.data.prompt_fit import OVERFLOW_POLICIES
 from rockjax.data.tasks.arithmetic import DIFFICULTIES
-from rockjax.loading import DTYPES
+from rockjax.models.loading import DTYPES
 from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
 from rockjax.models import attention, grouped_matmul, remat

@@ -8,7 +8,7 @@ import math
 
 import ml_collections
 
-from rockjax import loading
+from rockjax.models import loading
 from rockjax.config import settings as settings_lib
 from rockjax.config.mesh import declared_mesh_shape
 from rockjax.models.config import ModelConfig

@@ -33,7 +33,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from rockjax import errors, loading
+from rockjax import errors
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from rockjax import loading, sampling
+from rockjax import sampling
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax.dry_run import hlo_cost, hlo_cycles
 from rockjax.dry_run.hlo_text import Array, Module, parse_module

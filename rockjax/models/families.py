@@ -1,7 +1,7 @@
 """Model-family presets: everything that differs between the supported Hugging Face families.
 
 ModelConfig.from_hf / to_hf_dict, the checkpoint names (hf_names.py), the `arch`-built configs
-(rockjax.loading, rockjax.config.check) and the EOS helper (tokenizer.eos_ids) all read
+(rockjax.models.loading, rockjax.config.check) and the EOS helper (tokenizer.eos_ids) all read
 `PRESETS`. A new family whose layers the decoder already implements is one `Family` entry here
 (and one row of expectations in tests/models/test_families.py); a new kind of layer (activation, norm,
 attention) also needs rockjax/models/layers.py and the check in `Family.__post_init__`.

@@ -140,7 +140,7 @@ def from_pretrained(
   mesh, every parameter is placed by its logical axes and `rules` (default
   rockjax.sharding.DEFAULT_RULES); without one, on the default device. `run_settings` are
   ModelConfig's fields that come from the run, not the checkpoint (remat, scan_layers,
-  attention, attention_block, mlp_chunk, moe_impl, moe_experts_axis; from loading.numerics);
+  attention, attention_block, mlp_chunk, moe_impl, moe_experts_axis; from models.loading.numerics);
   with scan_layers the per-layer HF tensors are stacked on load. A gs:// or s3:// directory is
   first copied whole to a local temporary directory (deleted after loading): the local disk
   needs room for the weights.

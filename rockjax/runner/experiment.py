@@ -20,7 +20,8 @@ from jax.sharding import Mesh
 
 from rockjax import checkpoint as ckpt_lib
 from rockjax import data as data_lib
-from rockjax import errors, evaluation, loading, models, sampling
+from rockjax import errors, evaluation, models, sampling
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax import step as step_lib

@@ -15,7 +15,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from rockjax import checkpoint as ckpt_lib
-from rockjax import errors, loading, models, storage
+from rockjax import errors, models, storage
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax.data.paths import task_files
 from rockjax.runner.stages import EXPORT_DIR, Stage, plan

@@ -21,7 +21,7 @@ LAYERS = [
   {"config"},
   {"step"},
   {"state", "objective"},
-  {"loading", "rocks"},
+  {"rocks"},
   {"models", "data", "checkpoint"},
   {"losses", "sampling", "storage", "metrics", "cli"},
   {"sharding", "errors", "evaluation", "xla_flags", "batch"},

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import tiny
-from rockjax import loading
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax.config import settings as settings_lib
 from rockjax.dry_run import hlo_cost, hlo_text

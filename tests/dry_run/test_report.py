@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from configs import qwen3_30b_a3b_to_4b, tiny
-from rockjax import errors, loading
+from rockjax import errors
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.config import settings as settings_lib

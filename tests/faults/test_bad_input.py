@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from rockjax import errors, loading, models
+from rockjax import errors, models
+from rockjax.models import loading
 from rockjax.config import check as config_check
 from rockjax.data.tasks import arithmetic
 from rockjax.rocks import lists as rock_lists

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from rockjax import errors, loading, models
+from rockjax import errors, models
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax.data.tasks import arithmetic
 from rockjax.runner import experiment, preflight

@@ -9,7 +9,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 import rockjax.models as rm
 from configs import default
-from rockjax import loading
+from rockjax.models import loading
 from rockjax.models import families
 from rockjax.models.config import FAMILIES
 from tests.fixtures import make_tokenizer
@@ -140,7 +140,7 @@ def test_preset_matches_transformers(name):
     want["qk_norm"],
   )
   assert (cfg.num_experts > 0) == want["moe"] == preset.moe
-  # A config built without a checkpoint (rockjax.loading.arch_config) gets the same flags.
+  # A config built without a checkpoint (rockjax.models.loading.arch_config) gets the same flags.
   attention_bias = bool(hf.to_dict().get("attention_bias"))
   built = rm.ModelConfig.for_family(
     name,

@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 
 from configs import tiny
 from rockjax import checkpoint as ckpt_lib
-from rockjax import loading, models
+from rockjax import models
+from rockjax.models import loading
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.runner import loop, pipeline, stages

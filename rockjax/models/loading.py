@@ -8,9 +8,10 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from rockjax import models
 from rockjax import sharding as shd
-from rockjax.models import Decoder, ModelConfig, RopeConfig, hf_dirs
+from rockjax.models import hf_dirs, hf_io
+from rockjax.models.config import ModelConfig, RopeConfig
+from rockjax.models.decoder import Decoder
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -86,7 +87,7 @@ def load_params(
 ) -> tuple[nnx.GraphDef, nnx.State]:
   """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
   if m.source == "hf":
-    model = models.from_pretrained(m.path, mesh=mesh, **numerics(m))
+    model = hf_io.from_pretrained(m.path, mesh=mesh, **numerics(m))
     return nnx.split(model)
   graphdef, abstract = abstract_params(cfg, seed)
   init = lambda: nnx.split(model_factory(cfg)(nnx.Rngs(seed)))[1]
