@@ -165,6 +165,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.opd.rollout_tensor = (
     0  # devices per tensor group for 'tensor'; 0 = as many as the KV heads allow
   )
+  # Rollouts decode this many positions per program (segments of one while_loop; the tokens
+  # drawn do not depend on it): between segments the host sees a stop request (SIGTERM) and
+  # abandons the rollout, and a rollout ends after the segment in which every row has ended.
+  # 0 = the whole rollout in one program (a stop then waits for it to finish).
+  c.opd.decode_segment = 256
 
   c.rock = ml_collections.ConfigDict()
   # 'off' (track and select for metrics, no masking) | 'static' (ids from list_path, masked) |
@@ -269,7 +274,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 25  # steps between orbax checkpoints (and one at the end); 0 = end only
-  c.ckpt.keep = 3  # checkpoints kept
+  # Also save after a step when this many minutes have passed since the last save (or the
+  # start); 0 = off. Process 0's clock decides for every host.
+  c.ckpt.every_minutes = 0.0
+  c.ckpt.keep = 3  # the latest checkpoints kept
+  c.ckpt.keep_steps = ()  # steps whose checkpoints are kept besides those, e.g. (500, 1000)
+  # Write checkpoints in the background (orbax's async manager): the device-to-host copy
+  # blocks, the file writes overlap the next steps; a save still in flight when the run ends is
+  # finished first, and one cut off by a crash is never restored. False: every save blocks.
+  c.ckpt.async_save = True
   c.ckpt.resume = ""  # a checkpoint directory to start from when the workdir has none
   # Write the main stage's trained student as a Hugging Face directory (safetensors, config,
   # generation config, tokenizer: what transformers, vLLM and lm-eval read) at WORKDIR/export_hf
@@ -277,6 +290,20 @@ def get_config() -> ml_collections.ConfigDict:
   # workdir: turned on after a completed run, the next run exports its last checkpoint without
   # training. Any checkpoint: python -m rockjax.export (docs/running.md, "Exporting").
   c.ckpt.export_hf = True
+
+  # What a restart can reuse instead of redoing (docs/running.md, "What a restart costs").
+  c.cache = ml_collections.ConfigDict()
+  # Directory of orbax copies of the Hugging Face weights a run loads (model/teacher with
+  # source 'hf'): made on the first start (or by python -m rockjax.convert) in the run's
+  # param_dtype and layer layout, then restored straight into each device's shards by every
+  # host; a fingerprint of the HF directory's files detects a stale copy (rebuilt, with one
+  # line saying why). Use storage every host can read (gs://) on pods; '' = off: always read
+  # the safetensors.
+  c.cache.weights = ""
+  # Persistent XLA compilation cache: compiled programs are read back on a restart instead of
+  # compiled again. '' = the entry points' default (ROCKJAX_COMPILATION_CACHE, else
+  # ~/.cache/rockjax/jax_compilation); a directory (local or gs://) sets it; 'off' turns it off.
+  c.cache.compilation = ""
 
   # The stages around the main one (rockjax.runner.stages; docs/running.md, "Stages").
   c.pipeline = ml_collections.ConfigDict()

@@ -4,7 +4,10 @@ The data position is saved with grain's orbax handler: every host writes its own
 state (`<step>/data/process_<i>-of-<n>.json`) and restores its own on resume.
 
 Writes are atomic (orbax finalises a step directory only once everything is on disk), so a
-crash mid-save leaves the previous checkpoint as the latest complete one. Restore tells two
+crash mid-save leaves the previous checkpoint as the latest complete one. With `async_save`
+(the default) `save` returns once the arrays are copied to host memory and the files are
+written in the background while training goes on; the next save, `wait` and `close` wait for
+it first, and a write that fails (a full disk) is reported by whichever of them sees it. Restore tells two
 failures apart: a checkpoint that cannot be read (truncated or corrupt files) is skipped with
 a warning naming it and the previous one is tried; a readable checkpoint whose arrays do not
 match the state this config builds (other model sizes, a new state field) stops the run with
@@ -12,8 +15,10 @@ an error naming the keys, since starting again from step 0 would let `max_to_kee
 good checkpoints. The teacher is never saved here.
 """
 
+import json
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -92,17 +97,52 @@ def layers_hint(saved: dict[str, tuple], wanted: dict[str, tuple]) -> str | None
   return None
 
 
-class Checkpointer:
-  """A CheckpointManager over `directory` saving {state, data} items per step."""
+class _Position:
+  """A data iterator's position frozen at save time: grain's checkpoint handler reads
+  `get_state()` whenever orbax writes, which for a background save is after the loop has
+  drawn the next batches."""
 
-  def __init__(self, directory: str, *, keep: int = 3):
+  def __init__(self, iterator: grain.DatasetIterator):
+    self._state = json.dumps(iterator.get_state(), indent=4).encode()
+
+  def get_state(self) -> bytes:
+    return self._state  # bytes: the handler writes them as they are (its non-dataset branch)
+
+
+def _keep_policy(keep: int, keep_steps: Sequence[int]):
+  """The `keep` latest checkpoints, and those of `keep_steps` once written."""
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if keep_steps:
+    policies.append(ocp.checkpoint_managers.CustomSteps(steps=list(keep_steps)))
+  return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+
+
+class Checkpointer:
+  """A CheckpointManager over `directory` saving {state, data} items per step.
+
+  keep: the latest checkpoints kept; keep_steps: steps kept besides them. async_save: see the
+  module docstring.
+  """
+
+  def __init__(
+    self,
+    directory: str,
+    *,
+    keep: int = 3,
+    keep_steps: Sequence[int] = (),
+    async_save: bool = False,
+  ):
     # Remote paths (gs://...) go to orbax as they are; local ones are made absolute.
     storage.check_checkpoint_dir(directory, field="checkpoint directory")
     self.directory = str(storage.resolve(directory))
+    self.async_save = async_save
     # cleanup_tmp_directories: a save killed mid-write (or stopped by a full disk) leaves a
     # `<step>.orbax-checkpoint-tmp` directory that is never restored; delete it on the next start.
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, cleanup_tmp_directories=True
+      preservation_policy=_keep_policy(keep, keep_steps),
+      create=True,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
     )
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
     # orbax deletes them in a background thread that it joins only before its next save; join
@@ -111,29 +151,35 @@ class Checkpointer:
     if cleanup is not None:
       cleanup.result()
     self._disk_full = False  # a save stopped on ENOSPC (close then stays quiet about it)
+    self._disk_full_message = ""
 
   def steps(self) -> list[int]:
     """Complete checkpoints on disk, oldest first."""
     return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state, data_iterator: grain.DatasetIterator | None = None) -> None:
-    """Save (with every host's data position) and block until it is durable."""
+    """Save (with every host's data position, as it is now). Blocks until the files are
+    durable, or with async_save only until the arrays are on the host (the previous save's
+    writes are waited for first). A step already saved is left as it is."""
+    if step in self._mngr.all_steps():
+      return
     items = {"state": ocp.args.StandardSave(_savable(state))}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    try:
+      items["data"] = grain.checkpoint.CheckpointSave(_Position(data_iterator))
+    with self._disk_full_as_one_line(step):
       self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+      if not self.async_save:
+        self._mngr.wait_until_finished()
+
+  def wait(self) -> None:
+    """Block until a save in flight is durable."""
+    with self._disk_full_as_one_line(None):
       self._mngr.wait_until_finished()
-    except Exception as err:  # pylint: disable=broad-except  (ENOSPC arrives wrapped by orbax)
-      if not storage.is_disk_full(err):
-        raise
-      self._disk_full = True
-      kept = [s for s in self.steps() if s != step]
-      raise errors.DiskFull(
-        f"checkpoint {self.directory}/{step}: no space left on device; the last complete "
-        f"checkpoint is {'step ' + str(kept[-1]) if kept else 'none'}: free space and run "
-        f"the same command to resume from it"
-      ) from err
+
+  def _disk_full_as_one_line(self, step: int | None):
+    """A context turning orbax's ENOSPC (for a save of `step`, or the one in flight) into one
+    errors.DiskFull line naming the last complete checkpoint."""
+    return _DiskFullGuard(self, step)
 
   def _saved_specs(self, step: int) -> dict[str, tuple] | None:
     """{path: (shape, dtype)} from a checkpoint's metadata; None when that is unreadable."""
@@ -226,12 +272,47 @@ class Checkpointer:
   def close(self) -> None:
     """Wait for pending writes and release the manager.
 
-    After a save failed on a full disk, orbax raises that error again here: it was already
-    reported (errors.DiskFull from `save`), so it must not replace that one-line error.
+    A full disk already reported (errors.DiskFull) is not reported again: orbax raises that
+    error at every later call, and it must not replace the one-line error the run stopped with.
     """
-    for finish in (self._mngr.wait_until_finished, self._mngr.close):
-      try:
-        finish()
-      except Exception as err:  # pylint: disable=broad-except
-        if not (self._disk_full and storage.is_disk_full(err)):
-          raise
+    reported = self._disk_full
+    try:
+      self.wait()
+    except errors.DiskFull:
+      if not reported:
+        raise  # a background write that failed: this is its report
+    try:
+      self._mngr.close()
+    except Exception as err:  # pylint: disable=broad-except
+      if not (self._disk_full and storage.is_disk_full(err)):
+        raise
+
+
+class _DiskFullGuard:
+  """See Checkpointer._disk_full_as_one_line."""
+
+  def __init__(self, checkpointer: Checkpointer, step: int | None):
+    self.checkpointer, self.step = checkpointer, step
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, err, tb) -> bool:
+    c = self.checkpointer
+    if err is None or not isinstance(err, Exception) or not storage.is_disk_full(err):
+      return False
+    if c._disk_full:  # reported once already; orbax raises it again at every later call
+      raise errors.DiskFull(str(c._disk_full_message)) from err
+    c._disk_full = True
+    try:
+      c._mngr.reload()  # the step list as on disk (a background save may have changed it)
+    except Exception:  # pylint: disable=broad-except  (the cached list then)
+      pass
+    written = [s for s in c.steps() if s != self.step]
+    at = f"{c.directory}/{self.step}" if self.step is not None else f"a save in {c.directory}"
+    c._disk_full_message = (
+      f"checkpoint {at}: no space left on device; the last complete checkpoint is "
+      f"{'step ' + str(written[-1]) if written else 'none'}: free space and run the same "
+      f"command to resume from it"
+    )
+    raise errors.DiskFull(c._disk_full_message) from err

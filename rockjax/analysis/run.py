@@ -113,7 +113,10 @@ def run_analysis(
   mesh = _analysis_mesh(c)
   tokenizer = models.load_tokenizer(c.data.tokenizer_path)
   teacher_cfg = loading.model_config(c.teacher, field="teacher")
-  teacher = nnx.merge(*loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1))
+  teacher_weights = loading.load_params(
+    c.teacher, teacher_cfg, mesh, c.seed + 1, cache_dir=c.cache.weights
+  )
+  teacher = nnx.merge(*teacher_weights)
   student_model, source = load_student(c, workdir, student, mesh)
   ids, mask, answers = eval_prompts(c, tokenizer, a.num_prompts)
   spec = settings.divergence_spec(c)  # the run's divergence scores the corpus

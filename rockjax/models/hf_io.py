@@ -147,8 +147,38 @@ def from_pretrained(
   """
   param_dtype = dtype if param_dtype is None else param_dtype
   cfg = ModelConfig.from_pretrained(path, dtype=dtype, param_dtype=param_dtype, **run_settings)
-  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
+  return load_pretrained(path, cfg, mesh=mesh, rules=rules)
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+  """(graphdef, ShapeDtypeStruct state) of a Decoder of `cfg`: shapes only, nothing allocated."""
+  return nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
+
+
+def param_sharding(
+  var: nnx.Variable, mesh: Mesh | None, rules: shd.LogicalRules | None = None
+) -> jax.sharding.Sharding:
+  """Where a loaded parameter lives: by its logical axes on `mesh`, else the default device.
+
+  The one placement rule of HF weights: from_pretrained builds each parameter in it and the
+  weights cache (rockjax.models.weights_cache) restores into it, so both give the same arrays.
+  """
+  if mesh is None:
+    return SingleDeviceSharding(jax.devices()[0])
+  shape = tuple(var.get_value().shape)
+  return shd.logical_sharding(shd.variable_logical_axes(var), shape, mesh, rules)
+
+
+def load_pretrained(
+  path: str | os.PathLike,
+  cfg: ModelConfig,
+  *,
+  mesh: Mesh | None = None,
+  rules: shd.LogicalRules | None = None,
+) -> Decoder:
+  """from_pretrained with the ModelConfig already made (ModelConfig.from_pretrained of `path`
+  with the run's settings): the weights of `path`, each parameter placed by param_sharding."""
+  graphdef, abstract_state = abstract_model(cfg)
   with storage.local_copy(path) as local, CheckpointReader(local) as reader:
     layouts = {
       i: moe_layout(cfg, reader.has, i) for i in range(cfg.num_layers) if cfg.is_moe_layer(i)
@@ -181,10 +211,7 @@ def _load_param(
   if source.shape != shape:
     raise ValueError(f"internal: {name} mapping shape {source.shape} != parameter {shape}")
   reader.check(source, name)
-  if mesh is None:
-    sharding = SingleDeviceSharding(jax.devices()[0])
-  else:
-    sharding = shd.logical_sharding(shd.variable_logical_axes(var), shape, mesh, rules)
+  sharding = param_sharding(var, mesh, rules)
   memo: dict[Box, np.ndarray] = {}  # replicated shards are read once, not once per device
 
   def callback(index: tuple[slice, ...] | None) -> np.ndarray:

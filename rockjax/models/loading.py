@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rockjax import sharding as shd
-from rockjax.models import hf_dirs, hf_io
+from rockjax.models import hf_dirs, hf_io, weights_cache
 from rockjax.models.config import ModelConfig, RopeConfig
 from rockjax.models.decoder import Decoder
 
@@ -83,9 +83,15 @@ def abstract_params(cfg: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, nnx.
 
 
 def load_params(
-  m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int
+  m: ml_collections.ConfigDict, cfg: ModelConfig, mesh: Mesh, seed: int, *, cache_dir: str = ""
 ) -> tuple[nnx.GraphDef, nnx.State]:
-  """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded."""
+  """(graphdef, params) placed on the mesh: read from the HF directory, or random and sharded.
+
+  With `cache_dir` (the config's cache.weights) an HF model comes from its orbax copy there
+  (rockjax.models.weights_cache), made from the HF directory on the first load.
+  """
+  if m.source == "hf" and cache_dir:
+    return weights_cache.load(m, cfg, mesh, cache_dir)
   if m.source == "hf":
     model = hf_io.from_pretrained(m.path, mesh=mesh, **numerics(m))
     return nnx.split(model)

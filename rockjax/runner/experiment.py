@@ -198,7 +198,9 @@ def _load_models(c: ml_collections.ConfigDict, paths: dict[str, str], mesh: Mesh
   preflight.check_tokenizers(c, tokenizer, paths["tokenizer"], rows)
   teacher_graphdef = teacher_params = None
   if teacher_cfg is not None:
-    teacher_graphdef, teacher_params = loading.load_params(c.teacher, teacher_cfg, mesh, c.seed + 1)
+    teacher_graphdef, teacher_params = loading.load_params(
+      c.teacher, teacher_cfg, mesh, c.seed + 1, cache_dir=c.cache.weights
+    )
     preflight.check_teacher(c, (teacher_graphdef, teacher_params), tokenizer, mesh)
   return _Models(tokenizer, student_cfg, teacher_graphdef, teacher_params)
 
@@ -259,10 +261,15 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   like, shardings = state_lib.abstract_state(init, abstract_params, mesh)
 
   train_data, eval_prompts, eval_answers = _pipelines(c, paths, m.tokenizer, mesh)
-  checkpointer = ckpt_lib.Checkpointer(str(epath.Path(workdir) / "ckpt"), keep=c.ckpt.keep)
+  checkpointer = ckpt_lib.Checkpointer(
+    str(epath.Path(workdir) / "ckpt"),
+    keep=c.ckpt.keep,
+    keep_steps=c.ckpt.keep_steps,
+    async_save=c.ckpt.async_save,
+  )
   restored = _restore(c, checkpointer, like, train_data.iterator)
   if restored is None:
-    _, params = loading.load_params(c.model, student_cfg, mesh, c.seed)
+    _, params = loading.load_params(c.model, student_cfg, mesh, c.seed, cache_dir=c.cache.weights)
     restored = state_lib.init_state(init, params, shardings, mesh), 0
   state, start = restored
 

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,6 +19,7 @@ import ml_collections
 import numpy as np
 import tqdm
 from etils import epath
+from jax.experimental import multihost_utils
 
 from rockjax import metrics as metrics_lib
 from rockjax import sampling, storage
@@ -33,10 +35,19 @@ _log = logging.getLogger(__name__)
 
 
 def _rollout(
-  exp: Experiment, state: state_lib.TrainState, prompts: dict[str, np.ndarray], step: int
+  exp: Experiment,
+  state: state_lib.TrainState,
+  prompts: dict[str, np.ndarray],
+  step: int,
+  should_stop: Callable[[], bool] | None = None,
 ) -> tuple[TokenBatch, dict[str, tuple[jax.Array, jax.Array]]]:
   """Student samples completions for the step's prompts (on-policy); returns a token batch
-  (opd.truncated_rollouts applied) and the rollout's metrics."""
+  (opd.truncated_rollouts applied) and the rollout's metrics.
+
+  The decode runs in segments of opd.decode_segment positions; `should_stop` is asked between
+  them, and when it says stop, sampling.RolloutStopped leaves this function (the rollout is
+  abandoned; the same key redraws it after a resume).
+  """
   c = exp.config.opd
   key = jax.random.fold_in(state.rng, step)  # resuming at step n replays rollout n exactly
   g = shd.host_to_global(
@@ -65,6 +76,8 @@ def _rollout(
       top_k=c.top_k,
       eos_ids=exp.eos_ids,
       num_samples=c.samples_per_prompt,
+      segment_steps=c.decode_segment,
+      should_stop=should_stop,
     )
   jax.block_until_ready(out)  # the copy and the whole decode loop are done
   seconds = time.perf_counter() - t0
@@ -92,8 +105,11 @@ def _rollout_metrics(lengths_N: jax.Array, seconds: float) -> dict[str, tuple[An
   }
 
 
-def _next_batch(exp: Experiment, state, step: int) -> tuple[TokenBatch, dict[str, Any]]:
-  """The step's token batch (padded to settings.batch_shape) and the metrics of making it."""
+def _next_batch(
+  exp: Experiment, state, step: int, should_stop: Callable[[], bool] | None = None
+) -> tuple[TokenBatch, dict[str, Any]]:
+  """The step's token batch (padded to settings.batch_shape) and the metrics of making it;
+  sampling.RolloutStopped when `should_stop` abandons the step's rollout."""
   host = next(exp.train_data)
   made: dict[str, Any] = {}
   if exp.config.opd.mode == "off_policy":
@@ -102,7 +118,7 @@ def _next_batch(exp: Experiment, state, step: int) -> tuple[TokenBatch, dict[str
     fields = {f: getattr(token_batch, f) for f in FIELDS}
     batch = TokenBatch(**shd.host_to_global(fields, exp.mesh, global_rows=rows))
   else:
-    batch, made = _rollout(exp, state, host, step)
+    batch, made = _rollout(exp, state, host, step, should_stop)
   return batch.pad(exp.config.data.pad_to_multiple), made
 
 
@@ -165,8 +181,9 @@ class _Profiler:
 class _StopSignals:
   """SIGTERM (TPU preemption) or Ctrl-C sets a flag; the loop saves a checkpoint and stops.
 
-  A second Ctrl-C raises KeyboardInterrupt at once (no checkpoint), as a user pressing it
-  twice expects.
+  The flag is read after every step and between the decode segments of a rollout (which is
+  then abandoned: the checkpoint is the last finished step's). A second Ctrl-C raises
+  KeyboardInterrupt at once (no checkpoint), as a user pressing it twice expects.
   """
 
   def __init__(self):
@@ -179,12 +196,46 @@ class _StopSignals:
       raise KeyboardInterrupt
     self.requested = name
     tqdm.tqdm.write(
-      f"{name}: saving a checkpoint after this step, then stopping (Ctrl-C again to stop at once)"
+      f"{name}: saving a checkpoint of the last finished step, then stopping (Ctrl-C again to "
+      "stop at once)"
     )
+
+  def agreed(self) -> bool:
+    """Whether any host has a stop request. Every host calls this at the same points (after a
+    step, between decode segments), so all stop together; one scalar collective per call on
+    several hosts, none on one."""
+    if jax.process_count() == 1:
+      return self.requested is not None
+    flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
+    if np.asarray(flags).any() and self.requested is None:
+      self.requested = "SIGTERM"  # another host's preemption notice: stop with it
+    return self.requested is not None
 
   def restore(self):
     for sig, old in self._old.items():
       signal.signal(sig, old)
+
+
+class _SaveSchedule:
+  """When a finished step is checkpointed: every ckpt.every steps, every ckpt.every_minutes
+  since the last save (or the start), at the last step and when stopping. Process 0's clock
+  decides the time-based saves for every host (saves are collective)."""
+
+  def __init__(self, c: ml_collections.ConfigDict):
+    self.every, self.steps = c.ckpt.every, c.steps
+    self.seconds = 60.0 * c.ckpt.every_minutes
+    self.last = time.monotonic()
+
+  def due(self, done: int, stopping: bool) -> bool:
+    by_step = (self.every and done % self.every == 0) or done == self.steps or stopping
+    if not by_step and self.seconds:
+      by_step = time.monotonic() - self.last >= self.seconds
+      if jax.process_count() > 1:
+        by_step = bool(multihost_utils.broadcast_one_to_all(np.int32(by_step)))
+    return bool(by_step)
+
+  def saved(self) -> None:
+    self.last = time.monotonic()
 
 
 def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: Experiment):
@@ -287,9 +338,19 @@ def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, in
   """The training loop proper: (last state, steps done, last evaluation's correctness)."""
   c, on_policy = exp.config, exp.config.opd.mode != "off_policy"
   state, done, eval_correct = exp.state, exp.start_step, None
+  schedule = _SaveSchedule(c)
   for step in range(exp.start_step, c.steps):
     profiler.before(step + 1)
-    batch, batch_metrics = _next_batch(exp, state, step)
+    position = exp.train_data.get_state()  # before this step's prompts are drawn
+    try:
+      batch, batch_metrics = _next_batch(exp, state, step, signals.agreed)
+    except sampling.RolloutStopped as stopped:
+      # Preempted mid-rollout: the step never happened. Put the data back where it was and
+      # save the last finished step (a resumed run redraws this rollout with the same key).
+      _log.info("rollout of step %d abandoned after %d positions", step + 1, stopped.step)
+      exp.train_data.set_state(position)
+      _save(exp, log, schedule, done, state)
+      break
     state, dev_metrics = _train(exp, state, batch, timed=on_policy)
     profiler.after(step + 1, state)
     # step N's metrics are pulled while step N+1 runs (on-policy, N+1 has already finished:
@@ -300,14 +361,26 @@ def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, in
       log.flush()
       values, eval_correct = exp.evaluate(state, done)
       log.write(done, values)
-    stop = signals.requested or (c.stop_after and done >= c.stop_after)
-    if (c.ckpt.every and done % c.ckpt.every == 0) or done == c.steps or stop:
-      log.flush()  # verify the state to be saved is finite first
-      exp.checkpointer.save(done, state, exp.train_data.iterator)  # each host its own
-      log.writer.flush()  # a cloud workdir's metrics are uploaded at least this often
+    stop = signals.agreed() or bool(c.stop_after and done >= c.stop_after)
+    if schedule.due(done, stop):
+      _save(exp, log, schedule, done, state)
     if stop:
       break
   return state, done, eval_correct
+
+
+def _save(exp: Experiment, log: _MetricLog, schedule: _SaveSchedule, done: int, state) -> None:
+  """Checkpoint the state after `done` steps (a step saved already is kept as it is)."""
+  if done == 0:
+    return  # nothing trained yet: a restart starts from the same init
+  log.flush()  # verify the state to be saved is finite first
+  t0 = time.perf_counter()
+  exp.checkpointer.save(done, state, exp.train_data.iterator)  # each host its own data position
+  # time/checkpoint_s: how long the save held the loop (with ckpt.async_save, the copy to host
+  # memory and the wait for the previous save's writes), averaged over the saves of a window.
+  metrics_lib.accumulate(log.window, {"time/checkpoint_s": (time.perf_counter() - t0, 1.0)})
+  schedule.saved()
+  log.writer.flush()  # a cloud workdir's metrics are uploaded at least this often
 
 
 def run(
@@ -316,8 +389,9 @@ def run(
   """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
 
   profile_steps=(a, b): write a jax.profiler trace of steps a..b (the first step is 1) into
-  workdir/profile/ (see _Profiler). A SIGTERM or Ctrl-C ends the loop after the current step
-  with a checkpoint; the caller decides what an interrupted run means
+  workdir/profile/ (see _Profiler). A SIGTERM or Ctrl-C ends the loop with a checkpoint of
+  the last finished step: after the current step, or between two decode segments of its
+  rollout (abandoned; opd.decode_segment); the caller decides what an interrupted run means
   (rockjax.runner.pipeline stops every later stage).
   """
   exp = build_experiment(config, workdir)

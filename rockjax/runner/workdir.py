@@ -37,6 +37,12 @@ RESUMABLE_FIELDS = (
   "opd.rollout_tensor",
   "preflight.",  # checks before step 1; they change nothing the run computes
   "ckpt.export_hf",  # an HF copy of the result; turned on later, the next run exports it
+  "ckpt.every",  # when and how checkpoints are written and kept, not what they hold
+  "ckpt.every_minutes",
+  "ckpt.keep",
+  "ckpt.async_save",
+  "opd.decode_segment",  # how the rollout's decode loop is split; the same tokens
+  "cache.",  # where loaded weights and compiled programs are kept
 )
 
 

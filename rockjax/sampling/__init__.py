@@ -8,6 +8,7 @@
 from rockjax.sampling.options import LogitProcessor, SamplingConfig
 from rockjax.sampling.sampler import (
   LOOP_SCOPE,
+  RolloutStopped,
   TRUNCATED_POLICIES,
   Rollout,
   decode,
@@ -19,6 +20,7 @@ from rockjax.sampling.sampler import (
 
 __all__ = [
   "LOOP_SCOPE",
+  "RolloutStopped",
   "TRUNCATED_POLICIES",
   "LogitProcessor",
   "Rollout",

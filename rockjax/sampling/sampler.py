@@ -154,19 +154,51 @@ def _emit(
   return carry, tokens_N
 
 
-def _decode_loop(
-  model: nnx.Module,
-  cache: Any,
-  first_logits_NxV: jax.Array,
-  emit: Callable[[tuple, jax.Array, jax.Array], tuple[tuple, jax.Array]],
-  cfg: SamplingConfig,
-) -> tuple:
-  """Token 0 from the prefill's logits, the rest in a `lax.while_loop`; the final `_emit` carry."""
-  N, T = first_logits_NxV.shape[0], cfg.max_new_tokens
+@struct.dataclass
+class Decoding:
+  """A decode between two segments: everything the loop carries and every per-row input it reads.
+
+  step: the next token position to choose (1 after the prefill; T when all are done).
+  prev_N: the tokens chosen at step - 1 (fed to the model next). cache: the KV cache.
+  out: the `_emit` carry (tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N).
+  row_keys_N, temperature, eos_E, banned_NxK: the draw's inputs, fixed for the whole decode.
+  """
+
+  step: jax.Array
+  prev_N: jax.Array
+  cache: Any
+  out: tuple
+  row_keys_N: jax.Array
+  temperature: jax.Array
+  eos_E: jax.Array
+  banned_NxK: jax.Array | None
+
+
+def _emitter(d: Decoding, cfg: SamplingConfig, blocks: int) -> Callable:
+  return functools.partial(
+    _emit,
+    row_keys_N=d.row_keys_N,
+    temperature=d.temperature,
+    eos_E=d.eos_E,
+    cfg=cfg,
+    banned_NxK=d.banned_NxK,
+    blocks=blocks,
+  )
+
+
+def _finished(d: Decoding, cfg: SamplingConfig) -> jax.Array:
+  """Whether the decode is over: T positions chosen, or every row has emitted an EOS."""
+  return (d.step >= cfg.max_new_tokens) | jnp.all(d.out[-1])
+
+
+def _advance(model: nnx.Module, d: Decoding, cfg: SamplingConfig, until: jax.Array) -> Decoding:
+  """Decode one token per step in a `lax.while_loop` until position `until` (or the end)."""
+  N = d.prev_N.shape[0]
+  emit = _emitter(d, cfg, vocab_blocks(model.cfg.vocab_size))
 
   def cond(loop):
     step, _, _, out = loop
-    return (step < T) & ~jnp.all(out[-1])
+    return (step < jnp.minimum(until, cfg.max_new_tokens)) & ~jnp.all(out[-1])
 
   def body(loop):
     """Feed the previous token (cache slot P+step-1) and choose token `step`."""
@@ -175,20 +207,10 @@ def _decode_loop(
     out, tokens_N = emit(out, logits_Nx1xV[:, 0], step)
     return step + 1, tokens_N, cache, out
 
-  out = (
-    _batch(jnp.full((N, T), cfg.pad_id, jnp.int32)),
-    _batch(jnp.zeros((N, T), jnp.int32)),
-    _batch(jnp.zeros((N, T), jnp.float32)),
-    _batch(jnp.zeros((N, T), jnp.float32)),
-    _batch(jnp.zeros((N,), bool)),
-  )
-  # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
-  out, first_N = emit(out, first_logits_NxV, jnp.int32(0))
-  loop = (jnp.int32(1), first_N, cache, out)
   # Named so the dry run finds this loop in the compiled program (rockjax.dry_run.hlo_cycles).
   with jax.named_scope(LOOP_SCOPE):
-    _, _, _, out = jax.lax.while_loop(cond, body, loop)
-  return out
+    step, prev_N, cache, out = jax.lax.while_loop(cond, body, (d.step, d.prev_N, d.cache, d.out))
+  return d.replace(step=step, prev_N=prev_N, cache=cache, out=out)
 
 
 def _rollout(out: tuple, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, n: int) -> Rollout:
@@ -211,6 +233,52 @@ def _rollout(out: tuple, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, 
   )
 
 
+def _start(
+  model: nnx.Module,
+  prompt_ids_BxP: jax.Array,
+  prompt_mask_BxP: jax.Array,
+  key: jax.Array,
+  temperature: jax.Array | float,
+  cfg: SamplingConfig,
+  banned_ids_BxK: jax.Array | None,
+) -> Decoding:
+  """Prefill the prompts and choose token 0 from the prefill's logits: a Decoding at step 1."""
+  B, P = prompt_ids_BxP.shape
+  n, T = cfg.num_samples, cfg.max_new_tokens
+  N, S = B * n, P + T - 1  # the last token is never fed back
+  prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
+
+  # Prefill the B distinct prompts once; only the last position's logits are needed.
+  cache = model.init_cache(B, S, cfg.cache_dtype)
+  hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
+  first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
+
+  # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
+  banned_NxK = None  # per-prompt bans are data: repeated with their prompt (sample j of i)
+  if banned_ids_BxK is not None:
+    banned_NxK = _batch(_repeat_rows(banned_ids_BxK.astype(jnp.int32), n))
+  d = Decoding(
+    step=jnp.int32(0),
+    prev_N=jnp.zeros((N,), jnp.int32),
+    cache=cache.repeat_rows(n),
+    out=(
+      _batch(jnp.full((N, T), cfg.pad_id, jnp.int32)),
+      _batch(jnp.zeros((N, T), jnp.int32)),
+      _batch(jnp.zeros((N, T), jnp.float32)),
+      _batch(jnp.zeros((N, T), jnp.float32)),
+      _batch(jnp.zeros((N,), bool)),
+    ),
+    row_keys_N=_batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N))),
+    temperature=jnp.asarray(temperature, jnp.float32),
+    eos_E=jnp.asarray(cfg.eos_ids, jnp.int32),
+    banned_NxK=banned_NxK,
+  )
+  # Token 0 comes from the prefill's logits, outside the loop (no per-step branch on step 0).
+  emit = _emitter(d, cfg, vocab_blocks(model.cfg.vocab_size))
+  out, first_N = emit(d.out, _repeat_rows(first_logits_BxV, n), jnp.int32(0))
+  return d.replace(step=jnp.int32(1), prev_N=first_N, out=out)
+
+
 def decode(
   graphdef: nnx.GraphDef,
   state: nnx.State,
@@ -221,46 +289,49 @@ def decode(
   cfg: SamplingConfig,
   banned_ids_BxK: jax.Array | None = None,
 ) -> Rollout:
-  """The pure sampler (traceable; `decode_jit` is its jitted form); see `generate`."""
+  """The pure sampler in one program (traceable; `decode_jit` is its jitted form); see `generate`."""
   model = nnx.merge(graphdef, state)
-  B, P = prompt_ids_BxP.shape
-  n, T = cfg.num_samples, cfg.max_new_tokens
-  N, S = B * n, P + T - 1  # the last token is never fed back
-  prompt_mask_BxP = prompt_mask_BxP.astype(jnp.int32)
+  d = _start(model, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK)
+  d = _advance(model, d, cfg, jnp.int32(cfg.max_new_tokens))
+  return _rollout(d.out, prompt_ids_BxP, prompt_mask_BxP, cfg.num_samples)
 
-  blocks = vocab_blocks(model.cfg.vocab_size)
-  # Prefill the B distinct prompts once; only the last position's logits are needed.
-  cache = model.init_cache(B, S, cfg.cache_dtype)
-  hidden_BxPxD, cache = model(prompt_ids_BxP, prompt_mask_BxP, cache=cache, return_hidden=True)
-  first_logits_BxV = model.logits(hidden_BxPxD[:, -1:], strict=False)[:, 0]
 
-  # n samples per prompt: repeat rows prompt-major (row i*n + j <- prompt i).
-  cache = cache.repeat_rows(n)
-  first_logits_NxV = _repeat_rows(first_logits_BxV, n)
-  row_keys_N = _batch(jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(N)))
-  temperature = jnp.asarray(temperature, jnp.float32)
-  eos_E = jnp.asarray(cfg.eos_ids, jnp.int32)
-  # Per-prompt bans are data: repeated with their prompt, so sample j of prompt i keeps them.
-  banned_NxK = None
-  if banned_ids_BxK is not None:
-    banned_NxK = _batch(_repeat_rows(banned_ids_BxK.astype(jnp.int32), n))
-  emit = functools.partial(
-    _emit,
-    row_keys_N=row_keys_N,
-    temperature=temperature,
-    eos_E=eos_E,
-    cfg=cfg,
-    banned_NxK=banned_NxK,
-    blocks=blocks,
-  )
-  out = _decode_loop(model, cache, first_logits_NxV, emit, cfg)
-  return _rollout(out, prompt_ids_BxP, prompt_mask_BxP, n)
+def _start_pure(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned):
+  model = nnx.merge(graphdef, state)
+  return _start(model, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned)
+
+
+def _segment_pure(graphdef, state, d: Decoding, cfg: SamplingConfig, steps: int):
+  """`steps` more positions of a decode, and whether it is over (one scalar for the host)."""
+  d = _advance(nnx.merge(graphdef, state), d, cfg, d.step + steps)
+  return d, _finished(d, cfg)
+
+
+def _finish_pure(d: Decoding, prompt_ids_BxP, prompt_mask_BxP, cfg: SamplingConfig) -> Rollout:
+  return _rollout(d.out, prompt_ids_BxP, prompt_mask_BxP, cfg.num_samples)
 
 
 # The one place the sampler is jitted: the model structure and settings are static; params,
 # prompts (sharded on 'batch' by the caller or by `generate(mesh=...)`), key and temperature
 # are traced. Nothing is donated: the params are the live student's.
 decode_jit = jax.jit(decode, static_argnames=("graphdef", "cfg"))
+# The same decode in segments (generate's segment_steps): the prefill, then one program per
+# segment of `steps` positions that takes the previous segment's Decoding (donated: the cache is
+# updated in place) and returns the next, then the Rollout. Each segment's while_loop runs the
+# same body as decode_jit's, so the tokens drawn do not depend on the segment length.
+_start_jit = jax.jit(_start_pure, static_argnames=("graphdef", "cfg"))
+_segment_jit = jax.jit(
+  _segment_pure, static_argnames=("graphdef", "cfg", "steps"), donate_argnums=2
+)
+_finish_jit = jax.jit(_finish_pure, static_argnames=("cfg",))
+
+
+class RolloutStopped(Exception):
+  """generate's `should_stop` asked to stop between two decode segments; nothing was returned."""
+
+  def __init__(self, step: int):
+    super().__init__(f"decode abandoned after {step} positions")
+    self.step = step  # positions chosen when it stopped
 
 
 def generate(
@@ -282,8 +353,11 @@ def generate(
   logit_processor: LogitProcessor | None = None,
   mesh: Mesh | None = None,
   cache_dtype: Any = None,
+  segment_steps: int = 0,
+  should_stop: Callable[[], bool] | None = None,
 ) -> Rollout:
-  """Samples `num_samples` responses per left-padded prompt in one compiled program.
+  """Samples `num_samples` responses per left-padded prompt; returns a `Rollout` (see its
+  docstring, notably which distribution `logprobs` is under).
 
   key: a jax.random key (same key -> same output). temperature (traced; > 0 unless greedy),
   top_p (1: off), top_k (0: off) shape the sampled distribution; greedy=True is exact argmax
@@ -296,9 +370,9 @@ def generate(
   mesh: if given, prompts are placed on ('data', 'fsdp') and the program runs under it (its
   logical rules lay out the cache, the activations and the logits); default: the mesh the
   model's parameters are placed on when it has more than one device, else none (inputs'
-  shardings are followed). Returns a `Rollout` (see its docstring, notably which distribution
-  `logprobs` is under).
-  """
+  shardings are followed). segment_steps=K > 0: the decode loop runs K positions per program
+  (0: all in one), the same tokens; should_stop is asked between segments, True raises
+  RolloutStopped (a preempted trainer abandons the rollout instead of finishing it)."""
   cfg, banned_ids_BxK = sampling_config(
     model.cfg.vocab_size,
     prompt_ids_BxP.shape[0],
@@ -317,12 +391,51 @@ def generate(
   )
   graphdef, state = nnx.split(model)
   temperature = jnp.float32(1.0 if greedy else temperature)
-  return _decode_placed(
-    mesh, graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
-  )
+  args = (graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK)
+  return _decode_placed(_runner(cfg, segment_steps, should_stop), mesh, *args)
+
+
+def _runner(
+  cfg: SamplingConfig, segment_steps: int, should_stop: Callable[[], bool] | None
+) -> Callable[..., Rollout]:
+  """One program (_decode_all), or segments when they split the loop (T - 1 positions)."""
+  if segment_steps < 0:
+    raise ValueError(f"segment_steps={segment_steps}: expected 0 (one program) or > 0")
+  if segment_steps and segment_steps < cfg.max_new_tokens - 1:
+    return functools.partial(_decode_segments, steps=segment_steps, should_stop=should_stop)
+  return _decode_all
+
+
+def _decode_all(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned):
+  """The whole decode as one program (decode_jit)."""
+  return decode_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned)
+
+
+def _decode_segments(
+  graphdef,
+  state,
+  prompt_ids_BxP,
+  prompt_mask_BxP,
+  key,
+  temperature,
+  cfg,
+  banned,
+  *,
+  steps: int,
+  should_stop: Callable[[], bool] | None,
+) -> Rollout:
+  """The decode in segments of `steps` positions; RolloutStopped when should_stop() says so."""
+  d = _start_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned)
+  finished = _finished(d, cfg)
+  while not bool(finished):  # one scalar to the host per segment
+    if should_stop is not None and should_stop():
+      raise RolloutStopped(int(d.step))
+    d, finished = _segment_jit(graphdef, state, d, cfg, steps)
+  return _finish_jit(d, prompt_ids_BxP, prompt_mask_BxP, cfg)
 
 
 def _decode_placed(
+  run: Callable[..., Rollout],
   mesh: Mesh | None,
   graphdef: nnx.GraphDef,
   state: nnx.State,
@@ -333,12 +446,13 @@ def _decode_placed(
   cfg: SamplingConfig,
   banned_ids_BxK: Any,
 ) -> Rollout:
-  """`decode_jit` under `mesh` (default: the parameters'), per-prompt inputs on its batch axes."""
+  """`run` (_decode_all or _decode_segments) under `mesh` (default: the parameters'), per-prompt
+  inputs on its batch axes."""
   if mesh is None:
     # A model placed on a mesh (e.g. the sampling copy on its decode mesh) decodes under it.
     mesh = _placed_mesh(state)
   if mesh is None:
-    return decode_jit(
+    return run(
       graphdef, state, prompt_ids_BxP, prompt_mask_BxP, key, temperature, cfg, banned_ids_BxK
     )
   put = lambda x: x if x is None else jax.device_put(x, shd.batch_sharding(x.shape, mesh))
@@ -346,7 +460,7 @@ def _decode_placed(
   # rng, when decoding on the decode mesh): replicate them onto this one.
   whole = lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P()))
   with jax.set_mesh(mesh):
-    return decode_jit(
+    return run(
       graphdef,
       state,
       put(prompt_ids_BxP),

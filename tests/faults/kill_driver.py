@@ -109,20 +109,24 @@ def _enospc(path) -> OSError:
 
 
 def _full_disk_from_save(checkpointer_cls, n: int) -> None:
-  """From the n-th checkpoint save on, every etils file opened for writing inside an orbax tmp
-  directory raises ENOSPC (the lowest Python write orbax and grain reach)."""
+  """From the n-th checkpoint save on, every etils file opened for writing inside the orbax
+  tmp directory of such a save raises ENOSPC (the lowest Python write orbax and grain reach).
+  An earlier save still being written in the background is not hit."""
   from etils.epath import gpath  # pylint: disable=g-import-not-at-top
 
-  real_open, real_save, calls = gpath._GPath.open, checkpointer_cls.save, [0]
+  real_open, real_save, calls, full = gpath._GPath.open, checkpointer_cls.save, [0], []
 
   def open_(self, mode="r", **kwargs):
-    if calls[0] >= n and ("w" in mode or "a" in mode) and ".orbax-checkpoint-tmp" in str(self):
+    hit = any(f"/{step}.orbax-checkpoint-tmp" in str(self) for step in full)
+    if hit and ("w" in mode or "a" in mode):
       raise _enospc(self)
     return real_open(self, mode, **kwargs)
 
-  def save(self, *args, **kwargs):
+  def save(self, step, *args, **kwargs):
     calls[0] += 1
-    return real_save(self, *args, **kwargs)
+    if calls[0] >= n:
+      full.append(step)
+    return real_save(self, step, *args, **kwargs)
 
   gpath._GPath.open, checkpointer_cls.save = open_, save
 

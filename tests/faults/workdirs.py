@@ -21,7 +21,7 @@ DRIVER = os.path.join(FAULTS, "kill_driver.py")
 STAGE_DIRS = ("teacher_sft", ".")  # the pre-stage's workdir, then the main stage's (the root)
 # Per-run facts that differ by design between a resumed and an uninterrupted run.
 RUN_FACTS = ("seconds", "resumed_from", "workdir", "export", "perf/seconds_per_step")
-RUN_FACTS += ("time/rollout_s", "time/train_s", "rollout/tokens_per_s")  # wall-clock metrics
+RUN_FACTS += ("time/rollout_s", "time/train_s", "time/checkpoint_s", "rollout/tokens_per_s")
 
 
 def driver(workdir, *plan, timeout: int = 600) -> subprocess.CompletedProcess:

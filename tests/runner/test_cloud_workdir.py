@@ -77,8 +77,8 @@ def record_batches(monkeypatch):
   """[host tokens of each step's batch], filled as train.run draws batches."""
   seen, real = [], train._next_batch
 
-  def next_batch(exp, state, step):
-    batch, made = real(exp, state, step)
+  def next_batch(exp, state, step, *rest):
+    batch, made = real(exp, state, step, *rest)
     seen.append(np.asarray(jax.device_get(batch.tokens_BxL)))
     return batch, made
 

@@ -128,10 +128,10 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
 
   real = train._next_batch
 
-  def preempt_at_step_2(exp, state, step):
+  def preempt_at_step_2(exp, state, step, *rest):
     if step == 1:
       os.kill(os.getpid(), signal.SIGTERM)
-    return real(exp, state, step)
+    return real(exp, state, step, *rest)
 
   monkeypatch.setattr(train, "_next_batch", preempt_at_step_2)
   result = train.run(small_run(**{"ckpt.every": 0}), str(tmp_path))

@@ -45,10 +45,10 @@ def interrupt_at(monkeypatch, stage_dir_name, step, sig):
   for the batch of `step` (that step still runs, then the loop saves and stops)."""
   real = train._next_batch
 
-  def next_batch(exp, state, s):
+  def next_batch(exp, state, s, *rest):
     if s == step and os.path.basename(exp.workdir.rstrip("/")) == stage_dir_name:
       os.kill(os.getpid(), sig)
-    return real(exp, state, s)
+    return real(exp, state, s, *rest)
 
   monkeypatch.setattr(train, "_next_batch", next_batch)
 
