@@ -347,7 +347,11 @@ def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, in
     except sampling.RolloutStopped as stopped:
       # Preempted mid-rollout: the step never happened. Put the data back where it was and
       # save the last finished step (a resumed run redraws this rollout with the same key).
-      _log.info("rollout of step %d abandoned after %d positions", step + 1, stopped.step)
+      if jax.process_index() == 0:
+        tqdm.tqdm.write(
+          f"{signals.requested}: rollout of step {step + 1} abandoned after {stopped.step}/"
+          f"{c.opd.max_new_tokens} positions; saving step {done}"
+        )
       exp.train_data.set_state(position)
       _save(exp, log, schedule, done, state)
       break
