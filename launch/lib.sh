@@ -19,6 +19,12 @@ parse_args() {
   fi
   config=$1 workdir=$2
   overrides=("${@:3}")
+  # The persistent compilation cache every worker reads and fills: a restart (a preempted VM
+  # comes back empty) reads the compiled train step and sampler instead of compiling them.
+  # CACHE_DIR (default: rockjax_cache beside WORKDIR, e.g. gs://bucket/rockjax_cache);
+  # a later --config.cache.compilation=... on the command line wins.
+  cache_dir=${CACHE_DIR:-$(dirname "$workdir")/rockjax_cache}
+  cache_args=(--config.cache.compilation="$cache_dir/jax_compilation")
 }
 
 die() {

@@ -25,6 +25,9 @@
 #                     (python -m rockjax.main --dry_run --aot_topology=...) and stop on failure
 #   PYTHON            python for that local dry run (default python3)
 #   ENV_VARS          extra environment for the workers, e.g. "LIBTPU_INIT_ARGS=--xla_foo=1"
+#   CACHE_DIR         where every worker keeps the persistent XLA compilation cache (passed as
+#                     --config.cache.compilation=CACHE_DIR/jax_compilation; default:
+#                     rockjax_cache beside WORKDIR), so a restart does not compile again
 #   LOG_DIR           local per-worker logs, worker-N.log (default logs/TPU_NAME-<time>)
 #
 # What it does: ships the git HEAD (a `git archive` tarball; uncommitted changes are not
@@ -50,7 +53,7 @@ tarball=${TMPDIR:-/tmp}/rockjax-$version.tar.gz
 
 mesh=()
 [ "$NUM_SLICES" -gt 1 ] && mesh=(--config.mesh.dcn_data="$NUM_SLICES")
-main_args=(--config="$config" --workdir="$workdir" "${mesh[@]}" "${overrides[@]}")
+main_args=(--config="$config" --workdir="$workdir" "${cache_args[@]}" "${mesh[@]}" "${overrides[@]}")
 
 node() { # slice index -> TPU VM name
   if [ "$NUM_SLICES" -gt 1 ]; then echo "$TPU_NAME-$1"; else echo "$TPU_NAME"; fi

@@ -26,6 +26,9 @@
 #                     (python -m rockjax.main --dry_run --aot_topology=...) and stop on failure
 #   PYTHON            python for that local dry run (default python3)
 #   ENV_VARS          extra container environment, e.g. "LIBTPU_INIT_ARGS=--xla_foo=1"
+#   CACHE_DIR         where every worker keeps the persistent XLA compilation cache (passed as
+#                     --config.cache.compilation=CACHE_DIR/jax_compilation; default:
+#                     rockjax_cache beside WORKDIR), so a restart does not compile again
 #
 # The code shipped is the git HEAD (`git archive`; uncommitted changes are not shipped).
 # Follow the run with `xpk workload list --cluster CLUSTER` and the GKE logs of its pods.
@@ -44,7 +47,7 @@ version=$(git -C "$repo" rev-parse --short=12 HEAD) ||
 mesh=()
 [ "$NUM_SLICES" -gt 1 ] && mesh=(--config.mesh.dcn_data="$NUM_SLICES")
 main="python -m rockjax.main --distributed$(quote --config="$config" --workdir="$workdir" \
-  "${mesh[@]}" "${overrides[@]}")"
+  "${cache_args[@]}" "${mesh[@]}" "${overrides[@]}")"
 create=(xpk workload create --cluster="$CLUSTER" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE"
   --num-slices="$NUM_SLICES" --max-restarts="${MAX_RESTARTS:-10}"
   --termination-grace-period-seconds="${GRACE_SECONDS:-300}")

@@ -35,6 +35,7 @@ class _NoTorchAdvice(logging.Filter):
 
 
 CACHE_ENV = "ROCKJAX_COMPILATION_CACHE"  # a directory, or off/0 (docs/running.md)
+_OFF = ("0", "off", "false", "none")
 
 
 def compilation_cache_dir(environ: dict[str, str] | None = None) -> str | None:
@@ -49,10 +50,25 @@ def compilation_cache_dir(environ: dict[str, str] | None = None) -> str | None:
   if env.get("JAX_COMPILATION_CACHE_DIR"):
     return None
   value = env.get(CACHE_ENV, "")
-  if value.lower() in ("0", "off", "false", "none"):
+  if value.lower() in _OFF:
     return None
   base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   return value or os.path.join(base, "rockjax", "jax_compilation")
+
+
+def apply_compilation_cache(value: str) -> None:
+  """A config's `cache.compilation` over the process default (compilation_cache_dir): '' keeps
+  it, 'off' turns the persistent cache off, a directory (local or gs://) puts it there. Call it
+  before the first compile."""
+  import jax  # pylint: disable=g-import-not-at-top  (setup_process runs before jax is imported)
+
+  if not value:
+    return
+  if value.lower() in _OFF:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", value)
 
 
 def setup_process() -> None:

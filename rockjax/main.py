@@ -92,6 +92,7 @@ def _main() -> None:
     # devices): leave any attached TPU/GPU alone.
     jax.config.update("jax_platforms", "cpu")
 
+  cli.apply_compilation_cache(_CONFIG.value.cache.compilation)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   logging.info(

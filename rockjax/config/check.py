@@ -224,13 +224,19 @@ def _rock_rules(c, dry_run: bool) -> Iterator[str]:
 
 
 def _int_lists(c) -> Iterator[str]:
-  """Comma-separated integer lists (analysis.k_grid, analysis.subcorpus_sizes)."""
+  """Comma-separated integer lists (analysis.k_grid, analysis.subcorpus_sizes) and the
+  ckpt.keep_steps tuple."""
   for field in INT_LISTS:
     value = get(c, field)
     try:
       int_list(value)
     except ValueError:
       yield f"{field}={value!r}: expected comma-separated integers >= 1, e.g. '10,20,50'"
+  steps = get(c, "ckpt.keep_steps")
+  if not isinstance(steps, (tuple, list)) or not all(
+    isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps
+  ):
+    yield f"ckpt.keep_steps={steps!r}: expected a tuple of steps >= 1, e.g. (500, 1000)"
 
 
 def _paths(c) -> Iterator[str]:

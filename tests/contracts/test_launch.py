@@ -16,6 +16,8 @@ import pytest
 from tests.fixtures import REPO
 
 CONFIG = "configs/qwen3_30b_a3b_to_4b.py"
+# Every launch passes the compilation cache beside the workdir (CACHE_DIR to move it).
+GS_CACHE = "--config.cache.compilation=gs://b/rockjax_cache/jax_compilation"
 SCRIPTS = ["launch/lib.sh", "launch/tpu_pod.sh", "launch/xpk.sh", "launch/gpu_slurm.sbatch"]
 _SUFFIX = re.compile(r"(?: >> (?P<log>\S+) 2>&1)? &$")
 
@@ -110,7 +112,7 @@ def test_tpu_pod_ships_head_and_runs_every_worker():
   assert any(line.startswith("sudo fuser -k -9 /dev/accel*") for line in lines)  # stale TPU users
   assert lines[-1] == (
     "exec env $venv/bin/python -m rockjax.main --distributed "
-    f"--config={CONFIG} --workdir=gs://b/run --config.steps=10"
+    f"--config={CONFIG} --workdir=gs://b/run {GS_CACHE} --config.steps=10"
   )
   assert not any("queued-resources" in " ".join(a) for a, _, _ in cmds)
   assert "dcn_data" not in remote  # one slice: no DCN axis
@@ -194,7 +196,9 @@ def test_tpu_pod_multislice_adds_the_dcn_axis():
     ("my-tpu-1", "--worker=1", "logs/r1/worker-3.log"),
   ]
   remote = next(a for a, _, bg in cmds if bg)[8]
-  assert remote.splitlines()[-1].endswith("--workdir=gs://b/run --config.mesh.dcn_data=2")
+  assert remote.splitlines()[-1].endswith(
+    f"--workdir=gs://b/run {GS_CACHE} --config.mesh.dcn_data=2"
+  )
 
 
 @pytest.mark.parametrize(
@@ -239,7 +243,8 @@ def test_xpk_workload():
     "--base-docker-image=python:3.11",
     f"--script-dir={code}",
     "--command=pip install -q -e '.[tpu]' && python -m rockjax.main --distributed "
-    f"--config={CONFIG} --workdir=gs://b/run --config.mesh.dcn_data=2 --config.steps=10",
+    f"--config={CONFIG} --workdir=gs://b/run {GS_CACHE} --config.mesh.dcn_data=2 "
+    "--config.steps=10",
   ]
   cmds = ran(launch("launch/xpk.sh", CONFIG, "gs://b/run", **env, DOCKER_IMAGE="gcr.io/p/img"))
   assert [a[0] for a, _, _ in cmds] == ["xpk"]  # nothing to ship: the image holds the code
@@ -314,6 +319,8 @@ def test_gpu_slurm_job_runs_one_task_per_node():
       "--distributed",
       f"--config={CONFIG}",
       "--workdir=/shared/run",
+      # the compilation cache beside the workdir, read back by a requeued job
+      "--config.cache.compilation=/shared/rockjax_cache/jax_compilation",
       "--config.mesh.dcn_data=4",  # data across the 4 nodes; the config's mesh within one
       "--config.steps=10",
     ]

@@ -136,3 +136,40 @@ def test_resuming_unrolled_layers_with_scan_layers_names_the_flag(tmp_path):
   checkpoint.Checkpointer(str(other)).save(1, scanned)
   with pytest.raises(errors.CheckpointMismatch, match=r"--config.model.scan_layers=True$"):
     checkpoint.Checkpointer(str(other)).restore(abstract(state))
+
+
+def test_async_saves_keep_the_position_at_save_time_and_the_chosen_steps(tmp_path):
+  """An async save returns before its files are written; what it writes is the data position
+  at the call, though the iterator moves on (2 more batches) right after it: at save s it had
+  drawn s + 2(s - 1) = 3s - 2 batches. Kept: the 2 latest plus keep_steps=(2,), i.e. steps
+  2, 5, 6 of 1..6."""
+  mesh = one_device_mesh()
+  _, state, _ = build(mesh, rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, keep_steps=(2,), async_save=True)
+  it = batches()
+  for step in range(1, 7):
+    next(it)
+    ckpt.save(step, state.replace(step=state.step + step), it)
+    next(it), next(it)  # drawn while the save may still be writing: not part of it
+  ckpt.close()
+  assert checkpoint.Checkpointer(str(tmp_path)).steps() == [2, 5, 6]
+  for step in (2, 5, 6):
+    saved = json.loads((tmp_path / str(step) / "data" / "process_0-of-1.json").read_text())
+    assert saved["next_batch"] == 3 * step - 2, (step, saved)
+  restored, data_state, step = checkpoint.Checkpointer(str(tmp_path)).restore(
+    abstract(state), data_iterator=batches()
+  )
+  assert (step, int(restored.step), data_state) == (6, 6, position(16))
+
+
+def test_a_step_saved_already_is_left_as_it_is(tmp_path):
+  mesh = one_device_mesh()
+  _, state, _ = build(mesh, rock_mode="off")
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=True)
+  ckpt.save(3, state, batches(3))
+  ckpt.save(3, state.replace(step=state.step + 9), batches(7))  # e.g. a stop right after it
+  ckpt.close()
+  restored, data_state, step = checkpoint.Checkpointer(str(tmp_path)).restore(
+    abstract(state), data_iterator=batches()
+  )
+  assert (step, int(restored.step), data_state) == (3, 0, position(3))

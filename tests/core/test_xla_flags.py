@@ -161,3 +161,23 @@ def test_an_entry_point_writes_its_compiled_programs_to_the_cache_and_reads_them
   assert entries, "no cache entry written"
   assert run() >= 1  # the second process read the first one's programs
   assert sorted(p.name for p in cache.iterdir()) == entries  # and compiled nothing new
+
+
+@pytest.mark.parametrize("setting", ["dir", "off"])
+def test_the_configs_cache_compilation_overrides_the_process_default(tmp_path, setting):
+  """cache.compilation=DIR moves the cache there; 'off' writes no entry even where the process
+  default (ROCKJAX_COMPILATION_CACHE) names a directory."""
+  default, chosen = tmp_path / "default", tmp_path / "chosen"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update({cli.CACHE_ENV: str(default), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
+  value = str(chosen) if setting == "dir" else "off"
+  code = (
+    "import rockjax.cli as c; c.setup_process(); import jax, jax.numpy as jnp\n"
+    f"c.apply_compilation_cache({value!r})\n"
+    "jax.jit(lambda x: jnp.cos(x) @ x.T)(jnp.ones((32, 32))).block_until_ready()\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+  written = lambda d: sorted(p.name for p in d.iterdir()) if d.exists() else []
+  assert written(default) == []
+  assert bool(written(chosen)) == (setting == "dir")

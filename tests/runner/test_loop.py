@@ -137,3 +137,21 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, monkeypatch):
   result = train.run(small_run(**{"ckpt.every": 0}), str(tmp_path))
   assert int(result.state.step) == 2
   assert sorted(int(s) for s in os.listdir(tmp_path / "ckpt") if s.isdigit()) == [2]
+
+
+def test_time_based_saves_follow_every_minutes_since_the_last_save(monkeypatch):
+  """ckpt.every=10, every_minutes=1 over 25 steps, a step every 25 s (hand-computed): the
+  clock saves at 3 (75 s since the start), 6 (150 s, 75 since 3), 9; step 10 by count; then
+  13, 16, 19, 20 (count), 23, 25 (the last)."""
+  import ml_collections
+
+  now = [0.0]
+  monkeypatch.setattr(train.time, "monotonic", lambda: now[0])
+  c = ml_collections.ConfigDict({"steps": 25, "ckpt": {"every": 10, "every_minutes": 1.0}})
+  schedule, saved = train._SaveSchedule(c), []
+  for done in range(1, 26):
+    now[0] += 25.0
+    if schedule.due(done, stopping=False):
+      saved.append(done)
+      schedule.saved()
+  assert saved == [3, 6, 9, 10, 13, 16, 19, 20, 23, 25]
