@@ -71,6 +71,32 @@ def apply_compilation_cache(value: str) -> None:
   jax.config.update("jax_compilation_cache_dir", value)
 
 
+def distributed_flags() -> Callable[[], None]:
+  """Defines --distributed, --coordinator_address, --num_processes and --process_id (once per
+  process) for an entry point that runs on every host; returns the call that joins them
+  (jax.distributed.initialize when --distributed was given)."""
+  if "distributed" not in flags.FLAGS:
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host pods)")
+    flags.DEFINE_string(
+      "coordinator_address", None, "with --distributed: host:port of process 0 (auto on TPU/Slurm)"
+    )
+    flags.DEFINE_integer(
+      "num_processes", None, "with --distributed: process count (auto on TPU/Slurm)"
+    )
+    flags.DEFINE_integer(
+      "process_id", None, "with --distributed: this process's index (auto on TPU/Slurm)"
+    )
+
+  def initialize() -> None:
+    f = flags.FLAGS
+    if f.distributed:
+      import jax  # pylint: disable=g-import-not-at-top  (after setup_process)
+
+      jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+
+  return initialize
+
+
 def setup_process() -> None:
   """What an entry point sets for its whole process, before any JAX backend starts: rockjax's
   XLA:CPU flags and JAX_PLATFORMS=cpu where libtpu would only print its no-TPU warnings

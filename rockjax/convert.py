@@ -23,18 +23,7 @@ from rockjax.models import loading, weights_cache  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "config file (get_config())", lock_config=True
 )
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed", False, "call jax.distributed.initialize() (multi-host pods)"
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "with --distributed: host:port of process 0 (auto on TPU/Slurm)"
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-  "num_processes", None, "with --distributed: process count (auto on TPU/Slurm)"
-)
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "with --distributed: this process's index (auto on TPU/Slurm)"
-)
+_JOIN_HOSTS = cli.distributed_flags()  # --distributed and the coordinator flags
 flags.mark_flags_as_required(["config"])
 
 GROUPS = ("model", "teacher")  # the config's model groups, in the order they are converted
@@ -65,8 +54,7 @@ def _mesh(c) -> jax.sharding.Mesh:
 def _main() -> None:
   c = _CONFIG.value
   groups = _hf_groups(c)  # before any device or file is touched
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _JOIN_HOSTS()
   mesh = _mesh(c)
   for group in groups:
     m = c[group]

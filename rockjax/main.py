@@ -28,18 +28,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "config file (get_config())", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory: checkpoints, metrics, data")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed", False, "call jax.distributed.initialize() (multi-host pods)"
-)
-_COORDINATOR = flags.DEFINE_string(
-  "coordinator_address", None, "with --distributed: host:port of process 0 (auto on TPU/Slurm)"
-)
-_NUM_PROCESSES = flags.DEFINE_integer(
-  "num_processes", None, "with --distributed: process count (auto on TPU/Slurm)"
-)
-_PROCESS_ID = flags.DEFINE_integer(
-  "process_id", None, "with --distributed: this process's index (auto on TPU/Slurm)"
-)
+_JOIN_HOSTS = cli.distributed_flags()  # --distributed and the coordinator flags
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "build abstractly (no weights) and print per-device memory"
 )
@@ -93,8 +82,7 @@ def _main() -> None:
     jax.config.update("jax_platforms", "cpu")
 
   cli.apply_compilation_cache(_CONFIG.value.cache.compilation)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _JOIN_HOSTS()
   logging.info(
     "process %d/%d, %d devices", jax.process_index(), jax.process_count(), jax.device_count()
   )
