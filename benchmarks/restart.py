@@ -5,7 +5,7 @@ process on a fake 8-device CPU mesh (XLA_FLAGS=--xla_force_host_platform_device_
 JAX_PLATFORMS=cpu; mesh default: fsdp -1 = 8), each in a fresh workdir, log_every 1, eval,
 analysis and the HF export off.
 
-  python benchmarks/restart.py              # ~12 min on 2 cores: 300 MB teacher, 2 rounds
+  python benchmarks/restart.py              # ~12-15 min on 2 cores: 265 MB teacher, 2 rounds
   python benchmarks/restart.py --quick      # ~5 min: 50 MB teacher, 1 round, 6-step runs
   python benchmarks/restart.py --skip save  # part 1 only (--skip start: part 2 only)
 
@@ -20,13 +20,12 @@ analysis and the HF export off.
    - `weights_warm`: compilation cache off, cache.weights=DIR2 filled by an earlier run;
    - `warm`: both.
    Rounds alternate the four (cold, compile_warm, weights_warm, warm, cold, ...); medians and
-   ratios to `cold`. Before the rounds: one cold warm-up run (reported apart), then the runs
-   that fill the caches: `build_weights` (compilation cache off, cache.weights=DIR2 empty:
-   reads the safetensors and writes the orbax copy) and `build_compile` (DIR empty,
-   cache.weights=''); with --quick one `build_both` run fills both and there is no warm-up.
-   Their times over the median cold run are the cost of making a cache. Each run is also split
-   at the loop's start: `before_loop_s` (imports, data, weights, pre-flight checks) and step
-   1's time/rollout_s and time/train_s (compilation included).
+   ratios to `cold`. Before the rounds, the runs that fill the caches: `build_weights`
+   (compilation cache off, cache.weights=DIR2 empty: reads the safetensors and writes the
+   orbax copy) and `build_compile` (DIR empty, cache.weights=''); with --quick one
+   `build_both` run fills both. Their times over the median cold run are the cost of making a
+   cache. Each run is also split at the loop's start: `before_loop_s` (imports, data, weights,
+   pre-flight checks) and step 1's time/rollout_s and time/train_s (compilation included).
 2. `save`: runs of --save_steps on-policy steps, a random student of --save_dim x
    --save_layers (params and AdamW moments are what a checkpoint writes), four ways:
    `end_only` (ckpt.every=0: one save after the last step), `async` (ckpt.every=1,
@@ -37,9 +36,12 @@ analysis and the HF export off.
    `async` the previous save's file writes run during it), perf/seconds_per_step (the loop's
    wall per step, the save's hold included) and time/checkpoint_s (how long a save held the
    loop; on line k for the save after step k-1). Lines 1 (compilation) and 2 (the first save's
-   one-time set-up, reported as checkpoint_s_first) are skipped, for perf/seconds_per_step also
-   the last line (written straight after the one before it when the only save is at the end).
-   Medians over lines and rounds.
+   one-time set-up) are skipped, for perf/seconds_per_step also the last line (written straight
+   after the one before it when the only save is at the end); each run's first save is
+   reported apart (checkpoint_s_first). Medians over lines and rounds. `async_every2` writes
+   its lines in pairs (a two-step interval, then ~0 s), so its wall per step is lines 5..N's
+   sum over N-4 steps (from before its second save). `load1`: the machine's 1-minute load
+   average as each run started.
 
 The machine is shared and timings are noisy: compare the ratios of runs made side by side.
 The safetensors are in the OS page cache after the first read (no cache is dropped here), so
@@ -89,7 +91,7 @@ def _parse():
   p.add_argument("--quick", action="store_true", help="smaller models, 1 repeat, shorter runs")
   p.add_argument("--repeats", type=int, default=None, help="rounds of the 4 start conditions")
   p.add_argument("--save_steps", type=int, default=None, help="steps of each part-2 run")
-  p.add_argument("--save_repeats", type=int, default=None, help="rounds of the 3 save modes")
+  p.add_argument("--save_repeats", type=int, default=None, help="rounds of the 4 save modes")
   p.add_argument("--save_dim", type=int, default=None, help="part-2 student hidden size")
   p.add_argument("--save_layers", type=int, default=None, help="part-2 student layers")
   p.add_argument("--skip", default="", help="comma list of parts to skip: start,save")
@@ -100,9 +102,9 @@ def _parse():
   quick = args.quick
   defaults = dict(
     repeats=1 if quick else 2,
-    save_steps=6 if quick else 10,
+    save_steps=6 if quick else 8,
     save_repeats=1 if quick else 2,
-    save_dim=512 if quick else 640,
+    save_dim=512,
     save_layers=4 if quick else 6,
   )
   for k, v in defaults.items():
@@ -159,7 +161,7 @@ def _run(workdir: str, overrides: dict, compilation_cache: str, timeout: float) 
   cmd = [sys.executable, "-m", "rockjax.main", f"--config={CONFIG}", f"--workdir={workdir}", *args]
   metrics = os.path.join(workdir, "metrics.jsonl")
   log_path = workdir.rstrip("/") + ".log"
-  first = None
+  first, load1 = None, round(os.getloadavg()[0], 2)
   with open(log_path, "w", encoding="utf-8") as log:
     t0 = time.perf_counter()
     proc = subprocess.Popen(
@@ -193,12 +195,17 @@ def _run(workdir: str, overrides: dict, compilation_cache: str, timeout: float) 
     "step1_rollout_s": round(row["time/rollout_s"], 2),
     "step1_train_s": round(row["time/train_s"], 2),
     "lines": lines,
+    "load1": load1,  # the machine's 1-minute load average when the run started
   }
 
 
 def _med(xs):
   xs = [x for x in xs if x is not None]
   return round(statistics.median(xs), 3) if xs else None
+
+
+def _round(x):
+  return round(x, 3) if isinstance(x, float) else x
 
 
 def _ratio(a, b):
@@ -261,7 +268,7 @@ def start_part(args, tmp: str) -> dict:
     comp, weights = caches[cond]
     workdir = os.path.join(tmp, f"start{n:02d}_{cond}")
     r = _run(workdir, {**base, "cache.weights": weights}, comp, args.timeout)
-    runs.setdefault(cond, []).append({k: r[k] for k in keys})
+    runs.setdefault(cond, []).append({**{k: r[k] for k in keys}, "load1": r["load1"]})
     shutil.rmtree(workdir, ignore_errors=True)
     print(
       f"[restart] {cond}: step 1 done at {r['first_step_s']:.1f} s (loop started at "
@@ -270,12 +277,7 @@ def start_part(args, tmp: str) -> dict:
       flush=True,
     )
 
-  if args.quick:
-    builds = ("build_both",)
-  else:
-    once("cold")  # warm-up: the first run pays the interpreter's and page cache's first touches
-    builds = ("build_weights", "build_compile")
-  warmup = runs.pop("cold", [None])[0]
+  builds = ("build_both",) if args.quick else ("build_weights", "build_compile")
   for cond in builds:
     once(cond)
   compile_entries = _cache_files(comp_dir)
@@ -308,8 +310,6 @@ def start_part(args, tmp: str) -> dict:
     "weights_cache_mb": _dir_mb(weights_dir),
     "runs": runs,
   }
-  if warmup:
-    out["warmup_cold_run"] = warmup  # not in the medians
   return out
 
 
@@ -324,10 +324,83 @@ SAVE_MODES = {
 }
 
 
+LINE_KEYS = ("step", "time/rollout_s", "time/train_s", "time/checkpoint_s", "perf/seconds_per_step")
+
+
 def _student_params(dim: int, layers: int) -> int:
   h, kv, hd, v = COMMON["num_heads"], COMMON["num_kv_heads"], COMMON["head_dim"], 128
   per_layer = dim * hd * (2 * h + 2 * kv) + 3 * dim * 3 * dim + 2 * dim + 2 * hd
   return layers * per_layer + v * dim + dim
+
+
+def save_figures(lines: dict[str, list[list[dict]]]) -> dict:
+  """Medians and ratios of part 2 from each mode's runs' metrics lines (see the docstring)."""
+
+  def per_step(mode, key, drop_last=False):
+    """Lines 3.. of every run (1: compilation; 2: the first save's one-time set-up)."""
+    vals = []
+    for run in lines[mode]:
+      rows = run[2:-1] if drop_last else run[2:]
+      vals += [row[key] for row in rows if row.get(key) is not None]
+    return vals
+
+  med = {}
+  for mode in lines:
+    rollout, train = per_step(mode, "time/rollout_s"), per_step(mode, "time/train_s")
+    # each run's first save (orbax's one-time set-up) apart: line 2, or 3 with ckpt.every=2
+    ckpt, first = [], []
+    for run in lines[mode]:
+      saves = [(i, row.get("time/checkpoint_s")) for i, row in enumerate(run)]
+      saves = [(i, v) for i, v in saves if v is not None]
+      first += [v for _, v in saves[:1]]
+      ckpt += [v for i, v in saves[1:] if i >= 2]
+    med[mode] = {
+      "rollout_s": _med(rollout),
+      "train_s": _med(train),
+      "step_s": _med([a + b for a, b in zip(rollout, train, strict=True)]),
+      "seconds_per_step": _med(per_step(mode, "perf/seconds_per_step", drop_last=True)),
+      "checkpoint_s_mean": round(statistics.mean(ckpt), 3) if ckpt else None,
+      "checkpoint_s_median": _med(ckpt),
+      "checkpoint_s_first": _med(first),
+      "saves_counted": len(ckpt),
+    }
+  # async_every2: line k >= 3 odd follows a save (after step k-1), even follows none
+  in_flight, idle = [], []
+  for run in lines["async_every2"]:
+    for row in run[2:]:
+      (in_flight if row["step"] % 2 else idle).append(row["time/rollout_s"] + row["time/train_s"])
+  # its lines alternate a two-step interval and ~0 s (a line is written when the next step's
+  # metrics arrive or before a save): the wall per step is lines 5..N's sum over N-4 steps
+  # (line 5's interval starts before the save after step 4; line 3's would hold the first save)
+  walls = [
+    sum(row["perf/seconds_per_step"] for row in run[4:]) / len(run[4:])
+    for run in lines["async_every2"]
+    if len(run) > 4
+  ]
+  med["async_every2"].update(
+    step_s_save_in_flight=_med(in_flight),
+    step_s_no_save=_med(idle),
+    steps_each=len(in_flight),
+    seconds_per_step=_med(walls),
+  )
+  a = med["end_only"]
+  ratios = {
+    "step_s_async_over_end_only": _ratio(med["async"]["step_s"], a["step_s"]),
+    "step_s_in_flight_over_not_same_run": _ratio(
+      med["async_every2"]["step_s_save_in_flight"], med["async_every2"]["step_s_no_save"]
+    ),
+    "step_s_sync_over_end_only": _ratio(med["sync"]["step_s"], a["step_s"]),
+    "seconds_per_step_async_over_end_only": _ratio(
+      med["async"]["seconds_per_step"], a["seconds_per_step"]
+    ),
+    "seconds_per_step_sync_over_end_only": _ratio(
+      med["sync"]["seconds_per_step"], a["seconds_per_step"]
+    ),
+    "seconds_per_step_async_every2_over_end_only": _ratio(
+      med["async_every2"]["seconds_per_step"], a["seconds_per_step"]
+    ),
+  }
+  return {"median": med, "ratios": ratios}
 
 
 def save_part(args, tmp: str) -> dict:
@@ -345,7 +418,7 @@ def save_part(args, tmp: str) -> dict:
   }
   comp_dir = os.path.join(tmp, "xla_cache_save")  # shared: only the first run compiles much
   lines: dict[str, list[list[dict]]] = {m: [] for m in SAVE_MODES}
-  ckpt_mb = []
+  ckpt_mb, loads = [], {m: [] for m in SAVE_MODES}
   n = 0
   for _ in range(args.save_repeats):
     for mode, fields in SAVE_MODES.items():
@@ -353,17 +426,10 @@ def save_part(args, tmp: str) -> dict:
       workdir = os.path.join(tmp, f"save{n:02d}_{mode}")
       r = _run(workdir, {**base, **fields}, comp_dir, args.timeout)
       lines[mode].append(r["lines"])
+      loads[mode].append(r["load1"])
       ckpt_mb.append(_last_checkpoint_mb(workdir))
       print(f"[restart] save {mode}: process {r['total_s']:.1f} s", file=sys.stderr, flush=True)
       shutil.rmtree(workdir, ignore_errors=True)  # checkpoints: hundreds of MB each
-
-  def per_step(mode, key, drop_last=False):
-    """Lines 3.. of every run (1: compilation; 2: the first save's one-time set-up)."""
-    vals = []
-    for run in lines[mode]:
-      rows = run[2:-1] if drop_last else run[2:]
-      vals += [row[key] for row in rows if row.get(key) is not None]
-    return vals
 
   out = {
     "modes": SAVE_MODES,
@@ -373,60 +439,19 @@ def save_part(args, tmp: str) -> dict:
     "the compilation, line 2 the first save's one-time set-up), perf/seconds_per_step over "
     "lines 3..N-1 (line N is written straight after N-1 when the only save is at the end); "
     "step_s = time/rollout_s + time/train_s of a line; time/checkpoint_s on line k is the "
-    "save after step k-1 (how long it held the loop); checkpoint_s_first: line 2's",
+    "save after step k-1 (how long it held the loop); checkpoint_s_first: each run's first "
+    "save (orbax's one-time set-up), not in the checkpoint_s mean and median",
+    "load1_at_start": loads,
+    # the lines the figures come from, kept whole (rounded) in the output
+    "per_step_lines": {
+      mode: [[{k: _round(row.get(k)) for k in LINE_KEYS} for row in run] for run in runs]
+      for mode, runs in lines.items()
+    },
   }
-  med = {}
-  for mode in SAVE_MODES:
-    rollout, train = per_step(mode, "time/rollout_s"), per_step(mode, "time/train_s")
-    ckpt = per_step(mode, "time/checkpoint_s")
-    first = [r[1].get("time/checkpoint_s") for r in lines[mode] if len(r) > 1]
-    med[mode] = {
-      "rollout_s": _med(rollout),
-      "train_s": _med(train),
-      "step_s": _med([a + b for a, b in zip(rollout, train, strict=True)]),
-      "seconds_per_step": _med(per_step(mode, "perf/seconds_per_step", drop_last=True)),
-      "checkpoint_s_mean": round(statistics.mean(ckpt), 3) if ckpt else None,
-      "checkpoint_s_median": _med(ckpt),
-      "checkpoint_s_first": _med(first),
-      "saves_counted": len(ckpt),
-    }
-  # async_every2: line k >= 3 odd follows a save (after step k-1), even follows none
-  in_flight, idle = [], []
-  for run in lines["async_every2"]:
-    for row in run[2:]:
-      (in_flight if row["step"] % 2 else idle).append(row["time/rollout_s"] + row["time/train_s"])
-  med["async_every2"].update(
-    step_s_save_in_flight=_med(in_flight), step_s_no_save=_med(idle), steps_each=len(in_flight)
-  )
-  out["median"] = med
-  a = med["end_only"]
-  out["ratios"] = {
-    "step_s_async_over_end_only": _ratio(med["async"]["step_s"], a["step_s"]),
-    "step_s_in_flight_over_not_same_run": _ratio(
-      med["async_every2"]["step_s_save_in_flight"], med["async_every2"]["step_s_no_save"]
-    ),
-    "step_s_sync_over_end_only": _ratio(med["sync"]["step_s"], a["step_s"]),
-    "seconds_per_step_async_over_end_only": _ratio(
-      med["async"]["seconds_per_step"], a["seconds_per_step"]
-    ),
-    "seconds_per_step_sync_over_end_only": _ratio(
-      med["sync"]["seconds_per_step"], a["seconds_per_step"]
-    ),
-  }
-  out["per_step_lines"] = {
-    mode: [
-      [
-        {
-          k: (round(row[k], 3) if isinstance(row.get(k), float) else row.get(k))
-          for k in ("step", "time/rollout_s", "time/train_s", "time/checkpoint_s")
-          + ("perf/seconds_per_step",)
-        }
-        for row in run
-      ]
-      for run in runs
-    ]
-    for mode, runs in lines.items()
-  }
+  try:
+    out.update(save_figures(lines))
+  except Exception as e:  # pylint: disable=broad-except  (the raw lines still come out)
+    out["error"] = f"{type(e).__name__}: {e}"
   params = _student_params(dim, layers)
   out["student"] = {
     **arch,
@@ -474,7 +499,7 @@ def _notes(out) -> str:
       f"compilation cache alone x{r['compile_warm']}, weights cache alone x{r['weights_warm']}"
     )
   v = out.get("save")
-  if v:
+  if v and "ratios" in v:
     r, m = v["ratios"], v["median"]
     notes.append(
       f"step (rollout+train) with an async save in flight / without: "
