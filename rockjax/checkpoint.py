@@ -15,10 +15,11 @@ an error naming the keys, since starting again from step 0 would let `max_to_kee
 good checkpoints. The teacher is never saved here.
 """
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
@@ -176,10 +177,33 @@ class Checkpointer:
     with self._disk_full_as_one_line(None):
       self._mngr.wait_until_finished()
 
-  def _disk_full_as_one_line(self, step: int | None):
-    """A context turning orbax's ENOSPC (for a save of `step`, or the one in flight) into one
-    errors.DiskFull line naming the last complete checkpoint."""
-    return _DiskFullGuard(self, step)
+  @contextlib.contextmanager
+  def _disk_full_as_one_line(self, step: int | None) -> Iterator[None]:
+    """Orbax's ENOSPC (for a save of `step`, or the one in flight) as one errors.DiskFull line
+    naming the last complete checkpoint; orbax raises it again at every later call, which
+    repeats the same line."""
+    try:
+      yield
+    except Exception as err:  # pylint: disable=broad-except  (ENOSPC arrives wrapped by orbax)
+      if not storage.is_disk_full(err):
+        raise
+      if not self._disk_full:
+        self._disk_full = True
+        self._disk_full_message = self._disk_full_line(step)
+      raise errors.DiskFull(self._disk_full_message) from err
+
+  def _disk_full_line(self, step: int | None) -> str:
+    try:
+      self._mngr.reload()  # the step list as on disk (a background save may have changed it)
+    except Exception:  # pylint: disable=broad-except  (the cached list then)
+      pass
+    written = [s for s in self.steps() if s != step]
+    at = f"{self.directory}/{step}" if step is not None else f"a save in {self.directory}"
+    return (
+      f"checkpoint {at}: no space left on device; the last complete checkpoint is "
+      f"{'step ' + str(written[-1]) if written else 'none'}: free space and run the same "
+      f"command to resume from it"
+    )
 
   def _saved_specs(self, step: int) -> dict[str, tuple] | None:
     """{path: (shape, dtype)} from a checkpoint's metadata; None when that is unreadable."""
@@ -286,33 +310,3 @@ class Checkpointer:
     except Exception as err:  # pylint: disable=broad-except
       if not (self._disk_full and storage.is_disk_full(err)):
         raise
-
-
-class _DiskFullGuard:
-  """See Checkpointer._disk_full_as_one_line."""
-
-  def __init__(self, checkpointer: Checkpointer, step: int | None):
-    self.checkpointer, self.step = checkpointer, step
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, kind, err, tb) -> bool:
-    c = self.checkpointer
-    if err is None or not isinstance(err, Exception) or not storage.is_disk_full(err):
-      return False
-    if c._disk_full:  # reported once already; orbax raises it again at every later call
-      raise errors.DiskFull(str(c._disk_full_message)) from err
-    c._disk_full = True
-    try:
-      c._mngr.reload()  # the step list as on disk (a background save may have changed it)
-    except Exception:  # pylint: disable=broad-except  (the cached list then)
-      pass
-    written = [s for s in c.steps() if s != self.step]
-    at = f"{c.directory}/{self.step}" if self.step is not None else f"a save in {c.directory}"
-    c._disk_full_message = (
-      f"checkpoint {at}: no space left on device; the last complete checkpoint is "
-      f"{'step ' + str(written[-1]) if written else 'none'}: free space and run the same "
-      f"command to resume from it"
-    )
-    raise errors.DiskFull(c._disk_full_message) from err

@@ -424,3 +424,16 @@ def batches(consumed: int = 0, fingerprint: str = "f") -> data.BatchIterator:
 
 def position(n: int) -> dict:
   return {"next_batch": n, "fingerprint": "f"}
+
+
+def greedy_continuation(model, ids: np.ndarray, mask: np.ndarray, new_tokens: int) -> np.ndarray:
+  """[prompt, greedy tokens] by a full no-cache forward per step (numpy argmax): the sampler's
+  independent reference. Causal attention makes the not-yet-generated tail (masked 0)
+  irrelevant, so one compile serves every step."""
+  B, P = ids.shape
+  seq = np.concatenate([ids, np.zeros((B, new_tokens), np.int32)], 1)
+  seq_mask = np.concatenate([mask, np.zeros((B, new_tokens), np.int32)], 1)
+  for t in range(new_tokens):
+    seq[:, P + t] = np.asarray(forward(model, seq, seq_mask))[:, P + t - 1].argmax(-1)
+    seq_mask[:, P + t] = 1
+  return seq

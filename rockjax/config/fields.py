@@ -18,7 +18,7 @@ from rockjax.objective import FROZEN_KL
 from rockjax.rocks.stats import SELECTORS, WINDOWS
 from rockjax.sampling.rollout_copy import DTYPES as ROLLOUT_DTYPES
 from rockjax.sampling.rollout_copy import LAYOUTS as ROLLOUT_LAYOUTS
-from rockjax.sampling.sampler import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
+from rockjax.sampling.rollout_batch import TRUNCATED_POLICIES as TRUNCATED_ROLLOUTS
 from rockjax.sharding import MESH_AXES
 
 SOURCES = {"model": ("random", "hf", "kd"), "teacher": ("random", "hf", "none", "sft")}

@@ -5,10 +5,8 @@ rockjax.data.host_share gives it (its shard of the batch, or all of it when the 
 split across hosts) and XLA collectives do the rest.
 """
 
-import contextlib
 import dataclasses
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,16 +16,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
-from etils import epath
-from jax.experimental import multihost_utils
 
 from rockjax import metrics as metrics_lib
-from rockjax import sampling, storage
+from rockjax import sampling
 from rockjax import sharding as shd
 from rockjax import state as state_lib
 from rockjax.batch import FIELDS, TokenBatch
 from rockjax.config import settings as settings_lib
 from rockjax.rocks import table as rock_table
+from rockjax.runner import profiler as profiler_lib
+from rockjax.runner import stopping
 from rockjax.runner.experiment import Experiment, build_experiment
 from rockjax.sampling import rollout_copy as rollout_params
 
@@ -143,101 +141,6 @@ def _train(
   return state, dev_metrics
 
 
-class _Profiler:
-  """A jax.profiler trace of train steps a..b (inclusive, numbered as metrics.jsonl numbers
-  them: the first step is 1) in WORKDIR/profile/.
-
-  A resumed run traces the steps of a..b it runs. A cloud workdir is traced to a local
-  temporary directory and uploaded when the trace stops.
-  """
-
-  def __init__(self, workdir: str, steps: tuple[int, int] | None):
-    if steps is not None and not 1 <= steps[0] <= steps[1]:
-      raise ValueError(f"profile_steps={steps}: expected (a, b) with 1 <= a <= b")
-    self.steps = steps
-    self.directory = epath.Path(workdir) / "profile"
-    self._open: contextlib.ExitStack | None = None
-
-  def before(self, n: int) -> None:
-    """Start tracing if step `n` (about to run) is in a..b and no trace is running."""
-    if self.steps and self._open is None and self.steps[0] <= n <= self.steps[1]:
-      self._open = contextlib.ExitStack()
-      local = self._open.enter_context(storage.staged_dir(self.directory))
-      jax.profiler.start_trace(local)
-      self._open.callback(jax.profiler.stop_trace)  # runs before staged_dir uploads
-
-  def after(self, n: int, outputs: Any) -> None:
-    """Stop after step b, once its `outputs` are ready (the trace holds its device work)."""
-    if self._open is not None and n >= self.steps[1]:
-      jax.block_until_ready(outputs)
-      self.stop()
-
-  def stop(self) -> None:
-    if self._open is not None:
-      stack, self._open = self._open, None
-      stack.close()
-
-
-class _StopSignals:
-  """SIGTERM (TPU preemption) or Ctrl-C sets a flag; the loop saves a checkpoint and stops.
-
-  The flag is read after every step and between the decode segments of a rollout (which is
-  then abandoned: the checkpoint is the last finished step's). A second Ctrl-C raises
-  KeyboardInterrupt at once (no checkpoint), as a user pressing it twice expects.
-  """
-
-  def __init__(self):
-    self.requested: str | None = None  # the signal's name once one arrived
-    self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    name = signal.Signals(signum).name
-    if self.requested == "SIGINT" and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.requested = name
-    tqdm.tqdm.write(
-      f"{name}: saving a checkpoint of the last finished step, then stopping (Ctrl-C again to "
-      "stop at once)"
-    )
-
-  def agreed(self) -> bool:
-    """Whether any host has a stop request. Every host calls this at the same points (after a
-    step, between decode segments), so all stop together; one scalar collective per call on
-    several hosts, none on one."""
-    if jax.process_count() == 1:
-      return self.requested is not None
-    flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
-    if np.asarray(flags).any() and self.requested is None:
-      self.requested = "SIGTERM"  # another host's preemption notice: stop with it
-    return self.requested is not None
-
-  def restore(self):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
-class _SaveSchedule:
-  """When a finished step is checkpointed: every ckpt.every steps, every ckpt.every_minutes
-  since the last save (or the start), at the last step and when stopping. Process 0's clock
-  decides the time-based saves for every host (saves are collective)."""
-
-  def __init__(self, c: ml_collections.ConfigDict):
-    self.every, self.steps = c.ckpt.every, c.steps
-    self.seconds = 60.0 * c.ckpt.every_minutes
-    self.last = time.monotonic()
-
-  def due(self, done: int, stopping: bool) -> bool:
-    by_step = (self.every and done % self.every == 0) or done == self.steps or stopping
-    if not by_step and self.seconds:
-      by_step = time.monotonic() - self.last >= self.seconds
-      if jax.process_count() > 1:
-        by_step = bool(multihost_utils.broadcast_one_to_all(np.int32(by_step)))
-    return bool(by_step)
-
-  def saved(self) -> None:
-    self.last = time.monotonic()
-
-
 def _check_finite(step: int, host_metrics: dict[str, tuple[float, float]], exp: Experiment):
   """A non-finite loss stops training before anything is saved (last good checkpoint kept)."""
   s, c = host_metrics["opd/loss"]
@@ -338,7 +241,7 @@ def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, in
   """The training loop proper: (last state, steps done, last evaluation's correctness)."""
   c, on_policy = exp.config, exp.config.opd.mode != "off_policy"
   state, done, eval_correct = exp.state, exp.start_step, None
-  schedule = _SaveSchedule(c)
+  schedule = stopping.SaveSchedule(c)
   for step in range(exp.start_step, c.steps):
     profiler.before(step + 1)
     position = exp.train_data.get_state()  # before this step's prompts are drawn
@@ -373,7 +276,9 @@ def _steps(exp: Experiment, log: _MetricLog, signals, profiler) -> tuple[Any, in
   return state, done, eval_correct
 
 
-def _save(exp: Experiment, log: _MetricLog, schedule: _SaveSchedule, done: int, state) -> None:
+def _save(
+  exp: Experiment, log: _MetricLog, schedule: stopping.SaveSchedule, done: int, state
+) -> None:
   """Checkpoint the state after `done` steps (a step saved already is kept as it is)."""
   if done == 0:
     return  # nothing trained yet: a restart starts from the same init
@@ -393,7 +298,7 @@ def run(
   """Train for config.steps steps in workdir (resuming if it holds a checkpoint).
 
   profile_steps=(a, b): write a jax.profiler trace of steps a..b (the first step is 1) into
-  workdir/profile/ (see _Profiler). A SIGTERM or Ctrl-C ends the loop with a checkpoint of
+  workdir/profile/ (see profiler.Profiler). A SIGTERM or Ctrl-C ends the loop with a checkpoint of
   the last finished step: after the current step, or between two decode segments of its
   rollout (abandoned; opd.decode_segment); the caller decides what an interrupted run means
   (rockjax.runner.pipeline stops every later stage).
@@ -402,8 +307,8 @@ def run(
   c, loss = exp.config, settings_lib.loss_settings(exp.config)
   log, signals, profiler = (
     _MetricLog(exp, workdir, loss),
-    _StopSignals(),
-    _Profiler(workdir, profile_steps),
+    stopping.StopSignals(),
+    profiler_lib.Profiler(workdir, profile_steps),
   )
   t_start = time.perf_counter()
   try:

@@ -6,15 +6,14 @@
 """
 
 from rockjax.sampling.options import LogitProcessor, SamplingConfig
+from rockjax.sampling.rollout_batch import TRUNCATED_POLICIES, train_batch
 from rockjax.sampling.sampler import (
   LOOP_SCOPE,
   RolloutStopped,
-  TRUNCATED_POLICIES,
   Rollout,
   decode,
   decode_jit,
   generate,
-  train_batch,
   vocab_blocks,
 )
 

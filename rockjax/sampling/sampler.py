@@ -31,8 +31,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from rockjax import sharding as shd
-from rockjax.batch import TokenBatch
-from rockjax.sampling import processors as lp
+from rockjax.sampling import choose as choose_lib
 from rockjax.sampling.options import LogitProcessor, SamplingConfig, sampling_config
 
 LOOP_SCOPE = "decode_loop"  # the decode while_loop's name scope (its op_name in compiled HLO)
@@ -78,42 +77,6 @@ class Rollout:
   prompt_len: int = struct.field(pytree_node=False, default=0)
 
 
-def _process(
-  logits_NxV: jax.Array, step: jax.Array, cfg: SamplingConfig, banned_NxK: jax.Array | None
-) -> jax.Array:
-  """Processor hook then bans (so a ban always wins); the greedy / pre-temperature logits."""
-  if cfg.logit_processor is not None:
-    logits_NxV = cfg.logit_processor(logits_NxV, step).astype(jnp.float32)
-  logits_NxV = lp.ban_ids(logits_NxV, cfg.banned_ids)
-  return logits_NxV if banned_NxK is None else lp.ban_row_ids(logits_NxV, banned_NxK)
-
-
-def _choose(
-  logits_NxV: jax.Array,
-  step: jax.Array,
-  row_keys_N: jax.Array,
-  temperature: jax.Array,
-  cfg: SamplingConfig,
-  banned_NxK: jax.Array | None = None,
-  blocks: int = 1,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Picks one token per row: (tokens_N, unprocessed logprob_N, sampled-distribution logprob_N).
-
-  blocks: how many devices the vocabulary of the logits is split over (vocab_blocks); the
-  choice then reduces per block and moves [N, blocks] numbers, never the logits.
-  """
-  processed_NxV = _process(logits_NxV, step, cfg, banned_NxK)
-  if cfg.greedy:
-    tokens_N = lp.greedy(processed_NxV, blocks=blocks)
-    sample_logprob_N = jnp.zeros(tokens_N.shape, jnp.float32)
-  else:
-    final_NxV = lp.sampling_logits(processed_NxV, temperature, cfg.top_k, cfg.top_p)
-    step_keys_N = jax.vmap(jax.random.fold_in, (0, None))(row_keys_N, step)
-    tokens_N = lp.inverse_cdf_sample(final_NxV, step_keys_N, blocks=blocks)
-    sample_logprob_N = lp.token_logprob(final_NxV, tokens_N)
-  return tokens_N, lp.token_logprob(logits_NxV, tokens_N), sample_logprob_N
-
-
 def _batch(x: jax.Array) -> jax.Array:
   """x constrained to rows on the 'batch' logical axis (non-strict: any mesh, or none)."""
   return shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1), strict=False)
@@ -124,43 +87,13 @@ def _repeat_rows(x: jax.Array, n: int) -> jax.Array:
   return jnp.repeat(x, n, axis=0) if n > 1 else x
 
 
-def _emit(
-  carry: tuple,
-  logits_NxV: jax.Array,
-  step: jax.Array,
-  *,
-  row_keys_N: jax.Array,
-  temperature: jax.Array,
-  eos_E: jax.Array,
-  cfg: SamplingConfig,
-  banned_NxK: jax.Array | None,
-  blocks: int,
-) -> tuple[tuple, jax.Array]:
-  """Chooses token `step` for every row and records it (pad + mask 0 once a row is done)."""
-  tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N = carry
-  tokens_N, logp_N, slogp_N = _choose(
-    logits_NxV, step, row_keys_N, temperature, cfg, banned_NxK, blocks
-  )
-  live_N = ~done_N
-  tokens_N = jnp.where(live_N, tokens_N, cfg.pad_id)
-  put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, step))
-  carry = (
-    put(tokens_NxT, tokens_N),
-    put(mask_NxT, live_N),
-    put(logp_NxT, jnp.where(live_N, logp_N, 0.0)),
-    put(slogp_NxT, jnp.where(live_N, slogp_N, 0.0)),
-    done_N | (live_N & jnp.isin(tokens_N, eos_E)),
-  )
-  return carry, tokens_N
-
-
 @struct.dataclass
 class Decoding:
   """A decode between two segments: everything the loop carries and every per-row input it reads.
 
   step: the next token position to choose (1 after the prefill; T when all are done).
   prev_N: the tokens chosen at step - 1 (fed to the model next). cache: the KV cache.
-  out: the `_emit` carry (tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N).
+  out: the `choose.emit` carry (tokens_NxT, mask_NxT, logp_NxT, slogp_NxT, done_N).
   row_keys_N, temperature, eos_E, banned_NxK: the draw's inputs, fixed for the whole decode.
   """
 
@@ -176,7 +109,7 @@ class Decoding:
 
 def _emitter(d: Decoding, cfg: SamplingConfig, blocks: int) -> Callable:
   return functools.partial(
-    _emit,
+    choose_lib.emit,
     row_keys_N=d.row_keys_N,
     temperature=d.temperature,
     eos_E=d.eos_E,
@@ -479,29 +412,3 @@ def _placed_mesh(state: nnx.State) -> Mesh | None:
     if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
       return sharding.mesh
   return None
-
-
-TRUNCATED_POLICIES = ("keep", "drop")  # config field opd.truncated_rollouts
-
-
-def train_batch(
-  rollout: Rollout, truncated: str = "keep"
-) -> tuple[TokenBatch, dict[str, tuple[jax.Array, jax.Array]]]:
-  """The train step's token batch from a rollout, and its `rollout/truncated` metric.
-
-  truncated='keep' trains on every row as sampled; 'drop' zeroes the response mask of rows
-  that hit max_new_tokens without an EOS (no loss, no rock statistics; the batch keeps its
-  shape and those rows still cost their forward). The metric is (truncated rows, rows) under
-  either policy.
-  """
-  if truncated not in TRUNCATED_POLICIES:
-    raise ValueError(
-      f"opd.truncated_rollouts must be one of {TRUNCATED_POLICIES}, got {truncated!r}"
-    )
-  response_mask = rollout.response_mask
-  if truncated == "drop":
-    response_mask = jnp.where(rollout.truncated[:, None], 0, response_mask)
-  batch = TokenBatch(rollout.tokens, rollout.attention_mask, response_mask)
-  rows = rollout.truncated.shape[0]
-  metric = (jnp.sum(rollout.truncated, dtype=jnp.float32), jnp.float32(rows))
-  return batch, {"rollout/truncated": metric}

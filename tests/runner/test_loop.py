@@ -145,10 +145,12 @@ def test_time_based_saves_follow_every_minutes_since_the_last_save(monkeypatch):
   13, 16, 19, 20 (count), 23, 25 (the last)."""
   import ml_collections
 
+  from rockjax.runner import stopping
+
   now = [0.0]
-  monkeypatch.setattr(train.time, "monotonic", lambda: now[0])
+  monkeypatch.setattr(stopping.time, "monotonic", lambda: now[0])
   c = ml_collections.ConfigDict({"steps": 25, "ckpt": {"every": 10, "every_minutes": 1.0}})
-  schedule, saved = train._SaveSchedule(c), []
+  schedule, saved = stopping.SaveSchedule(c), []
   for done in range(1, 26):
     now[0] += 25.0
     if schedule.due(done, stopping=False):

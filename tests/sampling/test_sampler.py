@@ -8,7 +8,14 @@ import pytest
 from rockjax import sampling
 from rockjax import sharding as shd
 from rockjax.sampling import processors as lp
-from tests.fixtures import SAMPLER_CFG, forward, left_padded_batch, random_model, stacked_copy
+from tests.fixtures import (
+  SAMPLER_CFG,
+  forward,
+  greedy_continuation,
+  left_padded_batch,
+  random_model,
+  stacked_copy,
+)
 
 CFG = SAMPLER_CFG
 B, P, T = 4, 7, 8  # rows left-padded by 0, 2, 4, 6 tokens: four prompt lengths in one batch
@@ -21,14 +28,7 @@ def setup():
   """The model, a left-padded prompt batch and its greedy continuation by full forwards."""
   model = random_model(CFG)
   ids, mask = left_padded_batch(CFG.vocab_size, batch=B, length=P)
-  # Reference: at every step a full no-cache forward over [prompt, tokens so far]; causal
-  # attention makes the not-yet-generated tail (masked 0) irrelevant, so one compile serves.
-  seq = np.concatenate([ids, np.zeros((B, T), np.int32)], 1)
-  seq_mask = np.concatenate([mask, np.zeros((B, T), np.int32)], 1)
-  for t in range(T):
-    logits = np.asarray(forward(model, seq, seq_mask))
-    seq[:, P + t] = logits[:, P + t - 1].argmax(-1)
-    seq_mask[:, P + t] = 1
+  seq = greedy_continuation(model, ids, mask, T)
   return model, ids, mask, seq
 
 

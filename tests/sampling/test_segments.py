@@ -7,7 +7,7 @@ import pytest
 
 from rockjax import sampling
 from rockjax import sharding as shd
-from tests.fixtures import SAMPLER_CFG, forward, left_padded_batch, random_model
+from tests.fixtures import SAMPLER_CFG, greedy_continuation, left_padded_batch, random_model
 from tests.sampling.test_sampler import SAMPLED, _force_eos_at
 
 CFG = SAMPLER_CFG
@@ -20,11 +20,7 @@ def setup():
   """The model, prompts, and their greedy continuation by full no-cache forwards (numpy argmax)."""
   model = random_model(CFG)
   ids, mask = left_padded_batch(CFG.vocab_size, batch=B, length=P)
-  seq = np.concatenate([ids, np.zeros((B, T), np.int32)], 1)
-  seq_mask = np.concatenate([mask, np.zeros((B, T), np.int32)], 1)
-  for t in range(T):
-    seq[:, P + t] = np.asarray(forward(model, seq, seq_mask))[:, P + t - 1].argmax(-1)
-    seq_mask[:, P + t] = 1
+  seq = greedy_continuation(model, ids, mask, T)
   return model, ids, mask, seq
 
 
