@@ -7,6 +7,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from rockjax import storage
 from tests.faults import workdirs
@@ -24,6 +25,7 @@ def _assert_checkpoint_equals(expected_dir, actual_dir):
     np.testing.assert_array_equal(actual[key], x, err_msg=key)
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_disk_full_in_a_checkpoint_then_the_export_stops_cleanly_and_resumes(
   tmp_path, uninterrupted
 ):

@@ -50,6 +50,7 @@ def kill_and_resume(workdir, plan) -> list[str]:
   return fired
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_four_kills_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
   fired = kill_and_resume(tmp_path / "killed", CI_PLAN)
   assert len(fired) == 4

@@ -32,6 +32,7 @@ def _report(stderr: str) -> dict:
   return json.loads(lines[0].removeprefix("FAULT_REPORT "))
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_sigterm_mid_rollout_abandons_it_and_resumes_to_the_same_run(tmp_path, long_uninterrupted):
   run = tmp_path / "preempted"
   # SIGTERM while the 3rd rollout's 4th segment (positions 25..32 of 512) is running.
@@ -55,6 +56,7 @@ def test_sigterm_mid_rollout_abandons_it_and_resumes_to_the_same_run(tmp_path, l
   workdirs.assert_same_run(long_uninterrupted, run, stages=(".",))
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_kill_during_an_async_save_falls_back_to_the_previous_checkpoint(tmp_path, uninterrupted):
   run = tmp_path / "killed"
   # Commits: teacher 2, 4; OPD 2, 4, 6. The 4th (OPD step 4) is still in flight when step 5

@@ -25,6 +25,7 @@ def small_run(mode="off_policy", **overrides):
   return c
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_cli_trains_tiny_config_on_8_devices(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   cmd = [

@@ -58,6 +58,7 @@ def params_of(path):
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_interrupted_stages_stop_the_pipeline_and_resume_to_the_same_state(tmp_path, monkeypatch):
   # Evaluation off (it is tested elsewhere): every stage's sampler compile costs time here.
   whole = pipeline.run(short_demo(**{"eval.every": 0}), str(tmp_path / "whole"))
@@ -168,6 +169,7 @@ def test_build_experiment_refuses_pipeline_sources(tmp_path):
     build_experiment(short_demo(), str(tmp_path))
 
 
+@pytest.mark.slow  # a long end-to-end run: python -m pytest -m slow
 def test_single_stage_run_reports_pass_at_1_and_every_observed_id(tmp_path, capsys):
   from configs import tiny
 
