@@ -249,6 +249,10 @@ def get_config() -> ml_collections.ConfigDict:
   # True = skip it and count it (data/records_skipped).
   c.data.skip_bad_records = False
   c.data.max_len = 96  # off-policy: prompt + completion length
+  # Off-policy only: pack several prompt + completion sequences into each max_len row
+  # (first-fit, rockjax.data.packing); each keeps its own positions and attends only to itself.
+  # prompts_per_step then counts packed rows. Needs opd.normalizer 'tokens' or 'weights'.
+  c.data.pack = False
   # Right-pad every train batch (rollouts and off-policy rows) to a length that is a multiple
   # of this: padded columns are masked out (no change to loss, metrics or rock statistics) and
   # give shapes attention blocks and sequence shards divide. 1 = no padding (CPU runs).
@@ -278,7 +282,9 @@ def get_config() -> ml_collections.ConfigDict:
   # start); 0 = off. Process 0's clock decides for every host.
   c.ckpt.every_minutes = 0.0
   c.ckpt.keep = 3  # the latest checkpoints kept
-  c.ckpt.keep_steps = ()  # steps whose checkpoints are kept besides those, e.g. (500, 1000)
+  # Steps whose checkpoints are kept besides those, e.g. (500, 1000). An on-policy run also
+  # saves and keeps analysis.early_step's checkpoint (the persistence study reads it).
+  c.ckpt.keep_steps = ()
   # Write checkpoints in the background (orbax's async manager): the device-to-host copy
   # blocks, the file writes overlap the next steps; a save still in flight when the run ends is
   # finished first, and one cut off by a crash is never restored. False: every save blocks.
@@ -320,6 +326,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.temperature = 0.6  # paper: 0.6
   c.eval.max_new_tokens = 48
 
+  # Benchmark evaluation (python -m rockjax.evaluate; docs/evaluation.md): the paper's protocol
+  # by default -- sampled pass@1 averaged over 5 samples per problem at temperature 0.6.
+  c.bench = ml_collections.ConfigDict()
+  # NAME=PATH,... of benchmark files in their published formats: aime24, aime25, hmmt25_feb,
+  # math500, ifeval (the --benchmarks flag overrides it); '' = none configured
+  c.bench.benchmarks = ""
+  # 'paper': "Question: {problem}\nAnswer:" as plain text (the authors' template; IFEval's
+  # prompt as it is) | 'chat': the problem as the user's message in the tokenizer's chat template
+  # (data.system_prompt, data.enable_thinking apply) | any format string with {problem}
+  c.bench.prompt_template = "paper"
+  c.bench.num_samples = 5  # samples per problem; pass@1 is their mean accuracy (paper: 5)
+  c.bench.temperature = 0.6  # paper: 0.6; 0 = greedy (one sample is then enough)
+  c.bench.top_p = 1.0  # nucleus sampling; 1 = off (the paper states none)
+  c.bench.max_new_tokens = 16384  # response length limit (the paper's max_gen_toks: 16,384)
+  c.bench.max_prompt_len = 2048  # prompts are left-padded to their longest, at most this
+  # Problems per decode call (x num_samples rows): the KV cache holds that many rows of
+  # prompt + max_new_tokens positions (docs/evaluation.md, "Memory")
+  c.bench.batch_size = 8
+  # Sampling seed: benchmark k's batch b draws with fold_in(fold_in(key(seed), k), b), so the
+  # seed and bench.batch_size fix every response (both are recorded in eval.json)
+  c.bench.seed = 0
+  c.bench.macro = "aime24,aime25,hmmt25_feb"  # the benchmarks the headline average is over
+
   # Pre-flight checks before step 1 of every stage (rockjax.runner.preflight; docs/running.md,
   # "Pre-flight checks"). Model/tokenizer files and tokenizer ids vs embedding rows are always
   # checked; these two checks can be turned off.
@@ -351,12 +380,31 @@ def get_config() -> ml_collections.ConfigDict:
   c.analysis.seed = 0  # sub-corpus draws and (greedy=False) decoding
   c.analysis.num_random = 200  # geometry: random non-rock ids in the control group (paper: 200)
   c.analysis.control_seed = 0  # seed of the frequency-matched random control list
-  c.analysis.knockout_candidates = 20  # ids banned one at a time in the knockout census
+  # The id list the Random control is frequency-matched to (and disjoint from, as from the
+  # analysis's rocks): the list Rock-Freeze freezes. '' = rock.list_path when rock.mode is
+  # 'static' (the run's own frozen list), else this analysis's top rock.k
+  c.analysis.control_match_list = ""
+  # Knockout census candidates: 'rock_score' (the top knockout_candidates ids by Rock Score:
+  # the paper's pool) | 'rocks_and_controls' (the matched list's ids, then as many controls)
+  c.analysis.knockout_pool = "rock_score"
+  c.analysis.knockout_candidates = 20  # ids banned one at a time in the census (paper: 200)
+  # Census decode length (paper: 4096); 0 = the analysis's own (analysis.max_new_tokens)
+  c.analysis.knockout_max_new_tokens = 0
+  # Census prompts per decode call (rounded up to the mesh's row shards): the KV cache holds
+  # this many rows of prompt + knockout_max_new_tokens positions (docs/evaluation.md, "Memory")
+  c.analysis.knockout_batch_rows = 256
   c.analysis.knockout_eps = 0.01  # |delta accuracy| threshold of Pillar / Stumbling Block
+  # Knockout significance (rockjax.evaluation.paired_bootstrap): 'bootstrap' (the paper's: a
+  # two-sided paired bootstrap p-value over problems) | 'permutation' (paired permutation test)
+  c.analysis.knockout_test = "bootstrap"
   c.analysis.bootstrap_resamples = 10000  # paired bootstrap resamples (paper: 10,000)
   c.analysis.alpha = 0.05  # significance level of the knockout and persistence tests
   # Persistence: the checkpoint (HF export or checkpoint dir) compared with the final one;
-  # '' = the HF checkpoint the main stage started from (e.g. the stage-1 export), if any
+  # '' = WORKDIR/ckpt at analysis.early_step if set, else the HF checkpoint the main stage
+  # started from (e.g. the stage-1 export), if any
   c.analysis.early_checkpoint = ""
+  # > 0: the training step whose checkpoint persistence compares with the final one (on-policy
+  # runs save and keep it, whatever ckpt.every and ckpt.keep); 0 = none
+  c.analysis.early_step = 0
   c.lock()
   return c

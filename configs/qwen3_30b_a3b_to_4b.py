@@ -24,7 +24,10 @@ HMMT25 pass@1 average of 48.1 for its Original run (token-mean normaliser, its o
 prompt set), evaluated separately on WORKDIR/export_hf with 5 samples at temperature 0.6; a
 run cut short (stop_after, fewer epochs) lands lower. The rock analysis at the end applies the
 published 100-id list's rule (greedy MATH-500 decodes capped at 256 tokens, no top-5
-exclusion), whose top 100 ids cover ~60% of the corpus KL in the paper.
+exclusion), whose top 100 ids cover ~60% of the corpus KL in the paper; its knockout census
+bans the top 200 ids by Rock Score one at a time on decodes of up to 4096 tokens (200 + 1
+decodes of the 500 problems), its Random control list is matched to the published list, and
+its persistence study compares the checkpoint of step 500 with the final one.
 """
 
 from configs import default
@@ -128,5 +131,20 @@ def get_config():
   c.analysis.num_prompts = 500
   c.analysis.greedy = True
   c.analysis.max_new_tokens = 256
-  c.analysis.knockout_candidates = 200  # the paper's census (one decode of the set per id)
+  # Knockout census (the paper's): the top 200 ids by Rock Score, each banned in turn on the
+  # 500 problems decoded up to 4096 new tokens (at 256 most answers are cut off before the
+  # answer), classified by the paired bootstrap (10,000 resamples, alpha 0.05, eps 0.01).
+  c.analysis.knockout_pool = "rock_score"
+  c.analysis.knockout_candidates = 200
+  c.analysis.knockout_max_new_tokens = 4096
+  # ~0.7 GB of bfloat16 KV cache per row at 4096 + the prompt: 64 rows are ~5.4 GB a chip on 8
+  c.analysis.knockout_batch_rows = 64
+  c.analysis.knockout_test = "bootstrap"
+  # The Random control is matched to the list Rock-Freeze freezes (the published 100 ids), in
+  # all three runs alike, so that the Random config can freeze this analysis's control list.
+  c.analysis.control_match_list = "rockjax/resources/qwen3_paper_rocks.txt"
+  # Persistence: the checkpoint at step 500 (10% of the one-epoch run's 5000 steps; our
+  # choice, the paper does not say which early checkpoint) vs the final one. A multiple of
+  # ckpt.every, and kept past ckpt.keep (rockjax.runner.stopping.kept_steps).
+  c.analysis.early_step = 500
   return c

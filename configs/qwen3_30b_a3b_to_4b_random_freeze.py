@@ -1,10 +1,11 @@
-"""The paper's Random control: freeze 100 non-rock ids frequency-matched to the rocks.
+"""The paper's Random control: freeze 100 non-rock ids frequency-matched to the frozen rocks.
 
 Only rock.* fields differ from configs/qwen3_30b_a3b_to_4b.py (the Original). The control
 list depends on token frequencies of your own corpus (the paper matched by a minimum-cost
 assignment on |log freq|). The analysis of an Original run writes it beside the rock list,
-as random_control_ids.txt (`rockjax.analysis.controls.frequency_matched`); pass it as
-rock.list_path:
+as random_control_ids.txt (`rockjax.analysis.controls.frequency_matched`): matched one-to-one
+to the list Rock-Freeze freezes (analysis.control_match_list, the published 100 ids) and
+disjoint from it and from that run's own top-100 rocks. Pass it as rock.list_path:
   python -m rockjax.analyze --config=configs/qwen3_30b_a3b_to_4b.py --workdir=DIR_ORIGINAL
   python -m rockjax.main --config=configs/qwen3_30b_a3b_to_4b_random_freeze.py --workdir=DIR \\
       --config.rock.list_path=DIR_ORIGINAL/analysis/random_control_ids.txt \\

@@ -121,6 +121,10 @@ def _mean_difference(a_P: np.ndarray, b_P: np.ndarray, axis: int = -1) -> np.nda
   return np.mean(a_P - b_P, axis=axis)
 
 
+# The paired tests `paired_bootstrap` can give the p-value of (analysis.knockout_test).
+TESTS = ("bootstrap", "permutation")
+
+
 def paired_bootstrap(
   correct_a_P: Any,
   correct_b_P: Any,
@@ -128,6 +132,7 @@ def paired_bootstrap(
   n_resamples: int = 10_000,
   alpha: float = 0.05,
   seed: int = 0,
+  test: str = "permutation",
 ) -> dict[str, float]:
   """Paired comparison over problems of delta = mean(a) - mean(b), with scipy.stats.
 
@@ -135,27 +140,45 @@ def paired_bootstrap(
   interval of a paired bootstrap (`scipy.stats.bootstrap(paired=True)`: problems are resampled
   with both systems' results together); percentile rather than BCa because per-problem
   correctness is often constant (e.g. delta = 0 on every problem), where BCa is undefined.
-  The two-sided p-value is a paired permutation test (`scipy.stats.permutation_test`,
-  permutation_type='samples': under H0 the two results of a problem are exchangeable, so
-  their labels are swapped independently per problem; exact when 2**P <= n_resamples). It
-  tests H0 directly instead of re-centring bootstrap deltas, and is >= 1 / (n_resamples + 1).
-  The interval and the p-value may disagree at the margin; the knockout census classifies by
-  the p-value, which is also what its multiple-testing corrections adjust.
-  For a knockout (docs/method.md, "Causal knockout") pass a = with the id banned,
-  b = baseline. Entries may be booleans or per-problem accuracies in [0, 1] (e.g. averaged
-  over runs).
+  The two-sided p-value of H0: delta = 0 depends on `test`:
+
+  - 'bootstrap' (the paper's knockout rule): from the same R resampled deltas d*_r,
+    p = min(1, 2 (1 + min(#{d*_r <= 0}, #{d*_r >= 0})) / (R + 1)): twice the share of
+    resamples on the far side of 0 (a resample at exactly 0 counts against rejecting), with the
+    +1 of a Monte Carlo p-value so that p >= 2 / (R + 1). p < alpha says, up to that +1 and the
+    interpolation between neighbouring resamples, that 0 lies outside the interval above.
+  - 'permutation': a paired permutation test (`scipy.stats.permutation_test`,
+    permutation_type='samples': under H0 the two results of a problem are exchangeable, so
+    their labels are swapped independently per problem; exact when 2**P <= n_resamples,
+    else >= 1 / (n_resamples + 1)).
+
+  The bootstrap rejects more readily when few problems are discordant: 5 of 200 problems lost
+  and none won gives p ~ 2 (195/200)**200 ~ 0.013 by bootstrap, but exactly 2 / 2**5 = 0.0625
+  by permutation. For a knockout (docs/method.md, "Causal knockout") pass a = with the id
+  banned, b = baseline. Entries may be booleans or per-problem accuracies in [0, 1] (e.g.
+  averaged over runs).
   """
-  a_P, b_P = _paired_inputs(correct_a_P, correct_b_P, n_resamples, alpha)
+  a_P, b_P = _paired_inputs(correct_a_P, correct_b_P, n_resamples, alpha, test)
   delta = float(np.mean(a_P - b_P))
   if a_P.size == 1:  # nothing to resample: one problem carries no evidence either way
     return dict(delta=delta, ci_low=delta, ci_high=delta, p_value=1.0)
-  low, high = _bootstrap_interval(a_P, b_P, n_resamples, alpha, seed)
-  p_value = _permutation_p_value(a_P, b_P, n_resamples, seed)
+  low, high, deltas_R = _bootstrap(a_P, b_P, n_resamples, alpha, seed)
+  if test == "bootstrap":
+    p_value = bootstrap_p_value(deltas_R)
+  else:
+    p_value = _permutation_p_value(a_P, b_P, n_resamples, seed)
   return dict(delta=delta, ci_low=low, ci_high=high, p_value=p_value)
 
 
+def bootstrap_p_value(deltas_R: Any) -> float:
+  """Two-sided bootstrap p of delta = 0 from R resampled deltas (see `paired_bootstrap`)."""
+  deltas_R = np.asarray(deltas_R, np.float64)
+  far = min(int(np.sum(deltas_R <= 0)), int(np.sum(deltas_R >= 0)))
+  return float(min(1.0, 2.0 * (1 + far) / (deltas_R.size + 1)))
+
+
 def _paired_inputs(
-  correct_a_P: Any, correct_b_P: Any, n_resamples: int, alpha: float
+  correct_a_P: Any, correct_b_P: Any, n_resamples: int, alpha: float, test: str
 ) -> tuple[np.ndarray, np.ndarray]:
   """Both systems' results as float64 [P] after checking the shapes and settings (ValueError)."""
   a_P = np.asarray(correct_a_P, dtype=np.float64)
@@ -170,14 +193,17 @@ def _paired_inputs(
       f"paired_bootstrap: need 0 < alpha < 1 and n_resamples >= 1, got "
       f"alpha={alpha}, n_resamples={n_resamples}"
     )
+  if test not in TESTS:
+    raise ValueError(f"paired_bootstrap: test={test!r}, expected one of {TESTS}")
   return a_P, b_P
 
 
-def _bootstrap_interval(
+def _bootstrap(
   a_P: np.ndarray, b_P: np.ndarray, n_resamples: int, alpha: float, seed: int
-) -> tuple[float, float]:
-  """The percentile (1 - alpha) interval of mean(a - b) over problems resampled in pairs."""
-  interval = stats.bootstrap(
+) -> tuple[float, float, np.ndarray]:
+  """The percentile (1 - alpha) interval of mean(a - b) over problems resampled in pairs, and
+  the resampled deltas [R] it was read from."""
+  res = stats.bootstrap(
     (a_P, b_P),
     _mean_difference,
     paired=True,
@@ -186,8 +212,9 @@ def _bootstrap_interval(
     confidence_level=1.0 - alpha,
     method="percentile",
     rng=np.random.default_rng(seed),
-  ).confidence_interval
-  return float(interval.low), float(interval.high)
+  )
+  interval = res.confidence_interval
+  return float(interval.low), float(interval.high), np.asarray(res.bootstrap_distribution)
 
 
 def _permutation_p_value(a_P: np.ndarray, b_P: np.ndarray, n_resamples: int, seed: int) -> float:

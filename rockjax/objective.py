@@ -109,14 +109,34 @@ class Shifted(NamedTuple):
   targets_BxL: jax.Array  # tokens shifted left by one; the last column is 0
   loss_mask_BxL: jax.Array  # 1 on response targets inside the attention mask; last column 0
 
+  # Unpacked rows have no segment ids or positions (PackedShifted has both).
+  segment_ids_BxL = property(lambda self: None)
+  positions_BxL = property(lambda self: None)
+
+
+class PackedShifted(NamedTuple):
+  """`Shifted` of packed rows (TokenBatch.packed): the same four fields, then the segment ids
+  and positions both models' forwards take."""
+
+  inputs_BxL: jax.Array
+  input_mask_BxL: jax.Array
+  targets_BxL: jax.Array
+  loss_mask_BxL: jax.Array  # also 0 where the target lies in another segment than its input
+  segment_ids_BxL: jax.Array  # sequence of each position (1, 2, ...), 0 on padding
+  positions_BxL: jax.Array  # position within its sequence
+
 
 def _shift_left(x_BxL: jax.Array) -> jax.Array:
   """x[:, t + 1] at column t, 0 in the last column (same shape)."""
   return jnp.pad(x_BxL[:, 1:], ((0, 0), (0, 1)))
 
 
-def shift(batch: TokenBatch | Mapping[str, jax.Array]) -> Shifted:
-  """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step)."""
+def shift(batch: TokenBatch | Mapping[str, jax.Array]) -> Shifted | PackedShifted:
+  """Shifted(inputs, input_mask, targets, loss_mask) from a token batch (done once per step).
+
+  Packed rows: a target in another segment than its input (the first token of the next
+  sequence, predicted from the last of the previous one) is never scored.
+  """
   batch = TokenBatch.of(batch)
   tokens_BxL = batch.tokens_BxL
   attn_BxL = jnp.asarray(batch.attention_mask_BxL).astype(jnp.int32)
@@ -124,7 +144,13 @@ def shift(batch: TokenBatch | Mapping[str, jax.Array]) -> Shifted:
   # (tests/faults/test_planted_bugs.py). Both as 0/1, so counts never see a 2 or a 0.5.
   on_BxL = (jnp.asarray(batch.response_mask_BxL) != 0) & (attn_BxL != 0)
   loss_mask_BxL = _shift_left(on_BxL.astype(jnp.int32))
-  return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
+  if not batch.packed:
+    return Shifted(tokens_BxL, attn_BxL, _shift_left(tokens_BxL), loss_mask_BxL)
+  seg_BxL = jnp.asarray(batch.segment_ids_BxL).astype(jnp.int32)
+  loss_mask_BxL = loss_mask_BxL * (_shift_left(seg_BxL) == seg_BxL).astype(jnp.int32)
+  positions_BxL = jnp.asarray(batch.positions_BxL).astype(jnp.int32)
+  targets_BxL = _shift_left(tokens_BxL)
+  return PackedShifted(tokens_BxL, attn_BxL, targets_BxL, loss_mask_BxL, seg_BxL, positions_BxL)
 
 
 @flax.struct.dataclass
@@ -142,20 +168,54 @@ class StudentOut:
     return self.hidden_BxLxD, self.head_DxV
 
 
-def model_outputs(model: Any, inputs_BxL: jax.Array, mask_BxL: jax.Array, chunked: bool):
-  """`StudentOut` of a model on a batch: hidden + head when `chunked`, else logits."""
+def _packing(segment_ids_BxL, positions_BxL) -> dict[str, jax.Array]:
+  """The models' packed-row keywords, or none (unpacked: the call the models always had)."""
+  if segment_ids_BxL is None:
+    return {}
+  return dict(segment_ids_BxL=segment_ids_BxL, positions_BxL=positions_BxL)
+
+
+def model_outputs(
+  model: Any,
+  inputs_BxL: jax.Array,
+  mask_BxL: jax.Array,
+  chunked: bool,
+  *,
+  segment_ids_BxL: jax.Array | None = None,
+  positions_BxL: jax.Array | None = None,
+):
+  """`StudentOut` of a model on a batch: hidden + head when `chunked`, else logits.
+
+  Packed rows pass their segment ids and positions (attention stays inside a sequence, RoPE
+  restarts at 0 for each)."""
+  kw = _packing(segment_ids_BxL, positions_BxL)
   if chunked:
-    return StudentOut(model.hidden_states(inputs_BxL, mask_BxL), model.lm_head_weight())
-  return StudentOut(logits_BxLxV=model(inputs_BxL, mask_BxL))
+    return StudentOut(model.hidden_states(inputs_BxL, mask_BxL, **kw), model.lm_head_weight())
+  return StudentOut(logits_BxLxV=model(inputs_BxL, mask_BxL, **kw))
 
 
 def teacher_outputs(
-  teacher: Any, inputs_BxL: jax.Array, mask_BxL: jax.Array, settings: LossSettings
+  teacher: Any,
+  inputs_BxL: jax.Array,
+  mask_BxL: jax.Array,
+  settings: LossSettings,
+  *,
+  segment_ids_BxL: jax.Array | None = None,
+  positions_BxL: jax.Array | None = None,
 ) -> StudentOut | None:
-  """Teacher outputs (hidden + head, or logits), as constants of the step (no gradient)."""
+  """Teacher outputs (hidden + head, or logits), as constants of the step (no gradient); packed
+  rows give the teacher the same segment ids and positions as the student."""
   if teacher is None or not settings.needs_teacher:
     return None
-  return jax.lax.stop_gradient(model_outputs(teacher, inputs_BxL, mask_BxL, settings.chunked))
+  out = model_outputs(
+    teacher,
+    inputs_BxL,
+    mask_BxL,
+    settings.chunked,
+    segment_ids_BxL=segment_ids_BxL,
+    positions_BxL=positions_BxL,
+  )
+  return jax.lax.stop_gradient(out)
 
 
 @flax.struct.dataclass
@@ -226,20 +286,37 @@ def loss_terms(
   w_BxL: jax.Array,
   teacher_out: StudentOut | None,
   settings: LossSettings,
+  *,
+  segment_ids_BxL: jax.Array | None = None,
+  positions_BxL: jax.Array | None = None,
 ) -> LossAux:
   """The weighted loss of a batch and the per-token divergence.
 
   kl_BxL is the OPD divergence on-policy, the forward KL off-policy (or the cross-entropy when
   there is no teacher). The chunked path forms the divergence's gradient in the forward pass
   (`losses.fused_divergence`: the weights are known here, they never depend on the
-  parameters); the other path reduces full logits.
+  parameters); the other path reduces full logits. Packed rows (segment ids and positions
+  set) are scored per token like unpacked ones: 'tokens' and 'weights' reduce over the same
+  tokens; 'sequence' (one mean per row) would mix the row's sequences and is refused.
   """
   s = settings
+  if segment_ids_BxL is not None and s.normalizer == "sequence":
+    raise ValueError(
+      "opd.normalizer='sequence' averages per row, which mixes packed sequences: "
+      "use 'tokens' or 'weights' with data.pack"
+    )
   count = losses.count(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
   # From here on w_BxL holds the per-token factors of the sum under opd.normalizer (divided
   # by each sequence's kept weight under 'sequence'), so every path below sums w * loss.
   w_BxL = losses.normalized_weights(loss_mask_BxL, w_BxL, normalizer=s.normalizer)
-  student_out = model_outputs(student, inputs_BxL, mask_BxL, s.chunked)
+  student_out = model_outputs(
+    student,
+    inputs_BxL,
+    mask_BxL,
+    s.chunked,
+    segment_ids_BxL=segment_ids_BxL,
+    positions_BxL=positions_BxL,
+  )
   terms = _chunked_terms if s.chunked else _logit_terms
   return terms(student_out, teacher_out, targets_BxL, loss_mask_BxL, w_BxL, s).replace(count=count)
 
@@ -287,9 +364,20 @@ def make_loss_fn(graphdef: nnx.GraphDef, settings: LossSettings):
     count: jax.Array | None = None,
   ):
     student = nnx.merge(graphdef, params)
-    inputs, in_mask, targets, loss_mask = shifted
+    targets, loss_mask = shifted.targets_BxL, shifted.loss_mask_BxL
     w_BxL = loss_weights(rock_mask_V, targets, loss_mask, settings)
-    terms = loss_terms(student, inputs, in_mask, targets, loss_mask, w_BxL, teacher_out, settings)
+    terms = loss_terms(
+      student,
+      shifted.inputs_BxL,
+      shifted.input_mask_BxL,
+      targets,
+      loss_mask,
+      w_BxL,
+      teacher_out,
+      settings,
+      segment_ids_BxL=shifted.segment_ids_BxL,
+      positions_BxL=shifted.positions_BxL,
+    )
     count = terms.count if count is None else jnp.asarray(count, jnp.float32)
     # A batch whose weights are all zero has loss 0, not nan.
     loss = terms.total / jnp.where(count > 0, count, 1.0)

@@ -157,6 +157,15 @@ def make_mesh(
   return Mesh(array, MESH_AXES, axis_types=auto)
 
 
+def decode_mesh(mesh_config: Any) -> Mesh:
+  """The config's mesh with its context axis folded into fsdp, for whole-sequence decodes and
+  scoring outside training (the analysis, rockjax.evaluate): they split rows only, so their
+  lengths need not divide a context axis."""
+  ici, dcn = config_mesh_shapes(mesh_config)
+  ici["fsdp"], ici["context"] = -1 if ici["fsdp"] == -1 else ici["fsdp"] * ici["context"], 1
+  return make_mesh(ici, dcn=dcn)
+
+
 def _axis_sizes(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
   """Mesh axis name -> size, for concrete and abstract meshes."""
   return dict(zip(mesh.axis_names, mesh.axis_sizes))

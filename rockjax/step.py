@@ -4,7 +4,9 @@ Shape letters: B batch (sequences), L sequence length (padded, TokenBatch.pad), 
 U optimiser updates per batch (opd.updates_per_rollout), R = B / U rows per update,
 K micro-batches per update (opt.micro_batches), M = R / K rows per micro-batch.
 A batch is a dict of `tokens` [B, L] int32 (prompt + response), `attention_mask` [B, L] and
-`response_mask` [B, L] (1 on tokens the loss covers: generated or given completions).
+`response_mask` [B, L] (1 on tokens the loss covers: generated or given completions), or a
+rockjax.batch.TokenBatch; packed rows (data.pack) add `segment_ids` and `positions` [B, L],
+which split with the rows and reach both models' forwards.
 """
 
 import dataclasses
@@ -117,7 +119,10 @@ def _update(
   def micro_step(carry, mb: objective.Shifted):
     grads_acc, total = carry
     teacher = None if teacher_params is None else nnx.merge(s.teacher_graphdef, teacher_params)
-    teacher_out = objective.teacher_outputs(teacher, mb.inputs_BxL, mb.input_mask_BxL, s.loss)
+    packed = dict(segment_ids_BxL=mb.segment_ids_BxL, positions_BxL=mb.positions_BxL)
+    teacher_out = objective.teacher_outputs(
+      teacher, mb.inputs_BxL, mb.input_mask_BxL, s.loss, **packed
+    )
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, teacher_out, mb, state.rock_mask, count=count
     )
@@ -131,7 +136,7 @@ def _update(
     return (grads_acc, total + aux.total), per_token
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-  micro = objective.Shifted(*(_split(x, k) for x in shifted))
+  micro = jax.tree.map(lambda x: _split(x, k), shifted)  # packed rows' fields too, when set
   (grads_f32, total), per_token = jax.lax.scan(micro_step, (zeros, jnp.float32(0)), micro)
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads_f32, state.params)
   kl_RxL = _unsplit(per_token["kl"])
@@ -141,7 +146,7 @@ def _update(
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
 
-  _, _, targets, loss_mask = shifted
+  targets, loss_mask = shifted.targets_BxL, shifted.loss_mask_BxL
   # Positions whose divergence was computed: every response position unless skipping left
   # frozen ones out (opd.frozen_kl='skip'); the rock statistics and KL metrics read only these.
   tracked = loss_mask
@@ -170,7 +175,7 @@ def _rock_update(state: TrainState, targets_RxL, kl_RxL, tracked_RxL, new_step, 
 
 def _metrics(state, shifted, s, total, count, grads, kl_RxL, gnorm_RxL, tracked_RxL) -> Metrics:
   """One update's (sum, count) metrics; rock shares use the mask its loss used (state's)."""
-  _, _, targets, loss_mask = shifted
+  targets, loss_mask = shifted.targets_BxL, shifted.loss_mask_BxL
   return {
     "opd/loss": (total, count),
     "opd/kl": losses.reduce(kl_RxL, tracked_RxL),
@@ -217,7 +222,7 @@ def train_step(
     )
   if u == 1:  # no scan: the program of a plain one-update step
     return _update(state, teacher_params, shifted, s)
-  groups = objective.Shifted(*(_split(x, u) for x in shifted))
+  groups = jax.tree.map(lambda x: _split(x, u), shifted)
   state, metrics_U = jax.lax.scan(lambda st, g: _update(st, teacher_params, g, s), state, groups)
   return state, jax.tree.map(lambda x_U: jnp.sum(x_U, axis=0), metrics_U)
 

@@ -46,8 +46,12 @@ class AnalysisContext:
   student_path: str = ""  # the directory the student was loaded from (HF export or ckpt dir)
 
 
-def _restore_student(c: ml_collections.ConfigDict, ckpt_dir: str, mesh) -> tuple[nnx.Module, str]:
-  """The student of the newest checkpoint in `ckpt_dir` (a TrainState saved by training)."""
+def _restore_student(
+  c: ml_collections.ConfigDict, ckpt_dir: str, mesh, step: int | None = None
+) -> tuple[nnx.Module, str]:
+  """The student of the newest checkpoint in `ckpt_dir` (a TrainState saved by training), or
+  the params alone of checkpoint `step` (WorkdirError naming analysis.early_step when there is
+  no such checkpoint)."""
   cfg = loading.model_config(c.model, field="model")
   graphdef, abstract = loading.abstract_params(cfg, c.seed)
   tx, _ = state_lib.make_optimizer(c.opt, c.steps)
@@ -55,6 +59,8 @@ def _restore_student(c: ml_collections.ConfigDict, ckpt_dir: str, mesh) -> tuple
   like, _ = state_lib.abstract_state(init, abstract, mesh)
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir, keep=c.ckpt.keep)
   try:
+    if step is not None:
+      return _restore_step(checkpointer, graphdef, like.params, step)
     restored = checkpointer.restore(like)
   finally:
     checkpointer.close()
@@ -64,6 +70,25 @@ def _restore_student(c: ml_collections.ConfigDict, ckpt_dir: str, mesh) -> tuple
     )
   state, _, step = restored
   return nnx.merge(state.graphdef, state.params), f"checkpoint {ckpt_dir} step {step}"
+
+
+def _restore_step(checkpointer, graphdef, like_params, step: int) -> tuple[nnx.Module, str]:
+  """The model of checkpoint `step` (its params only), described as `load_student` does."""
+  saved = checkpointer.steps()
+  if step not in saved:
+    raise errors.WorkdirError(
+      f"analysis.early_step={step}: no checkpoint of step {step} in {checkpointer.directory} "
+      f"(saved: {saved}); on-policy runs save and keep it when the field is set before training"
+    )
+  params = checkpointer.restore_params(like_params, step)
+  return nnx.merge(graphdef, params), f"checkpoint {checkpointer.directory} step {step}"
+
+
+def load_checkpoint_step(
+  c: ml_collections.ConfigDict, workdir: str, step: int, mesh
+) -> tuple[nnx.Module, str]:
+  """(student, its description) of WORKDIR/ckpt's checkpoint `step` (analysis.early_step)."""
+  return _restore_student(c, str(epath.Path(workdir) / "ckpt"), mesh, step)
 
 
 def load_student(

@@ -1,9 +1,13 @@
-"""The frequency-matched Random control: non-rock ids paired one-to-one with the rocks.
+"""The frequency-matched Random control: non-rock ids paired one-to-one with a rock list.
 
-The paper's Random regime freezes 100 ids that are not rocks but occur about as often
-(docs/method.md, "Rock-Freeze"). Each rock is paired with a distinct candidate by a minimum-cost
-assignment (scipy.optimize.linear_sum_assignment) on `|log freq(rock) - log freq(candidate)|`,
-so the control carries the rocks' token mass but none of their KL structure.
+The paper's Random regime freezes 100 ids that are not rocks but occur about as often as the
+ids Rock-Freeze freezes (docs/method.md, "Rock-Freeze"). Each id of that list is paired with a
+distinct candidate by a minimum-cost assignment (scipy.optimize.linear_sum_assignment) on
+`|log freq(listed id) - log freq(candidate)|`, so the control carries the list's token mass but
+none of its KL structure. Which list (rockjax.analysis.studies): analysis.control_match_list,
+else the static list the run freezes, else the analysis's own top K; candidates exclude that
+list and the analysis's rock set (`exclude`). Listed ids the corpus never emits have no log
+frequency: `split_unseen` sets them apart, unmatched, and the section warns about them.
 
 Shape letters: V vocabulary size, K rocks, C candidate ids.
 """
@@ -110,6 +114,13 @@ def match_quality(
   }
 
 
+def split_unseen(freq_V: np.ndarray, list_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(the listed ids the corpus emits, those it never emits), int64, each in list order."""
+  ids_K = np.asarray(list_ids, np.int64).reshape(-1)
+  seen_K = np.asarray(freq_V)[ids_K] > 0
+  return ids_K[seen_K], ids_K[~seen_K]
+
+
 def control_list_path(rock_list_path: str | os.PathLike) -> str:
   """Where the control list goes: random_control_ids.txt in the rock list's folder."""
   return os.fspath(epath.Path(rock_list_path).parent / CONTROL_LIST_NAME)
@@ -122,9 +133,18 @@ def write_control_list(path: str | os.PathLike, ids: Any, header: str = "") -> s
 
 
 def control_result(
-  freq_V: np.ndarray, rock_ids: Any, control_ids: Any, *, tolerance: float = DEFAULT_TOLERANCE
+  freq_V: np.ndarray,
+  rock_ids: Any,
+  control_ids: Any,
+  *,
+  tolerance: float = DEFAULT_TOLERANCE,
+  matched_to: str = "",
+  unseen_ids: Any = (),
 ) -> dict[str, Any]:
-  """The pairs with their frequencies and `match_quality`, for the report section."""
+  """The pairs with their frequencies and `match_quality`, for the report section.
+
+  matched_to: the list the control was matched to (its path, said in the section); unseen_ids:
+  that list's ids the corpus never emits (left without a control)."""
   freq_V = np.asarray(freq_V, np.float64)
   rock_K = np.asarray(rock_ids, np.int64).reshape(-1)
   control_K = np.asarray(control_ids, np.int64).reshape(-1)
@@ -134,7 +154,22 @@ def control_result(
     "rock_freq": freq_V[rock_K],
     "control_freq": freq_V[control_K],
     "quality": match_quality(freq_V, rock_K, control_K, tolerance=tolerance),
+    "matched_to": matched_to,
+    "unseen_ids": np.asarray(unseen_ids, np.int64).reshape(-1),
   }
+
+
+def _unseen_warning(result: dict[str, Any]) -> str | None:
+  """The warning when listed ids had no frequency to match (the control list is shorter)."""
+  unseen = result.get("unseen_ids", ())
+  if not len(unseen):
+    return None
+  shown = ", ".join(str(int(i)) for i in unseen[:10]) + (" ..." if len(unseen) > 10 else "")
+  return (
+    f"{len(unseen)} id(s) of the matched list never occur in the analysis corpus ({shown}): "
+    f"no frequency to match, so the control list holds {len(result['control_ids'])} ids, "
+    f"not {len(result['control_ids']) + len(unseen)}."
+  )
 
 
 def _pair_labels(result: dict[str, Any]) -> list[str]:
@@ -185,17 +220,22 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
   q = result["quality"]
   numbers = {k: (v if k == "num_pairs" else rounded(v)) for k, v in q.items()}
   numbers["tolerance_factor"] = rounded(math.exp(q["tolerance"]))
+  numbers["matched_to"] = result.get("matched_to") or "the rocks"
+  numbers["num_unseen"] = int(len(result.get("unseen_ids", ())))
   if q["num_pairs"]:
     report.save_figure(pairs_figure(result), out_dir, FIGURE)
   text = (
-    "{num_pairs} non-rock ids matched one-to-one to the rocks by a minimum-cost assignment on "
+    "{num_pairs} ids, none of them in the matched list or the rock set, matched one-to-one to "
+    "the ids of {matched_to} ({num_unseen} of its ids never occur in the corpus and have no "
+    "match) by a minimum-cost assignment on "
     "|log frequency| differences (written as " + CONTROL_LIST_NAME + "). |log frequency "
     "ratio|: median {median_abs_log_ratio}, max {max_abs_log_ratio}; "
     "{share_within_tolerance:.1%} of the pairs are within the stated tolerance {tolerance} (a "
     "factor {tolerance_factor})."
   )
   caption = (
-    "Left: frequency of each rock (x) and of its matched control id (y), log axes, pairs "
+    "Left: frequency of each id of the matched list (x) and of its control id (y), log axes, "
+    "pairs "
     "numbered; the grey band is the stated tolerance around equal frequency. Right: each "
     "pair's control/rock frequency ratio on its own row (rock token -> control token)."
   )
@@ -204,6 +244,8 @@ def section(result: dict[str, Any], out_dir: str) -> report.Section:
     key="controls",
     numbers=numbers,
     figures=(report.Figure(FIGURE, caption),) if q["num_pairs"] else (),
-    warnings=tuple(w for w in (degenerate.pairs_warning(q["num_pairs"]),) if w),
+    warnings=tuple(
+      w for w in (degenerate.pairs_warning(q["num_pairs"]), _unseen_warning(result)) if w
+    ),
     text=text,
   )

@@ -5,9 +5,11 @@
     result["candidates"][0]["class"]   # 'strong_pillar' | 'neutral' | 'strong_stumbling_block'
 
 The paper's rule (docs/method.md, "Causal knockout"): Delta(v) = acc(v banned) - acc(baseline);
-Strong Pillar when Delta <= -eps and the paired test over problems rejects Delta = 0 at alpha,
+Strong Pillar when Delta <= -eps and the paired test over problems rejects Delta = 0 (p < alpha),
 Strong Stumbling Block in mirror, Neutral otherwise; then a sign test over the candidates'
-signs and Bonferroni / Benjamini-Hochberg over their p-values (rockjax.evaluation).
+signs and Bonferroni / Benjamini-Hochberg over the same p-values (rockjax.evaluation). The test
+is `test`: 'bootstrap' (the paper's: the two-sided paired bootstrap p-value, 10,000 resamples)
+or 'permutation' (a paired permutation test); `evaluation.paired_bootstrap` defines both.
 
 Batched across candidates: the baseline and every candidate are "conditions"; the rows
 (condition x problem, condition-major) are cut into batches of `batch_rows` prompts, the last one
@@ -37,7 +39,10 @@ CLASSES = ("strong_pillar", "neutral", "strong_stumbling_block")
 
 
 def knockout_class(delta: float, p_value: float, *, eps: float = 0.01, alpha: float = 0.05) -> str:
-  """The paper's epsilon rule: |Delta| >= eps in a direction and p < alpha, else 'neutral'."""
+  """The paper's epsilon rule: |Delta| >= eps in a direction and p < alpha, else 'neutral'.
+
+  `p_value` is the census's paired test's (analysis.knockout_test): the class, the corrected
+  p-values and the report all read that one p."""
   if p_value < alpha and delta <= -eps:
     return "strong_pillar"
   if p_value < alpha and delta >= eps:
@@ -73,10 +78,13 @@ def _decode_and_grade(
   key: jax.Array,
   progress: bool,
   baseline_rows: int,
+  num_rows: int,
   **generate_kw: Any,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-  """Correctness per response [R * n] (row-major), each id's count in the baseline's, seconds
-  spent decoding. Responses are graded batch by batch, so no text outlives its batch."""
+  """Correctness per response [num_rows * n] (row-major: row r's samples, each graded against
+  row r's own problem's answer), each id's count in the baseline's, seconds spent decoding.
+  Responses are graded batch by batch, so no text outlives its batch; padding rows (from
+  num_rows on) are not graded."""
   n = generate_kw.get("num_samples", 1)
   correct: list[bool] = []
   emitted_V = np.zeros(model.cfg.vocab_size, np.int64)
@@ -98,6 +106,8 @@ def _decode_and_grade(
     # Generated row j of this batch is sample j % n of prompt row start + j // n.
     row_N = start + np.arange(len(tokens_NxL)) // n
     for tokens_L, resp_L, r in zip(tokens_NxL, resp_NxL, row_N):
+      if r >= num_rows:
+        break  # the last batch's padding rows, at its end
       text = tokenizer.decode(tokens_L[resp_L], skip_special_tokens=True)
       correct.append(bool(grade(text, answers[problem_R[r]])))
     # How often each id is emitted unbanned: a candidate the baseline never emits cannot
@@ -115,15 +125,17 @@ def _classify(
   alpha: float,
   resamples: int,
   seed: int,
+  test: str,
 ) -> dict[str, Any]:
-  """Per-candidate Delta, interval, p-value and class; the sign test and corrected p-values."""
+  """Per-candidate Delta, interval, p-value (of `test`) and class; the sign test and corrected
+  p-values."""
   baseline_B = acc_XxB[0]  # one baseline run, paired with every candidate problem by problem
   entries = []
   for x, v in enumerate(candidates, start=1):
-    test = evaluation.paired_bootstrap(
-      acc_XxB[x], baseline_B, n_resamples=resamples, alpha=alpha, seed=seed
+    paired = evaluation.paired_bootstrap(
+      acc_XxB[x], baseline_B, n_resamples=resamples, alpha=alpha, seed=seed, test=test
     )
-    entries.append(dict(id=v, accuracy=float(acc_XxB[x].mean()), **test))
+    entries.append(dict(id=v, accuracy=float(acc_XxB[x].mean()), **paired))
   # The corrections adjust the very p-values the classes use: both answer the same test.
   adjusted = evaluation.multiple_testing([e["p_value"] for e in entries])
   for e, p_bonf, p_bh in zip(entries, adjusted["bonferroni"], adjusted["bh"]):
@@ -161,6 +173,7 @@ class _Settings:
   resamples: int
   alpha: float
   seed: int
+  test: str
   progress: bool
   generate_kw: dict[str, Any]  # census's extra keywords, for sampling.generate
 
@@ -185,6 +198,7 @@ class _Settings:
       eps=self.eps,
       alpha=self.alpha,
       resamples=self.resamples,
+      test=self.test,
       batch_rows=self.batch_rows,
     )
 
@@ -209,6 +223,7 @@ def _checked_candidates(
   answers: Sequence[Any],
   candidate_ids: Sequence[int],
   batch_rows: int,
+  test: str,
 ) -> list[int]:
   """The candidate ids as ints, after checking the census's inputs fit together."""
   B, C = ids_BxP.shape[0], len(candidate_ids)
@@ -221,6 +236,8 @@ def _checked_candidates(
     raise ValueError(f"census: candidate ids must be distinct and in [0, {vocab}): {candidates}")
   if batch_rows < 1:
     raise ValueError(f"census: batch_rows={batch_rows} must be >= 1")
+  if test not in evaluation.TESTS:  # before the decodes, not after them
+    raise ValueError(f"census: test={test!r}, expected one of {evaluation.TESTS}")
   return candidates
 
 
@@ -252,12 +269,13 @@ def _decode_conditions(
     key=jax.random.key(s.seed),
     progress=s.progress,
     baseline_rows=B,
+    num_rows=rows,
     **s.decode_kw(),
   )
   num_compilations = sampling.decode_jit._cache_size() - compiled_before
   # Rows were condition-major with n samples each: [X, B, n] once the padding is dropped.
   n = s.num_samples
-  acc_XxB = correct_Rn[: rows * n].reshape(len(candidates) + 1, B, n).mean(axis=2)
+  acc_XxB = correct_Rn.reshape(len(candidates) + 1, B, n).mean(axis=2)
   return _Decoded(
     acc_XxB=acc_XxB,
     emitted_V=emitted_V,
@@ -275,7 +293,13 @@ def _result(
 ) -> dict[str, Any]:
   """The census's JSON-ready result: classes and tests, each id's token, settings, bookkeeping."""
   result = _classify(
-    decoded.acc_XxB, candidates, eps=s.eps, alpha=s.alpha, resamples=s.resamples, seed=s.seed
+    decoded.acc_XxB,
+    candidates,
+    eps=s.eps,
+    alpha=s.alpha,
+    resamples=s.resamples,
+    seed=s.seed,
+    test=s.test,
   )
   for entry in result["candidates"]:
     token = tokenizer.convert_ids_to_tokens(entry["id"])  # None past the tokenizer's ids
@@ -315,6 +339,7 @@ def census(
   resamples: int = 10_000,
   alpha: float = 0.05,
   seed: int = 0,
+  test: str = "bootstrap",
   progress: bool = True,
   **generate_kw: Any,
 ) -> dict[str, Any]:
@@ -325,16 +350,17 @@ def census(
   `decode(ids, skip_special_tokens=True)` and `convert_ids_to_tokens(id)`. Decoding is
   greedy by default (the paper: sampled decoding found Pillars that deterministic decoding did
   not, so the settings are recorded in the result); when sampling, batch b draws with
-  fold_in(key(seed), b). Per-problem correctness is the mean over `num_samples`; the paired
-  test is `evaluation.paired_bootstrap` with `resamples`, `alpha` and `seed`. `batch_rows`:
-  prompts per decode call (x num_samples rows; with `mesh`, a multiple of its batch
-  shards). Extra keywords go to `sampling.generate` (top_p, top_k, mesh, ...). Returns a
+  fold_in(key(seed), b). Per-problem correctness is the mean over that problem's own
+  `num_samples` responses, each graded against that problem's answer; the paired test is
+  `evaluation.paired_bootstrap` with `resamples`, `alpha`, `seed` and `test` ('bootstrap', the
+  paper's, or 'permutation'). `batch_rows`: prompts per decode call (x num_samples rows; with
+  `mesh`, a multiple of its batch shards). Extra keywords go to `sampling.generate`. Returns a
   JSON-ready dict (see `section` for what it shows), including `num_compilations`: new programs
   the census compiled (1 when none was cached; counted as the growth of `sampling.decode_jit`'s
   cache), `decode_seconds` (sampler time) and `wall_seconds` (decoding, grading and statistics).
   """
   ids_BxP, mask_BxP = np.asarray(prompt_ids_BxP), np.asarray(prompt_mask_BxP)
-  candidates = _checked_candidates(model, ids_BxP, answers, candidate_ids, batch_rows)
+  candidates = _checked_candidates(model, ids_BxP, answers, candidate_ids, batch_rows, test)
   settings = _Settings(
     max_new_tokens=max_new_tokens,
     eos_ids=tuple(eos_ids),
@@ -346,6 +372,7 @@ def census(
     resamples=resamples,
     alpha=alpha,
     seed=seed,
+    test=test,
     progress=progress,
     generate_kw=generate_kw,
   )
@@ -353,6 +380,3 @@ def census(
     model, ids_BxP, mask_BxP, answers, candidates, grade, tokenizer, settings
   )
   return _result(decoded, candidates, tokenizer, settings)
-
-
-# Bar colours per class (red: ban hurts, green: ban helps, grey: neither shown significant).

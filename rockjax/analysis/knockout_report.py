@@ -1,6 +1,9 @@
 """The knockout census as a report: the delta figure and the Markdown section.
 
-`section(result, out_dir)` renders what `rockjax.analysis.knockout.census` returned.
+`section(result, out_dir)` renders what `rockjax.analysis.knockout.census` returned, with what
+rockjax.analysis.studies adds: `pool` (how the candidates were chosen: 'rock_score', the top
+ids by Rock Score, or 'rocks_and_controls'; absent: 'given') and `num_rocks` (the first candidates that are
+rocks; the rest are the next ids by Rock Score, or the rocks' frequency-matched controls).
 """
 
 from __future__ import annotations
@@ -14,6 +17,26 @@ from rockjax.analysis import report
 from rockjax.analysis.knockout import CLASSES
 
 COLOURS = {"strong_pillar": "#c0392b", "neutral": "#95a5a6", "strong_stumbling_block": "#27ae60"}
+# How the p-value was computed, per analysis.knockout_test (rockjax.evaluation.paired_bootstrap).
+P_TESTS = {
+  "bootstrap": "two-sided paired bootstrap p-value from the same resamples, 2 (1 + resamples on"
+  " the far side of 0) / (resamples + 1) (the paper's rule)",
+  "permutation": "two-sided paired permutation test (the two conditions' results swapped per"
+  " problem)",
+}
+# The candidate pool, per analysis.knockout_pool: the text before and after the divider.
+# A result without a pool (knockout.census called directly) shows its ids as 'given'.
+POOLS = {
+  "rock_score": (
+    "the top {num_candidates} ids by Rock Score (the first {num_rock_candidates}: the rock set)",
+    "rocks | next by Rock Score ",
+  ),
+  "rocks_and_controls": (
+    "{num_rock_candidates} rocks and their frequency-matched controls",
+    "rocks | controls ",
+  ),
+  "given": ("the {num_candidates} ids given", "rocks | others "),
+}
 
 
 def _label(entry: dict[str, Any]) -> str:
@@ -40,9 +63,10 @@ def delta_figure(result: dict[str, Any]):
     ax.axhline(y, color="black", linewidth=0.6, linestyle="--")
   ax.set_xticks(x_C, [_label(e) for e in entries], rotation=60, ha="right", fontsize=8)
   rocks = result.get("num_rocks")
-  if rocks and rocks < len(entries):  # the candidates are the rocks, then their controls
+  if rocks and rocks < len(entries):  # the rocks first, then the rest of the pool
+    label = POOLS[result.get("pool", "given")][1]
     ax.axvline(rocks - 0.5, color="tab:blue", linewidth=1, linestyle=":")
-    ax.text(rocks - 0.6, ax.get_ylim()[0], "rocks | controls ", ha="right", va="bottom",
+    ax.text(rocks - 0.6, ax.get_ylim()[0], label, ha="right", va="bottom",
             fontsize=8, color="tab:blue")  # fmt: skip
   ax.set_xlabel("candidate id (token)")
   ax.set_ylabel("accuracy change when banned (Delta, percentage points)")
@@ -74,9 +98,16 @@ def _sig(p: float) -> float:
 def _summary_numbers(result: dict[str, Any]) -> dict[str, Any]:
   """The section's numbers about the census as a whole: settings, classes, tests, bookkeeping."""
   s, st = result["settings"], result["sign_test"]
+  test = s.get("test", "permutation")  # results of before the bootstrap rule: permutation
+  pool = result.get("pool", "given")
+  n, rocks = len(result["candidates"]), result.get("num_rocks")
   return dict(
-    num_candidates=len(result["candidates"]),
-    num_rock_candidates=result.get("num_rocks"),  # the first ones; the rest are controls
+    num_candidates=n,
+    num_rock_candidates=rocks,  # the first ones; then the next by Rock Score, or controls
+    pool=pool,
+    pool_text=POOLS[pool][0].format(num_candidates=n, num_rock_candidates=rocks),
+    test=test,
+    p_test=P_TESTS[test],
     num_problems=result["num_problems"],
     num_samples=result["num_samples"],
     decoding="greedy" if s["greedy"] else f"sampled at temperature {s['temperature']}",
@@ -137,9 +168,10 @@ def _section_text(rows: list[str]) -> str:
       " new tokens, seed {seed}, {num_samples} sample(s) per problem) on {num_problems}"
       " problems; Delta = accuracy with the id banned - baseline accuracy"
       " ({baseline_accuracy:.1%}), in percentage points.",
-      "Interval: paired percentile bootstrap over problems ({resamples} resamples, level"
-      " 1 - {alpha}); p: paired permutation test. Strong Pillar: Delta <= -{eps:.1%} and p <"
-      " {alpha}; Strong Stumbling Block: the mirror; Neutral otherwise.",
+      "Candidates: {pool_text}. Interval: paired percentile bootstrap over problems"
+      " ({resamples} resamples, level 1 - {alpha}); p: {p_test}. Strong Pillar: Delta <="
+      " -{eps:.1%} and p < {alpha}; Strong Stumbling Block: the mirror; Neutral otherwise."
+      " Bonferroni and Benjamini-Hochberg adjust the same p.",
       "",
       "Of {num_candidates} candidates: {num_strong_pillar} Strong Pillar(s),"
       " {num_neutral} Neutral, {num_strong_stumbling_block} Strong Stumbling Block(s)."

@@ -46,14 +46,6 @@ def eval_prompts(c: ml_collections.ConfigDict, tokenizer, num_prompts: int):
   return ids, mask, [r.get("answer", "") for r in fitted.records]
 
 
-def _analysis_mesh(c: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """The training mesh with its sequence axis folded into fsdp: decodes and teacher scoring
-  split rows only (their lengths need not divide a context axis)."""
-  ici, dcn = shd.config_mesh_shapes(c.mesh)
-  ici["fsdp"], ici["context"] = -1 if ici["fsdp"] == -1 else ici["fsdp"] * ici["context"], 1
-  return shd.make_mesh(ici, dcn=dcn)
-
-
 def _select(c: ml_collections.ConfigDict, corpus_path: str, vocab: int) -> dict[str, Any]:
   """The rock selection (and its k / sub-corpus sweeps) from the corpus's per-id sums."""
   a = c.analysis
@@ -110,7 +102,7 @@ def run_analysis(
   out_dir = out or str(epath.Path(workdir) / ANALYSIS_DIR)
   storage.check_checkpoint_dir(out_dir, field="--out")
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
-  mesh = _analysis_mesh(c)
+  mesh = shd.decode_mesh(c.mesh)
   tokenizer = models.load_tokenizer(c.data.tokenizer_path)
   teacher_cfg = loading.model_config(c.teacher, field="teacher")
   teacher_weights = loading.load_params(

@@ -5,11 +5,16 @@ the corpus and the selected rocks) and returns its report sections; `SECTIONS` l
 report order and `run_analysis` calls them after the selection sections.
 
 - controls: the frequency-matched Random control list (random_control_ids.txt beside
-  rock_ids.txt; the Random-control config freezes it).
+  rock_ids.txt; the Random-control config freezes it), matched to the list Rock-Freeze freezes
+  (analysis.control_match_list, else the run's static rock.list_path, else this analysis's top
+  K) and disjoint from that list and from this analysis's rocks.
 - persistence: the same prompts decoded and scored at an early checkpoint (analysis.
-  early_checkpoint, or the checkpoint the main stage started from), per-id mean KL early vs late.
+  early_checkpoint; else WORKDIR/ckpt at analysis.early_step; else the checkpoint the main
+  stage started from), per-id mean KL early vs late.
 - geometry: per-id mean logit-space gradients of rocks / high-KL / random ids on the corpus.
-- knockout: the census, half rocks and half their frequency-matched controls as candidates.
+- knockout: the census over analysis.knockout_pool's candidates (the paper's: the top
+  analysis.knockout_candidates ids by Rock Score), decoded up to analysis.knockout_max_new_tokens
+  and classified by analysis.knockout_test.
 - training: the stages' metrics.jsonl as curves (loss, KL, pass@1, rock shares).
 
 Studies name what they compare (the early checkpoint's path, stage and step) and pass on what
@@ -19,13 +24,14 @@ one: same path, equal parameters or identical per-id KL; rockjax.analysis.degene
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from etils import epath
 
-from rockjax import evaluation
+from rockjax import errors, evaluation
 from rockjax.analysis import (
   controls,
   corpus,
@@ -35,12 +41,19 @@ from rockjax.analysis import (
   knockout_report,
   persistence,
   report,
+  selection,
   selection_report,
   training_curves,
 )
-from rockjax.analysis.context import AnalysisContext, describe_checkpoint, load_student
+from rockjax.analysis.context import (
+  AnalysisContext,
+  describe_checkpoint,
+  load_checkpoint_step,
+  load_student,
+)
 from rockjax.config import settings
 from rockjax.data import records
+from rockjax.rocks import lists as rock_lists
 
 EARLY_CORPUS_FILE = "corpus_early.parquet"
 # Geometry holds both models' [B, L, V] float32 logits of a batch: rows per batch are chosen
@@ -59,45 +72,82 @@ def _note(title: str, key: str, why: str) -> report.Section:
   )
 
 
+def _match_list(ctx: AnalysisContext) -> tuple[np.ndarray, str]:
+  """The ids the Random control is matched to, and where they come from: analysis.
+  control_match_list, else the static list this run freezes (rock.mode 'static'), else this
+  analysis's own rock set (its top K)."""
+  a, rock = ctx.config.analysis, ctx.config.rock
+  path = a.control_match_list or (rock.list_path if rock.mode == "static" else "")
+  if path:
+    ids = rock_lists.load_id_list(path, vocab_size=ctx.student.cfg.vocab_size)
+    return ids.astype(np.int64), path
+  rock_ids = np.asarray(ctx.selection["rock_ids"], np.int64)
+  return rock_ids, f"{ctx.rock_ids_path} (this analysis's top {len(rock_ids)})"
+
+
 def _controls(ctx: AnalysisContext) -> list[report.Section]:
-  """The Random control list, matched to the rocks on log frequency."""
+  """The Random control list: matched on log frequency to the list that is (or would be)
+  frozen, disjoint from it and from this analysis's rock set."""
   a, sel = ctx.config.analysis, ctx.selection["selection"]
   freq_V, rock_ids = ctx.selection["freq_V"], ctx.selection["rock_ids"]
-  try:
+  try:  # a missing or out-of-vocabulary list, or too few candidates (tiny corpora)
+    list_ids, source = _match_list(ctx)
+    seen, unseen = controls.split_unseen(freq_V, list_ids)
     ids = controls.frequency_matched(
       freq_V,
-      rock_ids,
+      seen,
       seed=a.control_seed,
+      exclude=np.union1d(np.asarray(rock_ids, np.int64), unseen),
       min_freq=sel.min_freq,
       exclude_top_freq=sel.exclude_top_freq,
     )
-  except ValueError as e:  # a corpus with fewer non-rock ids than rocks (tiny runs)
+  except ValueError as e:
     return [_note("Frequency-matched random control", "controls", str(e))]
-  ctx.extras["control_ids"] = ids
+  ctx.extras["control_ids"], ctx.extras["control_list_ids"] = ids, seen
   header = (
-    f"frequency-matched to {len(rock_ids)} rocks of {ctx.rock_ids_path}; seed {a.control_seed}"
+    f"frequency-matched to {len(seen)} ids of {source} ({len(unseen)} never in the corpus: "
+    f"unmatched); disjoint from that list and from the {len(rock_ids)} rocks of "
+    f"{ctx.rock_ids_path}; seed {a.control_seed}"
   )
   path = controls.write_control_list(controls.control_list_path(ctx.rock_ids_path), ids, header)
-  result = controls.control_result(freq_V, rock_ids[: len(ids)], ids)
+  result = controls.control_result(freq_V, seen, ids, matched_to=source, unseen_ids=unseen)
   label = lambda i: selection_report.token_label(ctx.tokenizer, i)  # noqa: E731
-  result["rock_tokens"] = [label(i) for i in result["rock_ids"]]
+  result["rock_tokens"] = [label(i) for i in seen]
   result["control_tokens"] = [label(i) for i in ids]
   section = controls.section(result, ctx.out_dir)
   return [report.Section(**{**section.__dict__, "numbers": {**section.numbers, "path": path}})]
 
 
-def _early_path(ctx: AnalysisContext) -> str:
-  """The early checkpoint: analysis.early_checkpoint, else the HF checkpoint OPD started from."""
+def _early_point(ctx: AnalysisContext) -> tuple[str, int | None]:
+  """(directory, step) of the early checkpoint: analysis.early_checkpoint (its newest step);
+  else WORKDIR/ckpt at analysis.early_step; else the HF checkpoint the main stage started from
+  (step None: the directory's own); ('', None) when there is none."""
   c = ctx.config
-  return c.analysis.early_checkpoint or (c.model.path if c.model.source == "hf" else "")
+  if c.analysis.early_checkpoint:
+    return c.analysis.early_checkpoint, None
+  if c.analysis.early_step > 0:
+    return str(epath.Path(ctx.workdir) / "ckpt"), int(c.analysis.early_step)
+  return (c.model.path if c.model.source == "hf" else ""), None
 
 
-def _early_sums(ctx: AnalysisContext, path: str) -> tuple[Any, str, np.ndarray, np.ndarray]:
+def _is_final(ctx: AnalysisContext, path: str, step: int | None) -> bool:
+  """Whether (path, step) names the final student's own checkpoint."""
+  if not degenerate.same_path(path, ctx.student_path):
+    return False
+  return step is None or step == describe_checkpoint(ctx.student_path, ctx.student_source)["step"]
+
+
+def _early_sums(
+  ctx: AnalysisContext, path: str, step: int | None
+) -> tuple[Any, str, np.ndarray, np.ndarray]:
   """(model, description, freq_V, kl_sum_V) at the early checkpoint; the final student's own
-  corpus when `path` is the final student's directory (nothing to decode again)."""
-  if degenerate.same_path(path, ctx.student_path):
+  corpus when it is the final student's checkpoint (nothing to decode again)."""
+  if _is_final(ctx, path, step):
     return ctx.student, ctx.student_source, ctx.selection["freq_V"], ctx.selection["kl_sum_V"]
-  student, source = load_student(ctx.config, ctx.workdir, path, ctx.mesh)
+  if step is None:
+    student, source = load_student(ctx.config, ctx.workdir, path, ctx.mesh)
+  else:
+    student, source = load_checkpoint_step(ctx.config, ctx.workdir, step, ctx.mesh)
   out = str(epath.Path(ctx.out_dir) / EARLY_CORPUS_FILE)
   corpus.build_corpus(
     student,
@@ -113,11 +163,17 @@ def _early_sums(ctx: AnalysisContext, path: str) -> tuple[Any, str, np.ndarray, 
 
 def _persistence(ctx: AnalysisContext) -> list[report.Section]:
   """Per-id mean KL at the early checkpoint (same prompts, same scoring) vs the final one."""
-  path = _early_path(ctx)
+  path, step = _early_point(ctx)
   if not path:
-    why = "no early checkpoint: set analysis.early_checkpoint (a HF export or checkpoint dir)"
+    why = (
+      "no early checkpoint: set analysis.early_step (a training step whose checkpoint is kept) "
+      "or analysis.early_checkpoint (a HF export or checkpoint dir)"
+    )
     return [_note("Persistence", "persistence", why)]
-  student, source, early_freq, early_kl = _early_sums(ctx, path)
+  try:
+    student, source, early_freq, early_kl = _early_sums(ctx, path, step)
+  except errors.WorkdirError as e:  # analysis.early_step's checkpoint was never saved
+    return [_note("Persistence", "persistence", str(e))]
   late_freq, late_kl = ctx.selection["freq_V"], ctx.selection["kl_sum_V"]
   early_mean, late_mean = _mean(early_freq, early_kl), _mean(late_freq, late_kl)
   a, sel = ctx.config.analysis, ctx.selection["selection"]
@@ -135,7 +191,7 @@ def _persistence(ctx: AnalysisContext) -> list[report.Section]:
   result["early"] = describe_checkpoint(path, source)
   result["late"] = describe_checkpoint(ctx.student_path, ctx.student_source)
   result["self_comparison"] = degenerate.self_comparison_reasons(
-    paths=degenerate.same_path(path, ctx.student_path),
+    paths=_is_final(ctx, path, step),
     parameters=degenerate.same_parameters(student, ctx.student),
     corpus=degenerate.same_corpus(early_freq, early_mean, late_freq, late_mean),
   )
@@ -189,17 +245,36 @@ def _geometry(ctx: AnalysisContext) -> list[report.Section]:
   return [geometry.section(result, ctx.out_dir)]
 
 
-def _knockout(ctx: AnalysisContext) -> list[report.Section]:
-  """The census: the top rocks and (as many) of their frequency-matched controls, one by one."""
-  a = ctx.config.analysis
-  rock_ids = [int(i) for i in ctx.selection["rock_ids"]]
+def _knockout_pool(ctx: AnalysisContext) -> tuple[list[int], int]:
+  """(candidate ids, how many of the first ones are rocks) per analysis.knockout_pool:
+  'rock_score' (the paper's): the top analysis.knockout_candidates ids by Rock Score under the
+  selection's min_freq / exclude_top_freq; 'rocks_and_controls': the ids the control list was
+  matched to and (as many) of their controls."""
+  a, sel = ctx.config.analysis, ctx.selection["selection"]
+  n, rock_ids = a.knockout_candidates, [int(i) for i in ctx.selection["rock_ids"]]
+  if a.knockout_pool == "rock_score":
+    by_score = dataclasses.replace(sel, k=n, selector="rock_score")
+    pool = selection.ranked_ids(ctx.selection["freq_V"], ctx.selection["kl_sum_V"], by_score)
+    # The rock set heads the pool when the selector is rock_score: count that common prefix.
+    same = [int(p) == r for p, r in zip(pool, rock_ids)]
+    num_rocks = same.index(False) if False in same else len(same)
+    return [int(i) for i in pool], num_rocks
+  listed = [int(i) for i in ctx.extras.get("control_list_ids", rock_ids)]
   control_ids = [int(i) for i in ctx.extras.get("control_ids", ())]
-  half = a.knockout_candidates // 2
-  chosen = rock_ids[: a.knockout_candidates - min(half, len(control_ids))]
+  chosen = listed[: n - min(n // 2, len(control_ids))]
   num_rocks = len(chosen)
-  chosen += control_ids[: a.knockout_candidates - len(chosen)]
+  return chosen + control_ids[: n - num_rocks], num_rocks
+
+
+def _knockout(ctx: AnalysisContext) -> list[report.Section]:
+  """The census: each candidate id banned in turn (analysis.knockout_pool chooses them), the
+  evaluation set decoded up to analysis.knockout_max_new_tokens and graded."""
+  a = ctx.config.analysis
+  chosen, num_rocks = _knockout_pool(ctx)
   if not chosen:
     return [_note("Knockout census", "knockout", "no candidate ids (no rocks selected)")]
+  mesh = ctx.mesh  # the census's rows split over its data x fsdp shards
+  shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
   result = knockout.census(
     ctx.student,
     ctx.prompt_ids_SxP,
@@ -208,7 +283,7 @@ def _knockout(ctx: AnalysisContext) -> list[report.Section]:
     chosen,
     grade=evaluation.verify,
     tokenizer=ctx.tokenizer,
-    max_new_tokens=ctx.corpus_kwargs["max_new_tokens"],
+    max_new_tokens=a.knockout_max_new_tokens or ctx.corpus_kwargs["max_new_tokens"],
     eos_ids=ctx.eos_ids,
     greedy=a.greedy,
     temperature=a.temperature,
@@ -216,8 +291,10 @@ def _knockout(ctx: AnalysisContext) -> list[report.Section]:
     resamples=a.bootstrap_resamples,
     alpha=a.alpha,
     seed=a.seed,
+    test=a.knockout_test,
+    batch_rows=-(-a.knockout_batch_rows // shards) * shards,
   )
-  result["num_rocks"] = num_rocks  # the first candidates are rocks, the rest their controls
+  result["pool"], result["num_rocks"] = a.knockout_pool, num_rocks
   return [knockout_report.section(result, ctx.out_dir)]
 
 

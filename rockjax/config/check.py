@@ -17,7 +17,15 @@ import ml_collections
 
 from rockjax import errors, storage
 from rockjax.config import mesh as config_mesh
-from rockjax.config.fields import CANONICAL, ENUMS, INT_LISTS, PATHS, RANGES, int_list
+from rockjax.config.fields import (
+  BENCHMARK_NAMES,
+  CANONICAL,
+  ENUMS,
+  INT_LISTS,
+  PATHS,
+  RANGES,
+  int_list,
+)
 from rockjax.models import attention, families
 
 _GROUPS = ("model", "teacher")
@@ -52,7 +60,9 @@ def validate(
     _sources(c),
     _arch(c, dry_run),
     _stages(c),
+    _packing(c),
     _prompts(c),
+    _bench(c),
     config_mesh.micro_batches(c),
     _rollout_copy(c),
     _skipping(c),
@@ -175,6 +185,22 @@ def _stages(c) -> Iterator[str]:
     )
 
 
+def _packing(c) -> Iterator[str]:
+  """data.pack packs the off-policy rows of given completions (rockjax.data.packing)."""
+  if not c.data.pack:
+    return
+  if c.opd.mode != "off_policy":
+    yield (
+      f"data.pack=True: needs opd.mode='off_policy', got {c.opd.mode!r} (packing joins given "
+      "prompt + completion sequences; rollouts are not packed)"
+    )
+  elif c.opd.normalizer == "sequence":
+    yield (
+      "data.pack=True: opd.normalizer='sequence' averages per row, which would mix the packed "
+      "sequences of a row; use 'tokens' or 'weights'"
+    )
+
+
 def _skipping(c) -> Iterator[str]:
   """Rock-Freeze skipping gathers hidden states: only the chunked (fused) loss has them."""
   if c.opd.kept_capacity > 0 and not c.opd.chunked:
@@ -187,6 +213,23 @@ def _prompts(c) -> Iterator[str]:
     yield (
       f"data.system_prompt={c.data.system_prompt[:40]!r}: needs data.use_chat_template=True "
       "(a system message only exists in a chat template)"
+    )
+
+
+def _bench(c) -> Iterator[str]:
+  """bench.prompt_template is a known name or a format string with {problem}; bench.macro
+  names benchmarks rockjax.evaluate knows."""
+  template = c.bench.prompt_template
+  if template not in ("paper", "chat") and "{problem}" not in template:
+    yield (
+      f"bench.prompt_template={template[:40]!r}: expected 'paper', 'chat' or a format string "
+      "containing {problem}"
+    )
+  unknown = [n for n in c.bench.macro.split(",") if n and n not in BENCHMARK_NAMES]
+  if unknown:
+    yield (
+      f"bench.macro={c.bench.macro!r}: unknown benchmark {unknown[0]!r} "
+      f"(expected names from {', '.join(BENCHMARK_NAMES)})"
     )
 
 

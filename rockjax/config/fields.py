@@ -9,6 +9,7 @@ from typing import Any
 
 from rockjax.data.prompt_fit import OVERFLOW_POLICIES
 from rockjax.data.tasks.arithmetic import DIFFICULTIES
+from rockjax.evaluation import TESTS as PAIRED_TESTS
 from rockjax.models.loading import DTYPES
 from rockjax.losses import KINDS, NORMALIZERS
 from rockjax.losses.fused import SHARDINGS
@@ -40,6 +41,9 @@ ENUMS: dict[str, tuple[str, ...]] = {
   "data.task": ("arithmetic", ""),  # '' = no built-in task: data.train_path is required
   "data.task_difficulty": tuple(DIFFICULTIES),
   "data.prompt_overflow": OVERFLOW_POLICIES,
+  "data.pack": (False, True),  # off-policy sample packing (rockjax.data.packing)
+  "analysis.knockout_pool": ("rock_score", "rocks_and_controls"),  # rockjax.analysis.studies
+  "analysis.knockout_test": PAIRED_TESTS,
 }
 # field -> how a value is read before the checks (legacy spellings of an enum).
 CANONICAL: dict[str, Any] = {}
@@ -100,6 +104,12 @@ RANGES: dict[str, str] = {
   "eval.num_samples": ">= 1",
   "eval.temperature": ">= 0",
   "eval.max_new_tokens": ">= 1",
+  "bench.num_samples": ">= 1",
+  "bench.temperature": ">= 0",
+  "bench.top_p": "(0, 1]",
+  "bench.max_new_tokens": ">= 1",
+  "bench.max_prompt_len": ">= 1",
+  "bench.batch_size": ">= 1",
   "analysis.num_prompts": ">= 1",
   "analysis.max_new_tokens": ">= 0",
   "analysis.temperature": "> 0",
@@ -107,6 +117,9 @@ RANGES: dict[str, str] = {
   "analysis.subcorpus_repeats": ">= 1",
   "analysis.num_random": ">= 1",
   "analysis.knockout_candidates": ">= 1",
+  "analysis.knockout_max_new_tokens": ">= 0",  # 0 = analysis.max_new_tokens
+  "analysis.knockout_batch_rows": ">= 1",
+  "analysis.early_step": ">= 0",  # 0 = no early training step
   "analysis.knockout_eps": ">= 0",
   "analysis.bootstrap_resamples": ">= 1",
   "analysis.alpha": "(0, 1)",
@@ -154,6 +167,8 @@ for _g in _GROUPS:
       )
     }
   )
+# Benchmarks rockjax.evaluate reads (rockjax.evals.formats loads each published format).
+BENCHMARK_NAMES = ("aime24", "aime25", "hmmt25_feb", "math500", "ifeval")
 # Comma-separated lists of positive integers ("10,20,50").
 INT_LISTS = ("analysis.k_grid", "analysis.subcorpus_sizes")
 
@@ -174,5 +189,6 @@ PATHS = {
   "rock.list_path": "file",
   "ckpt.resume": "dir",
   "analysis.early_checkpoint": "dir",
+  "analysis.control_match_list": "file",
   "pipeline.reuse": "dir",
 }

@@ -10,7 +10,7 @@ import math
 
 import ml_collections
 
-from rockjax.data import prompt_fit
+from rockjax.data import packing, prompt_fit
 from rockjax.data import records as records_lib
 from rockjax.models import tokenizer as tokenizer_lib
 
@@ -61,6 +61,31 @@ def count_train_prompts(c: ml_collections.ConfigDict) -> tuple[int, str]:
   return len(fitted.records), source
 
 
+def count_packed_rows(c: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(packed rows of one epoch, where they come from) for data.pack, planned as the train
+  pipeline plans them (rockjax.data.packing); None for the built-in task (no file yet)."""
+  if not c.data.train_path or not _tokenizer_path(c):
+    return None
+  loaded = records_lib.read_records(
+    c.data.train_path,
+    skip_bad=c.data.skip_bad_records,
+    prompt_field=c.data.prompt_field,
+    answer_field=c.data.answer_field,
+    completion_field=c.data.completion_field,
+  )
+  tokenizer = tokenizer_lib.load_tokenizer(_tokenizer_path(c))
+  fitted = prompt_fit.fit_prompts(
+    loaded.records,
+    tokenizer,
+    max_prompt_len=c.data.max_prompt_len,
+    overflow=c.data.prompt_overflow,
+    prompt_format=records_lib.PromptFormat.from_config(c.data),
+  )
+  lens = dict(max_prompt_len=c.data.max_prompt_len, max_len=c.data.max_len)
+  rows = packing.plan_records(fitted.records, fitted.ids, tokenizer, seed=c.seed, **lens)
+  return len(rows), f"{len(fitted.records)} records of {c.data.train_path} packed (data.pack)"
+
+
 def resolve(
   c: ml_collections.ConfigDict, *, dry_run: bool = False
 ) -> tuple[ml_collections.ConfigDict, str]:
@@ -81,7 +106,14 @@ def resolve(
     if hint and hint != n:
       source += f"; the data.num_train_prompts hint said {hint}"
   out = c.copy_and_resolve_references()
-  out.steps = epoch_steps(n, epochs, per_step)
   out.data.num_train_prompts = n
-  how = f"steps={out.steps} = ceil({n} prompts x {epochs} epochs / {per_step} per step), {source}"
+  unit, rows = "prompts", n
+  if c.data.pack and c.opd.mode == "off_policy":  # a step is prompts_per_step packed rows
+    packed = None if dry_run else count_packed_rows(c)
+    if packed is None:
+      source += "; data.pack: counted as one row each, an upper bound (a run counts its rows)"
+    else:
+      (rows, source), unit = packed, "packed rows"
+  out.steps = epoch_steps(rows, epochs, per_step)
+  how = f"steps={out.steps} = ceil({rows} {unit} x {epochs} epochs / {per_step} per step), {source}"
   return out, how

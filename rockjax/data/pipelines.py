@@ -10,6 +10,8 @@ Two pipelines share one recipe (grain MapDataset over record indices):
 - `CompletionPipeline` (off-policy stage-1 KD/SFT): the same layout as a rollout, so one
   train step serves both: columns [0, P) hold the left-padded prompt, columns [P, L) the
   completion + eos, right-padded. `response_mask_BxL` is 1 exactly on completion + eos.
+  `pack=True` (data.pack): several sequences per row, plus `segment_ids_BxL`, `positions_BxL`
+  (rockjax.data.packing); items are then packed rows (`pipeline.rows`), `index_B` a row index.
 
 Many hosts: `host_share` (rockjax.data.hosts) is the one rule for which rows of a global batch
 a host reads (its own disjoint shard, or the whole batch when the batch cannot be split across
@@ -37,7 +39,7 @@ import grain
 import numpy as np
 
 from rockjax import errors
-from rockjax.data import prompt_fit
+from rockjax.data import packing, prompt_fit
 from rockjax.data import records as records_lib
 
 # The multi-host rule is part of the data API (rockjax.data.host_share): re-exported.
@@ -196,7 +198,7 @@ class _Pipeline:
     self._num_epochs = num_epochs
     self.answers = [str(r.get("answer", "")) for r in self.records]  # by global record index
     self.dataset = build_dataset(
-      len(self.records),
+      self._num_items(),
       row_fn,
       batch_size=batch_size,
       seed=seed,
@@ -226,6 +228,10 @@ class _Pipeline:
     # Few threads and a short buffer: tokenising is cheap next to a train step.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     self.iterator = BatchIterator(self.dataset, fingerprint, read_options)
+
+  def _num_items(self) -> int:
+    """How many items the dataset indexes (records; packed rows in a packing pipeline)."""
+    return len(self.records)
 
   @property
   def num_batches(self) -> int | None:
@@ -305,6 +311,7 @@ class CompletionPipeline(_Pipeline):
   Columns [0, max_prompt_len) hold the left-padded prompt; the completion + eos starts at
   column max_prompt_len and is right-padded to max_len. A completion too long for its region
   is cut at the right and loses its eos (the model must not learn to stop there).
+  pack: rows of several sequences cut the same way (rockjax.data.packing), planned here.
   """
 
   def __init__(
@@ -325,6 +332,7 @@ class CompletionPipeline(_Pipeline):
     prompt_overflow: str = "drop",
     num_threads: int = 1,
     prefetch: int = 2,
+    pack: bool = False,
   ):
     if max_len <= max_prompt_len:
       raise ValueError(f"max_len={max_len} must exceed max_prompt_len={max_prompt_len}")
@@ -333,26 +341,18 @@ class CompletionPipeline(_Pipeline):
         "CompletionPipeline: records need a completion; load them with "
         "load_records(..., completion_field=...)"
       )
-    pad, completion_len = records_lib.pad_id(tokenizer), max_len - max_prompt_len
-
-    def row_fn(i: int) -> dict[str, np.ndarray]:
-      record, prompt_ids = self.records[max(i, 0)], self.prompt_ids[max(i, 0)]
-      prompt_P, prompt_mask_P = records_lib.left_pad(prompt_ids, max_prompt_len, pad)
-      completion = records_lib.encode_completion(tokenizer, record["completion"])[:completion_len]
-      response_C = np.full(completion_len, pad, np.int32)
-      response_C[: len(completion)] = completion
-      response_mask_C = (np.arange(completion_len) < len(completion)).astype(np.int32)
-      return dict(
-        tokens_L=np.concatenate([prompt_P, response_C]),
-        attention_mask_L=np.concatenate([prompt_mask_P, response_mask_C]),
-        response_mask_L=np.concatenate([np.zeros_like(prompt_mask_P), response_mask_C]),
-      )
-
+    self._tokenizer, self._pad = tokenizer, records_lib.pad_id(tokenizer)
+    self._lens = dict(max_prompt_len=max_prompt_len, max_len=max_len)
+    self._pack, self._seed, self._shuffle = pack, seed, shuffle
+    self.rows: list[list[int]] = []  # packed rows' record indices (pack=True)
+    row_fn = self._packed_row if pack else self._row
     super().__init__(
       records,
       tokenizer,
       row_fn,
-      settings=dict(kind="completion", max_len=max_len),
+      settings=dict(
+        kind="completion", max_len=max_len, **({"pack": packing.OPEN_ROWS} if pack else {})
+      ),
       max_prompt_len=max_prompt_len,
       prompt_format=prompt_format,
       prompt_overflow=prompt_overflow,
@@ -366,3 +366,43 @@ class CompletionPipeline(_Pipeline):
       num_threads=num_threads,
       prefetch=prefetch,
     )
+
+  def _row(self, i: int) -> dict[str, np.ndarray]:
+    """Record i's row (fillers, i = -1, repeat record 0, flagged by index_B)."""
+    (max_prompt_len, max_len), pad = self._lens.values(), self._pad
+    seq = self._sequence(max(i, 0))
+    prompt_P, prompt_mask_P = records_lib.left_pad(seq.ids[: seq.prompt_len], max_prompt_len, pad)
+    n = len(seq.ids) - seq.prompt_len  # completion tokens, eos included unless cut
+    response_C = np.full(max_len - max_prompt_len, pad, np.int32)
+    response_C[:n] = seq.ids[seq.prompt_len :]
+    response_mask_C = (np.arange(response_C.size) < n).astype(np.int32)
+    return dict(
+      tokens_L=np.concatenate([prompt_P, response_C]),
+      attention_mask_L=np.concatenate([prompt_mask_P, response_mask_C]),
+      response_mask_L=np.concatenate([np.zeros_like(prompt_mask_P), response_mask_C]),
+    )
+
+  def _sequence(self, r: int) -> packing.PackedSequence:
+    """Record r's prompt + completion, cut as its unpacked row cuts them."""
+    return packing.record_sequence(
+      self.records[r], self.prompt_ids[r], self._tokenizer, **self._lens
+    )
+
+  def _packed_row(self, i: int) -> dict[str, np.ndarray]:
+    """Packed row i (fillers, i = -1, repeat row 0, flagged by index_B)."""
+    sequences = [self._sequence(r) for r in self.rows[max(i, 0)]]
+    return packing.packed_row(sequences, self._lens["max_len"], self._pad)
+
+  def _num_items(self) -> int:
+    """Packed rows (planned here, the same on every host), or the records unpacked."""
+    if not self._pack:
+      return len(self.records)
+    self.rows = packing.plan_records(
+      self.records,
+      self.prompt_ids,
+      self._tokenizer,
+      seed=self._seed,
+      shuffle=self._shuffle,
+      **self._lens,
+    )
+    return len(self.rows)

@@ -296,10 +296,10 @@ def compile_step(
   )
   rows, length = settings_lib.batch_shape(c)
   b_sh = shd.batch_sharding((rows, length), mesh)
-  batch = {
-    k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_sh)
-    for k in ("tokens", "attention_mask", "response_mask")
-  }
+  fields = ("tokens", "attention_mask", "response_mask")
+  if c.data.pack and c.opd.mode == "off_policy":  # packed rows: the packed step's program
+    fields += ("segment_ids", "positions")
+  batch = {k: jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=b_sh) for k in fields}
   settings = settings_lib.step_settings(c, t_graphdef, schedule)
   fn = step_lib.jit_train_step(settings, shardings, t_sh, b_sh)
   with jax.set_mesh(mesh):

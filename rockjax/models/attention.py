@@ -3,13 +3,16 @@
 `attend(q, k, v, segment_ids)`: query i attends key j iff j <= i (causal) and
 segment_ids[i] == segment_ids[j]. Decoders pass the attention mask as segment ids (1 real,
 0 padding), so real tokens never see padding and padded queries give finite values that
-nobody reads. Implementations (model.attention):
+nobody reads; packed rows (data.pack) pass their own segment ids (1, 2, 3, ... one per packed
+sequence, 0 padding) with `packed=True`, so no sequence sees another. Implementations
+(model.attention):
 
 - `einsum`: dense float32 scores `[B, H, L, S]` and softmax; the reference. The KV-cache
   decode path always uses its two-part form (rockjax.models.cached_attention).
 - `blocked`: pure XLA online softmax over key blocks with a recomputing backward
   (rockjax.models.attention_blocked); memory O(L). Any platform; the CPU default.
 - `cudnn`: `jax.nn.dot_product_attention(implementation='cudnn')` (GPU, bfloat16/float16).
+  It takes padding only as key lengths (one segment per row), so packed rows run `blocked`.
 - `splash`: the TPU Pallas splash-attention kernel under `jax.shard_map`.
 - `auto`: splash on TPU (blocked if L is not a multiple of the block), cudnn on GPU with a
   16-bit compute dtype, otherwise blocked, or einsum when L fits in one block (blocked would
@@ -75,11 +78,14 @@ def attend(
   implementation: str = "auto",
   block_size: int = 512,
   interpret: bool | None = None,
+  packed: bool = False,
 ) -> jax.Array:
   """Masked softmax(q k^T * scale) v -> [B, L, H, E] in q's dtype (GQA: H a multiple of K).
 
   scale defaults to E ** -0.5. block_size: key/query block of `blocked` and `splash`.
   interpret: run splash through the Pallas interpreter (default: when not on a TPU).
+  packed: the segment ids may hold several sequences per row (sample packing); einsum, blocked
+  and splash mask them as they are, cudnn (padding as key lengths only) gives way to blocked.
   """
   B, L, H, E = q_BxLxHxE.shape
   K = k_BxLxKxE.shape[2]
@@ -88,6 +94,8 @@ def attend(
   scale = E**-0.5 if scale is None else float(scale)
   shards = ctx.shards()
   name = resolve(implementation, length=L // shards, block_size=block_size, dtype=q_BxLxHxE.dtype)
+  if packed and name == "cudnn":
+    name = "blocked"  # cuDNN's key lengths describe one segment per row, not several
   args = (q_BxLxHxE, k_BxLxKxE, v_BxLxKxE, segment_ids_BxL)
   if name == "splash":
     return splash_attention(

@@ -46,11 +46,13 @@ class DecoderLayer(nnx.Module):
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
     layer: jax.Array | int = 0,
+    packed: bool = False,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """mask: the attention mask [B, L] without kv, (allowed_old_BxLxS, allowed_new_BxLxL)
-    with it; kv: all layers' stacked cache, this one's at index `layer` (layers.Attention)."""
+    """mask: the attention mask [B, L] (packed: the segment ids) without kv,
+    (allowed_old_BxLxS, allowed_new_BxLxL) with it; kv: all layers' stacked cache, this one's
+    at index `layer` (layers.Attention)."""
     h_BxLxD, new_kv = self.self_attn(
-      self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index, layer
+      self.input_layernorm(x_BxLxD), positions_BxL, mask, kv, cache_index, layer, packed=packed
     )
     # Named for the 'save_names' / 'offload' remat policies (identity otherwise).
     x_BxLxD = x_BxLxD + checkpoint_name(h_BxLxD, remat_lib.ATTN_OUT)
@@ -64,12 +66,29 @@ def _positions(mask_BxL: jax.Array, offset_B: jax.Array | int = 0) -> jax.Array:
   return jnp.maximum(offset_B + jnp.cumsum(mask_BxL, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+def _segment_positions(segment_ids_BxL: jax.Array) -> jax.Array:
+  """Position of each token within its run of equal segment ids (packed rows: 0 at the first
+  token of every sequence), for segments that are contiguous, as the packer lays them out."""
+  seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+  cols_BxL = jnp.broadcast_to(jnp.arange(seg_BxL.shape[1], dtype=jnp.int32), seg_BxL.shape)
+  starts_BxL = jnp.concatenate(
+    [jnp.ones_like(seg_BxL[:, :1], bool), seg_BxL[:, 1:] != seg_BxL[:, :-1]], axis=1
+  )
+  first_BxL = jax.lax.cummax(jnp.where(starts_BxL, cols_BxL, 0), axis=1)
+  return cols_BxL - first_BxL
+
+
 class Decoder(nnx.Module):
   """A causal LM. `model(ids_BxL, mask_BxL)` -> float32 logits [B, L, V].
 
   Full forward: `model(input_ids_BxL, attention_mask_BxL, positions_BxL=None,
   return_hidden=False)`; positions default to cumsum(mask) - 1 (clipped at 0), so a
   left-padded row gives the same outputs at its real tokens as the unpadded row.
+
+  Packed rows (sample packing, rockjax.data.packing): `segment_ids_BxL` (1, 2, 3, ... per
+  sequence, 0 padding) replaces the attention mask as attention's segment ids, so a token
+  sees only earlier tokens of its own sequence, and positions default to each token's index
+  within its sequence; every sequence of a row then gets the outputs it gets alone.
 
   Decoding with a cache (`cache = model.init_cache(B, S)`):
   `logits_BxTxV, cache = model(ids_BxT, mask_BxT, cache=cache, cache_index=None,
@@ -130,9 +149,16 @@ class Decoder(nnx.Module):
     attention_mask_BxL: jax.Array | None = None,
     *,
     positions_BxL: jax.Array | None = None,
+    segment_ids_BxL: jax.Array | None = None,
   ) -> jax.Array:
     """Final normed hidden states [B, L, D] (no cache); logits == hidden @ lm_head_weight()."""
-    return self(input_ids_BxL, attention_mask_BxL, positions_BxL=positions_BxL, return_hidden=True)
+    return self(
+      input_ids_BxL,
+      attention_mask_BxL,
+      positions_BxL=positions_BxL,
+      segment_ids_BxL=segment_ids_BxL,
+      return_hidden=True,
+    )
 
   def __call__(
     self,
@@ -144,12 +170,16 @@ class Decoder(nnx.Module):
     cache_index: jax.Array | int | None = None,
     kv_mask_BxS: jax.Array | None = None,
     return_hidden: bool = False,
+    segment_ids_BxL: jax.Array | None = None,
   ) -> jax.Array | tuple[jax.Array, KVCache]:
     """Logits [B, L, V] (float32) or, with return_hidden, normed hidden [B, L, D]; see class doc.
 
-    With `cache`, returns (logits or hidden, new_cache).
+    With `cache`, returns (logits or hidden, new_cache). `segment_ids_BxL` (packed rows) is
+    for the whole-sequence forward only.
     """
     B, L = input_ids_BxL.shape
+    if segment_ids_BxL is not None and cache is not None:
+      raise ValueError("segment_ids_BxL (packed rows) works without a KV cache only")
     mask_BxL = (
       jnp.ones((B, L), jnp.int32)
       if attention_mask_BxL is None
@@ -162,7 +192,13 @@ class Decoder(nnx.Module):
     x_BxLxD = embed_lookup(self.embed_tokens[...], input_ids_BxL, ids_axes=ids_axes)
     x_BxLxD = shd.constrain(x_BxLxD.astype(self.cfg.dtype), (*ids_axes, "act_embed"), strict=train)
 
-    if cache is None:
+    if cache is None and segment_ids_BxL is not None:
+      seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+      if positions_BxL is None:
+        positions_BxL = _segment_positions(seg_BxL)
+      x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, seg_BxL, packed=True)
+      new_cache = None
+    elif cache is None:
       if positions_BxL is None:
         positions_BxL = _positions(mask_BxL)
       x_BxLxD = self._run_layers(x_BxLxD, positions_BxL, mask_BxL)
@@ -176,13 +212,14 @@ class Decoder(nnx.Module):
     out = hidden_BxLxD if return_hidden else self.logits(hidden_BxLxD, strict=train)
     return out if new_cache is None else (out, new_cache)
 
-  def _block(self):
-    """(layer, x_BxLxD, positions_BxL, mask) -> x_BxLxD, wrapped in the config's remat policy."""
+  def _block(self, packed: bool = False):
+    """(layer, x_BxLxD, positions_BxL, mask) -> x_BxLxD, wrapped in the config's remat policy;
+    `packed`: the mask holds packed rows' segment ids."""
 
     def block(layer: DecoderLayer, x_BxLxD, positions_BxL, mask):
       # Pin each layer input to rows x sequence shards (GSPMD propagates it through the layer).
       x_BxLxD = shd.constrain(x_BxLxD, ("batch", "length", "act_embed"))
-      return layer(x_BxLxD, positions_BxL, mask)[0]
+      return layer(x_BxLxD, positions_BxL, mask, packed=packed)[0]
 
     if self.cfg.remat == "none":
       return block
@@ -193,9 +230,12 @@ class Decoder(nnx.Module):
       prevent_cse=not self.cfg.scans_layers,
     )
 
-  def _run_layers(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask: jax.Array) -> jax.Array:
-    """The no-cache stack (scanned or unrolled); `mask` is passed to every layer unchanged."""
-    block = self._block()
+  def _run_layers(
+    self, x_BxLxD: jax.Array, positions_BxL: jax.Array, mask: jax.Array, packed: bool = False
+  ) -> jax.Array:
+    """The no-cache stack (scanned or unrolled); `mask` is passed to every layer unchanged
+    (the attention mask, or with `packed` the segment ids)."""
+    block = self._block(packed)
     if not self.cfg.scans_layers:
       for layer in self.layers:
         x_BxLxD = block(layer, x_BxLxD, positions_BxL, mask)

@@ -168,11 +168,13 @@ class Attention(nnx.Module):
     kv: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | int | None = None,
     layer: jax.Array | int = 0,
+    packed: bool = False,
   ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Self-attention of the L positions; with `kv`, over a KV cache after writing L entries.
 
     Without kv, `mask` is the attention mask [B, L] (1 real, 0 padding), used as segment ids
-    by `attention.attend` with the configured implementation (cfg.attention).
+    by `attention.attend` with the configured implementation (cfg.attention); with `packed`,
+    it holds packed rows' segment ids (1, 2, 3, ... per sequence, 0 padding).
     With kv, `mask` is (allowed_old_BxLxS, allowed_new_BxLxL) (rockjax.models.cached_attention)
     and kv all layers' stacked cache (k_NxBxKxSxE,
     v_NxBxKxSxE): this step's keys/values are written at slots [cache_index, cache_index + L)
@@ -197,6 +199,7 @@ class Attention(nnx.Module):
         scale=self.scale,
         implementation=self.implementation,
         block_size=self.attention_block,
+        packed=packed,
       )
       return self.o_proj(out_BxLxHxE), None
     k_NxBxKxSxE, v_NxBxKxSxE = kv

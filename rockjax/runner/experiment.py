@@ -30,7 +30,7 @@ from rockjax.data import prompt_fit
 from rockjax.data import records as records_lib
 from rockjax.data.paths import task_files
 from rockjax.rocks import lists as rock_lists
-from rockjax.runner import preflight
+from rockjax.runner import preflight, stopping
 from rockjax.sampling import rollout_copy as rollout_params
 
 if TYPE_CHECKING:
@@ -140,7 +140,9 @@ def _pipelines(c, paths, tokenizer, mesh):
     fields["completion_field"] = c.data.completion_field
   loaded = records_lib.read_records(paths["train"], skip_bad=c.data.skip_bad_records, **fields)
   if c.opd.mode == "off_policy":
-    train = data_lib.CompletionPipeline(loaded.records, tokenizer, max_len=c.data.max_len, **common)
+    train = data_lib.CompletionPipeline(
+      loaded.records, tokenizer, max_len=c.data.max_len, pack=c.data.pack, **common
+    )
   else:
     train = data_lib.PromptPipeline(loaded.records, tokenizer, **common)
   train.counts["data/records_skipped"] = len(loaded.skipped)
@@ -264,7 +266,7 @@ def build_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experim
   checkpointer = ckpt_lib.Checkpointer(
     str(epath.Path(workdir) / "ckpt"),
     keep=c.ckpt.keep,
-    keep_steps=c.ckpt.keep_steps,
+    keep_steps=stopping.kept_steps(c),  # ckpt.keep_steps and analysis.early_step
     async_save=c.ckpt.async_save,
   )
   restored = _restore(c, checkpointer, like, train_data.iterator)

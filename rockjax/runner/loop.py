@@ -21,7 +21,7 @@ from rockjax import metrics as metrics_lib
 from rockjax import sampling
 from rockjax import sharding as shd
 from rockjax import state as state_lib
-from rockjax.batch import FIELDS, TokenBatch
+from rockjax.batch import TokenBatch
 from rockjax.config import settings as settings_lib
 from rockjax.rocks import table as rock_table
 from rockjax.runner import profiler as profiler_lib
@@ -113,7 +113,7 @@ def _next_batch(
   if exp.config.opd.mode == "off_policy":
     rows = exp.config.data.prompts_per_step
     token_batch = TokenBatch.of(host)  # the pipeline's token fields, this host's rows
-    fields = {f: getattr(token_batch, f) for f in FIELDS}
+    fields = token_batch.arrays()  # + segment ids and positions of packed rows (data.pack)
     batch = TokenBatch(**shd.host_to_global(fields, exp.mesh, global_rows=rows))
   else:
     batch, made = _rollout(exp, state, host, step, should_stop)

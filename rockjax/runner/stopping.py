@@ -1,5 +1,6 @@
 """When the train loop stops and saves: stop signals (SIGTERM, Ctrl-C) agreed by every host,
-and the checkpoint schedule (every N steps, every M minutes, the end, a stop)."""
+and the checkpoint schedule (every N steps, every M minutes, the end, a stop, and the early
+step the persistence study reads) with the steps kept besides the latest."""
 
 import signal
 import time
@@ -49,18 +50,35 @@ class StopSignals:
       signal.signal(sig, old)
 
 
+def early_step(c: ml_collections.ConfigDict) -> int:
+  """analysis.early_step for an on-policy run (the OPD stage the persistence study compares),
+  else 0: off-policy stages (teacher SFT, stage-1 KD) share the field but nothing reads theirs."""
+  analysis, opd = c.get("analysis") or {}, c.get("opd") or {}  # (partial configs of tests)
+  return int(analysis.get("early_step", 0)) if opd.get("mode") == "on_policy" else 0
+
+
+def kept_steps(c: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The steps whose checkpoints are kept besides the ckpt.keep latest: ckpt.keep_steps and
+  the early step (`early_step`)."""
+  step = early_step(c)
+  return tuple(sorted({*c.ckpt.keep_steps, *([step] if step else [])}))
+
+
 class SaveSchedule:
   """When a finished step is checkpointed: every ckpt.every steps, every ckpt.every_minutes
-  since the last save (or the start), at the last step and when stopping. Process 0's clock
-  decides the time-based saves for every host (saves are collective)."""
+  since the last save (or the start), at the last step, at the early step (`early_step`) and
+  when stopping. Process 0's clock decides the time-based saves for every host (saves are
+  collective)."""
 
   def __init__(self, c: ml_collections.ConfigDict):
     self.every, self.steps = c.ckpt.every, c.steps
+    self.early = early_step(c)
     self.seconds = 60.0 * c.ckpt.every_minutes
     self.last = time.monotonic()
 
   def due(self, done: int, stopping: bool) -> bool:
-    by_step = (self.every and done % self.every == 0) or done == self.steps or stopping
+    by_step = (self.every and done % self.every == 0) or done in (self.steps, self.early)
+    by_step = by_step or stopping
     if not by_step and self.seconds:
       by_step = time.monotonic() - self.last >= self.seconds
       if jax.process_count() > 1:

@@ -43,6 +43,7 @@ RESUMABLE_FIELDS = (
   "ckpt.async_save",
   "opd.decode_segment",  # how the rollout's decode loop is split; the same tokens
   "cache.",  # where loaded weights and compiled programs are kept
+  "bench.",  # rockjax.evaluate reads the trained models; it changes nothing they compute
 )
 
 
@@ -62,10 +63,10 @@ def config_changes(recorded: dict[str, Any], config: ml_collections.ConfigDict) 
   """'field: old -> new' for every field that differs (RESUMABLE_FIELDS aside).
 
   A field the recorded config lacks (added to rockjax since the workdir was made) left empty
-  ('' or None: its default, off) is no change."""
+  or off ('', None, False or 0: its default, e.g. data.pack) is no change."""
   old, new = _flat(recorded), _flat(config)
   keys = sorted(k for k in set(old) | set(new) if not k.startswith(RESUMABLE_FIELDS))
-  keys = [k for k in keys if k in old or new[k] not in ("", None)]
+  keys = [k for k in keys if k in old or new[k] not in ("", None, False)]  # False == 0 too
   missing = "<absent>"
   return [
     f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}"

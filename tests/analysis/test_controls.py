@@ -152,3 +152,17 @@ def test_section_numbers_and_figure(tmp_path):
   assert sec.numbers["max_abs_log_ratio"] == pytest.approx(ratio.max(), rel=1e-3)
   assert (tmp_path / sec.figures[0].filename).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   sec.text.format(**sec.numbers)  # every placeholder has a number
+
+
+def test_listed_ids_the_corpus_never_emits_are_set_apart_and_reported(tmp_path):
+  freq = np.array([0.0, 40.0, 0.0, 12.0, 35.0, 11.0, 0.0])
+  seen, unseen = controls.split_unseen(freq, [6, 1, 2, 3])  # list order kept in both
+  assert seen.tolist() == [1, 3] and unseen.tolist() == [6, 2]
+  ctrl = controls.frequency_matched(freq, seen, exclude=unseen)
+  assert ctrl.tolist() == [4, 5]  # 35 ~ 40 and 11 ~ 12, by hand
+  result = controls.control_result(freq, seen, ctrl, matched_to="frozen.txt", unseen_ids=unseen)
+  sec = controls.section(result, str(tmp_path))
+  text = sec.text.format(**sec.numbers)
+  assert "the ids of frozen.txt (2 of its ids never occur" in text
+  assert any(w.startswith("2 id(s) of the matched list never occur") for w in sec.warnings)
+  assert "the control list holds 2 ids, not 4" in " ".join(sec.warnings)

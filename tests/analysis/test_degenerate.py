@@ -102,7 +102,10 @@ def test_the_early_checkpoint_at_the_final_path_reuses_the_final_corpus():
     student_path="/w/ckpt",
     selection={"freq_V": freq, "kl_sum_V": kl},
   )
-  model, source, f, k = studies._early_sums(ctx, "/w/ckpt/")  # no load, no decode
+  model, source, f, k = studies._early_sums(ctx, "/w/ckpt/", None)  # no load, no decode
+  assert model == "final model" and f is freq and k is kl
+  # analysis.early_step naming the final student's own step is the final checkpoint too.
+  model, source, f, k = studies._early_sums(ctx, "/w/ckpt", 250)
   assert model == "final model" and f is freq and k is kl
 
 

@@ -7,6 +7,7 @@ right when it contains the answer id Z, and banning an id sends a chain to its s
 
 import dataclasses
 import struct as pystruct
+import types
 
 import jax
 import jax.numpy as jnp
@@ -116,8 +117,10 @@ def test_planted_ids_are_classified(result):
     assert by_id[v]["delta"] == pytest.approx(acc - 28 / 40), v
   assert by_id[A]["class"] == "strong_pillar"
   assert by_id[S]["class"] == "strong_stumbling_block"
-  # D: Delta = -0.025 <= -eps, but one discordant problem cannot be significant.
-  assert by_id[D]["class"] == "neutral" and by_id[D]["p_value"] > 0.9  # exact: 1
+  # D: Delta = -0.025 <= -eps, but one discordant problem cannot be significant: a bootstrap
+  # resample leaves it out (delta* = 0) with chance (39/40)**40, so p ~ 2 * 0.363.
+  assert by_id[D]["class"] == "neutral"
+  assert by_id[D]["p_value"] == pytest.approx(2 * (39 / 40) ** 40, abs=0.03)
   assert all(by_id[v]["class"] == "neutral" for v in [N] + NEVER)
   assert result["classes"] == dict(strong_pillar=1, neutral=18, strong_stumbling_block=1)
   # Emitted by the baseline: A and Z-N chains on 28 problems, S on 12, D on 1, NEVER never.
@@ -177,10 +180,12 @@ def test_statistics_match_independent_computations(result):
   assert result["significant_bonferroni"] == int(np.sum(np.minimum(1, p_C * m) <= 0.05))
   # Sign test: A and D negative, S positive, 17 ties: 2 * P(X <= 1), X ~ Bin(3, 1/2) = 1.
   assert result["sign_test"] == dict(negative=2, positive=1, zero=17, p_value=1.0)
-  # S: 12 discordant problems all in its favour; the permutation p is a Monte Carlo estimate of
-  # the exact 2 * 2**-12 (within its binomial noise for 10,000 resamples).
+  # S: 12 of 40 problems discordant, all in its favour. The bootstrap p (the census default)
+  # counts resamples with delta* <= 0, i.e. none of the 12 drawn: chance (28/40)**40 ~ 6e-7,
+  # so none of 10,000 resamples does and p = 2 (1 + 0) / (10,000 + 1).
   p_s = next(e["p_value"] for e in entries if e["id"] == S)
-  assert p_s == pytest.approx(2 * 2.0**-12, abs=8e-4)
+  assert result["settings"]["test"] == "bootstrap"
+  assert p_s == pytest.approx(2 / 10_001)
 
 
 @pytest.mark.parametrize(
@@ -223,3 +228,91 @@ def test_census_argument_errors(problem):
     knockout.census(model, ids, mask, answers, [A, A], **kw)
   with pytest.raises(ValueError, match="one per prompt"):
     knockout.census(model, ids, mask, answers[:3], [A], **kw)
+
+
+def test_the_worked_case_is_a_pillar_by_bootstrap_and_neutral_by_permutation():
+  """200 problems, the baseline right on all, the ban wrong on 5 (Delta = -0.025). By hand:
+  the permutation test swaps the 5 discordant pairs' labels, exactly 2 of the 32 patterns are
+  as extreme, p = 0.0625 > 0.05 (Neutral); a bootstrap resample keeps delta* <= -0.005 < 0
+  unless it draws none of the 5, chance (195/200)**200 ~ 0.0063, so p ~ 0.0126 < 0.05 (Strong
+  Pillar, as Delta <= -eps)."""
+  acc_XxB = np.ones((2, 200))
+  acc_XxB[1, :5] = 0.0
+  kw = dict(eps=0.01, alpha=0.05, resamples=10_000, seed=0)
+  boot = knockout._classify(acc_XxB, [7], test="bootstrap", **kw)["candidates"][0]
+  perm = knockout._classify(acc_XxB, [7], test="permutation", **kw)["candidates"][0]
+  assert boot["delta"] == perm["delta"] == pytest.approx(-0.025)
+  assert boot["p_value"] == pytest.approx(2 * (195 / 200) ** 200, abs=0.004)
+  assert perm["p_value"] == pytest.approx(2 / 32, abs=0.008) and perm["p_value"] > 0.05
+  assert (boot["class"], perm["class"]) == ("strong_pillar", "neutral")
+  # The corrections adjust the same p the class read (one test here: unchanged).
+  assert boot["p_bonferroni"] == boot["p_bh"] == boot["p_value"]
+
+
+def test_an_unknown_test_fails_before_any_decode(problem, monkeypatch):
+  model, ids, mask, answers = problem
+  monkeypatch.setattr(sampling, "generate", lambda *a, **k: pytest.fail("decoded"))
+  kw = dict(grade=grade, tokenizer=Tokenizer(), max_new_tokens=T, eos_ids=(EOS,))
+  with pytest.raises(ValueError, match="test='wilcoxon'"):
+    knockout.census(model, ids, mask, answers, [A], test="wilcoxon", **kw)
+
+
+# Per-problem grading with several samples: a stand-in sampler (the documented contract of
+# sampling.generate: N = B * n rows, prompt-major, row i*n + j is sample j of prompt i) whose
+# response names its prompt's problem tag, its sample index and the row's banned id, and a
+# grader that reads them back and records which answer each response was graded against.
+TAG0, SAMPLE0, NS = 40, 50, 3  # problem b's tag is TAG0 + b; sample j is written SAMPLE0 + j
+# Correct samples per problem (of NS) per condition, chosen by hand: baseline, then bans.
+RIGHT = {-1: [3, 2, 1, 0, 3, 1, 2], 5: [0, 2, 1, 0, 3, 1, 2], 6: [3, 3, 3, 3, 0, 0, 0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Out:
+  tokens: np.ndarray
+  response_mask: np.ndarray
+
+
+def _tagged_generate(model, ids_BxP, mask_BxP, *, banned_ids_BxK, num_samples, **kw):
+  n, (rows, p) = num_samples, ids_BxP.shape
+  resp_Nx3 = np.stack(
+    [
+      np.repeat(ids_BxP[:, -1], n),  # the problem tag, repeated prompt-major
+      np.tile(SAMPLE0 + np.arange(n), rows),  # sample j of each prompt
+      np.repeat(np.maximum(np.asarray(banned_ids_BxK)[:, 0], 0), n),  # the ban (0: none)
+    ],
+    axis=1,
+  )
+  tokens = np.concatenate([np.repeat(ids_BxP, n, axis=0), resp_Nx3], axis=1)
+  mask = np.concatenate([np.zeros((rows * n, p), np.int32), np.ones((rows * n, 3), np.int32)], 1)
+  return _Out(tokens.astype(np.int32), mask)
+
+
+def test_each_sample_is_graded_against_its_own_problem(monkeypatch):
+  B = len(RIGHT[-1])
+  ids = np.full((B, 3), 2, np.int32)
+  ids[:, -1] = TAG0 + np.arange(B)
+  answers = [f"answer-{b}" for b in range(B)]  # a different answer per problem
+  graded = []
+
+  def record(text, answer):
+    tag, sample, ban = (int(t) for t in text.split())
+    b, j = tag - TAG0, sample - SAMPLE0
+    graded.append((b, answer))
+    return j < RIGHT[ban if ban else -1][b]  # the first RIGHT[.][b] samples are right
+
+  monkeypatch.setattr(sampling, "generate", _tagged_generate)
+  model = types.SimpleNamespace(cfg=_Cfg(64))
+  # 4 prompts (12 rows) a batch: batches cut across problems and conditions (21 rows in all).
+  out = knockout.census(
+    model, ids, np.ones_like(ids), answers, [5, 6], grade=record, tokenizer=Tokenizer(),
+    max_new_tokens=3, eos_ids=(EOS,), num_samples=NS, batch_rows=4, progress=False,
+  )  # fmt: skip
+  assert all(answer == f"answer-{b}" for b, answer in graded)  # each against its own answer
+  assert len(graded) == 3 * B * NS  # every sample of every condition, and no padding row
+  expected_XxB = np.array([RIGHT[-1], RIGHT[5], RIGHT[6]]) / NS  # problem by problem
+  np.testing.assert_allclose(out["correct_XxB"], expected_XxB)
+  assert out["baseline_accuracy"] == pytest.approx(12 / 21)
+  by_id = _by_id(out)
+  assert by_id[5]["accuracy"] == pytest.approx(9 / 21)
+  assert by_id[6]["accuracy"] == pytest.approx(12 / 21)  # the baseline's total, elsewhere
+  assert (out["num_rows"], out["num_padding_rows"]) == (21, 3)

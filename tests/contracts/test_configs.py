@@ -59,9 +59,10 @@ def test_paper_configs_dry_run(name):
   assert c.opd.rollout_sharding == "tensor" and c.opd.rollout_tensor == 0
   assert gib["rollout_copy"] == pytest.approx(student * 2 / 8 / 2**30, rel=0.01)
   assert r["mesh"] == {"data": 1, "fsdp": 32, "context": 2, "tensor": 1}
-  # OPD: 2 prompts x 4 samples, 800 prompt + 8000 new tokens padded to 512s; stage 1: 4 rows
-  # of 800 + 8000 tokens.
-  assert batch_shape(c) == ((4 if c.opd.mode == "off_policy" else 8), 9216)
+  # OPD: 2 prompts x 4 samples, 800 prompt + 8000 new tokens padded to 512s; stage 1 (the
+  # authors' appendix): 128 packed rows of 16,384 tokens.
+  expected = (128, 16384) if c.opd.mode == "off_policy" else (8, 9216)
+  assert batch_shape(c) == expected
 
 
 def test_dry_run_declares_the_hybrid_mesh():

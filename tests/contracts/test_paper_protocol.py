@@ -1,10 +1,11 @@
 """docs/paper_protocol.md against the paper configs: every checked table cell equals the
-config's value, the checker catches a drifted config, the three OPD configs differ only in
-rock.* fields and all of them dry-run from the command line."""
+config's value, every row names its source, the checker catches a drifted config, the three
+OPD configs differ only in rock.* fields and all of them dry-run from the command line."""
 
 import ast
 import importlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -29,6 +30,10 @@ COLUMNS = {
 OPD_RUNS = ("Original", "Rock-Freeze", "Random")
 _FIELD = re.compile(r"^`([a-z0-9_.]+)`$")
 _LITERAL = re.compile(r"^`([^`]*)`$")
+# Where a value may come from (the table's last column); "our choice" must say why after ':'.
+SOURCES = ("paper text", "authors' appendix", "authors' scripts", "authors' code",
+           "authors' freeze code", "published list", "config.json", "our choice")  # fmt: skip
+_OUR_CHOICE = re.compile(r"our choice: \S")
 
 
 def table_rows(text: str) -> tuple[list[str], list[list[str]]]:
@@ -96,7 +101,7 @@ def test_a_drifted_config_is_reported(monkeypatch):
 
 def test_every_row_is_a_field_row_or_a_documentation_row():
   header, rows = table_rows(DOC.read_text())
-  assert header[4:] == list(COLUMNS)
+  assert header[4:-1] == list(COLUMNS) and header[-1] == "source"
   for row in rows:
     assert len(row) == len(header), row[0]
     cell = row[header.index("field")]
@@ -104,9 +109,19 @@ def test_every_row_is_a_field_row_or_a_documentation_row():
     assert match or cell.startswith("none"), f"row {row[0]!r}: field cell {cell!r}"
     if match:
       config_check.get(configs()["Original"], match.group(1))  # ConfigError if no such field
-      for col in COLUMNS:  # a value cell is a literal or a dash
-        value = row[header.index(col)]
+      values = [row[header.index(col)] for col in COLUMNS]
+      for col, value in zip(COLUMNS, values):  # a value cell is a literal or a dash
         assert value == "-" or _LITERAL.match(value), f"{row[0]} / {col}: {value!r}"
+      assert any(_LITERAL.match(v) for v in values), f"{row[0]}: no config value is checked"
+
+
+def test_every_row_names_its_source():
+  header, rows = table_rows(DOC.read_text())
+  for row in rows:
+    source = row[-1]
+    assert any(kind in source for kind in SOURCES), f"row {row[0]!r}: source {source!r}"
+    if "our choice" in source:
+      assert _OUR_CHOICE.search(source), f"row {row[0]!r}: 'our choice' without why: {source!r}"
 
 
 def flat(c) -> dict[str, object]:
@@ -143,7 +158,10 @@ def test_paper_configs_dry_run_from_the_command_line(col):
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(proc.stdout)
   c = configs()[col]
-  # ceil(prompts x 1 epoch / prompts per step), by hand: 10000 / 2 and 20000 / 4.
-  assert report["steps"]["steps"] == 5000
-  assert c.data.epochs == 1.0 and c.data.num_train_prompts / c.data.prompts_per_step == 5000
+  # ceil(prompts x 1 epoch / prompts per step), by hand: 10000 / 2 = 5000 for OPD; stage 1
+  # ceil(20000 / 128) = 157 (each answer counted as one packed row: an upper bound).
+  want = 5000 if col in OPD_RUNS else 157
+  assert report["steps"]["steps"] == want
+  assert c.data.epochs == 1.0
+  assert math.ceil(c.data.num_train_prompts / c.data.prompts_per_step) == want
   assert report["mesh"] == {"data": 1, "fsdp": 4, "context": 2, "tensor": 1}

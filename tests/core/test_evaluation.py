@@ -143,6 +143,61 @@ def test_bootstrap_matches_normal_approximation():
   assert again == out  # deterministic given the seed
 
 
+def test_the_bootstrap_test_on_the_worked_knockout_case():
+  """200 problems, b right on all, a wrong on 5 (Delta = -0.025). A resample gives delta* >= 0
+  only if it draws none of the 5 discordant problems: (195/200)**200 ~ 0.0063, so the bootstrap
+  p ~ 2 x 0.0063 ~ 0.0126 < 0.05 and the (1 - 0.05) interval lies below 0; the permutation
+  test's exact p is 2 of the 2**5 swap patterns, 0.0625 > 0.05."""
+  a_P, b_P = np.ones(200), np.ones(200)
+  a_P[:5] = 0.0
+  boot = evaluation.paired_bootstrap(a_P, b_P, n_resamples=10_000, seed=0, test="bootstrap")
+  perm = evaluation.paired_bootstrap(a_P, b_P, n_resamples=10_000, seed=0, test="permutation")
+  p_hand = 2 * (195 / 200) ** 200
+  assert p_hand == pytest.approx(0.01265, abs=1e-5)
+  assert boot["p_value"] == pytest.approx(p_hand, abs=0.004) and boot["ci_high"] < 0
+  assert perm["p_value"] == pytest.approx(2 / 32, abs=0.008) and perm["p_value"] > 0.05
+  # One set of resamples: the interval is the same whichever test gives the p-value.
+  assert (boot["delta"], boot["ci_low"], boot["ci_high"]) == (
+    perm["delta"],
+    perm["ci_low"],
+    perm["ci_high"],
+  )
+
+
+def test_the_bootstrap_p_value_by_hand():
+  # 2 (1 + min(#{<= 0}, #{>= 0})) / (R + 1): zeros count on both sides.
+  far = [-0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]  # one of 9 at or below 0
+  assert evaluation.bootstrap_p_value(far) == pytest.approx(2 * (1 + 1) / 10)
+  assert evaluation.bootstrap_p_value([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) == 2 * 2 / 8
+  assert evaluation.bootstrap_p_value([0.1, 0.2, 0.3]) == 2 * 1 / 4
+  assert evaluation.bootstrap_p_value([0.0] * 9) == 1.0
+  # Total domination: every resample gives delta = 1, none reaches 0: p = 2 / (R + 1).
+  out = evaluation.paired_bootstrap(np.ones(20), np.zeros(20), n_resamples=999, test="bootstrap")
+  assert out["p_value"] == pytest.approx(2 / 1000)
+  same = evaluation.paired_bootstrap(np.ones(6), np.ones(6), n_resamples=99, test="bootstrap")
+  assert same["p_value"] == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_bootstrap_p_value_matches_a_numpy_bootstrap(seed):
+  # Independent resampling in numpy (its own generator stream): the share of resampled deltas
+  # on the far side of 0 agrees to Monte Carlo error (sd ~ 2 sqrt(p (1 - p) / R)).
+  rng = np.random.default_rng(10 + seed)
+  a_P, b_P = rng.random(120) < 0.62, rng.random(120) < 0.5
+  diff_P = a_P.astype(np.float64) - b_P
+  idx_RxP = rng.integers(0, 120, size=(40_000, 120))
+  deltas_R = diff_P[idx_RxP].mean(axis=1)
+  ref = 2 * min(np.mean(deltas_R <= 0), np.mean(deltas_R >= 0))
+  out = evaluation.paired_bootstrap(a_P, b_P, n_resamples=20_000, seed=seed, test="bootstrap")
+  assert 0.001 < ref < 0.5  # a case away from both ends
+  assert out["p_value"] == pytest.approx(ref, abs=4 * 2 * math.sqrt(ref / 2 / 20_000) + 1e-3)
+
+
+def test_an_unknown_test_is_refused():
+  with pytest.raises(ValueError, match="test='wilcoxon'"):
+    evaluation.paired_bootstrap(np.ones(3), np.zeros(3), test="wilcoxon")
+
+
 def test_bootstrap_rejects_mismatched_inputs():
   with pytest.raises(ValueError, match="equal length"):
     evaluation.paired_bootstrap(np.ones(3), np.ones(4))

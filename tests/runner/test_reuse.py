@@ -122,6 +122,12 @@ def test_a_field_added_since_the_workdir_was_made_and_left_empty_is_no_change():
   assert workdir_lib.config_changes(recorded, config) == [
     "pipeline.reuse: '<absent>' -> '/elsewhere'"
   ]
+  # A boolean field added later and left off (data.pack) is no change either; turned on, it is.
+  del recorded["data"]["pack"]
+  config.pipeline.reuse = ""
+  assert workdir_lib.config_changes(recorded, config) == []
+  config.data.pack = True
+  assert workdir_lib.config_changes(recorded, config) == ["data.pack: '<absent>' -> True"]
 
 
 def test_a_later_command_with_the_plain_config_plans_with_the_recorded_reuse(tmp_path):
